@@ -1,0 +1,39 @@
+"""``mhw``: the command line of the Model Health Warehouse.
+
+Each subcommand lives in the module that owns its job; that module exposes ``add_arguments(parser)``
+and ``run(args) -> int``. This file only wires them together.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, one-line help). Modules are imported only when their command runs, so
+# `mhw query` never pays for importing torch or Spark.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "ingest": ("warehouse.ingest", "load JSONL, HF Trainer, TensorBoard or MLPerf logs into the lake"),
+    "query": ("warehouse.query", "run SQL over the lake (and the serving file) with DuckDB"),
+    "simulate": ("warehouse.simulate", "generate realistic fleet telemetry with planted incidents"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="mhw", description="Model Health Warehouse")
+    parser.add_argument("--config", help="config file (default: conf/mhw.yaml or $MHW_CONFIG)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # Only the chosen command's module is imported; the rest are listed by name and help alone.
+    chosen = next((a for a in argv if a in COMMANDS), None)
+    for name, (module, help_) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_, description=help_)
+        if name == chosen:
+            mod = importlib.import_module(module)
+            mod.add_arguments(p)
+            p.set_defaults(_run=mod.run)
+    args = parser.parse_args(argv)
+    return int(args._run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

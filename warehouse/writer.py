@@ -1,0 +1,277 @@
+"""The lake writer: atomic, idempotent and buffered.
+
+- Atomic: a file is written aside (``<root>/_tmp/``) and renamed into its partition, so no reader ever
+  sees a partial file. On object stores a single PUT is already atomic, so files are written in place.
+- Idempotent: every write carries a ``key``; the file it lands in is ``<partition>/<key>.parquet``.
+  A retry with the same key replaces its own files instead of adding rows.
+- Buffered: ``BufferedWriter`` collects rows in memory and hands whole blocks to a background thread,
+  so a training loop can log every step without waiting on I/O.
+"""
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from warehouse.schemas import TABLES, Table
+
+# A partition value or file key is a slug: it can never name a path outside its partition.
+SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
+
+
+class PartitionError(ValueError):
+    """A partition value or key that is not a safe slug (e.g. ``../../etc`` or ``a/b``)."""
+
+
+def check_slug(what: str, value) -> str:
+    if not isinstance(value, str) or not SLUG.match(value):
+        raise PartitionError(
+            f"{what}={value!r} is not allowed: use 1-128 letters, digits and . _ + -, starting with a "
+            f"letter or digit (no '/', '=', spaces or '..' paths)"
+        )
+    return value
+
+
+def slugify(value: str) -> str:
+    """Turn a free-form name (``org/model name``) into a partition-safe slug (``org--model-name``)."""
+    s = re.sub(r"[^A-Za-z0-9._+-]+", "-", value.replace("/", "--")).strip("-._+")
+    return check_slug("name", s[:128] or "unknown")
+
+
+@dataclass
+class WriteResult:
+    rows: int = 0
+    files: list[str] = field(default_factory=list)
+
+    def __iadd__(self, other: "WriteResult") -> "WriteResult":
+        self.rows += other.rows
+        self.files += other.files
+        return self
+
+
+def conform(table: Table, data: pa.Table) -> pa.Table:
+    """Cast ``data`` to ``table``'s logical schema: missing columns become nulls, the ``date``
+    partition is derived from the time column, unknown columns are an error."""
+    unknown = set(data.column_names) - set(table.schema.names)
+    if unknown:
+        raise ValueError(f"{table.name}: unknown columns {sorted(unknown)}")
+    cols = []
+    for f in table.schema:
+        if f.name in data.column_names:
+            cols.append(data.column(f.name).cast(f.type))
+        elif f.name == "date":
+            cols.append(pc.cast(data.column(table.time_column).cast(table.schema.field(table.time_column).type), pa.date32()))
+        else:
+            cols.append(pa.nulls(len(data), f.type))
+    return pa.Table.from_arrays(cols, schema=table.schema)
+
+
+class Lake:
+    """A lake root (local folder or object-store URI) and the only code that writes files into it."""
+
+    def __init__(self, root: str | os.PathLike):
+        root = str(root)
+        if "://" in root:
+            self.fs, self.root = pafs.FileSystem.from_uri(root)
+            self.local = False
+        else:
+            self.fs, self.root = pafs.LocalFileSystem(), os.path.abspath(root)
+            self.local = True
+        self.uri = root if not self.local else self.root
+
+    def __repr__(self) -> str:
+        return f"Lake({self.uri!r})"
+
+    def table_dir(self, name: str) -> str:
+        return f"{self.root}/{name}"
+
+    def partition_dir(self, table: Table, values: dict) -> str:
+        parts = []
+        for k in table.partition_by:
+            v = values[k]
+            v = v.isoformat() if hasattr(v, "isoformat") else v
+            parts.append(f"{k}={check_slug(k, v)}")
+        return "/".join([self.table_dir(table.name), *parts])
+
+    def write(self, table_name: str, data: pa.Table, key: str) -> WriteResult:
+        """Write ``data`` into its partitions as ``<key>.parquet``, replacing an earlier write of the
+        same key. Returns rows written and the files' paths."""
+        table = TABLES[table_name]
+        check_slug("key", key)
+        data = conform(table, data)
+        result = WriteResult()
+        for values, part in _split_by_partition(table, data):
+            path = f"{self.partition_dir(table, values)}/{key}.parquet"
+            self._write_file(part.select(table.file_schema.names), path)
+            result += WriteResult(part.num_rows, [path])
+        return result
+
+    def _write_file(self, data: pa.Table, path: str) -> None:
+        parent = path.rsplit("/", 1)[0]
+        if not self.local:  # one PUT: atomic by the store's own rules
+            self.fs.create_dir(parent, recursive=True)
+            pq.write_table(data, path, filesystem=self.fs, compression="zstd")
+            return
+        tmp_dir = f"{self.root}/_tmp"
+        os.makedirs(tmp_dir, exist_ok=True)
+        os.makedirs(parent, exist_ok=True)
+        tmp = f"{tmp_dir}/{uuid.uuid4().hex}.parquet.tmp"
+        try:
+            with open(tmp, "wb") as f:
+                pq.write_table(data, f, compression="zstd")
+                f.flush()
+                os.fsync(f.fileno())  # the rename must not publish a file whose bytes are not on disk
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    def clean_tmp(self, older_than_s: float = 3600) -> int:
+        """Remove files left in ``_tmp`` by writers that were killed mid-write."""
+        tmp_dir = f"{self.root}/_tmp"
+        if not self.local or not os.path.isdir(tmp_dir):
+            return 0
+        n, cutoff = 0, time.time() - older_than_s
+        for name in os.listdir(tmp_dir):
+            p = os.path.join(tmp_dir, name)
+            if os.path.getmtime(p) < cutoff:
+                os.unlink(p)
+                n += 1
+        return n
+
+
+def _split_by_partition(table: Table, data: pa.Table):
+    """Yield (partition values, rows) for each partition present in ``data``, in one sort."""
+    keys = table.partition_by
+    for k in keys:
+        if data.column(k).null_count:
+            raise PartitionError(f"{table.name}: {data.column(k).null_count} rows have no {k}")
+    if data.num_rows == 0:
+        return
+    codes, uniques = [], []
+    for k in keys:
+        enc = pc.dictionary_encode(data.column(k)).combine_chunks()
+        codes.append(enc.indices.to_numpy(zero_copy_only=False).astype(np.int64))
+        uniques.append(enc.dictionary.to_pylist())
+    for k, u in zip(keys, uniques):  # validate each distinct value once, not each row
+        for v in u:
+            check_slug(k, v.isoformat() if hasattr(v, "isoformat") else v)
+    combined = np.zeros(data.num_rows, dtype=np.int64)
+    for c, u in zip(codes, uniques):
+        combined = combined * len(u) + c
+    order = np.argsort(combined, kind="stable")
+    sorted_codes = combined[order]
+    bounds = np.flatnonzero(np.diff(sorted_codes)) + 1
+    starts = np.concatenate([[0], bounds])
+    ends = np.concatenate([bounds, [len(order)]])
+    for s, e in zip(starts, ends):
+        first = order[s]
+        values = {k: u[c[first]] for k, u, c in zip(keys, uniques, codes)}
+        idx = order[s:e]
+        if e - s == data.num_rows:
+            yield values, data
+        else:
+            yield values, data.take(pa.array(np.sort(idx)))
+
+
+class BufferedWriter:
+    """Buffers rows for one run and one table; writes them in blocks on a background thread.
+
+    Rows belong to numbered blocks; a block's file key is ``<prefix>-b<block>``. By default a row's
+    block is ``step // flush_rows`` (or its time bucket for tables without a step), so a run resumed
+    from a checkpoint rewrites exactly the blocks it logs again instead of duplicating them.
+    A block is written when a later block starts, every ``flush_seconds`` (partially, to be replaced
+    when complete), and at ``close()``.
+    """
+
+    def __init__(self, lake: Lake, table: str, prefix: str, flush_rows: int = 2000,
+                 flush_seconds: float = 30.0, background: bool = True):
+        self.lake, self.table, self.prefix = lake, table, check_slug("key prefix", prefix)
+        self.flush_rows, self.flush_seconds = flush_rows, flush_seconds
+        self.schema = TABLES[table].schema
+        self._names = set(self.schema.names)
+        self._blocks: dict[int, list[dict]] = {}
+        self._last_flush = time.monotonic()
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"mhw-{table}") if background else None
+        self._pending: list[Future] = []
+        self._lock = threading.Lock()
+        self.rows_written = 0
+        self.files: list[str] = []
+
+    def _block_of(self, row: dict) -> int:
+        if row.get("step") is not None:
+            return int(row["step"]) // self.flush_rows
+        ts = row.get(TABLES[self.table].time_column)
+        return int(ts.timestamp() // 3600) if ts is not None else 0
+
+    def append(self, row: dict, block: int | None = None) -> None:
+        b = self._block_of(row) if block is None else block
+        rows = self._blocks.get(b)
+        if rows is None:
+            done = [k for k in self._blocks if k < b]
+            for k in done:  # earlier blocks are complete: write them once, for good
+                self._submit(k, self._blocks.pop(k))
+            rows = self._blocks[b] = []
+        rows.append(row)
+        if time.monotonic() - self._last_flush > self.flush_seconds:
+            self.flush(wait=False)
+
+    def flush(self, wait: bool = True) -> None:
+        for k, rows in self._blocks.items():
+            self._submit(k, list(rows))
+        self._last_flush = time.monotonic()
+        if wait:
+            self._drain()
+
+    def close(self) -> None:
+        self.flush(wait=True)
+        self._blocks.clear()
+        if self._pool:
+            self._pool.shutdown(wait=True)
+
+    def _submit(self, block: int, rows: list[dict]) -> None:
+        if not rows:
+            return
+        key = f"{self.prefix}-b{block:09d}"
+        if self._pool is None:
+            self._write(key, rows)
+        else:
+            self._pending.append(self._pool.submit(self._write, key, rows))
+            self._pending = [f for f in self._pending if not f.done() or f.exception()]
+
+    def _write(self, key: str, rows: list[dict]) -> None:
+        data = pa.Table.from_pylist(rows, schema=_present(self.schema, rows))
+        res = self.lake.write(self.table, data, key)
+        with self._lock:
+            self.rows_written += res.rows  # counts rewrites of partial blocks too
+            self.files = sorted(set(self.files) | set(res.files))
+
+    def _drain(self) -> None:
+        pending, self._pending = self._pending, []
+        for f in pending:
+            f.result()  # re-raises a background write's error in the caller
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _present(schema: pa.Schema, rows: list[dict]) -> pa.Schema:
+    names = set().union(*rows)
+    unknown = names - set(schema.names)
+    if unknown:
+        raise ValueError(f"unknown columns {sorted(unknown)}")
+    return pa.schema([f for f in schema if f.name in names])
