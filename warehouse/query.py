@@ -1,0 +1,126 @@
+"""DuckDB over the lake: one view per lake table (hive partitions as columns), plus the cubes of the
+serving file when it exists, attached read-only. ``mhw query "SQL"`` runs SQL on that connection."""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import sys
+
+import duckdb
+import pyarrow as pa
+
+from warehouse import config
+from warehouse.schemas import TABLES, Table
+
+_DUCK_TYPES = {
+    pa.string(): "VARCHAR", pa.int64(): "BIGINT", pa.int32(): "INTEGER", pa.float64(): "DOUBLE",
+    pa.bool_(): "BOOLEAN", pa.date32(): "DATE", pa.timestamp("us", tz="UTC"): "TIMESTAMPTZ",
+}
+
+
+def duck_type(t: pa.DataType) -> str:
+    return _DUCK_TYPES[t]
+
+
+def table_glob(lake_root: str, name: str) -> str:
+    return f"{lake_root.rstrip('/')}/{name}/**/*.parquet"
+
+
+def _has_files(lake_root: str, name: str) -> bool:
+    if "://" in lake_root:
+        return True  # listing object stores is costly; let DuckDB find out
+    d = os.path.join(lake_root, name)
+    for _, _, files in os.walk(d):
+        if any(f.endswith(".parquet") for f in files):
+            return True
+    return False
+
+
+def view_sql(lake_root: str, table: Table) -> str:
+    """A view whose columns and types are exactly the table's schema, empty if no file exists yet."""
+    cols = ", ".join(f"cast({_q(f.name)} as {duck_type(f.type)}) as {_q(f.name)}" for f in table.schema)
+    if not _has_files(lake_root, table.name):
+        nulls = ", ".join(f"cast(null as {duck_type(f.type)}) as {_q(f.name)}" for f in table.schema)
+        return f"create or replace view {table.name} as select {nulls} where false"
+    hive_types = ", ".join(f"'{k}': '{duck_type(table.schema.field(k).type)}'" for k in table.partition_by)
+    return (
+        f"create or replace view {table.name} as select {cols} from read_parquet("
+        f"'{table_glob(lake_root, table.name)}', hive_partitioning = true, union_by_name = true, "
+        f"hive_types = {{{hive_types}}})"
+    )
+
+
+def _q(name: str) -> str:
+    return f'"{name}"'
+
+
+def connect(lake_root: str | None = None, serving_path: str | None = None,
+            read_only_serving: bool = True) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection with a view per lake table and, if the serving file exists,
+    that file attached read-only as ``serving`` with a view per cube in the main schema."""
+    settings = config.load()
+    lake_root = lake_root or settings.lake_root
+    serving_path = serving_path if serving_path is not None else settings.serving_path
+    con = duckdb.connect()
+    for table in TABLES.values():
+        con.execute(view_sql(lake_root, table))
+    if serving_path and os.path.exists(serving_path):
+        mode = " (read_only)" if read_only_serving else ""
+        con.execute(f"attach '{serving_path}' as serving{mode}")
+        names = [r[0] for r in con.execute(
+            "select table_name from information_schema.tables where table_catalog = 'serving'").fetchall()]
+        for n in names:
+            if n not in TABLES:
+                con.execute(f"create or replace view {_q(n)} as select * from serving.main.{_q(n)}")
+    return con
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("sql", help="SQL to run; lake tables and cubes are views by their names")
+    p.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    p.add_argument("--lake", help="lake root (default from config)")
+    p.add_argument("--serving", help="serving DuckDB file (default from config)")
+    p.add_argument("--max-rows", type=int, default=200, help="rows printed in table format")
+
+
+def run(args: argparse.Namespace) -> int:
+    con = connect(args.lake, args.serving)
+    try:
+        cur = con.execute(args.sql)
+    except duckdb.Error as e:
+        print(f"mhw query: {e}", file=sys.stderr)
+        return 2
+    cols = [d[0] for d in cur.description] if cur.description else []
+    rows = cur.fetchall() if cols else []
+    write_rows(cols, rows, args.format, sys.stdout, args.max_rows)
+    return 0
+
+
+def _jsonable(v):
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)  # JSON has no NaN/inf; keep them visible rather than dropping them
+    if hasattr(v, "isoformat"):
+        return v.isoformat()
+    return v
+
+
+def write_rows(cols, rows, fmt: str, out, max_rows: int = 200) -> None:
+    if fmt == "csv":
+        w = csv.writer(out)
+        w.writerow(cols)
+        w.writerows(rows)
+    elif fmt == "json":
+        for r in rows:
+            out.write(json.dumps({c: _jsonable(v) for c, v in zip(cols, r)}) + "\n")
+    else:
+        shown = [["" if v is None else str(v) for v in r] for r in rows[:max_rows]]
+        widths = [max([len(c)] + [len(r[i]) for r in shown]) for i, c in enumerate(cols)]
+        out.write(" | ".join(c.ljust(w) for c, w in zip(cols, widths)) + "\n")
+        out.write("-+-".join("-" * w for w in widths) + "\n")
+        for r in shown:
+            out.write(" | ".join(v.ljust(w) for v, w in zip(r, widths)) + "\n")
+        more = f", {len(rows) - max_rows} not shown" if len(rows) > max_rows else ""
+        out.write(f"({len(rows)} rows{more})\n")
