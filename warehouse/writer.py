@@ -79,8 +79,11 @@ def conform(table: Table, data: pa.Table) -> pa.Table:
 class Lake:
     """A lake root (local folder or object-store URI) and the only code that writes files into it."""
 
-    def __init__(self, root: str | os.PathLike):
+    def __init__(self, root: str | os.PathLike, durable: bool = True):
+        """``durable=False`` skips the fsync before each rename: files still appear atomically to
+        readers, but a power loss may lose recent ones. For regenerable bulk data (``simulate``)."""
         root = str(root)
+        self.durable = durable
         if "://" in root:
             self.fs, self.root = pafs.FileSystem.from_uri(root)
             self.local = False
@@ -109,18 +112,21 @@ class Lake:
         table = TABLES[table_name]
         check_slug("key", key)
         data = conform(table, data)
-        result = WriteResult()
-        for values, part in _split_by_partition(table, data):
-            path = f"{self.partition_dir(table, values)}/{key}.parquet"
-            self._write_file(part.select(table.file_schema.names), path)
-            result += WriteResult(part.num_rows, [path])
-        return result
+        jobs = [(f"{self.partition_dir(table, values)}/{key}.parquet", part.select(table.file_schema.names))
+                for values, part in _split_by_partition(table, data)]
+        # Parquet encoding releases the GIL: partitions are written in parallel, one per core.
+        if len(jobs) > 1:
+            with ThreadPoolExecutor(min(len(jobs), os.cpu_count() or 1)) as pool:
+                list(pool.map(lambda j: self._write_file(j[1], j[0]), jobs))
+        elif jobs:
+            self._write_file(jobs[0][1], jobs[0][0])
+        return WriteResult(sum(p.num_rows for _, p in jobs), [path for path, _ in jobs])
 
     def _write_file(self, data: pa.Table, path: str) -> None:
         parent = path.rsplit("/", 1)[0]
         if not self.local:  # one PUT: atomic by the store's own rules
             self.fs.create_dir(parent, recursive=True)
-            pq.write_table(data, path, filesystem=self.fs, compression="zstd")
+            pq.write_table(data, path, filesystem=self.fs, **_parquet_options(data.schema))
             return
         tmp_dir = f"{self.root}/_tmp"
         os.makedirs(tmp_dir, exist_ok=True)
@@ -128,9 +134,10 @@ class Lake:
         tmp = f"{tmp_dir}/{uuid.uuid4().hex}.parquet.tmp"
         try:
             with open(tmp, "wb") as f:
-                pq.write_table(data, f, compression="zstd")
-                f.flush()
-                os.fsync(f.fileno())  # the rename must not publish a file whose bytes are not on disk
+                pq.write_table(data, f, **_parquet_options(data.schema))
+                if self.durable:  # the rename must not publish a file whose bytes are not on disk
+                    f.flush()
+                    os.fsync(f.fileno())
             os.replace(tmp, path)
         except BaseException:
             if os.path.exists(tmp):
@@ -149,6 +156,11 @@ class Lake:
                 os.unlink(p)
                 n += 1
         return n
+
+
+def _parquet_options(schema: pa.Schema) -> dict:
+    # Dictionary-encode only strings: on float metrics it costs 40 % of write time and saves nothing.
+    return {"compression": "zstd", "use_dictionary": [f.name for f in schema if pa.types.is_string(f.type)]}
 
 
 def _split_by_partition(table: Table, data: pa.Table):
