@@ -127,12 +127,15 @@ def _pair_tables(rng, runs, model, hw, run_steps, run_prec, incident, onset, run
     # Throughput: FLOPs per step = 6·N·tokens; achieved fraction of peak ~ MFU 0.35-0.5.
     mfu_run = rng.uniform(0.35, 0.5, k) * np.array([PRECISION_SPEED[PRECISIONS[q]] for q in run_prec[runs]])
     step_s_run = 6 * n_params * tokens_per_step / (mfu_run * peak_tflops * 1e12 * gpu_count)
+    # Small machines run smaller global batches: cap a step at ~2 s, as teams do with accumulation.
+    tokens_run = tokens_per_step * np.minimum(1.0, 2.0 / step_s_run)
+    step_s_run = np.minimum(step_s_run, 2.0)
     step_s = step_s_run[local] * rng.lognormal(0, 0.03, n)
     data_ms = step_s * 1000 * rng.uniform(0.005, 0.03, n)
     stall = (inc == INCIDENTS.index("data_stall")) & after & (step < ons + 300)
     data_ms = np.where(stall, step_s * 1000 * rng.uniform(1.0, 2.0, n), data_ms)
     step_ms = step_s * 1000 + np.where(stall, data_ms, 0)
-    tps = tokens_per_step / (step_ms / 1000)
+    tps = tokens_run[local] / (step_ms / 1000)
     mfu = 6 * n_params * tps / (peak_tflops * 1e12 * gpu_count)
 
     # Loss: power-law decay to the model's floor, with multiplicative noise.

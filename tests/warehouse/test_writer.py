@@ -1,0 +1,146 @@
+import datetime as dt
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from warehouse.schemas import TABLES, TRAIN_STEPS
+from warehouse.writer import BufferedWriter, Lake, PartitionError, check_slug, slugify
+
+UTC = dt.timezone.utc
+T0 = dt.datetime(2026, 11, 1, 23, 59, 30, tzinfo=UTC)
+
+
+def steps(n, model="gpt2-tiny", hardware="cpu-x86_64-2c", run_id="r1", start=T0, step0=0):
+    return pa.table({
+        "run_id": [run_id] * n, "step": list(range(step0, step0 + n)),
+        "ts": [start + dt.timedelta(seconds=i) for i in range(n)],
+        "loss": [1.0 / (i + 1) for i in range(n)], "model": [model] * n, "hardware": [hardware] * n,
+    })
+
+
+def count(root, table="train_steps"):
+    return duckdb.sql(f"select count(*) from read_parquet('{root}/{table}/**/*.parquet', hive_partitioning=true)").fetchall()[0][0]
+
+
+def test_exact_paths_and_round_trip(tmp_path):
+    lake = Lake(tmp_path)
+    res = lake.write("train_steps", steps(60), "r1-b000000000")  # crosses midnight: two date partitions
+    assert res.rows == 60
+    assert sorted(res.files) == [
+        f"{tmp_path}/train_steps/model=gpt2-tiny/hardware=cpu-x86_64-2c/date=2026-11-01/r1-b000000000.parquet",
+        f"{tmp_path}/train_steps/model=gpt2-tiny/hardware=cpu-x86_64-2c/date=2026-11-02/r1-b000000000.parquet",
+    ]
+    first = pq.read_table(res.files[0])
+    assert first.schema == TRAIN_STEPS.file_schema  # partition columns live in the path only
+    assert first.column("step").to_pylist() == list(range(30))
+    back = duckdb.sql(f"select step, loss, date from read_parquet('{tmp_path}/train_steps/**/*.parquet', "
+                      "hive_partitioning=true) order by step").fetchall()
+    assert [r[0] for r in back] == list(range(60))
+    assert back[0][1] == 1.0 and back[29][2] == dt.date(2026, 11, 1) and back[30][2] == dt.date(2026, 11, 2)
+
+
+def test_retry_with_same_key_replaces_instead_of_duplicating(tmp_path):
+    lake = Lake(tmp_path)
+    lake.write("train_steps", steps(10), "k1")
+    lake.write("train_steps", steps(10), "k1")
+    assert count(tmp_path) == 10
+    lake.write("train_steps", steps(10, step0=10), "k2")
+    assert count(tmp_path) == 20
+
+
+def test_nan_and_inf_are_kept(tmp_path):
+    t = steps(3).set_column(3, "loss", pa.array([float("nan"), float("inf"), -float("inf")]))
+    Lake(tmp_path).write("train_steps", t, "k")
+    got = duckdb.sql(f"select isnan(loss), loss from read_parquet('{tmp_path}/train_steps/**/*.parquet') order by step").fetchall()
+    assert got[0][0] is True and got[1][1] == float("inf") and got[2][1] == -float("inf")
+
+
+@pytest.mark.parametrize("bad", ["../../etc", "a/b", "x=y", "", ".hidden", "..", "with space", "a" * 200])
+def test_traversal_and_unsafe_partition_values_are_rejected(tmp_path, bad):
+    with pytest.raises(PartitionError, match="model="):
+        Lake(tmp_path).write("train_steps", steps(2, model=bad), "k")
+    assert not any(p.suffix == ".parquet" for p in tmp_path.rglob("*"))
+    assert not (tmp_path.parent / "etc").exists()
+
+
+def test_unsafe_key_rejected(tmp_path):
+    with pytest.raises(PartitionError, match="key="):
+        Lake(tmp_path).write("train_steps", steps(2), "../evil")
+
+
+def test_slugify_makes_hub_names_safe():
+    assert slugify("distilbert/lora imdb") == "distilbert--lora-imdb"
+    assert check_slug("model", slugify("../../etc")) == "etc"
+
+
+def test_missing_partition_value_is_an_error(tmp_path):
+    t = steps(2).set_column(4, "model", pa.array([None, "m"], pa.string()))
+    with pytest.raises(PartitionError, match="no model"):
+        Lake(tmp_path).write("train_steps", t, "k")
+
+
+def test_buffered_writer_blocks_and_resume_rewrites_its_blocks(tmp_path):
+    lake = Lake(tmp_path)
+    with BufferedWriter(lake, "train_steps", "run1", flush_rows=100) as w:
+        for i in range(250):
+            w.append({"run_id": "run1", "step": i, "ts": T0, "loss": 1.0, "model": "m", "hardware": "h"})
+    assert count(tmp_path) == 250
+    assert len(w.files) == 3  # blocks 0-99, 100-199, 200-249
+    # A resumed run re-logs from its checkpoint at step 200: the block is replaced, not duplicated.
+    with BufferedWriter(lake, "train_steps", "run1", flush_rows=100) as w:
+        for i in range(200, 300):
+            w.append({"run_id": "run1", "step": i, "ts": T0, "loss": 2.0, "model": "m", "hardware": "h"})
+    assert count(tmp_path) == 300
+    assert duckdb.sql(f"select count(distinct step), sum(loss) from read_parquet('{tmp_path}/train_steps/**/*.parquet')"
+                      ).fetchall() == [(300, 200 * 1.0 + 100 * 2.0)]
+
+
+def test_buffered_writer_surfaces_background_errors(tmp_path):
+    w = BufferedWriter(Lake(tmp_path), "train_steps", "r", flush_rows=10)
+    w.append({"run_id": "r", "step": 0, "ts": T0, "model": "bad/name", "hardware": "h"})
+    with pytest.raises(PartitionError):
+        w.close()
+
+
+KILLED_WRITER = textwrap.dedent("""
+    import sys, datetime as dt, numpy as np, pyarrow as pa
+    from warehouse.writer import Lake
+    n = 4_000_000
+    t = pa.table({"run_id": pa.array(["r"] * n), "step": np.arange(n), "ts": pa.array(np.full(n, 1_790_000_000_000_000, "datetime64[us]")),
+                  "loss": np.random.default_rng(0).random(n), "grad_norm": np.random.default_rng(1).random(n),
+                  "model": pa.array(["m"] * n), "hardware": pa.array(["h"] * n)})
+    print("ready", flush=True)
+    Lake(sys.argv[1]).write("train_steps", t, "chunk-0")
+    print("done", flush=True)
+""")
+
+
+def test_sigkill_mid_write_leaves_no_partial_file_and_retry_no_duplicate(tmp_path):
+    script = tmp_path / "w.py"
+    script.write_text(KILLED_WRITER)
+    root = tmp_path / "lake"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    proc = subprocess.Popen([sys.executable, str(script), str(root)], stdout=subprocess.PIPE, text=True, env=env)
+    assert proc.stdout.readline().strip() == "ready"
+    tmp_dir = root / "_tmp"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (tmp_dir.exists() and any(tmp_dir.iterdir())):
+        time.sleep(0.001)  # wait until the writer is mid-file
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert any(tmp_dir.iterdir()), "the writer was killed before it started writing; the test proved nothing"
+    assert list((root / "train_steps").rglob("*.parquet")) == []  # readers see nothing, not half a file
+    # The retry (same key) lands the whole chunk exactly once; the orphan temp file is cleaned up.
+    assert subprocess.run([sys.executable, str(script), str(root)], env=env, capture_output=True).returncode == 0
+    assert count(root) == 4_000_000
+    assert Lake(root).clean_tmp(older_than_s=0) >= 1
