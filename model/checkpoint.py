@@ -1,0 +1,74 @@
+"""Checkpoints for exact resume: model, optimizer, scheduler, GradScaler, step, every RNG state, the
+resolved config and the run's identity. Files are ``<out_dir>/ckpt-<step>.pt``, written aside and
+renamed, so a run killed mid-save never leaves a truncated checkpoint behind."""
+from __future__ import annotations
+
+import os
+import random
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+_NAME = re.compile(r"^ckpt-(\d+)\.pt$")
+
+
+def path_for(out_dir: str | Path, step: int) -> Path:
+    return Path(out_dir) / f"ckpt-{step:07d}.pt"
+
+
+def all_in(out_dir: str | Path) -> list[Path]:
+    d = Path(out_dir)
+    if not d.is_dir():
+        return []
+    return sorted((p for p in d.iterdir() if _NAME.match(p.name)), key=lambda p: int(_NAME.match(p.name)[1]))
+
+
+def latest(out_dir: str | Path) -> Path | None:
+    found = all_in(out_dir)
+    return found[-1] if found else None
+
+
+def resolve(path: str | Path) -> Path:
+    """A checkpoint file, or the latest checkpoint in a folder."""
+    p = Path(path)
+    if p.is_dir():
+        found = latest(p)
+        if found is None:
+            raise FileNotFoundError(f"no ckpt-*.pt in {p}")
+        return found
+    if not p.exists():
+        raise FileNotFoundError(p)
+    return p
+
+
+def rng_state() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save(path: str | Path, state: dict, keep_last: int | None = None) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".pt.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    if keep_last:
+        for old in all_in(path.parent)[:-keep_last]:
+            old.unlink(missing_ok=True)
+    return path
+
+
+def load(path: str | Path, map_location="cpu") -> dict:
+    # weights_only=False: the file holds RNG states and the config as Python objects. Load only
+    # checkpoints this project wrote (a checkpoint is code, as any pickle is).
+    return torch.load(resolve(path), map_location=map_location, weights_only=False)

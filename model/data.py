@@ -1,0 +1,325 @@
+"""Data for the training and evaluation jobs: tokenizers, a learnable default that needs no download,
+loaders for a user's own files, and a sampler whose order is a pure function of the step.
+
+Defaults (no download, seeded, learnable in seconds by a tiny model):
+- ``arithmetic`` (causal LM): lines like ``417+86=503`` -- the format is learnt in a few dozen steps,
+  the carries take longer, so the loss keeps falling for a while.
+- ``sentiment`` (classifier): a small grammar (``the plot was not very dull`` -> positive); the label
+  is the adjective's polarity flipped by ``not``, so a model must look at two words to get it right.
+
+A user's data: ``text`` (a .txt file or a folder of them), ``jsonl`` (``{"text": ..., "label": ...}``
+per line) or ``hf_disk`` (a ``datasets`` folder written by ``save_to_disk``).
+"""
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from model.config import CfgNode
+
+
+def default_config() -> CfgNode:
+    return CfgNode(
+        name="arithmetic",   # arithmetic | sentiment | text | jsonl | hf_disk
+        path=None,           # file or folder for text, jsonl and hf_disk
+        text_field="text",   # jsonl / hf_disk column holding the text
+        label_field="label",  # jsonl / hf_disk column holding the class label (classifiers)
+        n_examples=20000,    # generated examples for arithmetic / sentiment
+        max_digits=3,        # arithmetic operands are below 10**max_digits
+        val_fraction=0.1,    # held-out share; its examples are never trained on
+        seed=1337,           # generator and split seed (the data order has its own, trainer.seed)
+        tokenizer="bytes",   # bytes | hf (the tokenizer saved in the --init-from folder)
+    )
+
+
+# -----------------------------------------------------------------------------
+# tokenizers
+
+
+class ByteTokenizer:
+    """UTF-8 bytes are tokens 0..255; 256 ends a document (and pads), 257 starts a classifier input."""
+    name = "bytes"
+    vocab_size = 258
+    eot_id = pad_id = 256
+    cls_id = 257
+
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def decode(self, ids) -> str:
+        return bytes(int(i) for i in ids if int(i) < 256).decode("utf-8", errors="replace")
+
+
+class HFTokenizer:
+    """A tokenizer saved beside a HF model (``save_pretrained`` layout), loaded from disk only."""
+    name = "hf"
+
+    def __init__(self, path: str):
+        from transformers import AutoTokenizer
+        self.tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        self.vocab_size = len(self.tok)
+        self.eot_id = self.tok.eos_token_id if self.tok.eos_token_id is not None else self.tok.sep_token_id
+        self.pad_id = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.eot_id
+        self.cls_id = self.tok.cls_token_id if self.tok.cls_token_id is not None else self.tok.bos_token_id
+
+    def encode(self, text: str) -> list[int]:
+        return self.tok(text, add_special_tokens=False)["input_ids"]
+
+    def decode(self, ids) -> str:
+        return self.tok.decode([int(i) for i in ids], skip_special_tokens=True)
+
+
+def build_tokenizer(cfg: CfgNode, model_path: str | None = None):
+    if cfg.tokenizer == "bytes":
+        return ByteTokenizer()
+    if cfg.tokenizer == "hf":
+        if not model_path:
+            raise ValueError("data.tokenizer=hf needs --init-from pointing at a folder with a saved tokenizer")
+        return HFTokenizer(model_path)
+    raise ValueError(f"unknown data.tokenizer {cfg.tokenizer!r} (bytes | hf)")
+
+
+# -----------------------------------------------------------------------------
+# raw examples: (texts, labels or None) for train and validation
+
+
+def arithmetic_texts(n: int, max_digits: int, rng: random.Random) -> list[str]:
+    hi = 10 ** max_digits
+    out = []
+    for _ in range(n):
+        a, b = rng.randrange(hi), rng.randrange(hi)
+        op = rng.choice("+-")
+        out.append(f"{a}{op}{b}={a + b if op == '+' else a - b}")
+    return out
+
+
+_SUBJECTS = ["the movie", "this film", "the plot", "the acting", "the ending", "the soundtrack", "the cast"]
+_VERBS = ["was", "is", "felt", "seemed"]
+_ADVERBS = ["", "really ", "very ", "quite ", "truly "]
+_POSITIVE = ["good", "great", "wonderful", "brilliant", "fun", "moving", "superb"]
+_NEGATIVE = ["bad", "awful", "boring", "dull", "terrible", "weak", "clumsy"]
+
+
+def sentiment_examples(n: int, rng: random.Random) -> tuple[list[str], list[int]]:
+    texts, labels = [], []
+    for _ in range(n):
+        positive = rng.random() < 0.5
+        negated = rng.random() < 0.3
+        adj = rng.choice(_POSITIVE if positive else _NEGATIVE)
+        neg = "not " if negated else ""
+        texts.append(f"{rng.choice(_SUBJECTS)} {rng.choice(_VERBS)} {neg}{rng.choice(_ADVERBS)}{adj}")
+        labels.append(int(positive != negated))
+    return texts, labels
+
+
+def _read_jsonl(path: Path, text_field: str, label_field: str | None):
+    texts, labels = [], []
+    files = sorted(path.glob("*.jsonl")) if path.is_dir() else [path]
+    for f in files:
+        with open(f) as fh:
+            for i, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                rec = json.loads(line)
+                if text_field not in rec:
+                    raise ValueError(f"{f}:{i}: no {text_field!r} field")
+                texts.append(str(rec[text_field]))
+                if label_field:
+                    if label_field not in rec:
+                        raise ValueError(f"{f}:{i}: no {label_field!r} field")
+                    labels.append(rec[label_field])
+    return texts, (labels if label_field else None)
+
+
+def _read_text(path: Path) -> list[str]:
+    files = sorted(path.glob("*.txt")) if path.is_dir() else [path]
+    if not files:
+        raise ValueError(f"no .txt files in {path}")
+    return [f.read_text(encoding="utf-8") for f in files]
+
+
+def _read_hf_disk(path: Path, text_field: str, label_field: str | None):
+    """A ``datasets`` folder: a DatasetDict with train (+ validation or test) splits, or one Dataset."""
+    try:
+        import datasets
+    except ImportError as e:
+        raise RuntimeError("data.name=hf_disk needs the `datasets` package (pip install datasets)") from e
+    ds = datasets.load_from_disk(str(path))
+    splits = {}
+    if isinstance(ds, datasets.DatasetDict):
+        splits["train"] = ds["train"]
+        for name in ("validation", "valid", "test"):
+            if name in ds:
+                splits["val"] = ds[name]
+                break
+    else:
+        splits["train"] = ds
+
+    def cols(d):
+        return list(map(str, d[text_field])), (list(d[label_field]) if label_field else None)
+
+    return {k: cols(v) for k, v in splits.items()}
+
+
+def _split(texts: list, labels: list | None, val_fraction: float, rng: random.Random):
+    order = list(range(len(texts)))
+    rng.shuffle(order)
+    n_val = max(1, int(round(len(texts) * val_fraction)))
+    val, train = order[:n_val], order[n_val:]
+
+    def pick(ix):
+        return [texts[i] for i in ix], ([labels[i] for i in ix] if labels is not None else None)
+
+    return pick(train), pick(val)
+
+
+def raw_splits(cfg: CfgNode, task: str):
+    """{'train': (texts, labels), 'val': (texts, labels)}; labels is None for the LM task."""
+    rng = random.Random(cfg.seed)
+    label_field = cfg.label_field if task == "cls" else None
+    if cfg.name == "arithmetic":
+        if task != "lm":
+            raise ValueError("data.name=arithmetic is a language-modelling task; use sentiment for classifiers")
+        n_val = max(1, int(cfg.n_examples * cfg.val_fraction))
+        # Two independent streams, so no validation problem is a verbatim copy of a training line
+        # except by chance (and the chance is the same as for unseen problems at test time).
+        return {"train": (arithmetic_texts(cfg.n_examples - n_val, cfg.max_digits, rng), None),
+                "val": (arithmetic_texts(n_val, cfg.max_digits, random.Random(cfg.seed + 1)), None)}
+    if cfg.name == "sentiment":
+        texts, labels = sentiment_examples(cfg.n_examples, rng)
+        train, val = _split(texts, labels, cfg.val_fraction, rng)
+        return {"train": train, "val": val} if task == "cls" else {"train": (train[0], None), "val": (val[0], None)}
+    if not cfg.path:
+        raise ValueError(f"data.name={cfg.name} needs data.path")
+    path = Path(cfg.path).expanduser()
+    if cfg.name == "text":
+        if task != "lm":
+            raise ValueError("data.name=text has no labels; use jsonl with a label field for classifiers")
+        texts = _read_text(path)
+        if len(texts) == 1:  # one file: hold out its tail, so validation is text the model never saw
+            text = texts[0]
+            cut = int(len(text) * (1 - cfg.val_fraction))
+            return {"train": ([text[:cut]], None), "val": ([text[cut:]], None)}
+        train, val = _split(texts, None, cfg.val_fraction, rng)
+        return {"train": train, "val": val}
+    if cfg.name == "jsonl":
+        texts, labels = _read_jsonl(path, cfg.text_field, label_field)
+        train, val = _split(texts, labels, cfg.val_fraction, rng)
+        return {"train": train, "val": val}
+    if cfg.name == "hf_disk":
+        splits = _read_hf_disk(path, cfg.text_field, label_field)
+        if "val" not in splits:
+            splits["train"], splits["val"] = _split(*splits["train"], cfg.val_fraction, rng)
+        return splits
+    raise ValueError(f"unknown data.name {cfg.name!r} (arithmetic | sentiment | text | jsonl | hf_disk)")
+
+
+# -----------------------------------------------------------------------------
+# tensors
+
+
+@dataclass
+class LMData:
+    """Non-overlapping windows of ``block_size + 1`` tokens from one token stream (x = w[:-1], y = w[1:])."""
+    windows: torch.Tensor  # (n, block_size + 1) int64
+    tokens: int  # tokens per sample, for tokens/s
+
+    @property
+    def n(self) -> int:
+        return len(self.windows)
+
+    def batch(self, idx: torch.Tensor) -> dict:
+        w = self.windows[idx]
+        return {"input_ids": w[:, :-1], "labels": w[:, 1:]}
+
+
+@dataclass
+class ClsData:
+    input_ids: torch.Tensor  # (n, block_size) int64, [CLS] first, padded
+    attention_mask: torch.Tensor  # (n, block_size)
+    labels: torch.Tensor  # (n,) int64
+    tokens: int
+    label_names: list
+
+    @property
+    def n(self) -> int:
+        return len(self.labels)
+
+    def batch(self, idx: torch.Tensor) -> dict:
+        return {"input_ids": self.input_ids[idx], "attention_mask": self.attention_mask[idx],
+                "labels": self.labels[idx]}
+
+
+def lm_data(texts: list[str], tok, block_size: int) -> LMData:
+    stream: list[int] = []
+    for t in texts:
+        stream += tok.encode(t)
+        stream.append(tok.eot_id)  # documents end with <eot>, as in GPT-2 pre-training
+    n = (len(stream) - 1) // block_size
+    if n < 1:
+        raise ValueError(f"{len(stream)} tokens is less than one block of {block_size + 1}")
+    s = torch.tensor(stream[: n * block_size + 1], dtype=torch.long)
+    windows = torch.stack([s[i * block_size: i * block_size + block_size + 1] for i in range(n)])
+    return LMData(windows, block_size)
+
+
+def cls_data(texts: list[str], labels: list, tok, block_size: int, label_names: list | None = None) -> ClsData:
+    label_names = label_names or sorted(set(labels), key=str)
+    index = {v: i for i, v in enumerate(label_names)}
+    ids = torch.full((len(texts), block_size), tok.pad_id, dtype=torch.long)
+    mask = torch.zeros((len(texts), block_size), dtype=torch.long)
+    for i, t in enumerate(texts):
+        row = [tok.cls_id, *tok.encode(t)][:block_size]
+        ids[i, : len(row)] = torch.tensor(row)
+        mask[i, : len(row)] = 1
+    y = torch.tensor([index[v] for v in labels], dtype=torch.long)
+    return ClsData(ids, mask, y, block_size, label_names)
+
+
+def build(cfg: CfgNode, task: str, tok, block_size: int):
+    """(train, val) tensor datasets for ``task`` ('lm' or 'cls')."""
+    splits = raw_splits(cfg, task)
+    if task == "lm":
+        return lm_data(splits["train"][0], tok, block_size), lm_data(splits["val"][0], tok, block_size)
+    train = cls_data(*splits["train"], tok, block_size)
+    return train, cls_data(*splits["val"], tok, block_size, label_names=train.label_names)
+
+
+# -----------------------------------------------------------------------------
+# sampling: the order is a function of (seed, step), so a resumed run sees exactly the batches the
+# uninterrupted run would have seen, and every DDP rank sees a disjoint slice of the same order.
+
+
+class Sampler:
+    def __init__(self, n: int, batch_size: int, grad_accum: int, seed: int, rank: int = 0, world: int = 1):
+        self.n, self.batch_size, self.grad_accum = n, batch_size, grad_accum
+        self.seed, self.rank, self.world = seed, rank, world
+        self._perms: dict[int, torch.Tensor] = {}
+
+    @property
+    def global_batch(self) -> int:
+        return self.batch_size * self.grad_accum * self.world
+
+    def _perm(self, epoch: int) -> torch.Tensor:
+        if epoch not in self._perms:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            self._perms[epoch] = torch.randperm(self.n, generator=g)
+            if len(self._perms) > 2:  # a batch spans at most two epochs; older orders are done with
+                del self._perms[min(self._perms)]
+        return self._perms[epoch]
+
+    def indices(self, step: int, micro: int) -> torch.Tensor:
+        start = ((step * self.grad_accum + micro) * self.world + self.rank) * self.batch_size
+        pos = torch.arange(start, start + self.batch_size)
+        epochs, offs = pos // self.n, pos % self.n
+        if bool((epochs == epochs[0]).all()):
+            return self._perm(int(epochs[0]))[offs]
+        return torch.stack([self._perm(int(e))[o] for e, o in zip(epochs, offs)])
+
+    def epoch(self, step: int) -> float:
+        """Fractional epoch after ``step`` (0-based) completes."""
+        return (step + 1) * self.global_batch / self.n

@@ -1,0 +1,108 @@
+"""What the job runs on: a stable, readable hardware fingerprint (the ``hardware`` partition key),
+the accelerator's name and count, its peak FLOP/s for MFU, and the code version that ran."""
+from __future__ import annotations
+
+import os
+import platform
+import re
+import subprocess
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from warehouse.writer import check_slug
+
+# Dense bf16 tensor-core peak FLOP/s per device, from the vendors' datasheets (no sparsity).
+# MFU is reported against this even for fp16/fp32 runs, so runs of one device compare on one scale.
+PEAK_BF16_FLOPS = [
+    # (substring of the lower-cased device name, peak)
+    ("gb200", 2.5e15),
+    ("b200", 2.25e15),
+    ("h200", 989e12),
+    ("h100 pcie", 756e12),
+    ("h100 nvl", 835e12),
+    ("h100", 989e12),  # SXM
+    ("h800", 989e12),
+    ("gh200", 989e12),
+    ("a100", 312e12),
+    ("a800", 312e12),
+    ("l40s", 362e12),
+    ("l40", 181e12),
+    ("a10g", 70e12),
+    ("a10", 125e12),
+    ("l4", 121e12),
+    ("rtx 4090", 165e12),
+    ("rtx 3090", 71e12),
+    ("v100", 125e12),  # fp16 tensor cores: V100 has no bf16
+    ("t4", 65e12),  # fp16, likewise
+    ("mi300x", 1307e12),
+    ("mi250x", 383e12),
+]
+
+
+def peak_flops(device_name: str | None) -> float | None:
+    """Per-device peak, or None where unknown (and always on CPU: MFU is left null there)."""
+    if not device_name:
+        return None
+    name = device_name.lower()
+    for key, peak in PEAK_BF16_FLOPS:
+        if key in name:
+            return peak
+    return None
+
+
+def gpu_name() -> str | None:
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+
+
+def gpu_count() -> int:
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def gpu_mem_total_gb() -> float | None:
+    if not torch.cuda.is_available():
+        return None
+    return torch.cuda.get_device_properties(0).total_memory / 1e9
+
+
+def _gpu_slug(name: str, mem_gb: float, count: int) -> str:
+    s = name.lower()
+    s = re.sub(r"\b(nvidia|geforce|amd|instinct|tesla)\b", " ", s)
+    s = re.sub(r"sxm\d?", "sxm", s)
+    s = re.sub(r"\bhbm\d?e?\b", "sxm", s)  # H100/H200 SXM report their memory kind, not the form factor
+    s = re.sub(r"\d+\s*gb", " ", s)  # the memory size is re-added from the driver, in one format
+    tokens = [t for t in re.split(r"[^a-z0-9]+", s) if t]
+    tokens = list(dict.fromkeys(tokens))  # "a100-sxm4-80gb" style names repeat themselves
+    return "-".join([*tokens, f"{round(mem_gb)}gb", f"x{count}"])
+
+
+def fingerprint(override: str | None = None, world_size: int = 1) -> str:
+    """``h100-sxm-80gb-x8`` or ``cpu-x86_64-2c``: the same machine always gets the same key.
+    ``world_size`` counts the GPUs a (multi-process) job uses, not just those this process sees."""
+    if override:
+        return check_slug("hardware", override)
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        count = max(world_size, 1) if world_size > 1 else torch.cuda.device_count()
+        return check_slug("hardware", _gpu_slug(props.name, props.total_memory / 1e9, count))
+    machine = (platform.machine() or "unknown").lower()
+    return check_slug("hardware", f"cpu-{machine}-{os.cpu_count() or 1}c")
+
+
+@lru_cache(maxsize=1)
+def code_version() -> str:
+    """The git commit of this checkout, else the installed package's version."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True,
+                             text=True, timeout=5)
+        if rev.returncode == 0 and rev.stdout.strip():
+            return rev.stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    try:
+        from importlib.metadata import version
+        return f"v{version('model-health-warehouse')}"
+    except Exception:
+        return "unknown"
