@@ -15,6 +15,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ingest": ("warehouse.ingest", "load JSONL, HF Trainer, TensorBoard or MLPerf logs into the lake"),
     "query": ("warehouse.query", "run SQL over the lake (and the serving file) with DuckDB"),
     "simulate": ("warehouse.simulate", "generate realistic fleet telemetry with planted incidents"),
+    "train": ("model.train", "train a GPT-2 / BERT model from configs/*.yaml, with telemetry into the lake"),
+    "eval": ("model.evaluate", "evaluate a checkpoint (quality, robustness, latency, errors, precision)"),
 }
 
 
