@@ -187,14 +187,12 @@ def _split_by_partition(table: Table, data: pa.Table):
     bounds = np.flatnonzero(np.diff(sorted_codes)) + 1
     starts = np.concatenate([[0], bounds])
     ends = np.concatenate([bounds, [len(order)]])
+    if len(starts) > 1:  # one gather for the whole table, then zero-copy slices per partition
+        data = data.take(pa.array(order))
     for s, e in zip(starts, ends):
         first = order[s]
         values = {k: u[c[first]] for k, u, c in zip(keys, uniques, codes)}
-        idx = order[s:e]
-        if e - s == data.num_rows:
-            yield values, data
-        else:
-            yield values, data.take(pa.array(np.sort(idx)))
+        yield values, data.slice(s, e - s)
 
 
 class BufferedWriter:
