@@ -97,7 +97,10 @@ def _to_float(v):
         return _NONFINITE[v.strip().lower()]
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise _wrong("a number", v)
-    return float(v)
+    try:
+        return float(v)
+    except OverflowError:  # an integer literal beyond float range (1e400 written out)
+        raise _Bad("out of range", f"{_show(v)} does not fit in a float64") from None
 
 
 def _to_bool(v):
@@ -121,10 +124,16 @@ def to_timestamp(v) -> datetime:
             raise _Bad("bad timestamp", f"{v} is not a time")
         if abs(v) >= 1e11:
             raise _Bad("bad timestamp", f"{v} is not epoch seconds (milliseconds? divide by 1000)")
-        return datetime.fromtimestamp(v, tz=timezone.utc)
+        try:
+            return datetime.fromtimestamp(v, tz=timezone.utc)
+        except (OverflowError, OSError, ValueError):
+            raise _Bad("bad timestamp", f"{v} is out of the datetime range") from None
     else:
         raise _wrong("an ISO-8601 string or epoch seconds", v)
-    return d.replace(tzinfo=timezone.utc) if d.tzinfo is None else d.astimezone(timezone.utc)
+    try:
+        return d.replace(tzinfo=timezone.utc) if d.tzinfo is None else d.astimezone(timezone.utc)
+    except OverflowError:
+        raise _Bad("bad timestamp", f"{_show(v)} is out of the datetime range") from None
 
 
 def _converter(t: pa.DataType):

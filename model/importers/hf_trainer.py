@@ -19,8 +19,8 @@ which case every row carries the file's mtime; a note says so.
 A run whose summary is missing still counts as ``completed`` when ``global_step >= max_steps``;
 otherwise it is ``running`` (as of the file). ``final_loss`` is the last logged training loss,
 else the summary's mean ``train_loss``. The quarantine ``line`` of a row is its 1-based index in
-``log_history``. Entries repeated verbatim (the Trainer logs the last evaluation twice when
-``evaluate()`` is called after ``train()``) are kept once.
+``log_history``. An entry repeated verbatim is kept once: it says nothing new and would be
+counted twice.
 """
 from __future__ import annotations
 

@@ -50,6 +50,9 @@ def jsonl(path: Path, *lines) -> Path:
     ({"run_id": 7}, "run_id", "wrong type"),
     ({"ts": "yesterday"}, "ts", "bad timestamp"),
     ({"ts": 1714564800000}, "ts", "bad timestamp"),  # milliseconds, not seconds
+    ({"ts": -9e10}, "ts", "bad timestamp"),  # before year 1
+    ({"ts": "0001-01-01T00:00:00+01:00"}, "ts", "bad timestamp"),  # before year 1 in UTC
+    ({"loss": 10 ** 400}, "loss", "out of range"),
     ({"ts": None}, "ts", "missing required field"),
     ({"hardware": ""}, "hardware", "missing required field"),
     ({"los": 1.0}, "los", "unknown field"),
