@@ -160,7 +160,10 @@ class Lake:
 
 def _parquet_options(schema: pa.Schema) -> dict:
     # Dictionary-encode only strings: on float metrics it costs 40 % of write time and saves nothing.
-    return {"compression": "zstd", "use_dictionary": [f.name for f in schema if pa.types.is_string(f.type)]}
+    # No min/max statistics on floats: Parquet leaves NaN out of them, and DuckDB 2.0 then folds
+    # `isnan(x)` to false for the whole row group -- NaN losses are the signal this lake must keep.
+    return {"compression": "zstd", "use_dictionary": [f.name for f in schema if pa.types.is_string(f.type)],
+            "write_statistics": [f.name for f in schema if not pa.types.is_floating(f.type)]}
 
 
 def _split_by_partition(table: Table, data: pa.Table):
