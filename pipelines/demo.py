@@ -6,10 +6,11 @@ to answer. ``make demo`` runs this.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import sys
 import time
 
-from warehouse import config
+from warehouse import cli, config
 from warehouse.query import connect, write_rows
 from warehouse.simulate import simulate
 
@@ -19,6 +20,13 @@ QUESTIONS = {
                round(median(tokens_per_s)) as median_tokens_per_s,
                count(*) filter (where isnan(loss) or isinf(loss)) as nan_inf_steps
         from train_steps group by all order by steps desc limit 12""",
+    "The imported fine-tune: loss by epoch, and its evals": """
+        select 'train' as kind, floor(epoch) as epoch, round(min(loss), 4) as best, count(*) as points
+        from train_steps where run_id = 'lora-imdb-distilbert' group by all
+        union all
+        select 'eval ' || metric, checkpoint_step, round(value, 4), n
+        from eval_results where train_run_id = 'lora-imdb-distilbert' and metric = 'loss'
+        order by kind, epoch""",
     "Runs that did not complete": """
         select status, count(*) as runs, string_agg(distinct model, ', ' order by model) as models
         from runs where status != 'completed' group by all order by runs desc""",
@@ -35,10 +43,18 @@ def main(argv: list[str] | None = None) -> int:
     settings = config.load()
     t0 = time.perf_counter()
     totals = simulate(settings.lake_root, args.rows, seed=0)
-    print(f"[1/2] simulated {sum(totals.values()):,} telemetry rows into {settings.lake_root} "
+    print(f"[1/3] simulated {sum(totals.values()):,} telemetry rows into {settings.lake_root} "
           f"in {time.perf_counter() - t0:.1f} s")
+    sample = config.REPO_ROOT.parent / "shared" / "data" / "hf_trainer_state" / "lora-imdb-distilbert.trainer_state.json"
+    if sample.exists():  # a real fine-tune's log, as a team would bring it
+        print(f"[2/3] importing a real Hugging Face Trainer log: {sample.name}")
+        started = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=1)).isoformat(timespec="seconds")
+        cli.main(["ingest", str(sample), "--model", "distilbert/lora-imdb", "--hardware", "t4-16gb-x1",
+                  "--precision", "fp16", "--run-id", "lora-imdb-distilbert", "--started-at", started])
+    else:
+        print(f"[2/3] no sample log at {sample}: skipping the import step")
     con = connect()
-    print("[2/2] what the lake says:\n")
+    print("\n[3/3] what the lake says:\n")
     for title, sql in QUESTIONS.items():
         cur = con.execute(sql)
         print(f"## {title}")

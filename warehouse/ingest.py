@@ -32,7 +32,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 import pyarrow as pa
-import pyarrow.fs as pafs
 
 from model.importers import FORMATS, Parsed, RunMeta, SourceError, json_type, parse, sources
 from warehouse.schemas import TABLES, TS, Table
@@ -231,15 +230,10 @@ class _Listing:
     def __init__(self, lake: Lake):
         self.lake, self._by_table = lake, {}
 
-    def paths(self, table: str, name: str) -> list[str]:
+    def of(self, table: str) -> dict[str, list[str]]:
         if table not in self._by_table:
-            sel = pafs.FileSelector(self.lake.table_dir(table), recursive=True, allow_not_found=True)
-            found: dict[str, list[str]] = {}
-            for info in self.lake.fs.get_file_info(sel):
-                if info.type == pafs.FileType.File:
-                    found.setdefault(info.base_name, []).append(info.path)
-            self._by_table[table] = found
-        return self._by_table[table].get(name, [])
+            self._by_table[table] = self.lake.list_files(table)
+        return self._by_table[table]
 
 
 def ingest_parsed(lake: Lake, parsed: Parsed, shown_as: str, fill: dict | None = None,
@@ -298,13 +292,8 @@ def _problem_from(error: tuple[str | None, str]) -> Problem:
 
 
 def _drop_stale(lake: Lake, listing: _Listing, table: str, key: str, written: list[str]) -> list[str]:
-    """Remove files of ``key`` that this write did not produce: rows an earlier ingest of the same
-    source put in partitions (another date, model or hardware) that the new content no longer has."""
-    keep = {os.path.normpath(p) for p in written}
-    stale = [p for p in listing.paths(table, f"{key}.parquet") if os.path.normpath(p) not in keep]
-    for p in stale:
-        lake.fs.delete_file(p)
-    return stale
+    """Remove files of ``key`` that this write did not produce (see Lake.drop_stale)."""
+    return lake.drop_stale(table, written, key=key, listing=listing.of(table))
 
 
 # --- command line -----------------------------------------------------------------------------------

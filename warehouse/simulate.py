@@ -94,18 +94,23 @@ def simulate(lake_root: str, rows: int, seed: int = 0, days: int = 14,
         key = f"sim{seed}-{model[0]}-{hw[0]}"
         steps_t, runs_t, extra = _pair_tables(np.random.default_rng(pair_rngs[p]), runs, model, hw, run_steps,
                                               run_prec, incident, onset, run_ids, start_epoch, window_s)
-        counts = {name: lake.write(name, t, key).rows for name, t in [("train_steps", steps_t), ("runs", runs_t), *extra]}
+        results = {name: lake.write(name, t, key) for name, t in [("train_steps", steps_t), ("runs", runs_t), *extra]}
         truth = [(run_ids[r], INCIDENTS[incident[r]], int(onset[r]), model[0], hw[0])
                  for r in runs[incident[runs] >= 0]]
-        return counts, truth
+        return results, truth
 
     totals = {"train_steps": 0, "runs": 0, "eval_results": 0, "latency_samples": 0, "system_samples": 0}
-    truth = []
+    truth, written = [], {name: [] for name in totals}
     with ThreadPoolExecutor(min(2, os.cpu_count() or 1)) as pool:
-        for counts, t in pool.map(one_pair, range(len(pairs))):
-            for name, n in counts.items():
-                totals[name] += n
+        for results, t in pool.map(one_pair, range(len(pairs))):
+            for name, res in results.items():
+                totals[name] += res.rows
+                written[name] += res.files
             truth += t
+    # Re-simulating with the same seed replaces the last simulation whole, even where its rows fell
+    # in partitions this one does not touch.
+    for name, files in written.items():
+        lake.drop_stale(name, files, prefix=f"sim{seed}-")
     _write_truth(lake, truth)
     return totals
 
@@ -133,22 +138,22 @@ def _pair_tables(rng, runs, model, hw, run_steps, run_prec, incident, onset, run
     step_s = step_s_run[local] * rng.lognormal(0, 0.03, n)
     data_ms = step_s * 1000 * rng.uniform(0.005, 0.03, n)
     stall = (inc == INCIDENTS.index("data_stall")) & after & (step < ons + 300)
-    data_ms = np.where(stall, step_s * 1000 * rng.uniform(1.0, 2.0, n), data_ms)
+    data_ms[stall] = step_s[stall] * 1000 * rng.uniform(1.0, 2.0, stall.sum())  # incident noise: only its rows
     step_ms = step_s * 1000 + np.where(stall, data_ms, 0)
     tps = tokens_run[local] / (step_ms / 1000)
     mfu = 6 * n_params * tps / (peak_tflops * 1e12 * gpu_count)
 
     # Loss: power-law decay to the model's floor, with multiplicative noise.
     total = steps[local]
-    loss = floor + 6.0 * (1 + step) ** -0.45 * rng.uniform(0.9, 1.1, k)[local]
-    loss = loss * rng.lognormal(0, 0.01, n)
+    decay = (1 + step) ** -0.45
+    loss = (floor + 6.0 * decay * rng.uniform(0.9, 1.1, k)[local]) * rng.lognormal(0, 0.01, n)
     plateau = (inc == INCIDENTS.index("plateau")) & after
-    loss = np.where(plateau, (floor + 6.0 * (1 + ons) ** -0.45) * rng.lognormal(0, 0.01, n), loss)
+    loss[plateau] = (floor + 6.0 * (1 + ons[plateau]) ** -0.45) * rng.lognormal(0, 0.01, plateau.sum())
     spike = (inc == INCIDENTS.index("loss_spike")) & (step >= ons) & (step < ons + 3)
-    loss = np.where(spike, loss * rng.uniform(3, 6, n), loss)
+    loss[spike] *= rng.uniform(3, 6, spike.sum())
     grad = rng.lognormal(0, 0.15, n) * (0.3 + 2.0 * (1 + step) ** -0.3)
     boom = (inc == INCIDENTS.index("exploding_gradients")) & after
-    grad = np.where(boom, grad * np.exp(np.minimum(step - ons, 200) * 0.05), grad)
+    grad[boom] *= np.exp(np.minimum(step[boom] - ons[boom], 200) * 0.05)
     div = (inc == INCIDENTS.index("divergence")) & after
     loss = np.where(div, np.where(step == ons, np.inf, np.nan), loss)
     grad = np.where(div, np.nan, grad)
@@ -161,10 +166,10 @@ def _pair_tables(rng, runs, model, hw, run_steps, run_prec, incident, onset, run
 
     util = np.clip(rng.normal(92, 3, n), 0, 100)
     under = inc == INCIDENTS.index("gpu_underutilization")
-    util = np.where(under, np.clip(rng.normal(38, 5, n), 0, 100), util)
+    util[under] = np.clip(rng.normal(38, 5, under.sum()), 0, 100)
     mem_frac = np.clip(rng.uniform(0.55, 0.8, k)[local] + rng.normal(0, 0.005, n), 0, 1)
     pressure = (inc == INCIDENTS.index("memory_pressure")) & after
-    mem_frac = np.where(pressure, rng.uniform(0.975, 0.995, n), mem_frac)
+    mem_frac[pressure] = rng.uniform(0.975, 0.995, pressure.sum())
 
     # Time: runs start anywhere in the window; each step ends step_ms after the previous.
     run_start = start_epoch + rng.uniform(0, window_s * 0.9, k)

@@ -144,6 +144,31 @@ class Lake:
                 os.unlink(tmp)
             raise
 
+    def list_files(self, table: str) -> dict[str, list[str]]:
+        """Every file of ``table``, by file name (``<key>.parquet``), from one recursive listing."""
+        sel = pafs.FileSelector(self.table_dir(table), recursive=True, allow_not_found=True)
+        found: dict[str, list[str]] = {}
+        for info in self.fs.get_file_info(sel):
+            if info.type == pafs.FileType.File and info.base_name.endswith(".parquet"):
+                found.setdefault(info.base_name, []).append(info.path)
+        return found
+
+    def drop_stale(self, table: str, written: list[str], *, key: str | None = None, prefix: str | None = None,
+                   listing: dict[str, list[str]] | None = None) -> list[str]:
+        """Delete files of one key (or of every key starting with ``prefix``) that the latest write of
+        that key did not produce: rows an earlier write put in partitions (another date, model or
+        hardware) that the new content no longer has. Returns the deleted paths."""
+        listing = self.list_files(table) if listing is None else listing
+        keep = {os.path.normpath(p) for p in written}
+        if key is not None:
+            names = [f"{key}.parquet"]
+        else:
+            names = [n for n in listing if n.startswith(prefix)]
+        stale = [p for n in names for p in listing.get(n, []) if os.path.normpath(p) not in keep]
+        for p in stale:
+            self.fs.delete_file(p)
+        return stale
+
     def clean_tmp(self, older_than_s: float = 3600) -> int:
         """Remove files left in ``_tmp`` by writers that were killed mid-write."""
         tmp_dir = f"{self.root}/_tmp"

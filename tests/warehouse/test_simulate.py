@@ -43,3 +43,11 @@ def test_cli_simulate_then_query(lake_root, capsys):
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "model,n" and sum(int(l.split(",")[1]) for l in out[1:]) == 5000
     assert {l.split(",")[0] for l in out[1:]} <= {m[0] for m in MODELS}
+
+
+def test_resimulating_replaces_the_last_simulation_whole(tmp_path):
+    root = str(tmp_path / "lake")
+    simulate(root, 40_000, seed=1, days=6)
+    simulate(root, 3_000, seed=1, days=2)  # fewer runs and dates: the old partitions must not linger
+    con = connect(lake_root=root, serving_path="")
+    assert con.execute("select count(*), count(distinct date) from train_steps").fetchall() == [(3_000, 2)]
