@@ -12,7 +12,7 @@ WHEELS  := $(shell pip config get global.find-links 2>/dev/null || echo /opt/whe
 FL      := $(if $(wildcard $(WHEELS)/torch-*),--find-links $(WHEELS),)
 UV      := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 
-.PHONY: setup demo test bench lock clean
+.PHONY: setup demo test bench lock clean setup-bi lock-bi superset chromium
 
 setup: $(BIN)/.installed
 
@@ -35,8 +35,36 @@ lock: | $(UV)
 demo: setup
 	$(BIN)/python -m pipelines.demo
 
-test: setup
+test: setup setup-bi
 	$(BIN)/python -m pytest -q
 
 clean:
 	rm -rf $(VENV) .venv-bi .mhw
+
+# --- Dashboards (Superset) -------------------------------------------------------------------------
+# Superset 6.1 needs SQLAlchemy < 2 (the core venv has Airflow 3, SQLAlchemy 2), so it gets its own
+# venv, .venv-bi, from requirements/bi.lock; the tests drive it from the core venv by subprocess.
+#   make superset  - start Superset on 127.0.0.1:8088 with the dashboards of dashboards/assets
+BI_VENV := .venv-bi
+BI_BIN  := $(BI_VENV)/bin
+
+setup-bi: $(BI_BIN)/.installed chromium
+
+$(BI_BIN)/.installed: requirements/bi.lock | $(UV)
+	$(UV) venv --quiet --allow-existing --python $(PY) $(BI_VENV)
+	$(UV) pip sync --quiet --python $(BI_BIN)/python requirements/bi.lock
+	touch $@
+
+# Debian's headless chromium for Playwright (never `playwright install`, which downloads a browser).
+chromium:
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	  else echo "chromium missing: run 'sudo apt-get install -y chromium chromium-driver'" >&2; fi; \
+	fi
+
+lock-bi: | $(UV)
+	$(UV) pip compile --quiet --python-version 3.11 requirements/bi.in -o requirements/bi.lock
+
+superset: setup-bi
+	$(BI_BIN)/python -m dashboards.serve
