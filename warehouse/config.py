@@ -18,7 +18,11 @@ class Settings:
     serving_path: str
     flush_rows: int
     flush_seconds: float
+    checkpoints_root: str
     raw: dict
+
+    def section(self, name: str) -> dict:
+        return self.raw.get(name) or {}
 
 
 def _resolve(path: str, base: Path) -> str:
@@ -31,15 +35,21 @@ def load(config_path: str | os.PathLike | None = None) -> Settings:
     path = Path(config_path or os.environ.get("MHW_CONFIG") or DEFAULT_CONFIG)
     with open(path) as f:
         raw = yaml.safe_load(f) or {}
-    # Relative paths in the default config are relative to the repo; in a user's file, to that file.
+    # Relative paths in the default config are relative to the repo; in a user's file, to that file;
+    # in an environment variable, to the current directory.
     base = REPO_ROOT if path.resolve() == DEFAULT_CONFIG else path.resolve().parent
-    lake = os.environ.get("MHW_LAKE") or raw.get("lake", {}).get("root", ".mhw/lake")
-    serving = os.environ.get("MHW_SERVING") or raw.get("serving", {}).get("path", ".mhw/serving.duckdb")
-    w = raw.get("writer", {})
+
+    def location(env: str, section: str, key: str, default: str) -> str:
+        if os.environ.get(env):
+            return _resolve(os.environ[env], Path.cwd())
+        return _resolve((raw.get(section) or {}).get(key, default), base)
+
+    w = raw.get("writer") or {}
     return Settings(
-        lake_root=_resolve(lake, base) if not os.environ.get("MHW_LAKE") else _resolve(lake, Path.cwd()),
-        serving_path=_resolve(serving, base) if not os.environ.get("MHW_SERVING") else _resolve(serving, Path.cwd()),
+        lake_root=location("MHW_LAKE", "lake", "root", ".mhw/lake"),
+        serving_path=location("MHW_SERVING", "serving", "path", ".mhw/serving.duckdb"),
         flush_rows=int(w.get("flush_rows", 2000)),
         flush_seconds=float(w.get("flush_seconds", 30)),
+        checkpoints_root=location("MHW_CHECKPOINTS", "checkpoints", "root", ".mhw/checkpoints"),
         raw=raw,
     )
