@@ -1,0 +1,298 @@
+"""``mhw build``: run the SQL models of sql/cubes over the lake, incrementally, and publish the cubes.
+
+    mhw build                                  # DuckDB, only the partitions that changed
+    mhw build --full                           # recompute everything
+    mhw build --engine spark                   # the same SQL on Spark, local[*]
+    mhw build --engine spark --master spark://10.0.0.5:7077 --lake s3://bucket/lake
+    spark-submit --master yarn pipelines/build.py --engine spark --lake s3://bucket/lake
+
+Incremental: ``<cubes>/_manifest.json`` keeps, per raw lake partition (model, hardware, date), the
+files it had (name, size, mtime) at the last build. A build lists the lake, and each model recomputes
+only the partitions its inputs changed in, projected onto its own partition columns (a base model
+the changed lake partitions, a daily model the changed dates); an unpartitioned model (the window
+rollups) is recomputed whole, from the small daily model, whenever one of its inputs changed. A change
+of any SQL file or of the sketch bounds makes the build full.
+
+Outputs: every model lands as Parquet under ``<cubes>/<model>/`` (hive folders, all columns inside
+the files), and the served ones in the DuckDB serving file, which is rebuilt beside the live one and
+swapped in with ``os.replace`` (pipelines/serving.py).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipelines import lakefiles, serving, sketch
+from pipelines.engines import ENGINES, open_engine
+from pipelines.lakefiles import PartitionKey
+from pipelines.models import Model, definition_hash, load_models
+from warehouse import config
+from warehouse.schemas import TABLES
+
+MANIFEST = "_manifest.json"
+SCHEMA_FILE = "_schema.parquet"
+BOUNDS = "sketch_bounds"
+
+
+@dataclass
+class BuildResult:
+    engine: str
+    full: bool
+    build_id: str
+    rebuilt: dict[str, int] = field(default_factory=dict)  # model -> partitions recomputed
+    rows: dict[str, int] = field(default_factory=dict)  # model -> rows written this build
+    seconds: dict[str, float] = field(default_factory=dict)  # step -> wall seconds
+    serving_path: str | None = None
+    serving_mode: str | None = None  # fresh | patched | unchanged
+
+
+def _project(key: PartitionKey, cols: tuple[str, ...], onto: tuple[str, ...]) -> PartitionKey:
+    return tuple(key[cols.index(c)] for c in onto)
+
+
+def _key_strings(table: pa.Table, cols: tuple[str, ...]) -> list[pa.Array]:
+    arrays = []
+    for c in cols:
+        col = table.column(c)
+        if col.null_count:
+            raise ValueError(f"partition column {c} has nulls")
+        arrays.append(pc.cast(col, pa.string()))
+    return arrays
+
+
+def split_partitions(table: pa.Table, cols: tuple[str, ...]) -> dict[PartitionKey, pa.Table]:
+    """The rows of ``table`` per value of its partition columns (one sort, no per-key scans)."""
+    if table.num_rows == 0:
+        return {}
+    strings = _key_strings(table, cols)
+    joined = strings[0] if len(strings) == 1 else pc.binary_join_element_wise(*strings, "\x1f")
+    enc = pc.dictionary_encode(joined).combine_chunks() if isinstance(joined, pa.ChunkedArray) \
+        else pc.dictionary_encode(joined)
+    codes = enc.indices.to_numpy(zero_copy_only=False)
+    names = enc.dictionary.to_pylist()
+    order = np.argsort(codes, kind="stable")
+    sorted_codes = codes[order]
+    bounds = np.flatnonzero(np.diff(sorted_codes)) + 1
+    out = {}
+    for s, e in zip(np.concatenate([[0], bounds]), np.concatenate([bounds, [len(order)]])):
+        key = tuple(names[sorted_codes[s]].split("\x1f"))
+        out[key] = table.take(pa.array(order[s:e]))
+    return out
+
+
+class CubeStore:
+    """``<cubes>/<model>/…`` Parquet outputs of the models, plus the manifest."""
+
+    def __init__(self, root: str):
+        self.uri = root
+        self.fs, self.root, self.local = lakefiles.resolve(root)
+
+    def model_dir(self, name: str) -> str:
+        return f"{self.root}/{name}"
+
+    def partitions(self, model: Model) -> dict[PartitionKey, list[lakefiles.FileEntry]]:
+        return lakefiles.list_partitions(self.fs, self.model_dir(model.name), model.partitions)
+
+    def schema(self, model: Model) -> pa.Schema | None:
+        try:
+            with self.fs.open_input_file(f"{self.model_dir(model.name)}/{SCHEMA_FILE}") as f:
+                return pq.read_schema(f)
+        except (FileNotFoundError, OSError):
+            return None
+
+    def write(self, model: Model, result: pa.Table, targets: set[PartitionKey] | None) -> int:
+        """Replace the ``targets`` partitions (all of them when None) with ``result``'s rows."""
+        d = self.model_dir(model.name)
+        lakefiles.write_parquet(self.fs, f"{d}/{SCHEMA_FILE}", result.schema.empty_table(), self.local)
+        if not model.partitions:
+            lakefiles.write_parquet(self.fs, f"{d}/data.parquet", result, self.local)
+            return result.num_rows
+        groups = split_partitions(result, model.partitions)
+        existing = set(self.partitions(model))
+        for key, rows in groups.items():
+            part = f"{d}/{lakefiles.key_dir(model.partitions, key)}"
+            lakefiles.write_parquet(self.fs, f"{part}/part.parquet", rows, self.local)
+        stale = (existing if targets is None else existing & targets) - set(groups)
+        for key in stale:  # the partition's raw rows are gone: so are its cube rows
+            lakefiles.delete_dir(self.fs, f"{d}/{lakefiles.key_dir(model.partitions, key)}")
+        return result.num_rows
+
+    def read(self, model: Model) -> pa.Table:
+        files = [f.path for fs_ in self.partitions(model).values() for f in fs_]
+        schema = self.schema(model)
+        if not files:
+            return schema.empty_table() if schema is not None else pa.table({})
+        tables = []
+        for p in files:
+            with self.fs.open_input_file(p) as f:
+                tables.append(pq.read_table(f))
+        return pa.concat_tables(tables).cast(schema) if schema is not None else pa.concat_tables(tables)
+
+    def manifest(self) -> dict:
+        return lakefiles.read_json(self.fs, f"{self.root}/{MANIFEST}") or {}
+
+    def save_manifest(self, manifest: dict) -> None:
+        lakefiles.write_text(self.fs, f"{self.root}/{MANIFEST}", json.dumps(manifest, indent=1), self.local)
+
+
+def _bounds_version() -> str:
+    return f"growth={sketch.GROWTH};b={sketch.B_MIN}..{sketch.B_MAX}"
+
+
+def build(lake_root: str | None = None, serving_path: str | None = None, engine: str = "duckdb",
+          full: bool = False, master: str | None = None, conf: dict[str, str] | None = None,
+          cubes_root: str | None = None, log=None) -> BuildResult:
+    """Bring the cubes and the serving file up to date with the lake. Returns what was rebuilt."""
+    settings = config.load()
+    lake_root = lake_root or settings.lake_root
+    serving_path = serving_path or settings.serving_path
+    cubes_root = cubes_root or f"{lake_root.rstrip('/')}/cubes"
+    say = log or (lambda *_: None)
+    t_start = time.perf_counter()
+
+    models = load_models()
+    by_name = {m.name: m for m in models}
+    store = CubeStore(cubes_root)
+    lake_fs, lake_path, _ = lakefiles.resolve(lake_root)
+    definition = definition_hash(models, _bounds_version())
+    old = store.manifest()
+    full = bool(full or old.get("definition") != definition)
+    result = BuildResult(engine=engine, full=full, build_id=uuid.uuid4().hex[:12])
+
+    # 1. What changed in the lake since the last build, per raw partition.
+    t = time.perf_counter()
+    raw_tables = sorted({s for m in models for s in m.sources if s in TABLES})
+    listings, prints, changed = {}, {}, {}
+    for name in raw_tables:
+        table_dir = f"{lake_path}/{name}"
+        listings[name] = lakefiles.list_partitions(lake_fs, table_dir, TABLES[name].partition_by)
+        prints[name] = {lakefiles.key_dir(TABLES[name].partition_by, k): lakefiles.fingerprint(v, table_dir)
+                        for k, v in listings[name].items()}
+        before = old.get("sources", {}).get(name, {})
+        keys = set(prints[name]) | set(before)
+        changed[name] = {tuple(p.split("=", 1)[1] for p in k.split("/")) for k in keys
+                         if prints[name].get(k) != before.get(k)}
+    result.seconds["list"] = time.perf_counter() - t
+
+    eng = open_engine(engine, master=master, conf=conf,
+                      filesystem=None if "://" not in lake_root else lake_fs)
+    outputs: dict[str, pa.Table] = {}  # this build's rows per model (only the recomputed partitions)
+    targets_of: dict[str, set[PartitionKey] | None] = {}  # None = everything
+    try:
+        eng.register_arrow(BOUNDS, sketch.bounds_table())
+        # 2. Every model, upstream first, over only what its inputs changed.
+        for m in models:
+            t = time.perf_counter()
+            targets = None if full else _targets(m, by_name, changed)
+            if targets is not None and not targets:
+                changed[m.name] = set()
+                continue
+            _register_inputs(eng, m, by_name, store, listings, lake_path, targets)
+            out = eng.query(m.sql)
+            result.rows[m.name] = store.write(m, out, targets)
+            outputs[m.name] = out
+            targets_of[m.name] = targets
+            written = set(split_partitions(out, m.partitions)) if m.partitions else {()}
+            changed[m.name] = written | (targets or set())
+            result.rebuilt[m.name] = len(changed[m.name]) if m.partitions else 1
+            result.seconds[m.name] = time.perf_counter() - t
+            say(f"{m.name}: {result.rebuilt[m.name]} partition(s), {out.num_rows} rows "
+                f"({result.seconds[m.name]:.2f}s)")
+    finally:
+        eng.close()
+
+    # 3. Publish: a new serving file beside the live one, swapped in atomically.
+    t = time.perf_counter()
+    result.serving_path = serving_path
+    result.serving_mode = serving.publish(
+        serving_path, models, store, outputs, targets_of, full=full, build_id=result.build_id,
+        previous_build_id=old.get("build_id"), info={
+            "engine": engine, "full": full,
+            "built_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "lake": lake_root})
+    result.seconds["serve"] = time.perf_counter() - t
+    if result.serving_mode == "unchanged":  # nothing was rebuilt: the live build stays current
+        result.build_id = old["build_id"]
+
+    store.save_manifest({"version": 1, "definition": definition, "build_id": result.build_id,
+                         "engine": engine, "sources": prints})
+    result.seconds["total"] = time.perf_counter() - t_start
+    return result
+
+
+def _targets(m: Model, by_name: dict[str, Model], changed: dict[str, set]) -> set[PartitionKey] | None:
+    """The partitions of ``m`` to recompute: its inputs' changed partitions projected onto its own
+    partition columns; {()} for an unpartitioned model with a changed input; None = all."""
+    targets: set[PartitionKey] = set()
+    for s in m.sources:
+        if s == BOUNDS:
+            continue
+        ch = changed.get(s, set())
+        if not ch:
+            continue
+        if not m.partitions:
+            return {()}
+        s_cols = TABLES[s].partition_by if s in TABLES else by_name[s].partitions
+        if not set(m.partitions) <= set(s_cols):
+            return None  # cannot tell which of m's partitions an input change touches
+        targets |= {_project(k, s_cols, m.partitions) for k in ch}
+    return targets
+
+
+def _register_inputs(eng, m: Model, by_name: dict[str, Model], store: CubeStore, listings: dict,
+                     lake_path: str, targets: set[PartitionKey] | None) -> None:
+    for s in m.sources:
+        if s == BOUNDS:
+            continue
+        if s in TABLES:
+            cols, parts, schema = TABLES[s].partition_by, listings[s], TABLES[s].schema
+            base_dir = f"{lake_path}/{s}"
+        else:
+            src = by_name[s]
+            cols, parts, base_dir = src.partitions, store.partitions(src), store.model_dir(s)
+            schema = store.schema(src)
+            if schema is None:
+                raise RuntimeError(f"{m.name} reads {s}, which has never been built")
+        if targets is not None and m.partitions:
+            parts = {k: v for k, v in parts.items() if _project(k, cols, m.partitions) in targets}
+        files = [f.path for k in sorted(parts) for f in parts[k]]
+        eng.register_files(s, files, schema, cols if s in TABLES else (), base_dir)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--engine", choices=ENGINES, default="duckdb", help="engine that runs the SQL")
+    p.add_argument("--full", action="store_true", help="recompute every partition")
+    p.add_argument("--master", help="Spark master URL (default local[*], or spark-submit's)")
+    p.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE", help="extra Spark setting")
+    p.add_argument("--lake", help="lake root (default from config)")
+    p.add_argument("--serving", help="serving DuckDB file (default from config)")
+    p.add_argument("--cubes", help="where cube Parquet lands (default <lake>/cubes)")
+    p.add_argument("--quiet", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    conf = dict(kv.split("=", 1) for kv in args.conf)
+    log = None if args.quiet else (lambda msg: print(msg, file=sys.stderr))
+    r = build(args.lake, args.serving, engine=args.engine, full=args.full, master=args.master,
+              conf=conf, cubes_root=args.cubes, log=log)
+    kind = "full" if r.full else "incremental"
+    print(f"mhw build: {kind} build {r.build_id} on {r.engine} in {r.seconds['total']:.2f}s; "
+          f"{sum(r.rebuilt.values())} partition(s) recomputed across {len(r.rebuilt)} model(s); "
+          f"serving file {r.serving_mode}: {r.serving_path}")
+    return 0
+
+
+if __name__ == "__main__":  # spark-submit pipelines/build.py --engine spark … (package installed)
+    ns = argparse.ArgumentParser(prog="build")
+    add_arguments(ns)
+    sys.exit(run(ns.parse_args()))

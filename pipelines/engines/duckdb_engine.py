@@ -1,0 +1,77 @@
+"""DuckDB, in process: the default engine, and the one `mhw query` and the serving file use."""
+from __future__ import annotations
+
+import itertools
+
+import duckdb
+import pyarrow as pa
+import pyarrow.dataset as ds
+
+from pipelines.engines import normalize
+from warehouse.query import duck_type
+
+_ids = itertools.count()
+DISABLED_OPTIMIZERS = "statistics_propagation"
+
+
+def _lit(s: str) -> str:
+    return "'" + s.replace("'", "''") + "'"
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+class DuckDBEngine:
+    name = "duckdb"
+
+    def __init__(self, filesystem=None, threads: int | None = None):
+        # filesystem: a pyarrow filesystem for object-store lakes (no DuckDB extension is needed:
+        # Arrow reads the files, DuckDB scans the Arrow dataset with projection pushdown)
+        self.fs = filesystem
+        self.con = duckdb.connect()
+        self.con.execute("set enable_progress_bar = false")
+        self.con.execute("set TimeZone = 'UTC'")
+        # DuckDB 2.0 folds NaN-sensitive expressions from Parquet min/max statistics, which leave NaN
+        # out: on a file holding [1, NaN, 2], max(x) returns 2 and `abs(x) < 'inf'` is true for all
+        # three rows. Without this pass, DuckDB agrees with Spark (and with itself on Arrow input).
+        self.con.execute(f"set disabled_optimizers = '{DISABLED_OPTIMIZERS}'")
+        if threads:
+            self.con.execute(f"set threads = {int(threads)}")
+
+    def register_arrow(self, name: str, table: pa.Table | ds.Dataset) -> None:
+        hidden = f"__arrow_{next(_ids)}"
+        self.con.register(hidden, table)
+        self.con.execute(f"create or replace temp view {_q(name)} as select * from {_q(hidden)}")
+
+    def register_files(self, name: str, files: list[str], schema: pa.Schema,
+                       partition_cols: tuple[str, ...] = (), base_dir: str | None = None) -> None:
+        """A view named ``name`` with exactly ``schema``'s columns and types over Parquet ``files``;
+        ``partition_cols`` are read from the hive path (``k=v`` folders), the rest from the files."""
+        if not files:
+            self.register_arrow(name, schema.empty_table())
+            return
+        cols = ", ".join(f"cast({_q(f.name)} as {duck_type(f.type)}) as {_q(f.name)}" for f in schema)
+        if self.fs is not None:
+            part = (ds.partitioning(pa.schema([(k, pa.string()) for k in partition_cols]), flavor="hive")
+                    if partition_cols else None)
+            data = ds.dataset(files, filesystem=self.fs, format="parquet", partitioning=part,
+                              partition_base_dir=base_dir)
+            hidden = f"__files_{next(_ids)}"
+            self.con.register(hidden, data)
+            source = _q(hidden)
+        else:
+            listed = "[" + ", ".join(_lit(f) for f in files) + "]"
+            if partition_cols:
+                types = ", ".join(f"{_lit(k)}: 'VARCHAR'" for k in partition_cols)
+                source = (f"read_parquet({listed}, hive_partitioning = true, union_by_name = true, "
+                          f"hive_types = {{{types}}})")
+            else:
+                source = f"read_parquet({listed}, hive_partitioning = false, union_by_name = true)"
+        self.con.execute(f"create or replace temp view {_q(name)} as select {cols} from {source}")
+
+    def query(self, sql: str) -> pa.Table:
+        return normalize(self.con.sql(sql).to_arrow_table())
+
+    def close(self) -> None:
+        self.con.close()

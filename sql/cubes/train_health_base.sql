@@ -1,0 +1,175 @@
+-- model: train_health_base
+-- purpose: training health of one run on one day, split by step-time bucket: the finest grain,
+--   read once from raw train_steps; every rollup and every step-time percentile is merged from it.
+-- grain: model × hardware × precision × date × run_id × step_time_bucket (null when step_time_ms is
+--   null). Carrying the bucket in the grain lets one scan of the raw rows feed both the measures and
+--   the step-time sketch.
+-- time column: date (UTC date of train_steps.ts, the lake partition)
+-- partitions: model, hardware, date (one file per lake partition; rebuilt only when its raw files change)
+-- sources: train_steps, sketch_bounds
+-- serve: none (served rolled up, as train_health and train_step_time_sketch)
+-- audits: audits/train_health_totals.sql
+--
+-- Losses, grad norms and timings are split into finite values (summed, min/max) and NaN/inf counts,
+-- so a diverged run shows up as counts instead of turning every mean above it into NaN. First and
+-- last loss keep their (ts, step) so rollups merge them exactly with min/max of a struct.
+-- The bucket is the log-bucket of pipelines/sketch.py (growth 1.02): floor(ln(x) / ln(1.02)) is only
+-- a guess (it differs between engines right at bucket edges); the exact comparison with lo/hi read
+-- from sketch_bounds decides. Constants: buckets -1100..1400, zero -5000, negatives -10000 - b,
+-- -inf -20000, +inf 20000, NaN 30000.
+
+with
+
+steps as (
+    select
+        cast(model as varchar) as model,
+        cast(hardware as varchar) as hardware,
+        cast(precision as varchar) as precision,
+        cast(date as date) as date,
+        cast(run_id as varchar) as run_id,
+        cast(step as bigint) as step,
+        cast(ts as timestamptz) as ts,
+        cast(loss as double) as loss,
+        cast(grad_norm as double) as grad_norm,
+        cast(tokens_per_s as double) as tokens_per_s,
+        cast(step_time_ms as double) as step_time_ms,
+        cast(data_time_ms as double) as data_time_ms,
+        cast(gpu_util as double) as gpu_util,
+        cast(gpu_mem_gb as double) as gpu_mem_gb,
+        cast(gpu_mem_total_gb as double) as gpu_mem_total_gb,
+        cast(mfu as double) as mfu
+    from train_steps
+),
+
+bounds as (
+    select bucket, lo, hi
+    from sketch_bounds
+    where lo is not null
+),
+
+classified as (
+    select
+        *,
+        abs(loss) < cast('Infinity' as double) as is_loss_finite,
+        isnan(loss) or abs(loss) = cast('Infinity' as double) as is_loss_nonfinite,
+        abs(grad_norm) < cast('Infinity' as double) as is_grad_norm_finite,
+        isnan(grad_norm) or abs(grad_norm) = cast('Infinity' as double) as is_grad_norm_nonfinite,
+        abs(step_time_ms) < cast('Infinity' as double) as is_step_time_finite,
+        abs(step_time_ms) < cast('Infinity' as double)
+            and abs(tokens_per_s) < cast('Infinity' as double) as is_throughput_known,
+        cast(greatest(least(floor(ln(
+            case
+                when abs(step_time_ms) > 0 and abs(step_time_ms) < cast('Infinity' as double)
+                    then abs(step_time_ms)
+                else 1.0
+            end) / ln(1.02)), 1400), -1100) as integer) as step_time_guess
+    from steps
+),
+
+bucketed as (
+    select
+        classified.*,
+        case
+            when classified.step_time_ms is null then null
+            when isnan(classified.step_time_ms) then 30000
+            when classified.step_time_ms = cast('Infinity' as double) then 20000
+            when classified.step_time_ms = cast('-Infinity' as double) then -20000
+            when classified.step_time_ms = 0 then -5000
+            else (case when classified.step_time_ms > 0 then 0 else -10000 end)
+                + (case when classified.step_time_ms > 0 then 1 else -1 end) * (
+                    case
+                        when abs(classified.step_time_ms) < bounds.lo then classified.step_time_guess - 1
+                        when abs(classified.step_time_ms) >= bounds.hi then classified.step_time_guess + 1
+                        else classified.step_time_guess
+                    end)
+        end as step_time_bucket
+    from classified
+    left join bounds
+        on bounds.bucket = classified.step_time_guess
+),
+
+per_run_day_bucket as (
+    select
+        model,
+        hardware,
+        precision,
+        date,
+        run_id,
+        step_time_bucket,
+        count(*) as n_steps,
+        sum(step) as step_sum,
+        min(step) as step_min,
+        max(step) as step_max,
+        min(ts) as first_ts,
+        max(ts) as last_ts,
+        min(struct_pack(ts := ts, step := step, loss := loss)) as first_point,
+        max(struct_pack(ts := ts, step := step, loss := loss)) as last_point,
+        count(*) filter (where is_loss_finite) as n_loss,
+        sum(loss) filter (where is_loss_finite) as loss_sum,
+        min(loss) filter (where is_loss_finite) as loss_min,
+        max(loss) filter (where is_loss_finite) as loss_max,
+        count(*) filter (where is_loss_nonfinite) as n_loss_nonfinite,
+        count(*) filter (where is_grad_norm_finite) as n_grad_norm,
+        sum(grad_norm) filter (where is_grad_norm_finite) as grad_norm_sum,
+        max(grad_norm) filter (where is_grad_norm_finite) as grad_norm_max,
+        count(*) filter (where is_grad_norm_nonfinite) as n_grad_norm_nonfinite,
+        count(*) filter (where is_step_time_finite) as n_step_time,
+        sum(step_time_ms) filter (where is_step_time_finite) as step_time_ms_sum,
+        max(step_time_ms) filter (where is_step_time_finite) as step_time_ms_max,
+        sum(data_time_ms) filter (where is_step_time_finite and abs(data_time_ms) < cast('Infinity' as double))
+            as data_time_ms_sum,
+        sum(tokens_per_s * step_time_ms / 1000.0) filter (where is_throughput_known) as tokens,
+        sum(step_time_ms / 1000.0) filter (where is_throughput_known) as tokens_seconds,
+        count(gpu_util) as n_gpu_util,
+        sum(gpu_util) as gpu_util_sum,
+        max(gpu_mem_gb) as gpu_mem_gb_max,
+        max(gpu_mem_total_gb) as gpu_mem_total_gb,
+        count(mfu) as n_mfu,
+        sum(mfu) as mfu_sum
+    from bucketed
+    group by model, hardware, precision, date, run_id, step_time_bucket
+),
+
+final as (
+    select
+        cast(model as varchar) as model,                      -- model slug
+        cast(hardware as varchar) as hardware,                -- hardware fingerprint
+        cast(precision as varchar) as precision,              -- fp32 | bf16 | fp16
+        cast(date as date) as date,                           -- UTC date of the steps
+        cast(run_id as varchar) as run_id,                    -- training run
+        cast(step_time_bucket as integer) as step_time_bucket, -- log-bucket of step_time_ms (pipelines/sketch.py)
+        cast(n_steps as bigint) as n_steps,                   -- rows (optimizer steps logged)
+        cast(step_sum as bigint) as step_sum,                 -- sum of step numbers (audit checksum)
+        cast(step_min as bigint) as step_min,                 -- first step number
+        cast(step_max as bigint) as step_max,                 -- last step number
+        cast(first_ts as timestamptz) as first_ts,            -- earliest step time
+        cast(last_ts as timestamptz) as last_ts,              -- latest step time
+        cast(first_point.step as bigint) as first_step,       -- step of the earliest row
+        cast(first_point.loss as double) as first_loss,       -- loss of the earliest row (NaN kept)
+        cast(last_point.step as bigint) as last_step,         -- step of the latest row
+        cast(last_point.loss as double) as last_loss,         -- loss of the latest row (NaN kept)
+        cast(n_loss as bigint) as n_loss,                     -- steps with a finite loss
+        cast(loss_sum as double) as loss_sum,                 -- sum of finite losses
+        cast(loss_min as double) as loss_min,                 -- smallest finite loss
+        cast(loss_max as double) as loss_max,                 -- largest finite loss
+        cast(n_loss_nonfinite as bigint) as n_loss_nonfinite, -- steps whose loss is NaN or ±inf
+        cast(n_grad_norm as bigint) as n_grad_norm,           -- steps with a finite grad norm
+        cast(grad_norm_sum as double) as grad_norm_sum,       -- sum of finite grad norms
+        cast(grad_norm_max as double) as grad_norm_max,       -- largest finite grad norm
+        cast(n_grad_norm_nonfinite as bigint) as n_grad_norm_nonfinite, -- NaN/inf grad norms
+        cast(n_step_time as bigint) as n_step_time,           -- steps with a finite step time
+        cast(step_time_ms_sum as double) as step_time_ms_sum, -- total step time, ms
+        cast(step_time_ms_max as double) as step_time_ms_max, -- slowest step, ms
+        cast(data_time_ms_sum as double) as data_time_ms_sum, -- total time waiting for data, ms
+        cast(tokens as double) as tokens,                     -- tokens processed (tokens/s × step time)
+        cast(tokens_seconds as double) as tokens_seconds,     -- step time behind `tokens`, s
+        cast(n_gpu_util as bigint) as n_gpu_util,             -- steps with a GPU utilization
+        cast(gpu_util_sum as double) as gpu_util_sum,         -- sum of GPU utilization, percent
+        cast(gpu_mem_gb_max as double) as gpu_mem_gb_max,     -- peak accelerator memory, GB
+        cast(gpu_mem_total_gb as double) as gpu_mem_total_gb, -- accelerator memory capacity, GB
+        cast(n_mfu as bigint) as n_mfu,                       -- steps with an MFU
+        cast(mfu_sum as double) as mfu_sum                    -- sum of MFU (0..1)
+    from per_run_day_bucket
+)
+
+select * from final
