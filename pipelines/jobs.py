@@ -1,0 +1,81 @@
+"""The jobs the DAGs schedule, as plain functions: each takes paths and settings, does one thing, and
+returns a small JSON-able dict. Training and evaluation run in a subprocess (or ``torchrun``) so an
+Airflow worker never imports torch, and a killed job takes nothing else down with it."""
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from warehouse import config
+from warehouse.query import connect
+from warehouse.writer import slugify
+
+REPO = config.REPO_ROOT
+
+
+def _run(cmd: list[str], env: dict | None = None) -> None:
+    print("+", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True, cwd=REPO, env={**os.environ, **(env or {})})
+
+
+def _lake_env(lake_root: str | None) -> dict:
+    return {"MHW_LAKE": lake_root} if lake_root else {}
+
+
+def train_run_id(config_path: str, precision: str, dag_run_id: str) -> str:
+    """A run id stable across retries of one DAG run: a retry resumes the same run, so the lake keeps
+    one row per step instead of two partial runs."""
+    digest = hashlib.sha1(dag_run_id.encode()).hexdigest()[:10]
+    return slugify(f"{Path(config_path).stem}-{precision}-{digest}")
+
+
+def train(config_path: str, run_id: str, precision: str = "fp32", steps: int | None = None,
+          hardware: str | None = None, nproc: int = 1, overrides: list[str] | None = None,
+          lake_root: str | None = None, checkpoints_root: str | None = None) -> dict:
+    """Train (or resume, if this run already has a checkpoint) one model; telemetry goes to the lake."""
+    out_dir = os.path.join(checkpoints_root or config.load().checkpoints_root, run_id)
+    args = ["--config", str(REPO / config_path) if not os.path.isabs(config_path) else config_path,
+            f"--telemetry.run_id={run_id}", f"--trainer.out_dir={out_dir}", f"--trainer.precision={precision}"]
+    if steps:
+        args.append(f"--trainer.max_steps={int(steps)}")
+    if hardware:
+        args.append(f"--telemetry.hardware={hardware}")
+    if glob.glob(os.path.join(out_dir, "ckpt-*.pt")):
+        args.append(f"--trainer.resume={out_dir}")  # a retried task continues where the last try stopped
+    args += overrides or []
+    if nproc > 1:
+        cmd = [str(Path(sys.executable).with_name("torchrun")), "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "model.train", *args]
+    else:
+        cmd = [sys.executable, "-m", "model.train", *args]
+    _run(cmd, _lake_env(lake_root))
+    ckpts = sorted(glob.glob(os.path.join(out_dir, "ckpt-*.pt")))
+    return {"run_id": run_id, "out_dir": out_dir, "checkpoint": ckpts[-1] if ckpts else None}
+
+
+def checkpoints(checkpoints_root: str | None = None) -> list[str]:
+    root = checkpoints_root or config.load().checkpoints_root
+    return sorted(glob.glob(os.path.join(root, "*", "ckpt-*.pt")))
+
+
+def unevaluated(checkpoints_root: str | None = None, lake_root: str | None = None) -> list[str]:
+    """Checkpoints on disk that no evaluation in the lake names yet."""
+    found = checkpoints(checkpoints_root)
+    if not found:
+        return []
+    con = connect(lake_root=lake_root, serving_path="")
+    done = {r[0] for r in con.execute("select distinct checkpoint from eval_results where checkpoint is not null").fetchall()}
+    return [c for c in found if c not in done and os.path.abspath(c) not in done]
+
+
+def evaluate(checkpoint: str, suites: list[str] | None = None, lake_root: str | None = None) -> dict:
+    """Run the eval suites on one checkpoint. Re-evaluating the same checkpoint replaces its rows."""
+    cmd = [sys.executable, "-m", "model.evaluate", "--checkpoint", checkpoint]
+    for s in suites or []:
+        cmd += ["--suite", s]
+    _run(cmd, _lake_env(lake_root))
+    return {"checkpoint": checkpoint}
