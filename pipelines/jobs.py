@@ -33,10 +33,11 @@ def train_run_id(config_path: str, precision: str, dag_run_id: str) -> str:
     return slugify(f"{Path(config_path).stem}-{precision}-{digest}")
 
 
-def train(config_path: str, run_id: str, precision: str = "fp32", steps: int | None = None,
-          hardware: str | None = None, nproc: int = 1, overrides: list[str] | None = None,
-          lake_root: str | None = None, checkpoints_root: str | None = None) -> dict:
-    """Train (or resume, if this run already has a checkpoint) one model; telemetry goes to the lake."""
+def train_command(config_path: str, run_id: str, precision: str = "fp32", steps: int | None = None,
+                  hardware: str | None = None, nproc: int = 1, overrides: list[str] | None = None,
+                  checkpoints_root: str | None = None) -> tuple[list[str], str]:
+    """The command that trains (or resumes, if this run already has a checkpoint) one model, and the
+    run's checkpoint folder."""
     out_dir = os.path.join(checkpoints_root or config.load().checkpoints_root, run_id)
     args = ["--config", str(REPO / config_path) if not os.path.isabs(config_path) else config_path,
             f"--telemetry.run_id={run_id}", f"--trainer.out_dir={out_dir}", f"--trainer.precision={precision}"]
@@ -48,10 +49,14 @@ def train(config_path: str, run_id: str, precision: str = "fp32", steps: int | N
         args.append(f"--trainer.resume={out_dir}")  # a retried task continues where the last try stopped
     args += overrides or []
     if nproc > 1:
-        cmd = [str(Path(sys.executable).with_name("torchrun")), "--standalone", f"--nproc_per_node={nproc}",
-               "-m", "model.train", *args]
-    else:
-        cmd = [sys.executable, "-m", "model.train", *args]
+        return [str(Path(sys.executable).with_name("torchrun")), "--standalone", f"--nproc_per_node={nproc}",
+                "-m", "model.train", *args], out_dir
+    return [sys.executable, "-m", "model.train", *args], out_dir
+
+
+def train(config_path: str, run_id: str, lake_root: str | None = None, **kw) -> dict:
+    """Train one model in a subprocess; telemetry goes to the lake. ``kw``: see ``train_command``."""
+    cmd, out_dir = train_command(config_path, run_id, **kw)
     _run(cmd, _lake_env(lake_root))
     ckpts = sorted(glob.glob(os.path.join(out_dir, "ckpt-*.pt")))
     return {"run_id": run_id, "out_dir": out_dir, "checkpoint": ckpts[-1] if ckpts else None}
@@ -79,3 +84,21 @@ def evaluate(checkpoint: str, suites: list[str] | None = None, lake_root: str | 
         cmd += ["--suite", s]
     _run(cmd, _lake_env(lake_root))
     return {"checkpoint": checkpoint}
+
+
+def build_cubes(full: bool = False) -> dict:
+    """Bring the cubes and the serving file up to date, on the configured engine. Spark runs in a
+    subprocess (``mhw build --engine spark``) so the worker process never hosts a JVM."""
+    orch = config.load().section("orchestration")
+    engine, master = orch.get("engine", "duckdb"), orch.get("spark_master")
+    if engine == "spark":
+        cmd = [sys.executable, "-m", "warehouse.cli", "build", "--engine", "spark"]
+        cmd += ["--master", master] if master else []
+        cmd += ["--full"] if full else []
+        _run(cmd)
+        return {"engine": engine}
+    from pipelines.build import build
+
+    r = build(engine=engine, full=full, log=print)
+    return {"engine": engine, "build_id": r.build_id, "full": r.full, "rebuilt": r.rebuilt,
+            "seconds": round(r.seconds["total"], 2)}

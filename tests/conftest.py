@@ -1,11 +1,19 @@
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+# Airflow reads its home when first imported: point it at a throwaway home for the whole session,
+# before any test module imports airflow (tests/dags/ migrates its database once).
+if "AIRFLOW_HOME" not in os.environ or not os.environ["AIRFLOW_HOME"].startswith(tempfile.gettempdir()):
+    from pipelines.airflow_local import environment
+
+    os.environ.update(environment(tempfile.mkdtemp(prefix="mhw-airflow-")))
 
 
 @pytest.fixture

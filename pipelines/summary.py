@@ -1,0 +1,33 @@
+"""The short health summary the main job and the build_cubes DAG end with: what the cubes say about
+the fleet, and which alerts fired."""
+from __future__ import annotations
+
+import io
+
+from warehouse.query import connect, write_rows
+
+SECTIONS = {
+    "Fleet by model and hardware (all dates, all precisions)": """
+        select model, hardware, n_runs as runs, n_steps as steps, round(tokens_per_s) as tokens_per_s,
+               round(step_time_p95_ms, 1) as step_time_p95_ms, n_loss_nonfinite as nan_inf_steps
+        from train_health
+        where agg_level = 'model,hardware' and date is null
+        order by steps desc limit 10""",
+    "Alerts by rule and severity": """
+        select rule, severity, count(*) as alerts, count(distinct model) as models
+        from alerts group by all order by case severity when 'critical' then 0 when 'warning' then 1 else 2 end, alerts desc""",
+    "Latest critical alerts": """
+        select rule, model, hardware, run_id, message, action
+        from alerts where severity = 'critical' order by ts_end desc nulls last limit 5""",
+}
+
+
+def health_summary(lake_root: str | None = None, serving_path: str | None = None) -> str:
+    con = connect(lake_root, serving_path)
+    out = io.StringIO()
+    for title, sql in SECTIONS.items():
+        cur = con.execute(sql)
+        out.write(f"## {title}\n")
+        write_rows([d[0] for d in cur.description], cur.fetchall(), "table", out)
+        out.write("\n")
+    return out.getvalue()
