@@ -66,15 +66,17 @@ def gpu_mem_total_gb() -> float | None:
     return torch.cuda.get_device_properties(0).total_memory / 1e9
 
 
-def _gpu_slug(name: str, mem_gb: float, count: int) -> str:
+def _gpu_slug(name: str, mem_gib: float, count: int) -> str:
     s = name.lower()
+    in_name = re.search(r"(\d+)\s*gb", s)  # "A100-SXM4-80GB": the marketed size beats the driver's count
+    mem = int(in_name[1]) if in_name else round(mem_gib)
     s = re.sub(r"\b(nvidia|geforce|amd|instinct|tesla)\b", " ", s)
     s = re.sub(r"sxm\d?", "sxm", s)
     s = re.sub(r"\bhbm\d?e?\b", "sxm", s)  # H100/H200 SXM report their memory kind, not the form factor
-    s = re.sub(r"\d+\s*gb", " ", s)  # the memory size is re-added from the driver, in one format
+    s = re.sub(r"\d+\s*gb", " ", s)  # the memory size is re-added below, in one format
     tokens = [t for t in re.split(r"[^a-z0-9]+", s) if t]
     tokens = list(dict.fromkeys(tokens))  # "a100-sxm4-80gb" style names repeat themselves
-    return "-".join([*tokens, f"{round(mem_gb)}gb", f"x{count}"])
+    return "-".join([*tokens, f"{mem}gb", f"x{count}"])
 
 
 def fingerprint(override: str | None = None, world_size: int = 1) -> str:
@@ -85,7 +87,7 @@ def fingerprint(override: str | None = None, world_size: int = 1) -> str:
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
         count = max(world_size, 1) if world_size > 1 else torch.cuda.device_count()
-        return check_slug("hardware", _gpu_slug(props.name, props.total_memory / 1e9, count))
+        return check_slug("hardware", _gpu_slug(props.name, props.total_memory / 2**30, count))
     machine = (platform.machine() or "unknown").lower()
     return check_slug("hardware", f"cpu-{machine}-{os.cpu_count() or 1}c")
 
