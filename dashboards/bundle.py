@@ -53,7 +53,11 @@ def render(assets: Path = ASSETS, serving: str | None = None) -> dict[str, dict]
                 raise ValueError(f"{name}: sqlalchemy_uri must contain {SERVING_PLACEHOLDER}")
             doc["sqlalchemy_uri"] = uri.replace(SERVING_PLACEHOLDER, serving)
         if name.startswith("charts/") and isinstance(doc.get("query_context"), dict):
-            doc["query_context"] = json.dumps(doc["query_context"])
+            # Superset stores the query context as JSON with the form data inside; the importer
+            # points its datasource at the dataset's id here.
+            qc = {"datasource": {"id": 0, "type": "table"}, "force": False, **doc["query_context"],
+                  "form_data": doc["params"]}
+            doc["query_context"] = json.dumps(qc)
         if name.startswith("dashboards/"):
             _number_charts(doc)
         out[name] = doc
