@@ -151,6 +151,8 @@ def char_swap(p: float, tok, seed: int):
         content = _content_mask(batch, tok)
         swap = (torch.rand(ids.shape, generator=g) < p) & content & torch.roll(content, -1, dims=1)
         swap[:, -1] = False
+        first = torch.zeros_like(swap[:, :1])
+        swap &= ~torch.cat([first, swap[:, :-1]], dim=1)  # no two swaps share a token: pairs stay disjoint
         rows, cols = swap.nonzero(as_tuple=True)
         left, right = ids[rows, cols].clone(), ids[rows, cols + 1].clone()
         ids[rows, cols], ids[rows, cols + 1] = right, left
