@@ -1,0 +1,157 @@
+"""mhw build on DuckDB: the cube's numbers against the raw rows, and incremental builds equal to a
+full rebuild after appends, rewrites and deletions in the lake."""
+import datetime as dt
+import math
+import os
+import shutil
+
+import duckdb
+import pyarrow as pa
+import pytest
+
+from cube_lake import DAY0, HARDWARE, MODELS, assert_tables_equal, copy_lake, make_lake, serving_tables, write_day
+from pipelines import build as build_mod
+from pipelines.build import build
+from warehouse.cli import main
+from warehouse.writer import Lake
+
+
+@pytest.fixture(scope="module")
+def source_lake(tmp_path_factory):
+    return make_lake(str(tmp_path_factory.mktemp("src") / "lake"))
+
+
+@pytest.fixture
+def lake(source_lake, tmp_path):
+    return copy_lake(source_lake, str(tmp_path / "lake"))
+
+
+def served(path: str, sql: str, params=()):
+    con = duckdb.connect()
+    con.execute(f"attach '{path}' as s (read_only)")
+    con.execute("use s")
+    try:
+        return con.execute(sql, list(params)).fetchall()
+    finally:
+        con.close()
+
+
+def raw(lake: str, sql: str):
+    con = duckdb.connect()
+    con.execute("set disabled_optimizers = 'statistics_propagation'")
+    con.execute(f"create view train_steps as select * from read_parquet('{lake}/train_steps/**/*.parquet', "
+                "hive_partitioning = true, hive_types = {'date': 'DATE'})")
+    return con.execute(sql).fetchall()
+
+
+def test_cube_numbers_match_the_raw_rows(lake, tmp_path):
+    serving = str(tmp_path / "serving.duckdb")
+    r = build(lake, serving)
+    assert r.full and r.serving_mode == "fresh"
+    run = f"{MODELS[1]}-{HARDWARE[1]}-r0"
+    got = served(serving, "select n_steps, n_loss, n_loss_nonfinite, n_grad_norm_nonfinite, n_step_time, "
+                          "step_min, step_max, first_step, last_step from train_health "
+                          "where run_id = ? and date = ?", [run, DAY0])
+    assert got == [(100, 97, 3, 1, 97, 0, 99, 0, 99)]  # NaN, +inf, -inf loss; 0 ms counts, inf/NaN/null not
+    (loss_sum, loss_min, last_loss), = raw(lake, f"select sum(loss) filter (where abs(loss) < 'inf'::double), "
+                                                 f"min(loss) filter (where abs(loss) < 'inf'::double), "
+                                                 f"arg_max(loss, step) from train_steps where run_id = '{run}' "
+                                                 f"and date = '{DAY0}'")
+    (c_sum, c_min, c_last, c_mean), = served(serving, "select loss_sum, loss_min, last_loss, loss_mean "
+                                                      "from train_health where run_id = ? and date = ?", [run, DAY0])
+    assert math.isclose(c_sum, loss_sum, rel_tol=1e-12) and c_min == loss_min and c_last == last_loss
+    assert math.isclose(c_mean, loss_sum / 97, rel_tol=1e-12)
+
+
+def test_first_loss_ties_are_broken_by_run_id(lake, tmp_path):
+    """Runs r0 and r1 of one configuration log the same (ts, step): the configuration's first loss is
+    r0's, in both the daily and the window rollups."""
+    serving = str(tmp_path / "serving.duckdb")
+    build(lake, serving)
+    m, h = MODELS[0], HARDWARE[0]  # r0 and r1 both bf16 on h100
+    (first_run, first_loss), = served(serving, "select first_run_id, first_loss from train_health where "
+                                               "agg_level = 'model,hardware,precision,date' and model = ? and "
+                                               "hardware = ? and precision = 'bf16' and date = ?", [m, h, DAY0])
+    assert first_run == f"{m}-{h}-r0"
+    (r0_first,), = raw(lake, f"select loss from train_steps where run_id = '{m}-{h}-r0' and step = 0")
+    assert first_loss == r0_first
+
+
+def test_grouping_levels_and_all_markers(lake, tmp_path):
+    serving = str(tmp_path / "serving.duckdb")
+    build(lake, serving)
+    levels = dict(served(serving, "select agg_level, count(*) from train_health group by all"))
+    assert levels["total"] == 1 and levels["date"] == 3 and levels["model,date"] == 6
+    assert set(levels) == {
+        "model,hardware,precision,date,run_id", "model,hardware,precision,date", "model,hardware,date",
+        "model,date", "hardware,precision,date", "hardware,date", "precision,date", "date",
+        "model,hardware,precision", "model,hardware", "model", "hardware,precision", "hardware", "precision",
+        "total"}
+    (n_total, model, gid), = served(serving, "select n_steps, model, grouping_id from train_health "
+                                             "where agg_level = 'total'")
+    (n_raw,), = raw(lake, "select count(*) from train_steps")
+    assert n_total == n_raw and model == "ALL" and gid == 31
+    for level, n in served(serving, "select agg_level, sum(n_steps) from train_health group by all"):
+        assert n == n_raw, level
+    # eval and latency share their levels, so every eval row of a checkpoint level has its latency
+    assert served(serving, "select count(*) from eval_health where latency_p95_ms is null") == [(0,)]
+
+
+def mutate(lake: str) -> None:
+    """Append a new day, rewrite one partition's file, add a second file to another, delete a third."""
+    lk = Lake(lake)
+    write_day(lk, 3)  # a new date everywhere
+    write_day(lk, 1, seed=9)  # same keys: day 1's files are replaced with different rows
+    extra = pa.table({"run_id": ["late"] * 3, "step": [1, 2, 3], "loss": [1.0, float("nan"), 2.0],
+                      "step_time_ms": [5.0, 6.0, 7.0], "ts": [dt.datetime(2026, 1, 1, 23, tzinfo=dt.timezone.utc)] * 3,
+                      "model": [MODELS[1]] * 3, "hardware": [HARDWARE[0]] * 3, "precision": ["bf16"] * 3})
+    lk.write("train_steps", extra, "late-file")
+    gone = f"{lake}/latency_samples/model={MODELS[0]}/hardware={HARDWARE[1]}/date={DAY0 + dt.timedelta(days=2)}"
+    shutil.rmtree(gone)
+
+
+def test_incremental_build_equals_full_rebuild(lake, tmp_path):
+    serving = str(tmp_path / "serving.duckdb")
+    first = build(lake, serving)
+    assert first.full
+    mutate(lake)
+    inc = build(lake, serving)
+    assert not inc.full and inc.serving_mode == "patched"
+    # only what changed: 4 new + 4 rewritten + 1 appended train partitions, dates 0, 1 and 3
+    assert inc.rebuilt["train_health_base"] == 9
+    assert inc.rebuilt["train_health_daily"] == 3
+    assert inc.rebuilt["latency_base"] == 9  # 4 new, 4 rewritten, 1 deleted
+    assert inc.rebuilt["system_base"] == 8
+    full = build(lake, str(tmp_path / "full.duckdb"), full=True, cubes_root=str(tmp_path / "full-cubes"))
+    assert full.full
+    assert_tables_equal(serving_tables(serving), serving_tables(str(tmp_path / "full.duckdb")))
+    assert main(["audit", "--lake", lake, "--serving", serving]) == 0
+    # the deleted partition's cube rows are gone from the cube store as well
+    gone = f"{lake}/cubes/latency_base/model={MODELS[0]}/hardware={HARDWARE[1]}/date={DAY0 + dt.timedelta(days=2)}"
+    assert not os.path.exists(gone)
+
+
+def test_nothing_changed_rebuilds_nothing_and_keeps_the_file(lake, tmp_path):
+    serving = str(tmp_path / "serving.duckdb")
+    build(lake, serving)
+    inode = os.stat(serving).st_ino
+    again = build(lake, serving)
+    assert not again.full and again.rebuilt == {} and again.serving_mode == "unchanged"
+    assert os.stat(serving).st_ino == inode
+
+
+def test_a_changed_sql_definition_makes_the_build_full(lake, tmp_path, monkeypatch):
+    serving = str(tmp_path / "serving.duckdb")
+    build(lake, serving)
+    monkeypatch.setattr(build_mod, "_bounds_version", lambda: "another sketch")
+    assert build(lake, serving).full
+
+
+def test_a_serving_file_from_another_build_is_rebuilt_fresh(lake, tmp_path):
+    serving = str(tmp_path / "serving.duckdb")
+    build(lake, serving)
+    os.unlink(serving)
+    write_day(Lake(lake), 3)
+    r = build(lake, serving)
+    assert not r.full and r.serving_mode == "fresh"
+    assert main(["audit", "--lake", lake, "--serving", serving]) == 0
