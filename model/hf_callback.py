@@ -1,0 +1,130 @@
+"""Model Health Warehouse telemetry for HF ``transformers.Trainer`` users, by adding one callback:
+
+    from model.hf_callback import MHWCallback
+    trainer = Trainer(model=model, args=args, ..., callbacks=[MHWCallback(model_slug="my-bert")])
+
+- ``on_train_begin`` / ``on_train_end`` write the run's ``runs`` row (source 'hf-trainer'; rewritten
+  under the same key as its status changes);
+- ``on_log`` writes a ``train_steps`` row for each training log (loss, learning_rate, grad_norm,
+  epoch, plus the step time this callback measures and the system sampler's CPU/GPU readings) and
+  ``eval_results`` rows (suite 'validation') for each ``eval_*`` metric, stamped with the global step;
+- a background sampler writes ``system_samples`` while training runs.
+
+As in HF's own integrations: every hook is a no-op except on the world's process zero, writers are
+created lazily at ``on_train_begin``, and rows are flushed at each save and at the end. Set
+``logging_steps=1`` for a row per step, and ``logging_nan_inf_filter=False`` so that a NaN/inf loss
+reaches the lake as NaN/inf instead of being replaced by the window's mean: divergence is data here.
+A crash inside ``Trainer.train`` calls no callback; such a run keeps status 'running' with its rows up
+to the last flush (``mhw train`` marks its own crashes 'failed').
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+
+import torch
+from transformers import TrainerCallback
+
+from model import hardware, models
+from model.telemetry import Telemetry, checkpoint_block_rows, utcnow
+from warehouse import config as mhw_config
+from warehouse.writer import slugify
+
+
+class MHWCallback(TrainerCallback):
+    def __init__(self, lake_root: str | None = None, model_slug: str | None = None, run_id: str | None = None,
+                 hardware_key: str | None = None, dataset: str | None = None, system_interval_s: float = 5.0,
+                 flush_rows: int | None = None, flush_seconds: float | None = None):
+        self.lake_root, self.model_slug, self.run_id = lake_root, model_slug, run_id
+        self.hardware_key, self.dataset, self.system_interval_s = hardware_key, dataset, system_interval_s
+        self.flush_rows, self.flush_seconds = flush_rows, flush_seconds
+        self.telemetry: Telemetry | None = None
+        self._t_step = None
+        self._step_s = None
+        self._last_loss = None
+
+    # -- helpers -------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _precision(args) -> str:
+        return "bf16" if getattr(args, "bf16", False) else "fp16" if getattr(args, "fp16", False) else "fp32"
+
+    def _samples_per_step(self, args) -> int:
+        return args.per_device_train_batch_size * args.gradient_accumulation_steps * max(1, args.world_size)
+
+    # -- hooks ---------------------------------------------------------------------------------------
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        settings = mhw_config.load()
+        name = getattr(getattr(model, "config", None), "name_or_path", "") or getattr(model.config, "model_type", "model")
+        slug = self.model_slug or slugify(name)
+        self.run_id = self.run_id or f"{slug}-{utcnow().strftime('%Y%m%dT%H%M%S')}-hf"
+        use_cuda = torch.cuda.is_available() and not getattr(args, "use_cpu", False)
+        hw = hardware.fingerprint(self.hardware_key, args.world_size if use_cuda else 1)
+        # blocks that start at every save, so a resume_from_checkpoint rewrites instead of duplicating
+        save_every = args.save_steps if str(args.save_strategy).endswith("steps") and args.save_steps >= 1 else 0
+        block = checkpoint_block_rows(self.flush_rows or settings.flush_rows, int(save_every))
+        self.telemetry = Telemetry(self.lake_root or settings.lake_root, self.run_id, slug, hw, self._precision(args),
+                                   block_rows=block, flush_seconds=self.flush_seconds or settings.flush_seconds,
+                                   system_interval_s=self.system_interval_s)
+        self._use_cuda = use_cuda
+        args_json = args.to_json_string()
+        self.telemetry.write_run(
+            kind="train", model_family=getattr(model.config, "model_type", None) if model is not None else None,
+            n_params=models.n_params(model) if model is not None else None,
+            gpu_name=hardware.gpu_name() if use_cuda else None, gpu_count=args.world_size if use_cuda else 0,
+            precision=self._precision(args), dataset=self.dataset,
+            config_hash=hashlib.sha256(json.dumps(json.loads(args_json), sort_keys=True).encode()).hexdigest()[:16],
+            code_version=hardware.code_version(), started_at=utcnow(), ended_at=None, status="running",
+            source="hf-trainer", steps=state.global_step, config_json=args_json)
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._t_step = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self._t_step is not None:
+            self._step_s = time.perf_counter() - self._t_step
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or self.telemetry is None or not logs:
+            return
+        step = state.global_step
+        if "loss" in logs:
+            loss = float(logs["loss"])
+            self._last_loss = loss
+            sysinfo = self.telemetry.system()
+            dt = self._step_s
+            self.telemetry.step(
+                step, loss=loss, lr=logs.get("learning_rate"), grad_norm=_num(logs.get("grad_norm")),
+                epoch=logs.get("epoch", state.epoch), step_time_ms=dt * 1e3 if dt else None,
+                samples_per_s=self._samples_per_step(args) / dt if dt else None,
+                cpu_util=sysinfo.get("cpu_util"), host_mem_gb=sysinfo.get("host_mem_gb"),
+                gpu_util=sysinfo.get("gpu_util"),
+                gpu_mem_gb=torch.cuda.max_memory_allocated() / 1e9 if self._use_cuda else None)
+        evals = {k[len("eval_"):]: _num(v) for k, v in logs.items()
+                 if k.startswith("eval_") and isinstance(v, (int, float)) and not k.endswith(("_runtime", "_per_second"))}
+        if evals:
+            self.telemetry.evaluation(step, "validation", evals)
+
+    def on_save(self, args, state, control, **kwargs):
+        if self.telemetry is not None:
+            self.telemetry.flush()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero or self.telemetry is None:
+            return
+        final = self._last_loss
+        status = "diverged" if final is not None and not math.isfinite(final) else "completed"
+        try:
+            self.telemetry.write_run(ended_at=utcnow(), status=status, steps=state.global_step, final_loss=final)
+        finally:
+            self.telemetry.close()
+            self.telemetry = None
+
+
+def _num(v):
+    return float(v) if isinstance(v, (int, float)) else None

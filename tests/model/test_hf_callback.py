@@ -1,0 +1,69 @@
+"""A real (tiny, CPU) HF Trainer run with MHWCallback writes the same telemetry as `mhw train`."""
+import math
+
+import pytest
+import torch
+
+pytest.importorskip("accelerate", reason="transformers.Trainer needs the `accelerate` package")
+
+from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments  # noqa: E402
+
+from model import data  # noqa: E402
+from model.hf_callback import MHWCallback  # noqa: E402
+from warehouse.query import connect  # noqa: E402
+
+
+class Windows(torch.utils.data.Dataset):
+    """Arithmetic windows in the layout HF causal LMs expect (labels = input_ids; the model shifts)."""
+
+    def __init__(self, lm: data.LMData):
+        self.w = lm.windows[:, :-1]
+
+    def __len__(self):
+        return len(self.w)
+
+    def __getitem__(self, i):
+        return {"input_ids": self.w[i], "labels": self.w[i]}
+
+
+def run_trainer(tmp_path, lake_root, callback, **args):
+    cfg = data.default_config()
+    cfg.n_examples = 600
+    tok = data.ByteTokenizer()
+    train_ds, val_ds = data.build(cfg, "lm", tok, 32)
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=tok.vocab_size, n_positions=32, n_embd=32, n_layer=1, n_head=2,
+                                       bos_token_id=tok.eot_id, eos_token_id=tok.eot_id))
+    targs = TrainingArguments(
+        output_dir=str(tmp_path / "hf-out"), max_steps=5, per_device_train_batch_size=4, per_device_eval_batch_size=4,
+        learning_rate=3e-3, logging_steps=1, eval_strategy="steps", eval_steps=5, save_strategy="no",
+        report_to=[], use_cpu=True, disable_tqdm=True, logging_nan_inf_filter=False, **args)
+    trainer = Trainer(model=model, args=targs, train_dataset=Windows(train_ds),
+                      eval_dataset=torch.utils.data.Subset(Windows(val_ds), range(8)), callbacks=[callback])
+    trainer.train()
+    return trainer
+
+
+def test_trainer_with_the_callback_writes_runs_steps_and_eval_rows(tmp_path, lake_root):
+    cb = MHWCallback(model_slug="hf-gpt2-tiny", run_id="hf-run", dataset="arithmetic", system_interval_s=0.05)
+    run_trainer(tmp_path, lake_root, cb)
+    con = connect(lake_root=lake_root, serving_path="")
+    steps = con.execute("select step, loss, lr, grad_norm, epoch, step_time_ms, samples_per_s, cpu_util, "
+                        "precision, model from train_steps order by step").fetchall()
+    assert [s[0] for s in steps] == [1, 2, 3, 4, 5]  # HF's global_step, as logged
+    for s in steps:
+        assert all(v is not None for v in s), s
+        assert math.isfinite(s[1]) and s[2] > 0 and s[8] == "fp32" and s[9] == "hf-gpt2-tiny"
+    assert con.execute("select min(samples_per_s * step_time_ms / 1000) from train_steps").fetchone()[0] == \
+        pytest.approx(4)
+    evals = dict(con.execute("select metric, value from eval_results where suite = 'validation' "
+                             "and checkpoint_step = 5 and train_run_id = 'hf-run'").fetchall())
+    assert "loss" in evals and math.isfinite(evals["loss"]) and "runtime" not in evals
+    run = con.execute("select kind, source, status, steps, model_family, n_params, precision, dataset, "
+                      "final_loss, gpu_count from runs").fetchall()
+    assert len(run) == 1
+    kind, source, status, n_steps, family, n_params, precision, dataset, final, gpus = run[0]
+    assert (kind, source, status, n_steps, family, precision, dataset, gpus) == \
+        ("train", "hf-trainer", "completed", 5, "gpt2", "fp32", "arithmetic", 0)
+    assert n_params > 10_000 and final == pytest.approx(steps[-1][1])
+    assert con.execute("select count(*) from system_samples where run_id = 'hf-run'").fetchone()[0] >= 2
