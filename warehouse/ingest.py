@@ -34,10 +34,10 @@ from datetime import datetime, timezone
 import pyarrow as pa
 
 from model.importers import FORMATS, Parsed, RunMeta, SourceError, json_type, parse, sources
-from warehouse.schemas import TABLES, TS, Table
+from warehouse.schemas import DERIVED_TABLES, TABLES, TS, Table
 from warehouse.writer import Lake, PartitionError, check_slug, slugify
 
-LOADABLE = tuple(n for n in TABLES if n != "quarantine")  # quarantine is written by ingest alone
+LOADABLE = tuple(n for n in TABLES if n != "quarantine" and n not in DERIVED_TABLES)  # quarantine: ingest writes it
 SHOWN_REJECTS = 10  # reject lines printed before the count by reason
 
 # Strings accepted for float columns besides JSON numbers and the NaN/Infinity tokens.

@@ -178,7 +178,39 @@ QUARANTINE = Table(
     doc="Rows rejected by ingest, with the reason. Nothing is silently dropped.",
 )
 
+ALERTS = Table(
+    name="alerts",
+    schema=_fields(
+        ("alert_id", pa.string(), "stable id: hash of rule and subject, so re-running never duplicates"),
+        ("rule", pa.string(), "diagnostic rule that fired (sql/diagnostics/<rule>.sql)"),
+        ("severity", pa.string(), "info | warning | critical"),
+        ("scope", pa.string(), "run (one training run) | fleet (model × hardware × precision over days)"),
+        ("run_id", pa.string(), "training run (run-level rules; null for fleet rules)"),
+        ("precision", pa.string(), "precision of the run or of the served variant"),
+        ("suite", pa.string(), "eval suite (eval rules)"),
+        ("metric", pa.string(), "metric the rule compares, e.g. loss, grad_norm, accuracy, p95_ms"),
+        ("step_start", pa.int64(), "first anomalous step (run-level rules)"),
+        ("step_end", pa.int64(), "last anomalous step seen (run-level rules)"),
+        ("start_at", TS, "UTC time the anomaly starts"),
+        ("end_at", TS, "UTC time of the last anomalous point seen"),
+        ("observed", pa.float64(), "value observed at the start (NaN and inf kept)"),
+        ("expected", pa.float64(), "baseline or threshold it is compared with"),
+        ("baseline", pa.string(), "what `expected` is: previous window, trailing median, checkpoint, SLO…"),
+        ("n_points", pa.int64(), "anomalous points (steps, blocks, checkpoints or days) behind the alert"),
+        ("message", pa.string(), "one line: what happened"),
+        ("action", pa.string(), "suggested next step"),
+        ("detected_at", TS, "UTC time the alert was first computed (kept on re-runs)"),
+        ("notified_at", TS, "UTC time the notifiers took it (null: not yet, retried next run)"),
+        *_KEYS,
+    ),
+    partition_by=FACT_PARTITIONS,
+    time_column="start_at",
+    required=("alert_id", "rule", "model", "hardware", "start_at"),
+    doc="One row per alert of the health diagnostics (mhw diagnose); derived from the fact tables.",
+)
+
 TABLES: dict[str, Table] = {
-    t.name: t for t in (RUNS, TRAIN_STEPS, EVAL_RESULTS, LATENCY_SAMPLES, SYSTEM_SAMPLES, QUARANTINE)
+    t.name: t for t in (RUNS, TRAIN_STEPS, EVAL_RESULTS, LATENCY_SAMPLES, SYSTEM_SAMPLES, QUARANTINE, ALERTS)
 }
-FACT_TABLES = tuple(n for n, t in TABLES.items() if t.partition_by == FACT_PARTITIONS)
+DERIVED_TABLES = ("alerts",)  # written by the pipelines, never ingested; not compacted or aged out
+FACT_TABLES = tuple(n for n, t in TABLES.items() if t.partition_by == FACT_PARTITIONS and n not in DERIVED_TABLES)
