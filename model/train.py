@@ -281,6 +281,7 @@ def train(cfg: CfgNode, settings: mhw_config.Settings | None = None) -> dict:
 
     status, losses, nonfinite, last_val, last_ckpt = "failed", [], 0, {}, None
     step, loss_f = start_step, math.nan
+    iter_ms, t_prev = [], None  # wall time from one step's start to the next's: logging included
     try:
         model.train()
         while step < tc.max_steps:
@@ -297,6 +298,9 @@ def train(cfg: CfgNode, settings: mhw_config.Settings | None = None) -> dict:
 
             # forward / backward over grad_accum micro-batches; DDP all-reduces on the last only
             t0 = time.perf_counter()
+            if t_prev is not None:
+                iter_ms.append((t0 - t_prev) * 1e3)
+            t_prev = t0
             data_s = 0.0
             loss_sum = torch.zeros((), device=device)
             for micro in range(tc.grad_accum):
@@ -379,7 +383,7 @@ def train(cfg: CfgNode, settings: mhw_config.Settings | None = None) -> dict:
     if master:
         print(f"run {run_id}: {status} at step {step}, loss {loss_f:.4f}, {nonfinite} non-finite step(s)")
     return {"run_id": run_id, "status": status, "steps": step, "final_loss": loss_f, "nonfinite_steps": nonfinite,
-            "losses": losses, "val": last_val, "checkpoint": str(last_ckpt) if last_ckpt else None,
+            "losses": losses, "iter_ms": iter_ms, "val": last_val, "checkpoint": str(last_ckpt) if last_ckpt else None,
             "out_dir": str(out_dir), "hardware": hw, "model": mc.slug, "precision": precision}
 
 
