@@ -68,9 +68,11 @@ def run(args: argparse.Namespace) -> int:
     if len(findings) > args.max_rows:
         print(f"… and {len(findings) - args.max_rows} more")
     if findings:
-        parts = sorted({f.partition for f in findings})
-        print(f"mhw audit: FAILED: {len(findings)} difference(s) in {len(parts)} partition(s)/level(s), "
-              f"first: {parts[0]}", file=sys.stderr)
+        parts = sorted({f.partition for f in findings if not f.partition.startswith("level=")})
+        levels = sorted({f.partition for f in findings if f.partition.startswith("level=")})
+        named = ", ".join(parts[:5]) + (f" (+{len(parts) - 5} more)" if len(parts) > 5 else "")
+        print(f"mhw audit: FAILED: {len(findings)} difference(s); partitions: {named or 'none'}; "
+              f"levels: {', '.join(levels) or 'none'}", file=sys.stderr)
         return 1
     print(f"mhw audit: ok: every partition and level of the served cubes equals the lake "
           f"({len(list(AUDIT_DIR.glob('*.sql')))} audits)")

@@ -4,7 +4,7 @@
 --   examples; every aggregation level sums to the raw total.
 -- grain: one row per (partition or level, measure) that differs; no rows = the audit passes.
 -- sources: eval_results (lake), eval_health (serving)
--- tolerance: counts exact; float sums 1e-9 relative
+-- tolerance: counts exact; float sums 1e-9 relative; a value on one side only is a difference
 
 with
 
@@ -78,7 +78,7 @@ final as (
     from (select * from compared union all select * from levels) as checked
     where not (
         lake_value is not distinct from cube_value
-        or abs(lake_value - cube_value) <= 1e-9 * greatest(abs(lake_value), abs(cube_value), 1.0))
+        or coalesce(abs(lake_value - cube_value) <= 1e-9 * greatest(abs(lake_value), abs(cube_value), 1.0), false))
 )
 
 select * from final

@@ -5,7 +5,7 @@
 --   and every aggregation level of train_health (daily and window) sums to the raw total.
 -- grain: one row per (partition or level, measure) that differs; no rows = the audit passes.
 -- sources: train_steps (lake), train_health and train_step_time_sketch (serving)
--- tolerance: counts exact; float sums 1e-9 relative (summation order differs between builds)
+-- tolerance: counts exact; float sums 1e-9 relative; a value on one side only is a difference (summation order differs between builds)
 
 with
 
@@ -113,7 +113,7 @@ final as (
     from (select * from compared union all select * from levels) as checked
     where not (
         lake_value is not distinct from cube_value
-        or abs(lake_value - cube_value) <= 1e-9 * greatest(abs(lake_value), abs(cube_value), 1.0))
+        or coalesce(abs(lake_value - cube_value) <= 1e-9 * greatest(abs(lake_value), abs(cube_value), 1.0), false))
 )
 
 select * from final
