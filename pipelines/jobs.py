@@ -80,8 +80,8 @@ def unevaluated(checkpoints_root: str | None = None, lake_root: str | None = Non
 def evaluate(checkpoint: str, suites: list[str] | None = None, lake_root: str | None = None) -> dict:
     """Run the eval suites on one checkpoint. Re-evaluating the same checkpoint replaces its rows."""
     cmd = [sys.executable, "-m", "model.evaluate", "--checkpoint", checkpoint]
-    for s in suites or []:
-        cmd += ["--suite", s]
+    if suites:
+        cmd += ["--suite", ",".join(suites)]
     _run(cmd, _lake_env(lake_root))
     return {"checkpoint": checkpoint}
 
