@@ -1,0 +1,136 @@
+"""A real Superset for the dashboard tests: the core venv's pytest builds a small serving file with
+the real pipeline (``mhw simulate`` + ``mhw build``), then starts ``dashboards.serve`` from .venv-bi
+(Superset needs SQLAlchemy < 2, the core venv has 2) on a free 127.0.0.1 port with a temporary home,
+and talks to it over HTTP. The browser client runs in .venv-bi too (dashboards/browser.py), by
+subprocess, so Playwright is installed once, beside Superset, and the core venv stays as locked.
+
+Skipped, with the reason, only when .venv-bi is absent (``make test`` creates it)."""
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+BI_PYTHON = REPO / ".venv-bi" / "bin" / "python"
+MHW = Path(sys.executable).parent / "mhw"
+# Screenshots and browser reports land here (ignored by git) so a person can look at them.
+OUT = Path(os.environ.get("MHW_TEST_OUT", REPO / "out" / "tests" / "dashboards"))
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_mhw(*args: str, env: dict) -> None:
+    subprocess.run([str(MHW), *args], env=env, check=True, cwd=REPO,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=600)
+
+
+class Superset:
+    """A running Superset and an authenticated REST session to it."""
+
+    def __init__(self, url: str, password: str, serving: Path, home: Path, log: Path):
+        import requests
+
+        self.url, self.password, self.serving, self.home, self.log = url, password, serving, home, log
+        self.http = requests.Session()
+        token = self.http.post(f"{url}/api/v1/security/login", json={
+            "username": "admin", "password": password, "provider": "db", "refresh": False}, timeout=30)
+        token.raise_for_status()
+        self.http.headers["Authorization"] = f"Bearer {token.json()['access_token']}"
+        # POSTs outside the exempt list (SQL Lab) also need the CSRF token of this session.
+        csrf = self.http.get(f"{url}/api/v1/security/csrf_token/", timeout=30).json()["result"]
+        self.http.headers["X-CSRFToken"] = csrf
+        self.http.headers["Referer"] = url
+
+    def get(self, path: str, **kw):
+        return self.http.get(f"{self.url}{path}", timeout=kw.pop("timeout", 60), **kw)
+
+    def post(self, path: str, **kw):
+        return self.http.post(f"{self.url}{path}", timeout=kw.pop("timeout", 60), **kw)
+
+    def chart_ids(self) -> dict[str, int]:
+        """Chart uuid -> id in this Superset."""
+        import json
+
+        rows = self.get("/api/v1/chart/", params={"q": json.dumps(
+            {"columns": ["id", "uuid", "slice_name"], "page_size": 100})}).json()["result"]
+        return {r["uuid"]: r["id"] for r in rows}
+
+    def browser(self, out: Path, timeout: float = 150.0) -> dict:
+        """Open the dashboard in headless Chromium (dashboards/browser.py in .venv-bi)."""
+        import json
+
+        env = {**os.environ, "MHW_SUPERSET_PASSWORD": self.password}
+        subprocess.run([str(BI_PYTHON), "-m", "dashboards.browser", "--url", self.url,
+                        "--out", str(out), "--timeout", str(timeout)],
+                       cwd=REPO, env=env, check=True, timeout=timeout + 120)
+        return json.loads((out / "report.json").read_text())
+
+
+def build_serving(root: Path, rows: int, seed: int = 11) -> Path:
+    """A lake and its serving file, made by the project's own simulate and build."""
+    env = {**os.environ, "MHW_LAKE": str(root / "lake"), "MHW_SERVING": str(root / "serving.duckdb")}
+    run_mhw("simulate", "--rows", str(rows), "--seed", str(seed), "--incident-rate", "0.3", env=env)
+    run_mhw("build", "--quiet", env=env)
+    return root / "serving.duckdb"
+
+
+@pytest.fixture(scope="session")
+def superset(tmp_path_factory):
+    if not BI_PYTHON.exists():
+        pytest.skip(".venv-bi is absent: run `make setup-bi` (make test does)")
+    root = tmp_path_factory.mktemp("superset")
+    serving = build_serving(root, rows=40_000)
+    home = root / "home"
+    port = free_port()
+    password = secrets.token_urlsafe(16)
+    env = {**os.environ, "MHW_SUPERSET_PASSWORD": password, "MHW_SUPERSET_HOME": str(home),
+           "MHW_SERVING": str(serving)}
+    log = root / "superset.log"
+    with open(log, "w") as f:
+        proc = subprocess.Popen([str(BI_PYTHON), "-m", "dashboards.serve", "--port", str(port),
+                                 "--threads", "8"], cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        import requests
+
+        deadline = time.monotonic() + 300
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"Superset exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
+            try:
+                if requests.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"Superset did not answer in 300 s:\n{log.read_text()[-4000:]}")
+            time.sleep(1)
+        yield Superset(url, password, serving, home, log)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)  # gunicorn master and its worker: our own group only
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.fixture(scope="session")
+def out_dir() -> Path:
+    if OUT.exists():
+        shutil.rmtree(OUT)
+    OUT.mkdir(parents=True)
+    return OUT

@@ -1,0 +1,307 @@
+"""The Model health dashboard in a real Superset (started from .venv-bi on 127.0.0.1, fresh home,
+bundle imported at start) and a real browser (Debian's headless chromium via Playwright):
+
+- every chart's data, fetched through the REST API (/api/v1/chart/{id}/data, the chart's saved query
+  context), equals an independent query on the serving file: where the cube has precomputed the
+  same answer at another aggregation level (fleet totals, tokens/s per model × hardware, p95 per
+  hardware and day), that precomputed value is the oracle;
+- the dashboard opens in the browser with every chart answered and rendered, no chart error, and a
+  screenshot (out/tests/dashboards/dashboard.png); the queries the frontend sends equal the
+  query contexts committed in the bundle;
+- charts keep answering, with the new data, while a cube build swaps the serving file (os.replace);
+- SQL Lab on the serving database cannot read files, attach, copy or write.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from dashboards import bundle
+from dashboards.query_contexts import normalize
+
+BI_PYTHON = Path(__file__).resolve().parents[2] / ".venv-bi" / "bin" / "python"
+pytestmark = [pytest.mark.skipif(not BI_PYTHON.exists(), reason=".venv-bi is absent: run `make setup-bi` (make test does)"),
+              pytest.mark.timeout(600)]
+
+ASSETS = bundle.load()
+CHARTS = {Path(name).stem: doc for name, doc in ASSETS.items() if name.startswith("charts/")}
+CONFIG_DAY = "agg_level = 'model,hardware,precision,date'"
+RUN_DAY = "agg_level = 'model,hardware,precision,date,run_id'"
+
+
+def ms(d) -> int:
+    """A DATE as Superset's JSON writes a temporal x value: epoch milliseconds, UTC."""
+    return int(dt.datetime(d.year, d.month, d.day, tzinfo=dt.timezone.utc).timestamp() * 1000)
+
+
+def sketch_percentiles(table: str, keys: list[str], where: str = "") -> str:
+    """Percentiles from a log-bucket sketch with a window (the cube's rule, written as the cubes
+    write it, not as the dashboard's list_reduce metric): the representative value of the first
+    bucket whose cumulative count reaches p × total, NaN bucket not ranked."""
+    k = ", ".join(keys)
+    return f"""
+        with merged as (
+            select {k}, s.bucket, sum(s.n) as n, any_value(b.mid) as mid
+            from {table} as s join sketch_bounds as b on b.bucket = s.bucket
+            where s.agg_level = 'model,hardware,precision,date' and s.bucket <> 30000 {where}
+            group by all
+        ), ranked as (
+            select *, sum(n) over (partition by {k} order by bucket) as cum,
+                sum(n) over (partition by {k}) as total
+            from merged
+        )
+        select {k},
+            min(mid) filter (where cum >= 0.5 * total),
+            min(mid) filter (where cum >= 0.95 * total),
+            min(mid) filter (where cum >= 0.99 * total)
+        from ranked group by all"""
+
+
+def eval_regressions(con) -> dict:
+    """Regressions recomputed in Python: a checkpoint worse than the best earlier one of its
+    model × hardware × precision × metric by more than 2 %."""
+    rows = con.execute("""
+        select model, hardware, precision, metric, checkpoint_step, date, value_mean
+        from eval_health
+        where agg_level = 'model,hardware,precision,checkpoint_step,date' and suite = 'quality'
+        order by model, hardware, precision, metric, checkpoint_step, date""").fetchall()
+    best: dict[tuple, float] = {}
+    out: dict[tuple, list] = {}
+    for model, hw, prec, metric, step, _, value in rows:
+        key = (model, hw, prec, metric)
+        score = -value if metric in ("loss", "perplexity") else value
+        if key in best and score < best[key] - 0.02 * abs(best[key]):
+            k = (model, hw, prec, metric, step)
+            out.setdefault(k, []).append(value)
+        best[key] = max(best.get(key, -math.inf), score)
+    return {k: (sum(v) / len(v), len(v)) for k, v in out.items()}
+
+
+# chart -> (oracle SQL or function on the serving file, how to read Superset's rows)
+ORACLES = {
+    "fleet_tokens": ("select tokens from train_health where agg_level = 'total'", "scalar"),
+    "fleet_train_hours": ("select tokens_seconds / 3600.0 from train_health where agg_level = 'total'", "scalar"),
+    "fleet_runs": ("select n_runs from train_health where agg_level = 'total'", "scalar"),
+    "fleet_diverged_runs": (f"select count(distinct run_id) from train_health where {RUN_DAY} "
+                            "and n_loss_nonfinite > 0", "scalar"),
+    "tokens_per_s_heatmap": ("select hardware, model, tokens_per_s from train_health "
+                             "where agg_level = 'model,hardware'", ("keyed", ["hardware", "model"])),
+    "gpu_util_vs_throughput": (f"""select run_id, hardware, sum(gpu_util_sum) / sum(n_gpu_util),
+                                   sum(tokens) / sum(tokens_seconds), sum(tokens)
+                                   from train_health where {RUN_DAY} group by all""",
+                               ("keyed", ["run_id", "hardware"])),
+    "loss_per_run": (f"select date, run_id, loss_mean from train_health where {RUN_DAY}", "series"),
+    "nonfinite_by_model": ("select date, model, n_loss_nonfinite from train_health "
+                           "where agg_level = 'model,date'", "series"),
+    "step_time_p95_by_hardware": ("select date, hardware, step_time_p95_ms from train_health "
+                                  "where agg_level = 'hardware,date'", "series"),
+    "latency_by_model_precision": (sketch_percentiles("latency_sketch", ["model", "precision"]),
+                                   ("keyed", ["model", "precision"])),
+    "eval_accuracy_trend": ("""select date, model, avg(value_mean) from eval_health
+                               where agg_level = 'model,hardware,precision,checkpoint_step,date'
+                               and suite = 'quality' and metric = 'accuracy' group by all""", "series"),
+    "eval_regressions": (eval_regressions,
+                         ("keyed", ["model", "hardware", "precision", "metric", "checkpoint_step"])),
+}
+
+
+def close(a, b) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    if isinstance(a, float) and math.isnan(a):
+        return isinstance(b, float) and math.isnan(b)
+    return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-9)
+
+
+def expected(con, chart: str):
+    oracle, shape = ORACLES[chart]
+    if callable(oracle):
+        return {k: v for k, v in oracle(con).items()}
+    rows = con.execute(oracle).fetchall()
+    if shape == "scalar":
+        return rows[0][0] if rows else None
+    if shape == "series":  # (date, series) -> value, nulls dropped as the chart drops them
+        return {(ms(d), s): v for d, s, v in rows if v is not None}
+    n = len(shape[1])
+    return {tuple(r[:n]): tuple(r[n:]) for r in rows}
+
+
+def actual(chart: str, data: list[dict]):
+    doc = CHARTS[chart]
+    p = doc["params"]
+    _, shape = ORACLES[chart]
+    if shape == "scalar":
+        assert len(data) == 1, data
+        return next(iter(data[0].values()))
+    if shape == "series":  # pivoted: one row per x, one column per series
+        out = {}
+        for row in data:
+            x = row[p["x_axis"]]
+            for k, v in row.items():
+                if k != p["x_axis"] and v is not None:
+                    out[(x, k)] = v
+        return out
+    keys = shape[1]
+    if doc["viz_type"] == "bubble_v2":
+        metrics = [p["x"], p["y"], p["size"]]
+    elif doc["viz_type"] == "heatmap_v2":
+        metrics = [p["metric"]]
+    else:
+        metrics = p["metrics"]
+    return {tuple(r[k] for k in keys): tuple(r[m] for m in metrics) for r in data}
+
+
+def fetch(superset, chart_id: int) -> list[dict]:
+    r = superset.get(f"/api/v1/chart/{chart_id}/data/", params={"format": "json", "force": "true"})
+    assert r.status_code == 200, r.text[:2000]
+    results = r.json()["result"]
+    assert all(not res.get("error") for res in results), results
+    return results[0]["data"]
+
+
+def test_every_chart_has_an_oracle():
+    assert sorted(ORACLES) == sorted(CHARTS)
+
+
+def test_every_chart_matches_the_serving_file(superset):
+    ids = superset.chart_ids()
+    con = duckdb.connect(str(superset.serving), read_only=True)
+    try:
+        for chart, doc in sorted(CHARTS.items()):
+            got = actual(chart, fetch(superset, ids[doc["uuid"]]))
+            want = expected(con, chart)
+            assert want not in (None, {}), f"{chart}: the oracle found no data; the fixture is too small"
+            if isinstance(want, dict):
+                assert set(got) == set(want), f"{chart}: keys differ: {set(got) ^ set(want)}"
+                for k in want:
+                    w = want[k] if isinstance(want[k], tuple) else (want[k],)
+                    g = got[k] if isinstance(got[k], tuple) else (got[k],)
+                    assert all(close(a, b) for a, b in zip(g, w)), f"{chart} {k}: {g} != {w}"
+            else:
+                assert close(got, want), f"{chart}: {got} != {want}"
+    finally:
+        con.close()
+
+
+def test_dashboard_in_a_real_browser(superset, out_dir):
+    report = superset.browser(out_dir)
+    n = len(CHARTS)
+    assert report["title"] == "Model health"
+    assert report["n_chart_holders"] == n
+    assert report["chart_errors_in_page"] == [], report["chart_errors_in_page"]
+    assert report["page_errors"] == [], report["page_errors"]
+    # The only console errors allowed are resources on other hosts, unreachable here by design.
+    assert [e for e in report["console_errors"] if "ERR_NAME_NOT_RESOLVED" not in e
+            and "ERR_INTERNET_DISCONNECTED" not in e] == []
+    assert len(report["charts"]) == n, report["charts"].keys()
+    for sid, c in report["charts"].items():
+        assert c.get("status") == 200 and not c.get("errors"), (sid, c)
+        assert all(rc and rc > 0 for rc in c["rowcounts"]), (sid, c["rowcounts"])
+    assert report["n_rendered_elements"] >= n
+    shot = Path(report["screenshot"])
+    assert shot.exists() and shot.stat().st_size > 50_000
+    # The query contexts committed in the bundle are what this frontend builds from the params:
+    # the REST test above checked the same queries the browser shows.
+    by_id = {v: k for k, v in superset.chart_ids().items()}
+    by_uuid = {doc["uuid"]: (name, doc) for name, doc in CHARTS.items()}
+    for sid, c in report["charts"].items():
+        name, doc = by_uuid[by_id[int(sid)]]
+        assert normalize(c["query_context"]) == doc["query_context"], (
+            f"{name}: params changed without a query-context refresh: run dashboards.query_contexts")
+
+
+def test_charts_keep_answering_while_the_serving_file_is_swapped(superset, tmp_path):
+    """A cube build writes the new serving file beside the old one and os.replace()s it in. Every
+    chart must answer during the swaps, and show the new data right after (no cache, no stale
+    handle: Superset opens the file per query, read-only)."""
+    ids = superset.chart_ids()
+    tokens_id = ids[CHARTS["fleet_tokens"]["uuid"]]
+    serving = superset.serving
+    original = tmp_path / "original.duckdb"
+    doubled = tmp_path / "doubled.duckdb"
+    shutil.copy(serving, original)
+    shutil.copy(serving, doubled)
+    con = duckdb.connect(str(doubled))
+    con.execute("update train_health_daily set tokens = tokens * 2")  # train_health is a view over it
+    con.close()
+    base = fetch(superset, tokens_id)[0]["tokens"]
+
+    stop = threading.Event()
+    swaps = []
+
+    def swapper():
+        i = 0
+        while not stop.is_set():
+            src = doubled if i % 2 == 0 else original
+            tmp = serving.with_name(f".serving.{i}.tmp")
+            shutil.copy(src, tmp)
+            os.replace(tmp, serving)  # what mhw build does with a finished file
+            swaps.append(i)
+            i += 1
+            time.sleep(0.05)
+
+    t = threading.Thread(target=swapper)
+    t.start()
+    seen = set()
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and len(swaps) < 40:
+            for chart, doc in CHARTS.items():
+                data = fetch(superset, ids[doc["uuid"]])  # asserts 200 and no error
+                if chart == "fleet_tokens":
+                    seen.add(round(data[0]["tokens"] / base, 6))
+    finally:
+        stop.set()
+        t.join()
+    assert len(swaps) >= 5, "the swapper did not get to swap"
+    assert seen <= {1.0, 2.0}, seen  # every answer is one whole file or the other
+    # After the last swap the dashboard shows exactly the file in place.
+    shutil.copy(doubled, serving.with_name(".serving.last.tmp"))
+    os.replace(serving.with_name(".serving.last.tmp"), serving)
+    assert math.isclose(fetch(superset, tokens_id)[0]["tokens"], 2 * base, rel_tol=1e-12)
+    shutil.copy(original, serving.with_name(".serving.back.tmp"))
+    os.replace(serving.with_name(".serving.back.tmp"), serving)
+    assert math.isclose(fetch(superset, tokens_id)[0]["tokens"], base, rel_tol=1e-12)
+
+
+@pytest.mark.parametrize("sql", [
+    "select * from read_csv('/etc/passwd')",
+    "select * from read_text('/etc/passwd')",
+    "select * from read_csv_auto('/etc/passwd', header = false)",
+    "attach '/etc/passwd' as p",
+    "set enable_external_access = true",
+    "copy (select 1) to '/tmp/mhw-sqllab-escape.csv'",
+    "create table escape as select 1",
+    "install httpfs",
+])
+def test_sql_lab_cannot_reach_the_file_system(superset, sql):
+    db = superset.get("/api/v1/database/").json()["result"]
+    db_id = next(d["id"] for d in db if d["database_name"] == "Model health serving")
+    r = superset.post("/api/v1/sqllab/execute/", json={
+        "database_id": db_id, "sql": sql, "runAsync": False, "schema": "main", "tab": "t",
+        "client_id": os.urandom(5).hex()[:10]})
+    assert r.status_code != 200 or r.json().get("status") != "success", r.text[:1000]
+    assert "root:" not in r.text
+    assert not Path("/tmp/mhw-sqllab-escape.csv").exists()
+
+
+def test_sql_lab_reads_the_cubes(superset):
+    """The lock-down leaves what SQL Lab is for: reading the cubes."""
+    db = superset.get("/api/v1/database/").json()["result"]
+    db_id = next(d["id"] for d in db if d["database_name"] == "Model health serving")
+    r = superset.post("/api/v1/sqllab/execute/", json={
+        "database_id": db_id, "sql": "select count(*) as n from train_health", "runAsync": False,
+        "schema": "main", "tab": "t", "client_id": os.urandom(5).hex()[:10]})
+    assert r.status_code == 200, r.text[:1000]
+    con = duckdb.connect(str(superset.serving), read_only=True)
+    assert r.json()["data"][0]["n"] == con.execute("select count(*) from train_health").fetchone()[0]
+    con.close()
