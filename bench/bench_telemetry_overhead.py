@@ -6,8 +6,14 @@ interleaved repetitions (off/on, then on/off, ...) so drift on a shared machine 
 check either way); "on" adds what telemetry adds: the step row, the buffered writer (blocks written
 on its background thread during the run), the system sampler thread and the runs row.
 
-The per-step time is the wall time from one step's start to the next (logging included), excluding
-the first steps of each run (warm-up). Each arm's figure is the median over all its steps.
+Two measures, per arm:
+- wall: the time from one step's start to the next (logging included), leaving out each run's first
+  steps (warm-up); the arm's figure is the median over all its steps. On a shared machine other
+  processes' load swings this by tens of percent between runs, far more than the effect measured.
+- CPU: the process's CPU time (all threads: loop, writer and sampler) and the main thread's alone,
+  for S steps minus that of a 0-step run of the same arm (set-up and tear-down cancel out), per step.
+  CPU time is what telemetry actually spends, and other processes barely perturb it.
+Plus the direct cost of one ``telemetry.step`` call, timed alone.
 
     .venv/bin/python bench/bench_telemetry_overhead.py [--steps 300] [--reps 4]
 """
@@ -28,14 +34,17 @@ from model import train  # noqa: E402
 from model.telemetry import Telemetry  # noqa: E402
 
 
-def one_run(steps: int, telemetry: bool, lake: str, out: str, seed: int) -> list[float]:
+def one_run(steps: int, telemetry: bool, lake: str, out: str, seed: int) -> tuple[list[float], float, float]:
+    """(per-step wall ms, process CPU s, main-thread CPU s) of one run."""
     cfg = train.build_config("configs/gpt2-tiny.yaml", {
         "trainer.max_steps": steps, "trainer.eval_interval": 0, "trainer.ckpt_interval": 0, "trainer.keep_last": 1,
         "trainer.log_interval": 0, "trainer.seed": seed, "trainer.out_dir": out, "telemetry.enabled": telemetry,
         "telemetry.lake": lake, "telemetry.flush_rows": 100,  # blocks are written during the run, not only at the end
         "telemetry.system_interval_s": 1.0,
     })
-    return train.train(cfg)["iter_ms"]
+    p0, t0 = time.process_time(), time.thread_time()
+    iter_ms = train.train(cfg)["iter_ms"]
+    return iter_ms, time.process_time() - p0, time.thread_time() - t0
 
 
 def direct_cost_us(lake: str, n: int = 5000) -> float:
@@ -63,23 +72,35 @@ def main() -> int:
     torch.set_num_threads(1)  # one thread: less scheduler noise from the other processes on the box
     tmp = tempfile.mkdtemp(prefix="mhw-bench-")
     arms = {"off": [], "on": []}
+    cpu = {"off": [], "on": []}  # per rep: (process CPU ms/step, main-thread CPU ms/step)
     print(f"gpt2-tiny on {train.hardware.fingerprint()}, {args.steps} steps x {args.reps} reps per arm, "
           f"torch threads 1, first {args.warmup_steps} steps of each run dropped")
     t_start = time.time()
+    for arm in ("off", "on"):  # one-time costs (lazy imports, first Parquet write, git rev-parse) go here
+        one_run(5, arm == "on", f"{tmp}/lake", f"{tmp}/out-warmup-{arm}", seed=1337)
     for r in range(args.reps):
         order = ("off", "on") if r % 2 == 0 else ("on", "off")
         for arm in order:
-            ms = one_run(args.steps, arm == "on", f"{tmp}/lake", f"{tmp}/out-{arm}-{r}", seed=1337)
+            _, p_base, t_base = one_run(0, arm == "on", f"{tmp}/lake", f"{tmp}/out-{arm}-{r}-0", seed=1337)
+            ms, p_all, t_all = one_run(args.steps, arm == "on", f"{tmp}/lake", f"{tmp}/out-{arm}-{r}", seed=1337)
             ms = ms[args.warmup_steps:]
             arms[arm] += ms
-            print(f"rep {r} {arm:>3}: median {statistics.median(ms):7.3f} ms/step, mean {statistics.fmean(ms):7.3f}, "
-                  f"p90 {sorted(ms)[int(0.9 * len(ms))]:7.3f} ({len(ms)} steps)")
+            cpu[arm].append(((p_all - p_base) / args.steps * 1e3, (t_all - t_base) / args.steps * 1e3))
+            print(f"rep {r} {arm:>3}: wall median {statistics.median(ms):7.3f} ms/step, mean {statistics.fmean(ms):7.3f}, "
+                  f"p90 {sorted(ms)[int(0.9 * len(ms))]:7.3f} ({len(ms)} steps) | CPU process {cpu[arm][-1][0]:7.3f} "
+                  f"ms/step, main thread {cpu[arm][-1][1]:7.3f}")
     off, on = statistics.median(arms["off"]), statistics.median(arms["on"])
     off_mean, on_mean = statistics.fmean(arms["off"]), statistics.fmean(arms["on"])
     print(f"all  off: median {off:.3f} ms/step, mean {off_mean:.3f}")
     print(f"all   on: median {on:.3f} ms/step, mean {on_mean:.3f}")
-    print(f"overhead: median {100 * (on - off) / off:+.2f} %, mean {100 * (on_mean - off_mean) / off_mean:+.2f} % "
-          f"(target < 1 %); wall {time.time() - t_start:.0f} s")
+    print(f"wall overhead: median {100 * (on - off) / off:+.2f} %, mean {100 * (on_mean - off_mean) / off_mean:+.2f} % "
+          f"(target < 1 %)")
+    for i, what in ((0, "process"), (1, "main thread")):
+        c_off = statistics.median(c[i] for c in cpu["off"])
+        c_on = statistics.median(c[i] for c in cpu["on"])
+        print(f"CPU {what}: off {c_off:.3f} ms/step, on {c_on:.3f} ms/step, overhead {100 * (c_on - c_off) / c_off:+.2f} % "
+              f"(median over reps)")
+    print(f"wall time of the benchmark {time.time() - t_start:.0f} s")
     us = direct_cost_us(f"{tmp}/lake-direct")
     print(f"direct cost of telemetry.step in the loop: {us:.1f} us/step = {100 * us / 1e3 / off:.3f} % of a "
           f"{off:.2f} ms step")

@@ -339,7 +339,8 @@ def train(cfg: CfgNode, settings: mhw_config.Settings | None = None) -> dict:
             scheduler.step()
             dt = time.perf_counter() - t0
 
-            # time and log: divergence is data, so a NaN loss is written as NaN and counted
+            # time and log: divergence is data, so a NaN loss is written as NaN and counted. Under DDP
+            # the loss is rank 0's share of the batch: averaging it would cost a collective per step.
             losses.append(loss_f)
             nonfinite += not finite_loss
             if telemetry.enabled:
@@ -358,7 +359,7 @@ def train(cfg: CfgNode, settings: mhw_config.Settings | None = None) -> dict:
                 print(f"step {step}: loss {loss_f:.4f}, lr {lr:.2e}, grad_norm {gn_f:.3f}, {dt * 1e3:.1f} ms"
                       + (f", mfu {100 * flops_per_token * tokens_per_step / dt / (peak * world):.1f}%" if peak else ""))
             step += 1
-            if tc.stop_on_nan and stop_agreed(ddp, not finite_loss):
+            if tc.stop_on_nan and stop_agreed(ddp, not finite_loss, device):
                 status = "diverged"
                 break
         else:
@@ -371,6 +372,8 @@ def train(cfg: CfgNode, settings: mhw_config.Settings | None = None) -> dict:
             rngs = gather_rng(ddp, world)
             if master:
                 last_ckpt = save(step, rngs)
+        if ddp:
+            dist.barrier()  # leave together: no rank tears the process group down under another
     finally:
         # a crash still leaves the telemetry up to the last flush, and a runs row that says so
         try:
@@ -397,11 +400,11 @@ def gather_rng(ddp: bool, world: int) -> list:
     return out
 
 
-def stop_agreed(ddp: bool, mine: bool) -> bool:
+def stop_agreed(ddp: bool, mine: bool, device) -> bool:
     """Whether any rank wants to stop; every rank must leave the loop together or DDP hangs."""
     if not ddp:
         return mine
-    flag = torch.tensor([1.0 if mine else 0.0])
+    flag = torch.tensor([1.0 if mine else 0.0], device=device)  # NCCL reduces GPU tensors only
     dist.all_reduce(flag, op=dist.ReduceOp.MAX)
     return bool(flag.item())
 

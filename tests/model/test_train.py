@@ -4,6 +4,7 @@ under DDP only rank 0 writes."""
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -122,6 +123,17 @@ def test_stop_on_nan_ends_the_run_as_diverged(tmp_path, lake_root):
     assert status == "diverged" and steps == 3 and math.isnan(final)
 
 
+def test_bf16_autocast_on_cpu_when_asked_and_fp16_refused(tmp_path, lake_root):
+    s = train.train(tiny(tmp_path, lake_root, **{"trainer.max_steps": 4, "trainer.eval_interval": 0,
+                                                 "trainer.precision": "bf16"}))
+    assert s["precision"] == "bf16" and all(math.isfinite(x) for x in s["losses"])
+    assert lake(lake_root).execute("select precision from runs").fetchone()[0] == "bf16"
+    assert lake(lake_root).execute("select count(*) from train_steps where precision = 'bf16'").fetchone()[0] == 4
+    with pytest.raises(ValueError, match="fp16 needs a GPU"):
+        train.resolve_precision("fp16", "cpu")
+    assert train.resolve_precision("auto", "cpu") == "fp32"
+
+
 def test_bert_classifier_fine_tunes_from_a_hf_folder(tmp_path, lake_root):
     from transformers import BertConfig, BertForSequenceClassification
     tok = data.ByteTokenizer()
@@ -172,9 +184,17 @@ def test_ddp_two_gloo_processes_write_from_rank_0_only(tmp_path, lake_root):
            "--trainer.device=cpu", "--trainer.max_steps=6", "--trainer.batch_size=4", "--trainer.eval_interval=3",
            "--trainer.eval_batches=1", "--trainer.ckpt_interval=3", f"--trainer.out_dir={tmp_path}/out",
            "--data.n_examples=800", "--model.block_size=32", "--telemetry.system_interval_s=0.2"]
-    p = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=150)
-    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    assert p.stdout.count("run ddp-run: completed") == 1  # rank 1 prints nothing either
+    # a session of its own, so a hung run is killed with both its workers, not just torchrun
+    p = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         start_new_session=True)
+    try:
+        out, _ = p.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        out, _ = p.communicate()
+        pytest.fail(f"torchrun did not finish:\n{out[-4000:]}")
+    assert p.returncode == 0, out[-4000:]
+    assert out.count("run ddp-run: completed") == 1  # rank 1 prints nothing either
     con = lake(lake_root)
     assert con.execute("select count(*), count(distinct step) from train_steps").fetchone() == (6, 6)
     assert con.execute("select count(*), any_value(status), any_value(steps) from runs").fetchone() == (1, "completed", 6)
