@@ -149,10 +149,13 @@ def _bounds_version() -> str:
     return f"growth={sketch.GROWTH};b={sketch.B_MIN}..{sketch.B_MAX}"
 
 
-def build(lake_root: str | None = None, serving_path: str | None = None, engine: str = "duckdb",
+def build(lake_root: str | None = None, serving_path: str | None = None, engine="duckdb",
           full: bool = False, master: str | None = None, conf: dict[str, str] | None = None,
           cubes_root: str | None = None, log=None) -> BuildResult:
-    """Bring the cubes and the serving file up to date with the lake. Returns what was rebuilt."""
+    """Bring the cubes and the serving file up to date with the lake. Returns what was rebuilt.
+
+    ``engine`` is "duckdb", "spark", or an engine already open (it is then left open, so one
+    SparkSession can serve several builds)."""
     settings = config.load()
     lake_root = lake_root or settings.lake_root
     serving_path = serving_path or settings.serving_path
@@ -167,7 +170,9 @@ def build(lake_root: str | None = None, serving_path: str | None = None, engine:
     definition = definition_hash(models, _bounds_version())
     old = store.manifest()
     full = bool(full or old.get("definition") != definition)
-    result = BuildResult(engine=engine, full=full, build_id=uuid.uuid4().hex[:12])
+    own_engine = isinstance(engine, str)
+    engine_name = engine if own_engine else engine.name
+    result = BuildResult(engine=engine_name, full=full, build_id=uuid.uuid4().hex[:12])
 
     # 1. What changed in the lake since the last build, per raw partition.
     t = time.perf_counter()
@@ -185,7 +190,7 @@ def build(lake_root: str | None = None, serving_path: str | None = None, engine:
     result.seconds["list"] = time.perf_counter() - t
 
     eng = open_engine(engine, master=master, conf=conf,
-                      filesystem=None if "://" not in lake_root else lake_fs)
+                      filesystem=None if "://" not in lake_root else lake_fs) if own_engine else engine
     outputs: dict[str, pa.Table] = {}  # this build's rows per model (only the recomputed partitions)
     targets_of: dict[str, set[PartitionKey] | None] = {}  # None = everything
     try:
@@ -209,7 +214,8 @@ def build(lake_root: str | None = None, serving_path: str | None = None, engine:
             say(f"{m.name}: {result.rebuilt[m.name]} partition(s), {out.num_rows} rows "
                 f"({result.seconds[m.name]:.2f}s)")
     finally:
-        eng.close()
+        if own_engine:
+            eng.close()
 
     # 3. Publish: a new serving file beside the live one, swapped in atomically.
     t = time.perf_counter()
@@ -217,7 +223,7 @@ def build(lake_root: str | None = None, serving_path: str | None = None, engine:
     result.serving_mode = serving.publish(
         serving_path, models, store, outputs, targets_of, full=full, build_id=result.build_id,
         previous_build_id=old.get("build_id"), info={
-            "engine": engine, "full": full,
+            "engine": engine_name, "full": full,
             "built_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "lake": lake_root})
     result.seconds["serve"] = time.perf_counter() - t
@@ -225,7 +231,7 @@ def build(lake_root: str | None = None, serving_path: str | None = None, engine:
         result.build_id = old["build_id"]
 
     store.save_manifest({"version": 1, "definition": definition, "build_id": result.build_id,
-                         "engine": engine, "sources": prints})
+                         "engine": engine_name, "sources": prints})
     result.seconds["total"] = time.perf_counter() - t_start
     return result
 
