@@ -15,6 +15,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ingest": ("warehouse.ingest", "load JSONL, HF Trainer, TensorBoard or MLPerf logs into the lake"),
     "build": ("pipelines.build", "build the cubes (DuckDB or Spark, incremental) and swap in the serving file"),
     "audit": ("pipelines.audit", "check that the served cubes equal the raw lake, partition by partition"),
+    "diagnose": ("pipelines.diagnose", "compute health alerts (training runs, fleet) incrementally and notify new ones"),
+    "alerts": ("pipelines.alerts", "list health alerts (--since, --rule, --severity; table or json)"),
     "query": ("warehouse.query", "run SQL over the lake (and the serving file) with DuckDB"),
     "simulate": ("warehouse.simulate", "generate realistic fleet telemetry with planted incidents"),
     "train": ("model.train", "train a GPT-2 / BERT model from configs/*.yaml, with telemetry into the lake"),
