@@ -1,0 +1,663 @@
+"""``mhw diagnose``: health diagnostics of training runs and of the serving/training fleet, as alerts.
+
+    mhw diagnose                                  # DuckDB, only what changed since the last diagnose
+    mhw diagnose --engine spark --fail-on critical
+    mhw diagnose --full --no-notify
+
+Rules are SQL, one file per rule under sql/diagnostics/ (the header declares the rule's scope, the
+subject that identifies an alert, its sources and its parameters with their allowed ranges), with
+parameters, severity, message and suggested action from conf/diagnostics.yaml. The same SQL runs on
+DuckDB or Spark through pipelines.engines. Every rule returns one row per anomaly with the columns of
+``CONTRACT``; this module turns rows into alerts:
+
+- a stable ``alert_id``: a hash of the rule and its subject (a run for run rules; model × hardware ×
+  the subject columns × the episode's first day for fleet rules), so re-running never duplicates;
+- severity (the rule's, or critical where its SQL escalates), a one-line message, a suggested action;
+- the ``alerts`` lake table (pipelines/alerts.py), keeping ``detected_at`` and ``notified_at`` of
+  alerts seen before; notifiers (pipelines/notify.py) get only alerts never notified.
+
+Incremental like ``mhw build``: ``<lake>/_diagnose/manifest.json`` keeps, per lake partition of
+train_steps, eval_results and latency_samples, its files (name, size, mtime) and the training runs
+in it. Run rules are recomputed for the runs found in changed partitions, over every partition those
+runs have rows in; fleet rules for the model × hardware pairs with a changed partition, over all of
+that pair's days (their trailing baselines need the history). A change of any rule SQL or of the
+configuration makes the diagnose full. Airflow calls ``diagnose()``.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime as dt
+import hashlib
+import json
+import math
+import os
+import re
+import string
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import yaml
+
+from pipelines import lakefiles, notify, sketch
+from pipelines.alerts import alert_key, read_alerts, write_alerts
+from pipelines.engines import ENGINES, open_engine
+from pipelines.models import SQL_DIR
+from warehouse import config
+from warehouse.schemas import TABLES
+from warehouse.writer import SLUG, Lake
+
+DIAGNOSTICS_DIR = SQL_DIR / "diagnostics"
+DEFAULT_CONFIG = config.REPO_ROOT / "conf" / "diagnostics.yaml"
+MANIFEST = "_diagnose/manifest.json"
+SEVERITIES = notify.SEVERITIES
+HEADER_KEYS = ("rule", "purpose", "grain", "scope", "subject", "sources", "params", "audits")
+SCOPES = ("run", "fleet")
+# tables whose partitions decide what is recomputed, and the column naming a partition's training runs
+WATCHED = {"train_steps": "run_id", "eval_results": "train_run_id", "latency_samples": None}
+# what the engine layer is given besides lake tables
+HELPER_TABLES = ("diagnose_runs", "diagnose_pairs", "metric_directions", "latency_slos", "eval_references",
+                 "sketch_bounds")
+
+CONTRACT = pa.schema([
+    ("model", pa.string()), ("hardware", pa.string()), ("precision", pa.string()), ("run_id", pa.string()),
+    ("suite", pa.string()), ("metric", pa.string()), ("step_start", pa.int64()), ("step_end", pa.int64()),
+    ("start_at", pa.timestamp("us", tz="UTC")), ("end_at", pa.timestamp("us", tz="UTC")),
+    ("observed", pa.float64()), ("expected", pa.float64()), ("baseline", pa.string()),
+    ("n_points", pa.int64()), ("escalate", pa.bool_()),
+])
+
+
+class ConfigError(ValueError):
+    """conf/diagnostics.yaml (or a rule's SQL header) says something that cannot run."""
+
+
+# --- rules: SQL files and their headers -------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    kind: str  # int | float | string | strings | enum
+    bounds: tuple[tuple[str, float], ...] = ()  # (operator, value) pairs, e.g. ((">", 0), ("<", 1))
+    choices: tuple[str, ...] = ()
+
+    def check(self, value, where: str):
+        """The validated value, or ConfigError saying what is wrong with it."""
+        if self.kind in ("int", "float"):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"{where}: must be a number, got {value!r}")
+            if self.kind == "int" and not float(value).is_integer():
+                raise ConfigError(f"{where}: must be a whole number, got {value!r}")
+            if not math.isfinite(value):
+                raise ConfigError(f"{where}: must be finite, got {value!r}")
+            value = int(value) if self.kind == "int" else float(value)
+            ops = {">": value.__gt__, ">=": value.__ge__, "<": value.__lt__, "<=": value.__le__}
+            for op, bound in self.bounds:
+                if not ops[op](bound):
+                    raise ConfigError(f"{where}: must be {op} {bound:g}, got {value!r}")
+            return value
+        if self.kind == "enum":
+            if value not in self.choices:
+                raise ConfigError(f"{where}: must be one of {list(self.choices)}, got {value!r}")
+            return value
+        values = value if self.kind == "strings" else [value]
+        if self.kind == "strings" and (not isinstance(value, list) or not value):
+            raise ConfigError(f"{where}: must be a non-empty list of names, got {value!r}")
+        for v in values:
+            if not isinstance(v, str) or not SLUG.match(v):
+                raise ConfigError(f"{where}: {v!r} is not a plain name (letters, digits and . _ + -)")
+        return list(value) if self.kind == "strings" else value
+
+    def literal(self, value) -> str:
+        """The SQL text that replaces ``{{ name }}``: numbers as numbers, names quoted (already
+        validated as slugs, so no quote can appear inside)."""
+        if self.kind == "int":
+            return str(int(value))
+        if self.kind == "float":
+            return repr(float(value))
+        if self.kind == "strings":
+            return ", ".join(f"'{v}'" for v in value)
+        return f"'{value}'"
+
+
+_PARAM = re.compile(r"^([a-z_][a-z0-9_]*)\s+(int|float|strings|string|enum\(([^)]*)\))\s*(.*)$")
+_BOUND = re.compile(r"(>=|<=|>|<)\s*(-?[0-9.]+(?:e-?[0-9]+)?)")
+
+
+def parse_params(spec: str) -> dict[str, Param]:
+    """``block_steps int >= 2; max_drop float > 0 < 1; suites strings; baseline enum(a|b)``."""
+    params: dict[str, Param] = {}
+    for part in (p.strip() for p in spec.split(";")):
+        if not part or part.lower() in ("none", "-"):
+            continue
+        m = _PARAM.match(part)
+        if not m:
+            raise ConfigError(f"params: cannot read {part!r} (name type [op value]...)")
+        name, kind, choices, rest = m.group(1), m.group(2), m.group(3), m.group(4)
+        bounds = tuple((op, float(v)) for op, v in _BOUND.findall(rest))
+        if kind.startswith("enum"):
+            params[name] = Param(name, "enum", choices=tuple(c.strip() for c in choices.split("|")))
+        else:
+            params[name] = Param(name, kind, bounds)
+    return params
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    path: Path
+    sql: str
+    header: dict[str, str]
+    scope: str
+    subject: tuple[str, ...]
+    sources: tuple[str, ...]
+    params: dict[str, Param]
+
+
+def parse_header(text: str) -> dict[str, str]:
+    """The leading ``-- key: value`` lines; a ``--`` line that starts no known key continues the last."""
+    key_line = re.compile(r"^--\s*(" + "|".join(HEADER_KEYS) + r")\s*:\s*(.*)$")
+    header: dict[str, str] = {}
+    key = None
+    for line in text.splitlines():
+        if not line.startswith("--"):
+            break
+        m = key_line.match(line)
+        if m:
+            key = m.group(1)
+            header[key] = m.group(2).strip()
+        elif not line.strip("- ").strip():
+            key = None  # a blank "--" line ends the keys; prose follows
+        elif key is not None:
+            header[key] += " " + line.lstrip("-").strip()
+    return header
+
+
+def _names(value: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in value.split("(")[0].split(",") if v.strip())
+
+
+def load_rule(path: Path) -> Rule:
+    text = path.read_text()
+    header = parse_header(text)
+    missing = [k for k in HEADER_KEYS if k not in header]
+    if missing:
+        raise ConfigError(f"{path}: header lacks {missing}")
+    if header["rule"] != path.stem:
+        raise ConfigError(f"{path}: header names rule {header['rule']!r}, file is {path.stem!r}")
+    scope = header["scope"].split()[0]
+    if scope not in SCOPES:
+        raise ConfigError(f"{path}: scope must be one of {SCOPES}, got {scope!r}")
+    params = parse_params(header["params"])
+    used = set(re.findall(r"\{\{\s*([a-z_][a-z0-9_]*)\s*\}\}", text))
+    if used != set(params):
+        raise ConfigError(f"{path}: placeholders {sorted(used)} and declared params {sorted(params)} differ")
+    subject = _names(header["subject"])
+    unknown = set(subject) - set(CONTRACT.names)
+    if unknown:
+        raise ConfigError(f"{path}: subject columns {sorted(unknown)} are not output columns")
+    return Rule(name=path.stem, path=path, sql=text, header=header, scope=scope, subject=subject,
+                sources=_names(header["sources"]), params=params)
+
+
+def load_rules(sql_dir: Path = DIAGNOSTICS_DIR) -> dict[str, Rule]:
+    return {r.name: r for r in (load_rule(p) for p in sorted(Path(sql_dir).glob("*.sql")))}
+
+
+def render(rule: Rule, values: dict) -> str:
+    """The rule's SQL with every ``{{ name }}`` replaced by its validated literal."""
+    return re.sub(r"\{\{\s*([a-z_][a-z0-9_]*)\s*\}\}",
+                  lambda m: rule.params[m.group(1)].literal(values[m.group(1)]), rule.sql)
+
+
+# --- configuration ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RuleConfig:
+    name: str
+    enabled: bool
+    severity: str
+    params: dict
+    message: str
+    action: str
+
+
+@dataclass
+class DiagnosticsConfig:
+    rules: dict[str, RuleConfig]
+    notify: list[dict]
+    fail_on: str | None
+    metric_directions: pa.Table
+    latency_slos: pa.Table
+    eval_references: pa.Table
+    raw: dict
+    path: str
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in (over or {}).items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def _check_template(text, where: str, fields: set[str]) -> str:
+    if not isinstance(text, str) or not text.strip():
+        raise ConfigError(f"{where}: must be a non-empty line of text")
+    for _, name, _, _ in string.Formatter().parse(text):
+        if name is not None and name.split(".")[0].split("[")[0] not in fields:
+            raise ConfigError(f"{where}: unknown field {{{name}}} (known: {', '.join(sorted(fields))})")
+    return text
+
+
+TEMPLATE_FIELDS = set(CONTRACT.names) | {"start_date", "end_date", "drop_pct", "rule", "severity"}
+
+
+def load_config(path: str | os.PathLike | None = None, rules: dict[str, Rule] | None = None) -> DiagnosticsConfig:
+    """conf/diagnostics.yaml, with ``path`` (or $MHW_DIAGNOSTICS) laid over it, validated against the
+    rules' SQL headers: every parameter a rule's SQL uses has a value of the declared type and range."""
+    rules = load_rules() if rules is None else rules
+    with open(DEFAULT_CONFIG) as f:
+        raw = yaml.safe_load(f) or {}
+    path = path or os.environ.get("MHW_DIAGNOSTICS")
+    if path and Path(path).resolve() != DEFAULT_CONFIG.resolve():
+        with open(path) as f:
+            raw = _merge(raw, yaml.safe_load(f) or {})
+    where = str(path or DEFAULT_CONFIG)
+    unknown_rules = set(raw.get("rules") or {}) - set(rules)
+    if unknown_rules:
+        raise ConfigError(f"{where}: rules {sorted(unknown_rules)} have no SQL in {DIAGNOSTICS_DIR}")
+    block = Param("block_steps", "int", ((">=", 2),)).check(raw.get("block_steps", 50), f"{where}: block_steps")
+    configured: dict[str, RuleConfig] = {}
+    for name, rule in rules.items():
+        rc = (raw.get("rules") or {}).get(name)
+        if rc is None:
+            raise ConfigError(f"{where}: rules.{name} is missing (its SQL is {rule.path.name})")
+        at = f"{where}: rules.{name}"
+        given = dict(rc.get("params") or {})
+        if "block_steps" in rule.params:
+            given.setdefault("block_steps", block)
+        extra = set(given) - set(rule.params)
+        if extra:
+            raise ConfigError(f"{at}.params: {sorted(extra)} are not parameters of {rule.path.name} "
+                              f"(it takes {sorted(rule.params)})")
+        missing = set(rule.params) - set(given)
+        if missing:
+            raise ConfigError(f"{at}.params: {sorted(missing)} have no value")
+        params = {k: p.check(given[k], f"{at}.params.{k}") for k, p in rule.params.items()}
+        severity = rc.get("severity", "warning")
+        if severity not in SEVERITIES:
+            raise ConfigError(f"{at}.severity: must be one of {SEVERITIES}, got {severity!r}")
+        fields = TEMPLATE_FIELDS | set(params)
+        configured[name] = RuleConfig(
+            name=name, enabled=bool(rc.get("enabled", True)), severity=severity, params=params,
+            message=_check_template(rc.get("message"), f"{at}.message", fields),
+            action=_check_template(rc.get("action"), f"{at}.action", fields))
+    fail_on = raw.get("fail_on")
+    if fail_on is not None and fail_on not in SEVERITIES:
+        raise ConfigError(f"{where}: fail_on must be null or one of {SEVERITIES}, got {fail_on!r}")
+    return DiagnosticsConfig(
+        rules=configured, notify=list(raw.get("notify") or []), fail_on=fail_on,
+        metric_directions=_directions(raw.get("metric_directions") or {}, where),
+        latency_slos=_slos(raw.get("latency_slos") or [], where),
+        eval_references=_references(raw.get("eval_references") or [], where), raw=raw, path=where)
+
+
+def _directions(spec: dict, where: str) -> pa.Table:
+    rows = {}
+    for key, sign in (("higher_is_better", 1), ("lower_is_better", -1)):
+        for m in spec.get(key) or []:
+            Param("metric", "string").check(m, f"{where}: metric_directions.{key}")
+            if rows.get(m, sign) != sign:
+                raise ConfigError(f"{where}: metric_directions: {m!r} is both higher and lower is better")
+            rows[m] = sign
+    return pa.table({"metric": pa.array(list(rows), pa.string()), "direction": pa.array(list(rows.values()), pa.int32())})
+
+
+def _pattern(v, where: str) -> str:
+    v = "*" if v is None else v
+    return v if v == "*" else Param("name", "string").check(v, where)
+
+
+def _slos(items: list, where: str) -> pa.Table:
+    cols = {k: [] for k in ("model", "hardware", "precision", "metric", "slo_ms")}
+    for i, s in enumerate(items):
+        at = f"{where}: latency_slos[{i}]"
+        for k in ("model", "hardware", "precision"):
+            cols[k].append(_pattern(s.get(k), f"{at}.{k}"))
+        metric = s.get("metric")
+        if metric not in ("p95_ms", "p99_ms"):
+            raise ConfigError(f"{at}.metric: must be p95_ms or p99_ms, got {metric!r}")
+        cols["metric"].append(metric)
+        cols["slo_ms"].append(Param("slo_ms", "float", ((">", 0),)).check(s.get("slo_ms"), f"{at}.slo_ms"))
+    return pa.table({k: pa.array(v, pa.float64() if k == "slo_ms" else pa.string()) for k, v in cols.items()})
+
+
+def _references(items: list, where: str) -> pa.Table:
+    cols = {k: [] for k in ("model", "hardware", "precision", "suite", "metric", "value")}
+    for i, r in enumerate(items):
+        at = f"{where}: eval_references[{i}]"
+        for k in ("model", "suite", "metric"):
+            cols[k].append(Param(k, "string").check(r.get(k), f"{at}.{k}"))
+        for k in ("hardware", "precision"):
+            cols[k].append(_pattern(r.get(k), f"{at}.{k}"))
+        cols["value"].append(Param("value", "float").check(r.get("value"), f"{at}.value"))
+    return pa.table({k: pa.array(v, pa.float64() if k == "value" else pa.string()) for k, v in cols.items()})
+
+
+def definition_hash(rules: dict[str, Rule], cfg: DiagnosticsConfig) -> str:
+    """Changes whenever a rule's SQL, parameters, severity or texts, or the shared tables change."""
+    h = hashlib.sha256()
+    for name in sorted(rules):
+        rc = cfg.rules[name]
+        h.update(json.dumps([name, rules[name].sql, rc.enabled, rc.severity, rc.params, rc.message, rc.action],
+                            sort_keys=True).encode())
+    for t in (cfg.metric_directions, cfg.latency_slos, cfg.eval_references):
+        h.update(json.dumps(t.to_pylist(), sort_keys=True).encode())
+    h.update(f"sketch:{sketch.GROWTH}:{sketch.B_MIN}:{sketch.B_MAX}".encode())
+    return h.hexdigest()[:16]
+
+
+# --- scope: what changed since the last diagnose ----------------------------------------------------
+
+@dataclass
+class Scope:
+    full: bool
+    runs: set[str]
+    pairs: set[tuple[str, str]]
+    run_files: dict[str, list[str]]  # table -> files holding rows of the runs in scope
+    pair_files: dict[str, list[str]]  # table -> files of the pairs in scope
+    manifest: dict  # to save once the alerts are written
+
+
+def _run_ids(fs, files: list[str], column: str) -> list[str]:
+    data = ds.dataset(files, filesystem=fs, format="parquet")
+    if column not in data.schema.names:
+        return []
+    ids = pc.unique(data.to_table(columns=[column]).column(column).combine_chunks())
+    return sorted(v for v in ids.to_pylist() if v is not None)
+
+
+def find_scope(lake_root: str, definition: str, full: bool) -> Scope:
+    fs, root, _ = lakefiles.resolve(lake_root)
+    old = lakefiles.read_json(fs, f"{root}/{MANIFEST}") or {}
+    full = bool(full or old.get("definition") != definition)
+    old_sources = {} if full else old.get("sources", {})
+    sources, runs, pairs = {}, set(), set()
+    listings = {}
+    for table, column in WATCHED.items():
+        cols = TABLES[table].partition_by
+        table_dir = f"{root}/{table}"
+        listings[table] = listing = lakefiles.list_partitions(fs, table_dir, cols)
+        before = old_sources.get(table, {})
+        now: dict[str, dict] = {}
+        for key, files in listing.items():
+            kd = lakefiles.key_dir(cols, key)
+            prints = lakefiles.fingerprint(files, table_dir)
+            prev = before.get(kd)
+            if prev is not None and prev.get("files") == prints:
+                now[kd] = prev
+                continue
+            ids = _run_ids(fs, [f.path for f in files], column) if column else []
+            now[kd] = {"files": prints, "runs": ids}
+            pairs.add(key[:2])
+            runs.update(ids)
+            runs.update((prev or {}).get("runs", []))
+        for kd, prev in before.items():  # partitions that are gone: their runs and pairs change too
+            if kd not in now:
+                values = dict(p.split("=", 1) for p in kd.split("/"))
+                pairs.add((values["model"], values["hardware"]))
+                runs.update(prev.get("runs", []))
+        sources[table] = now
+    run_files, pair_files = {}, {}
+    for table, column in WATCHED.items():
+        cols = TABLES[table].partition_by
+        run_files[table] = sorted(
+            f.path for key, files in listings[table].items()
+            if column and runs.intersection(sources[table][lakefiles.key_dir(cols, key)]["runs"]) for f in files)
+        pair_files[table] = sorted(f.path for key, files in listings[table].items() if key[:2] in pairs
+                                   for f in files)
+    return Scope(full=full, runs=runs, pairs=pairs, run_files=run_files, pair_files=pair_files,
+                 manifest={"version": 1, "definition": definition, "sources": sources})
+
+
+# --- running the rules ------------------------------------------------------------------------------
+
+def _helper_tables(scope: Scope, cfg: DiagnosticsConfig) -> dict[str, pa.Table]:
+    pairs = sorted(scope.pairs)
+    return {
+        "diagnose_runs": pa.table({"run_id": pa.array(sorted(scope.runs), pa.string())}),
+        "diagnose_pairs": pa.table({"model": pa.array([p[0] for p in pairs], pa.string()),
+                                    "hardware": pa.array([p[1] for p in pairs], pa.string())}),
+        "metric_directions": cfg.metric_directions,
+        "latency_slos": cfg.latency_slos,
+        "eval_references": cfg.eval_references,
+        "sketch_bounds": sketch.bounds_table(),
+    }
+
+
+def run_rules(eng, lake_root: str, rules: dict[str, Rule], cfg: DiagnosticsConfig, scope: Scope,
+              log=None) -> tuple[dict[str, pa.Table], dict[str, float]]:
+    """Each enabled rule's rows (CONTRACT columns) on ``eng``, and seconds per rule."""
+    say = log or (lambda *_: None)
+    _, root, _ = lakefiles.resolve(lake_root)
+    for name, table in _helper_tables(scope, cfg).items():
+        eng.register_arrow(name, table)
+    out, seconds = {}, {}
+    for kind, files in (("run", scope.run_files), ("fleet", scope.pair_files)):
+        chosen = [r for r in rules.values() if r.scope == kind and cfg.rules[r.name].enabled]
+        if not chosen or not (scope.runs if kind == "run" else scope.pairs):
+            continue
+        for table in WATCHED:
+            eng.register_files(table, files[table], TABLES[table].schema, TABLES[table].partition_by,
+                               f"{root}/{table}")
+        for rule in chosen:
+            t = time.perf_counter()
+            result = eng.query(render(rule, cfg.rules[rule.name].params))
+            if result.column_names != CONTRACT.names:
+                raise RuntimeError(f"{rule.path}: returns {result.column_names}, expected {CONTRACT.names}")
+            out[rule.name] = result.cast(CONTRACT)
+            seconds[rule.name] = time.perf_counter() - t
+            say(f"{rule.name}: {result.num_rows} alert(s) ({seconds[rule.name]:.2f}s)")
+    return out, seconds
+
+
+class _Fields(string.Formatter):
+    """str.format for message templates: None prints as n/a, a spec that does not fit the value
+    (a number format on a string) falls back to str()."""
+
+    def format_field(self, value, format_spec):
+        if value is None:
+            return "n/a"
+        try:
+            return format(value, format_spec)
+        except (TypeError, ValueError):
+            return str(value)
+
+
+def alert_id(rule: Rule, row: dict) -> str:
+    parts = [rule.name, row["model"], row["hardware"], *[str(row[c]) for c in rule.subject]]
+    if rule.scope == "fleet":  # one alert per episode: its first day is part of the subject
+        parts.append(row["start_at"].date().isoformat())
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:20]
+
+
+def to_alerts(rule: Rule, rc: RuleConfig, result: pa.Table) -> list[dict]:
+    fmt = _Fields()
+    alerts = []
+    for row in result.to_pylist():
+        severity = "critical" if row["escalate"] else rc.severity
+        obs, exp = row["observed"], row["expected"]
+        drop = (abs(obs - exp) / abs(exp) * 100 if obs is not None and exp not in (None, 0)
+                and math.isfinite(obs) and math.isfinite(exp) else None)
+        fields = {**rc.params, **row, "rule": rule.name, "severity": severity, "drop_pct": drop,
+                  "start_date": row["start_at"].date().isoformat() if row["start_at"] else None,
+                  "end_date": row["end_at"].date().isoformat() if row["end_at"] else None}
+        alerts.append({
+            "alert_id": alert_id(rule, row), "rule": rule.name, "severity": severity, "scope": rule.scope,
+            **{c: row[c] for c in ("run_id", "precision", "suite", "metric", "step_start", "step_end",
+                                   "start_at", "end_at", "observed", "expected", "baseline", "n_points")},
+            "message": fmt.format(rc.message, **fields), "action": fmt.format(rc.action, **fields),
+            "detected_at": None, "notified_at": None, "model": row["model"], "hardware": row["hardware"],
+            "date": row["start_at"].date() if row["start_at"] else None,
+        })
+    return alerts
+
+
+# --- the job ----------------------------------------------------------------------------------------
+
+@dataclass
+class DiagnoseResult:
+    engine: str
+    full: bool
+    runs_in_scope: int
+    pairs_in_scope: int
+    alerts: list[dict] = field(default_factory=list)  # computed this run (new or seen before)
+    new: list[dict] = field(default_factory=list)  # of those, the ones never seen before
+    notified: int = 0  # alerts handed to the notifiers this run
+    notify_errors: list[str] = field(default_factory=list)
+    total: int = 0  # alerts in the table afterwards
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def by_rule(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for a in self.alerts:
+            out[a["rule"]] = out.get(a["rule"], 0) + 1
+        return dict(sorted(out.items()))
+
+    def worst(self) -> str | None:
+        return max((a["severity"] for a in self.alerts), key=notify.rank, default=None)
+
+    def fails(self, level: str | None) -> bool:
+        """True when this run found an alert at or above ``level`` (None: never)."""
+        return level is not None and any(notify.rank(a["severity"]) >= notify.rank(level) for a in self.alerts)
+
+
+def diagnose(lake_root: str | None = None, engine: str = "duckdb", *, config_path: str | None = None,
+             full: bool = False, notify_alerts: bool = True, master: str | None = None,
+             conf: dict[str, str] | None = None, notifiers: list | None = None,
+             now: dt.datetime | None = None, log=None) -> DiagnoseResult:
+    """Compute the alerts of what changed in the lake since the last diagnose, store them, notify the
+    new ones. Returns what was found; ``result.fails("critical")`` tells a caller to fail."""
+    say = log or (lambda *_: None)
+    t0 = time.perf_counter()
+    lake_root = lake_root or config.load().lake_root
+    now = now or dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    rules = load_rules()
+    cfg = load_config(config_path, rules)
+    scope = find_scope(lake_root, definition_hash(rules, cfg), full)
+    result = DiagnoseResult(engine=engine, full=scope.full, runs_in_scope=len(scope.runs),
+                            pairs_in_scope=len(scope.pairs))
+    result.seconds["scope"] = time.perf_counter() - t0
+    say(f"scope: {'full' if scope.full else 'incremental'}, {len(scope.runs)} run(s), "
+        f"{len(scope.pairs)} model x hardware pair(s)")
+
+    rows: dict[str, pa.Table] = {}
+    if scope.runs or scope.pairs:
+        fs, _, _ = lakefiles.resolve(lake_root)
+        eng = open_engine(engine, master=master, conf=conf, filesystem=None if "://" not in lake_root else fs)
+        try:
+            rows, per_rule = run_rules(eng, lake_root, rules, cfg, scope, log=say)
+        finally:
+            eng.close()
+        result.seconds.update(per_rule)
+
+    # Merge with the alerts already stored: what was recomputed is replaced, the rest is kept.
+    t = time.perf_counter()
+    lake = Lake(lake_root)
+    existing = read_alerts(lake)
+    before = {a["alert_id"]: a for a in existing}
+
+    def recomputed(a: dict) -> bool:
+        rule = rules.get(a["rule"])
+        if scope.full:
+            return True
+        if rule is None or not cfg.rules[rule.name].enabled:
+            return False
+        return a.get("run_id") in scope.runs if rule.scope == "run" else (a["model"], a["hardware"]) in scope.pairs
+
+    fresh: dict[str, dict] = {}
+    for name, table in rows.items():
+        for a in to_alerts(rules[name], cfg.rules[name], table):
+            old = before.get(a["alert_id"])
+            a["detected_at"] = old["detected_at"] if old else now
+            a["notified_at"] = old["notified_at"] if old else None
+            fresh[a["alert_id"]] = a
+    kept = [a for a in existing if not recomputed(a) and a["alert_id"] not in fresh]
+    final = kept + list(fresh.values())
+    result.alerts = sorted(fresh.values(), key=lambda a: (a["start_at"], a["alert_id"]))
+    result.new = [a for a in result.alerts if a["alert_id"] not in before]
+
+    # Notify what was never notified (new alerts, and those a notifier failed on last time).
+    pending = [a for a in final if a["notified_at"] is None]
+    touched = {alert_key(a["rule"], a["model"], a["hardware"]) for a in existing if recomputed(a)}
+    touched |= {alert_key(a["rule"], a["model"], a["hardware"]) for a in fresh.values()}
+    if pending and notify_alerts:
+        chosen = notify.build_notifiers(cfg.notify) if notifiers is None else notifiers
+        result.notify_errors = notify.send_all(chosen, pending)
+        if not result.notify_errors:
+            for a in pending:
+                a["notified_at"] = now
+            result.notified = len(pending)
+            touched |= {alert_key(a["rule"], a["model"], a["hardware"]) for a in pending}
+
+    listing = lake.list_files("alerts")
+    if scope.full:  # every key is rewritten; files of keys that no longer exist go
+        touched |= {name[: -len(".parquet")] for name in listing}
+    write_alerts(lake, final, touched, listing)
+    result.total = len(final)
+    result.seconds["alerts"] = time.perf_counter() - t
+
+    fs, root, local = lakefiles.resolve(lake_root)
+    lakefiles.write_text(fs, f"{root}/{MANIFEST}", json.dumps(scope.manifest), local)
+    result.seconds["total"] = time.perf_counter() - t0
+    return result
+
+
+# --- command line -----------------------------------------------------------------------------------
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--engine", choices=ENGINES, default="duckdb", help="engine that runs the rules' SQL")
+    p.add_argument("--fail-on", choices=SEVERITIES, help="exit 1 if an alert at or above this severity is "
+                                                           "found (default: fail_on in the rules config)")
+    p.add_argument("--full", action="store_true", help="recompute every run and pair")
+    p.add_argument("--no-notify", action="store_true", help="store alerts, notify nobody (they stay pending)")
+    p.add_argument("--rules-config", help="diagnostics config laid over conf/diagnostics.yaml "
+                                          "(default $MHW_DIAGNOSTICS)")
+    p.add_argument("--lake", help="lake root (default from config)")
+    p.add_argument("--master", help="Spark master URL (default local[*])")
+    p.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE", help="extra Spark setting")
+    p.add_argument("--quiet", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    log = None if args.quiet else (lambda msg: print(msg, file=sys.stderr))
+    try:
+        cfg = load_config(args.rules_config)
+    except ConfigError as e:
+        print(f"mhw diagnose: {e}", file=sys.stderr)
+        return 2
+    r = diagnose(args.lake, engine=args.engine, config_path=args.rules_config, full=args.full,
+                 notify_alerts=not args.no_notify, master=args.master,
+                 conf=dict(kv.split("=", 1) for kv in args.conf), log=log)
+    kind = "full" if r.full else "incremental"
+    counts = ", ".join(f"{k} {v}" for k, v in r.by_rule.items()) or "none"
+    print(f"mhw diagnose: {kind} on {r.engine} in {r.seconds['total']:.2f}s; {r.runs_in_scope} run(s) and "
+          f"{r.pairs_in_scope} model x hardware pair(s) checked; {len(r.alerts)} alert(s) ({counts}), "
+          f"{len(r.new)} new, {r.notified} notified; {r.total} in the alerts table")
+    for a in r.new[:50]:
+        print(f"  [{a['severity']}] {a['rule']} {a['run_id'] or ''} {a['model']}/{a['hardware']}: {a['message']}")
+    if r.notify_errors:
+        print(f"mhw diagnose: notification failed, alerts stay pending: {'; '.join(r.notify_errors)}",
+              file=sys.stderr)
+    level = args.fail_on or cfg.fail_on
+    if r.fails(level):
+        print(f"mhw diagnose: failing: alerts at or above {level} ({r.worst()})", file=sys.stderr)
+        return 1
+    return 0

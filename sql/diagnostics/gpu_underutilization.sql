@@ -1,0 +1,93 @@
+-- rule: gpu_underutilization
+-- purpose: a training run whose accelerators sit mostly idle: paying for GPUs it does not use (small
+--   batches, host-side bottlenecks, synchronous logging, CPU preprocessing on the critical path).
+-- grain: one row per training run with at least min_blocks under-used blocks; the range runs from the
+--   first such block to the last.
+-- scope: run (recomputed for the runs whose train_steps changed)
+-- subject: run_id
+-- sources: train_steps, diagnose_runs
+-- params: block_steps int >= 2; min_util float >= 0 <= 100; min_blocks int >= 1; min_block_points int >= 1
+-- audits: tests/pipelines/test_diagnose_rules.py (fires at 35 % utilization, quiet at 90 %)
+--
+-- Per block of block_steps: the mean GPU utilization (percent) of the steps that report one.
+
+with
+
+steps as (
+    select
+        s.model,
+        s.hardware,
+        s.precision,
+        s.run_id,
+        s.step,
+        s.ts,
+        s.gpu_util,
+        cast(floor(s.step / {{ block_steps }}) as bigint) as block
+    from train_steps as s
+    inner join diagnose_runs as r
+        on r.run_id = s.run_id
+    where s.gpu_util >= 0
+        and s.gpu_util < cast('Infinity' as double)
+),
+
+blocks as (
+    select
+        model,
+        hardware,
+        run_id,
+        block,
+        max(precision) as precision,
+        avg(gpu_util) as util,
+        min(step) as first_step,
+        max(step) as last_step,
+        min(ts) as first_ts,
+        max(ts) as last_ts
+    from steps
+    group by model, hardware, run_id, block
+    having count(*) >= {{ min_block_points }}
+),
+
+idle as (
+    select *
+    from blocks
+    where util < {{ min_util }}
+),
+
+per_run as (
+    select
+        model,
+        hardware,
+        run_id,
+        max(precision) as precision,
+        min(first_step) as step_start,
+        max(last_step) as step_end,
+        min(first_ts) as start_at,
+        max(last_ts) as end_at,
+        min_by(util, block) as observed,
+        count(*) as n_points
+    from idle
+    group by model, hardware, run_id
+    having count(*) >= {{ min_blocks }}
+),
+
+final as (
+    select
+        cast(model as varchar) as model,
+        cast(hardware as varchar) as hardware,
+        cast(precision as varchar) as precision,
+        cast(run_id as varchar) as run_id,
+        cast(null as varchar) as suite,
+        cast('gpu_util' as varchar) as metric,
+        cast(step_start as bigint) as step_start,
+        cast(step_end as bigint) as step_end,
+        cast(start_at as timestamptz) as start_at,
+        cast(end_at as timestamptz) as end_at,
+        cast(observed as double) as observed,
+        cast({{ min_util }} as double) as expected,
+        cast('lowest acceptable mean GPU utilization, percent' as varchar) as baseline,
+        cast(n_points as bigint) as n_points,
+        cast(false as boolean) as escalate
+    from per_run
+)
+
+select * from final

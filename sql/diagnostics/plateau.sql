@@ -1,0 +1,131 @@
+-- rule: plateau
+-- purpose: a training run whose loss has stopped improving for a window that scales with its stage:
+--   the LR may be too low (or too high to settle), the data exhausted, or it is time to stop early.
+-- grain: one row per training run with at least one plateaued block; the range runs from the start of
+--   the first flat window to the last block judged flat.
+-- scope: run (recomputed for the runs whose train_steps changed)
+-- subject: run_id
+-- sources: train_steps, diagnose_runs
+-- params: block_steps int >= 2; window_frac float > 0 <= 1; min_window_steps int >= 1;
+--   min_rel_improvement float >= 0; min_step int >= 0; min_history_blocks int >= 1;
+--   min_block_points int >= 1
+-- audits: tests/pipelines/test_diagnose_rules.py (fires on a flat tail, quiet on a power-law twin)
+--
+-- Per block of block_steps: the median finite loss. At the end e of each block, the window is the
+-- last max(min_window_steps, window_frac · e) steps: a power-law loss curve improves by a roughly
+-- constant share of its excess loss over such a window at every stage, so one threshold serves early
+-- and late training. The block is flat when the best block median inside the window is not at least
+-- min_rel_improvement below the best block median before it. Blocks ending before min_step are not
+-- judged (warmup).
+
+with
+
+steps as (
+    select
+        s.model,
+        s.hardware,
+        s.precision,
+        s.run_id,
+        s.step,
+        s.ts,
+        s.loss,
+        cast(floor(s.step / {{ block_steps }}) as bigint) as block
+    from train_steps as s
+    inner join diagnose_runs as r
+        on r.run_id = s.run_id
+    where abs(s.loss) < cast('Infinity' as double)
+),
+
+blocks as (
+    select
+        model,
+        hardware,
+        run_id,
+        block,
+        max(precision) as precision,
+        median(loss) as loss_median,
+        min(step) as first_step,
+        max(step) as last_step,
+        min(ts) as first_ts,
+        max(ts) as last_ts
+    from steps
+    group by model, hardware, run_id, block
+    having count(*) >= {{ min_block_points }}
+),
+
+windows as (
+    select
+        *,
+        last_step + 1 - greatest({{ min_window_steps }}, {{ window_frac }} * (last_step + 1)) as window_start
+    from blocks
+    where last_step + 1 >= {{ min_step }}
+),
+
+compared as (
+    select
+        cur.model,
+        cur.hardware,
+        cur.precision,
+        cur.run_id,
+        cur.block,
+        cur.last_step,
+        cur.last_ts,
+        min(prev.loss_median) filter (where prev.first_step >= cur.window_start) as best_recent,
+        min(prev.loss_median) filter (where prev.first_step < cur.window_start) as best_before,
+        count(*) filter (where prev.first_step < cur.window_start) as n_before,
+        min(prev.first_step) filter (where prev.first_step >= cur.window_start) as flat_from_step,
+        min(prev.first_ts) filter (where prev.first_step >= cur.window_start) as flat_from_ts
+    from windows as cur
+    inner join blocks as prev
+        on prev.run_id = cur.run_id
+        and prev.block <= cur.block
+    group by cur.model, cur.hardware, cur.precision, cur.run_id, cur.block, cur.last_step, cur.last_ts
+),
+
+flat as (
+    select *
+    from compared
+    where n_before >= {{ min_history_blocks }}
+        and best_recent > best_before - {{ min_rel_improvement }} * abs(best_before)
+),
+
+per_run as (
+    select
+        model,
+        hardware,
+        run_id,
+        max(precision) as precision,
+        min(flat_from_step) as step_start,
+        max(last_step) as step_end,
+        min(flat_from_ts) as start_at,
+        max(last_ts) as end_at,
+        min_by(best_recent, block) as observed,
+        min_by(best_before, block) as expected,
+        min_by(last_step + 1 - flat_from_step, block) as window_steps,
+        count(*) as n_points
+    from flat
+    group by model, hardware, run_id
+),
+
+final as (
+    select
+        cast(model as varchar) as model,
+        cast(hardware as varchar) as hardware,
+        cast(precision as varchar) as precision,
+        cast(run_id as varchar) as run_id,
+        cast(null as varchar) as suite,
+        cast('loss' as varchar) as metric,
+        cast(step_start as bigint) as step_start,
+        cast(step_end as bigint) as step_end,
+        cast(start_at as timestamptz) as start_at,
+        cast(end_at as timestamptz) as end_at,
+        cast(observed as double) as observed,
+        cast(expected as double) as expected,
+        cast(concat('best block median loss before the last ', cast(window_steps as varchar), ' steps')
+            as varchar) as baseline,
+        cast(n_points as bigint) as n_points,
+        cast(false as boolean) as escalate
+    from per_run
+)
+
+select * from final

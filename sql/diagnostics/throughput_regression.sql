@@ -1,0 +1,169 @@
+-- rule: throughput_regression
+-- purpose: a model's training throughput on one hardware type falling below its trailing median:
+--   a driver, firmware or library update, or nodes going bad on that hardware.
+-- grain: one row per model × hardware × episode (consecutive days with runs that regressed);
+--   precision names the worst series on the first day.
+-- scope: fleet (recomputed for the model × hardware pairs whose train_steps changed)
+-- subject: model, hardware
+-- sources: train_steps, diagnose_pairs
+-- params: window_days int >= 1; min_history_days int >= 1; max_drop float > 0 < 1; min_run_steps int >= 1;
+--   critical_drop float > 0 < 1
+-- audits: tests/pipelines/test_diagnose_rules.py (fires when runs from one day on are 2x slower, quiet
+--   on the steady twin)
+--
+-- A run's throughput is its median tokens/s (so a straggler or a data stall inside one run does not
+-- move it), dated by the run's first step. A series is model × hardware × precision, one value per
+-- day with runs: the median over the runs started that day. A day regresses when that value is more
+-- than max_drop below the median of the previous window_days days (at least min_history_days with
+-- runs).
+
+with
+
+steps as (
+    select
+        s.model,
+        s.hardware,
+        s.precision,
+        s.run_id,
+        s.date,
+        s.ts,
+        s.tokens_per_s
+    from train_steps as s
+    inner join diagnose_pairs as p
+        on p.model = s.model
+        and p.hardware = s.hardware
+    where s.tokens_per_s > 0
+        and s.tokens_per_s < cast('Infinity' as double)
+),
+
+per_run as (
+    select
+        model,
+        hardware,
+        run_id,
+        max(precision) as precision,
+        min(date) as date,
+        min(ts) as first_ts,
+        max(ts) as last_ts,
+        median(tokens_per_s) as tps
+    from steps
+    group by model, hardware, run_id
+    having count(*) >= {{ min_run_steps }}
+),
+
+daily as (
+    select
+        model,
+        hardware,
+        precision,
+        date,
+        median(tps) as value,
+        count(*) as n_runs,
+        min(first_ts) as first_ts,
+        max(last_ts) as last_ts
+    from per_run
+    group by model, hardware, precision, date
+),
+
+trailing_baseline as (
+    select
+        cur.model,
+        cur.hardware,
+        cur.precision,
+        cur.date,
+        median(prev.value) as baseline_value,
+        count(*) as n_history
+    from daily as cur
+    inner join daily as prev
+        on prev.model = cur.model
+        and prev.hardware = cur.hardware
+        and prev.precision is not distinct from cur.precision
+        and date_diff('day', prev.date, cur.date) between 1 and {{ window_days }}
+    group by cur.model, cur.hardware, cur.precision, cur.date
+),
+
+scored as (
+    select
+        daily.*,
+        trailing_baseline.baseline_value as expected,
+        1 - daily.value / nullif(trailing_baseline.baseline_value, 0) as drop_share,
+        coalesce(trailing_baseline.n_history >= {{ min_history_days }}
+            and daily.value < (1 - {{ max_drop }}) * trailing_baseline.baseline_value, false) as is_regressed
+    from daily
+    left join trailing_baseline
+        on trailing_baseline.model = daily.model
+        and trailing_baseline.hardware = daily.hardware
+        and trailing_baseline.precision is not distinct from daily.precision
+        and trailing_baseline.date = daily.date
+),
+
+subject_days as (
+    select
+        model,
+        hardware,
+        date,
+        max(case when is_regressed then 1 else 0 end) as is_flagged,
+        sum(n_runs) filter (where is_regressed) as n_runs,
+        max(drop_share) filter (where is_regressed) as worst_drop,
+        max_by(precision, drop_share) filter (where is_regressed) as precision,
+        max_by(value, drop_share) filter (where is_regressed) as observed,
+        max_by(expected, drop_share) filter (where is_regressed) as expected,
+        min(first_ts) filter (where is_regressed) as first_ts,
+        max(last_ts) filter (where is_regressed) as last_ts
+    from scored
+    group by model, hardware, date
+),
+
+numbered as (
+    select
+        *,
+        row_number() over (partition by model, hardware order by date) as day_number
+    from subject_days
+),
+
+islands as (
+    select
+        *,
+        day_number - row_number() over (partition by model, hardware order by date) as island
+    from numbered
+    where is_flagged = 1
+),
+
+episodes as (
+    select
+        model,
+        hardware,
+        island,
+        min_by(precision, date) as precision,
+        min(first_ts) as start_at,
+        max(last_ts) as end_at,
+        min_by(observed, date) as observed,
+        min_by(expected, date) as expected,
+        sum(n_runs) as n_points,
+        max(worst_drop) as worst_drop
+    from islands
+    group by model, hardware, island
+),
+
+final as (
+    select
+        cast(model as varchar) as model,
+        cast(hardware as varchar) as hardware,
+        cast(precision as varchar) as precision,
+        cast(null as varchar) as run_id,
+        cast(null as varchar) as suite,
+        cast('tokens_per_s' as varchar) as metric,
+        cast(null as bigint) as step_start,
+        cast(null as bigint) as step_end,
+        cast(start_at as timestamptz) as start_at,
+        cast(end_at as timestamptz) as end_at,
+        cast(observed as double) as observed,
+        cast(expected as double) as expected,
+        cast(concat('median run tokens/s of the previous ', cast({{ window_days }} as varchar), ' days')
+            as varchar) as baseline,
+        cast(n_points as bigint) as n_points,
+        cast(worst_drop >= {{ critical_drop }} as boolean) as escalate
+    from episodes
+)
+
+select * from final
