@@ -48,6 +48,7 @@ def configure_env(home: Path) -> None:
 def set_up(app, serving: str | None) -> None:
     """Migrate, sync roles, admin user, import the bundle: idempotent, every start."""
     import flask_migrate
+    import superset
     from flask import g
     from superset import appbuilder, security_manager
     from superset.commands.importers.v1.assets import ImportAssetsCommand
@@ -56,7 +57,7 @@ def set_up(app, serving: str | None) -> None:
     from dashboards import bundle
 
     with app.app_context():
-        flask_migrate.upgrade(directory=str(Path(__import__("superset").__file__).parent / "migrations"))
+        flask_migrate.upgrade(directory=str(Path(superset.__file__).parent / "migrations"))
         appbuilder.add_permissions(update_perms=True)
         security_manager.sync_role_definitions()
 
