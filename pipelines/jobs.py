@@ -102,3 +102,41 @@ def build_cubes(full: bool = False) -> dict:
     r = build(engine=engine, full=full, log=print)
     return {"engine": engine, "build_id": r.build_id, "full": r.full, "rebuilt": r.rebuilt,
             "seconds": round(r.seconds["total"], 2)}
+
+
+def diagnose() -> dict:
+    """Compute and store the alerts of what changed since the last run. Notifying is the next task's
+    job, so a notifier outage fails (and retries) only that task."""
+    from pipelines.diagnose import diagnose as run_rules
+
+    orch = config.load().section("orchestration")
+    r = run_rules(engine=orch.get("engine", "duckdb"), master=orch.get("spark_master"), notify_alerts=False, log=print)
+    return {"alerts": len(r.alerts), "new": len(r.new), "by_rule": r.by_rule, "worst": r.worst(),
+            "new_severities": sorted({a["severity"] for a in r.new})}
+
+
+def notify(diagnosed: dict) -> dict:
+    """Send every alert no notifier has taken yet, then mark them notified; fail the task when the
+    diagnose found a new alert at or above ``orchestration.fail_on``."""
+    import datetime as dt
+
+    from pipelines import notify as notifiers
+    from pipelines.alerts import alert_key, read_alerts, write_alerts
+    from pipelines.diagnose import load_config
+    from warehouse.writer import Lake
+
+    settings = config.load()
+    lake = Lake(settings.lake_root)
+    alerts = read_alerts(lake)
+    pending = [a for a in alerts if a["notified_at"] is None]
+    errors = notifiers.send_all(notifiers.build_notifiers(load_config().notify), pending) if pending else []
+    if errors:
+        raise RuntimeError(f"{len(pending)} alert(s) stay pending: {'; '.join(errors)}")  # Airflow retries
+    now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    for a in pending:
+        a["notified_at"] = now
+    write_alerts(lake, alerts, {alert_key(a["rule"], a["model"], a["hardware"]) for a in pending})
+    fail_on = settings.section("orchestration").get("fail_on")
+    if fail_on and any(notifiers.rank(s) >= notifiers.rank(fail_on) for s in diagnosed.get("new_severities", [])):
+        raise RuntimeError(f"new {fail_on}+ alerts fired: see `mhw alerts --severity {fail_on}`")
+    return {"notified": len(pending)}

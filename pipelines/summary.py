@@ -15,10 +15,12 @@ SECTIONS = {
         order by steps desc limit 10""",
     "Alerts by rule and severity": """
         select rule, severity, count(*) as alerts, count(distinct model) as models
-        from alerts group by all order by case severity when 'critical' then 0 when 'warning' then 1 else 2 end, alerts desc""",
+        from alerts
+        group by rule, severity
+        order by case severity when 'critical' then 0 when 'warning' then 1 else 2 end, alerts desc, rule""",
     "Latest critical alerts": """
-        select rule, model, hardware, run_id, message, action
-        from alerts where severity = 'critical' order by ts_end desc nulls last limit 5""",
+        select rule, model, hardware, message, action
+        from alerts where severity = 'critical' order by end_at desc nulls last, alert_id limit 5""",
 }
 
 
