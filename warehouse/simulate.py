@@ -16,7 +16,8 @@ type per diagnostic rule (pipelines/diagnose.py), so the rules can be scored:
 - fleet level (``fleet_incidents`` of each type, on distinct model × hardware pairs, from an
   ``onset_date``): eval_regression (one suite), latency_slo_breach and error_rate_breach (one serving
   precision), throughput_regression (training runs started from that day are slower: a bad driver or
-  node), precision_gap (int8 loses accuracy against fp32 for the whole window).
+  node; recorded only where a slowed run has an earlier full-speed run of its precision to be
+  compared with), precision_gap (int8 loses accuracy against fp32 for the whole window).
 
 ``magnitude`` scales every incident (1.0 = the default size; smaller is subtler, see ``_pair_tables``
 and ``_fleet_tables`` for what it multiplies). Runs without an incident, and model × hardware pairs
@@ -160,7 +161,7 @@ def simulate(lake_root: str, rows: int, seed: int = 0, days: int = 14,
             tables.setdefault(name, []).append(t)
         for f in plan:
             if f["incident"] == "throughput_regression" and n_slowed == 0:
-                continue  # no training run started after the onset: nothing was planted
+                continue  # no slowed run has a full-speed run of its precision before it: nothing to see
             truth.append({"run_id": None, "incident": f["incident"], "onset_step": None, "model": model[0],
                           "hardware": hw[0], "precision": f["precision"], "suite": f["suite"],
                           "onset_date": _date(start_epoch + f["day"] * 86_400), "level": "fleet",
@@ -232,8 +233,9 @@ def _pair_tables(rng, runs, model, hw, run_steps, run_prec, incident, onset, run
     run_start = start_epoch + rng.uniform(0, window_s * 0.9, k)
     slowed = run_start >= slow_from if slow_from is not None else np.zeros(k, bool)
 
-    # Throughput: FLOPs per step = 6·N·tokens; achieved fraction of peak ~ MFU 0.35-0.5.
-    mfu_run = rng.uniform(0.35, 0.5, k) * np.array([PRECISION_SPEED[PRECISIONS[q]] for q in run_prec[runs]])
+    # Throughput: FLOPs per step = 6·N·tokens; achieved fraction of peak ~ MFU 0.40-0.46 (runs of one
+    # config differ by a few percent, as they do on a healthy fleet).
+    mfu_run = rng.uniform(0.40, 0.46, k) * np.array([PRECISION_SPEED[PRECISIONS[q]] for q in run_prec[runs]])
     step_s_run = 6 * n_params * tokens_per_step / (mfu_run * peak_tflops * 1e12 * gpu_count)
     # Small machines run smaller global batches: cap a step at ~2 s, as teams do with accumulation.
     tokens_run = tokens_per_step * np.minimum(1.0, 2.0 / step_s_run)
@@ -319,15 +321,21 @@ def _pair_tables(rng, runs, model, hw, run_steps, run_prec, incident, onset, run
               "onset_date": _date(ts_s[first[i] + min(onset[r], steps[i] - 1)]), "level": "run", "magnitude": m}
              for i, r in enumerate(runs) if incident[r] >= 0]
     # Validation loss follows the smooth curve (a plateau flattens it, a divergence makes it NaN);
-    # overfitting makes it rise by up to 15 %·m at the end of the run while training loss still falls.
+    # overfitting detaches it from training at onset: it rises from there, by 15 %·m at the end of the
+    # run, while training loss still falls.
     val = curve * 1.02
     over = hit("overfitting")
-    val[over] *= 1 + 0.15 * m * (step[over] - ons[over]) / np.maximum(1, total[over] - ons[over])
+    val_onset = (floor + 6.0 * (1 + ons[over]) ** -0.45 * scale[over]) * 1.02
+    val[over] = val_onset * (1 + 0.15 * m * (step[over] - ons[over]) / np.maximum(1, total[over] - ons[over]))
     val[div] = np.nan
     out = [("train_steps", steps_t), ("runs", runs_t)]
     out += _evals(rng, runs, run_ids, steps, ts_us, first, val, run_prec, m_name, h_name, n_params, gpu_count,
                   peak_tflops)
-    return out, truth, int(slowed.sum())
+    # A regression is only observable against earlier runs of the same precision that ran at full speed.
+    prec_run = run_prec[runs]
+    observable = sum(1 for i in np.flatnonzero(slowed)
+                     if np.any(~slowed & (prec_run == prec_run[i]) & (run_start < run_start[i])))
+    return out, truth, observable
 
 
 def _latency_base_ms(n_params: int, precision: str, peak_tflops: float) -> float:
@@ -418,8 +426,8 @@ def _fleet_tables(rng, seed, mi, model, hw, days, start_epoch, plan, m, n_reques
     acc_off = np.array([PRECISION_QUALITY[q][0] for q in SERVING_PRECISIONS])[p]
     loss_fac = np.array([PRECISION_QUALITY[q][1] for q in SERVING_PRECISIONS])[p]
     base = np.array([acc0, f1_0, loss0, acc0 - 0.05])[mt]
-    value = np.where(is_loss, base * loss_fac * 0.995 ** release * rng.lognormal(0, 0.002, len(day)),
-                     base + acc_off + hw_offset + 0.002 * release + rng.normal(0, 0.0015, len(day)))
+    value = np.where(is_loss, base * loss_fac * 0.995 ** release * rng.lognormal(0, 0.0015, len(day)),
+                     base + acc_off + hw_offset + 0.002 * release + rng.normal(0, 0.001, len(day)))
     for f in plan:
         if f["incident"] == "eval_regression":
             sel = (suites == f["suite"]) & (day >= f["day"])

@@ -7,16 +7,18 @@
 -- subject: run_id
 -- sources: train_steps, diagnose_runs
 -- params: block_steps int >= 2; window_frac float > 0 <= 1; min_window_steps int >= 1;
---   min_rel_improvement float >= 0; min_step int >= 0; min_history_blocks int >= 1;
+--   min_rel_improvement float >= 0; min_step int >= 0; min_window_blocks int >= 2;
 --   min_block_points int >= 1
 -- audits: tests/pipelines/test_diagnose_rules.py (fires on a flat tail, quiet on a power-law twin)
 --
--- Per block of block_steps: the median finite loss. At the end e of each block, the window is the
--- last max(min_window_steps, window_frac · e) steps: a power-law loss curve improves by a roughly
--- constant share of its excess loss over such a window at every stage, so one threshold serves early
--- and late training. The block is flat when the best block median inside the window is not at least
--- min_rel_improvement below the best block median before it. Blocks ending before min_step are not
--- judged (warmup).
+-- Per block of block_steps: the median finite loss (robust to spikes). At the end e of each block,
+-- the window is the last max(min_window_steps, window_frac · e) steps: a power-law loss curve improves
+-- by a roughly constant share of its excess loss over such a window at every stage, so one threshold
+-- serves early and late training. The improvement over the window is the least-squares trend of the
+-- window's block medians (regr_slope) times the window's length, relative to their mean: a trend
+-- uses every block, where comparing two minima is biased by how many blocks each side has. The
+-- block is flat when that improvement is below min_rel_improvement. Blocks ending before min_step
+-- are not judged (warmup, fast start).
 
 with
 
@@ -44,6 +46,7 @@ blocks as (
         block,
         max(precision) as precision,
         median(loss) as loss_median,
+        (min(step) + max(step)) / 2.0 as mid_step,
         min(step) as first_step,
         max(step) as last_step,
         min(ts) as first_ts,
@@ -61,7 +64,7 @@ windows as (
     where last_step + 1 >= {{ min_step }}
 ),
 
-compared as (
+fitted as (
     select
         cur.model,
         cur.hardware,
@@ -70,23 +73,28 @@ compared as (
         cur.block,
         cur.last_step,
         cur.last_ts,
-        min(prev.loss_median) filter (where prev.first_step >= cur.window_start) as best_recent,
-        min(prev.loss_median) filter (where prev.first_step < cur.window_start) as best_before,
-        count(*) filter (where prev.first_step < cur.window_start) as n_before,
-        min(prev.first_step) filter (where prev.first_step >= cur.window_start) as flat_from_step,
-        min(prev.first_ts) filter (where prev.first_step >= cur.window_start) as flat_from_ts
+        cur.window_start,
+        count(*) as n_blocks,
+        avg(prev.loss_median) as mean_loss,
+        regr_slope(prev.loss_median, prev.mid_step - cur.window_start) as slope,
+        min(prev.first_step) as flat_from_step,
+        min(prev.first_ts) as flat_from_ts
     from windows as cur
     inner join blocks as prev
         on prev.run_id = cur.run_id
         and prev.block <= cur.block
-    group by cur.model, cur.hardware, cur.precision, cur.run_id, cur.block, cur.last_step, cur.last_ts
+        and prev.first_step >= cur.window_start
+    group by cur.model, cur.hardware, cur.precision, cur.run_id, cur.block, cur.last_step, cur.last_ts,
+        cur.window_start
 ),
 
 flat as (
-    select *
-    from compared
-    where n_before >= {{ min_history_blocks }}
-        and best_recent > best_before - {{ min_rel_improvement }} * abs(best_before)
+    select
+        *,
+        -slope * (last_step + 1 - window_start) / nullif(abs(mean_loss), 0) as rel_improvement
+    from fitted
+    where n_blocks >= {{ min_window_blocks }}
+        and -slope * (last_step + 1 - window_start) < {{ min_rel_improvement }} * abs(mean_loss)
 ),
 
 per_run as (
@@ -99,8 +107,7 @@ per_run as (
         max(last_step) as step_end,
         min(flat_from_ts) as start_at,
         max(last_ts) as end_at,
-        min_by(best_recent, block) as observed,
-        min_by(best_before, block) as expected,
+        min_by(rel_improvement, block) as observed,
         min_by(last_step + 1 - flat_from_step, block) as window_steps,
         count(*) as n_points
     from flat
@@ -120,8 +127,8 @@ final as (
         cast(start_at as timestamptz) as start_at,
         cast(end_at as timestamptz) as end_at,
         cast(observed as double) as observed,
-        cast(expected as double) as expected,
-        cast(concat('best block median loss before the last ', cast(window_steps as varchar), ' steps')
+        cast({{ min_rel_improvement }} as double) as expected,
+        cast(concat('trend of the block median loss over the last ', cast(window_steps as varchar), ' steps')
             as varchar) as baseline,
         cast(n_points as bigint) as n_points,
         cast(false as boolean) as escalate

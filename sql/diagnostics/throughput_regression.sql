@@ -6,16 +6,16 @@
 -- scope: fleet (recomputed for the model × hardware pairs whose train_steps changed)
 -- subject: model, hardware
 -- sources: train_steps, diagnose_pairs
--- params: window_days int >= 1; min_history_days int >= 1; max_drop float > 0 < 1; min_run_steps int >= 1;
+-- params: window_days int >= 1; min_history_runs int >= 1; max_drop float > 0 < 1; min_run_steps int >= 1;
 --   critical_drop float > 0 < 1
 -- audits: tests/pipelines/test_diagnose_rules.py (fires when runs from one day on are 2x slower, quiet
 --   on the steady twin)
 --
 -- A run's throughput is its median tokens/s (so a straggler or a data stall inside one run does not
--- move it), dated by the run's first step. A series is model × hardware × precision, one value per
--- day with runs: the median over the runs started that day. A day regresses when that value is more
--- than max_drop below the median of the previous window_days days (at least min_history_days with
--- runs).
+-- move it), dated by the run's first step. Each run is compared with the median of the runs of the
+-- same model × hardware × precision started in the previous window_days days (at least
+-- min_history_runs of them: the history is counted in runs, so a sparse series still has one). A
+-- series regresses on a day when the median drop of its runs started that day exceeds max_drop.
 
 with
 
@@ -51,50 +51,51 @@ per_run as (
     having count(*) >= {{ min_run_steps }}
 ),
 
-daily as (
+run_baselines as (
+    select
+        cur.model,
+        cur.hardware,
+        cur.precision,
+        cur.run_id,
+        median(prev.tps) as baseline_tps,
+        count(*) as n_history
+    from per_run as cur
+    inner join per_run as prev
+        on prev.model = cur.model
+        and prev.hardware = cur.hardware
+        and prev.precision is not distinct from cur.precision
+        and date_diff('day', prev.date, cur.date) between 1 and {{ window_days }}
+    group by cur.model, cur.hardware, cur.precision, cur.run_id
+),
+
+compared_runs as (
+    select
+        per_run.*,
+        run_baselines.baseline_tps,
+        1 - per_run.tps / nullif(run_baselines.baseline_tps, 0) as drop_share
+    from per_run
+    inner join run_baselines
+        on run_baselines.run_id = per_run.run_id
+        and run_baselines.model = per_run.model
+        and run_baselines.hardware = per_run.hardware
+    where run_baselines.n_history >= {{ min_history_runs }}
+),
+
+scored as (
     select
         model,
         hardware,
         precision,
         date,
-        median(tps) as value,
+        median(tps) as observed,
+        median(baseline_tps) as expected,
+        median(drop_share) as drop_share,
         count(*) as n_runs,
         min(first_ts) as first_ts,
-        max(last_ts) as last_ts
-    from per_run
+        max(last_ts) as last_ts,
+        coalesce(median(drop_share) > {{ max_drop }}, false) as is_regressed
+    from compared_runs
     group by model, hardware, precision, date
-),
-
-trailing_baseline as (
-    select
-        cur.model,
-        cur.hardware,
-        cur.precision,
-        cur.date,
-        median(prev.value) as baseline_value,
-        count(*) as n_history
-    from daily as cur
-    inner join daily as prev
-        on prev.model = cur.model
-        and prev.hardware = cur.hardware
-        and prev.precision is not distinct from cur.precision
-        and date_diff('day', prev.date, cur.date) between 1 and {{ window_days }}
-    group by cur.model, cur.hardware, cur.precision, cur.date
-),
-
-scored as (
-    select
-        daily.*,
-        trailing_baseline.baseline_value as expected,
-        1 - daily.value / nullif(trailing_baseline.baseline_value, 0) as drop_share,
-        coalesce(trailing_baseline.n_history >= {{ min_history_days }}
-            and daily.value < (1 - {{ max_drop }}) * trailing_baseline.baseline_value, false) as is_regressed
-    from daily
-    left join trailing_baseline
-        on trailing_baseline.model = daily.model
-        and trailing_baseline.hardware = daily.hardware
-        and trailing_baseline.precision is not distinct from daily.precision
-        and trailing_baseline.date = daily.date
 ),
 
 subject_days as (
@@ -106,7 +107,7 @@ subject_days as (
         sum(n_runs) filter (where is_regressed) as n_runs,
         max(drop_share) filter (where is_regressed) as worst_drop,
         max_by(precision, drop_share) filter (where is_regressed) as precision,
-        max_by(value, drop_share) filter (where is_regressed) as observed,
+        max_by(observed, drop_share) filter (where is_regressed) as observed,
         max_by(expected, drop_share) filter (where is_regressed) as expected,
         min(first_ts) filter (where is_regressed) as first_ts,
         max(last_ts) filter (where is_regressed) as last_ts
@@ -159,7 +160,7 @@ final as (
         cast(end_at as timestamptz) as end_at,
         cast(observed as double) as observed,
         cast(expected as double) as expected,
-        cast(concat('median run tokens/s of the previous ', cast({{ window_days }} as varchar), ' days')
+        cast(concat('median tokens/s of the runs of the previous ', cast({{ window_days }} as varchar), ' days')
             as varchar) as baseline,
         cast(n_points as bigint) as n_points,
         cast(worst_drop >= {{ critical_drop }} as boolean) as escalate
