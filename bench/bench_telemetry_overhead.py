@@ -20,6 +20,7 @@ Plus the direct cost of one ``telemetry.step`` call, timed alone.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -72,9 +73,11 @@ def main() -> int:
     torch.set_num_threads(1)  # one thread: less scheduler noise from the other processes on the box
     tmp = tempfile.mkdtemp(prefix="mhw-bench-")
     arms = {"off": [], "on": []}
+    rep_wall = {"off": [], "on": []}  # per rep: median wall ms/step
     cpu = {"off": [], "on": []}  # per rep: (process CPU ms/step, main-thread CPU ms/step)
     print(f"gpt2-tiny on {train.hardware.fingerprint()}, {args.steps} steps x {args.reps} reps per arm, "
-          f"torch threads 1, first {args.warmup_steps} steps of each run dropped")
+          f"torch threads 1, first {args.warmup_steps} steps of each run dropped; "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     t_start = time.time()
     for arm in ("off", "on"):  # one-time costs (lazy imports, first Parquet write, git rev-parse) go here
         one_run(5, arm == "on", f"{tmp}/lake", f"{tmp}/out-warmup-{arm}", seed=1337)
@@ -85,6 +88,7 @@ def main() -> int:
             ms, p_all, t_all = one_run(args.steps, arm == "on", f"{tmp}/lake", f"{tmp}/out-{arm}-{r}", seed=1337)
             ms = ms[args.warmup_steps:]
             arms[arm] += ms
+            rep_wall[arm].append(statistics.median(ms))
             cpu[arm].append(((p_all - p_base) / args.steps * 1e3, (t_all - t_base) / args.steps * 1e3))
             print(f"rep {r} {arm:>3}: wall median {statistics.median(ms):7.3f} ms/step, mean {statistics.fmean(ms):7.3f}, "
                   f"p90 {sorted(ms)[int(0.9 * len(ms))]:7.3f} ({len(ms)} steps) | CPU process {cpu[arm][-1][0]:7.3f} "
@@ -100,7 +104,13 @@ def main() -> int:
         c_on = statistics.median(c[i] for c in cpu["on"])
         print(f"CPU {what}: off {c_off:.3f} ms/step, on {c_on:.3f} ms/step, overhead {100 * (c_on - c_off) / c_off:+.2f} % "
               f"(median over reps)")
-    print(f"wall time of the benchmark {time.time() - t_start:.0f} s")
+    # paired: each rep's on/off runs ran back to back, so their ratio cancels most of the load drift
+    for what, pairs in (("wall", zip(rep_wall["on"], rep_wall["off"])),
+                        ("CPU process", ((a[0], b[0]) for a, b in zip(cpu["on"], cpu["off"])))):
+        ratios = sorted(100 * (a / b - 1) for a, b in pairs)
+        print(f"paired {what} overhead per rep: median {statistics.median(ratios):+.2f} %, "
+              f"range {ratios[0]:+.2f} .. {ratios[-1]:+.2f} %")
+    print(f"wall time of the benchmark {time.time() - t_start:.0f} s, load average now {os.getloadavg()[0]:.1f}")
     us = direct_cost_us(f"{tmp}/lake-direct")
     print(f"direct cost of telemetry.step in the loop: {us:.1f} us/step = {100 * us / 1e3 / off:.3f} % of a "
           f"{off:.2f} ms step")

@@ -263,8 +263,8 @@ def lm_data(texts: list[str], tok, block_size: int) -> LMData:
     if n < 1:
         raise ValueError(f"{len(stream)} tokens is less than one block of {block_size + 1}")
     s = torch.tensor(stream[: n * block_size + 1], dtype=torch.long)
-    windows = torch.stack([s[i * block_size: i * block_size + block_size + 1] for i in range(n)])
-    return LMData(windows, block_size)
+    # window i = s[i*B : i*B + B + 1]: consecutive windows share one token, the next window's first input
+    return LMData(s.unfold(0, block_size + 1, block_size), block_size)
 
 
 def cls_data(texts: list[str], labels: list, tok, block_size: int, label_names: list | None = None) -> ClsData:

@@ -137,3 +137,15 @@ def test_conv1d_to_linear_is_exact_and_int8_stays_close():
     torch.testing.assert_close(lin(input_ids=x).logits, ref, rtol=1e-5, atol=1e-5)
     q = evaluate.int8_dynamic(m)
     assert (q(input_ids=x).logits - ref).abs().max() < 0.1 * ref.abs().max()
+
+
+def test_a_hf_save_pretrained_folder_evaluates_too(tmp_path, lake_root):
+    from transformers import GPT2Config, GPT2LMHeadModel
+    from model.data import ByteTokenizer
+    tok = ByteTokenizer()
+    hf_dir = tmp_path / "my-gpt2"
+    GPT2LMHeadModel(GPT2Config(vocab_size=tok.vocab_size, n_positions=32, n_embd=32, n_layer=1, n_head=2,
+                               bos_token_id=tok.eot_id, eos_token_id=tok.eot_id)).save_pretrained(hf_dir)
+    out = evaluate.evaluate(str(hf_dir), ["quality"], small_cfg(), lake_root)
+    assert (out["model"], out["checkpoint_step"], out["train_run_id"]) == ("my-gpt2", 0, None)
+    assert out["results"]["quality"]["loss"] == pytest.approx(math.log(tok.vocab_size), rel=0.1)  # untrained
