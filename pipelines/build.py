@@ -25,6 +25,7 @@ import json
 import sys
 import time
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -151,7 +152,7 @@ def _bounds_version() -> str:
 
 def build(lake_root: str | None = None, serving_path: str | None = None, engine="duckdb",
           full: bool = False, master: str | None = None, conf: dict[str, str] | None = None,
-          cubes_root: str | None = None, log=None) -> BuildResult:
+          cubes_root: str | None = None, log=None, jobs: int | None = None) -> BuildResult:
     """Bring the cubes and the serving file up to date with the lake. Returns what was rebuilt.
 
     ``engine`` is "duckdb", "spark", or an engine already open (it is then left open, so one
@@ -193,26 +194,41 @@ def build(lake_root: str | None = None, serving_path: str | None = None, engine=
                       filesystem=None if "://" not in lake_root else lake_fs) if own_engine else engine
     outputs: dict[str, pa.Table] = {}  # this build's rows per model (only the recomputed partitions)
     targets_of: dict[str, set[PartitionKey] | None] = {}  # None = everything
+    bounds = sketch.bounds_table()
+
+    def run_model(m: Model, upstream: list[Future]) -> None:
+        for f in upstream:
+            f.result()  # an upstream failure fails this model too
+        t = time.perf_counter()
+        targets = None if full else _targets(m, by_name, changed)
+        if targets is not None and not targets:
+            changed[m.name] = set()
+            return
+        session = eng.session()  # its own temp views: models run side by side
+        session.register_arrow(BOUNDS, bounds)
+        _register_inputs(session, m, by_name, store, listings, lake_path, targets)
+        out = session.query(m.sql)
+        result.rows[m.name] = store.write(m, out, targets)
+        outputs[m.name] = out
+        targets_of[m.name] = targets
+        written = set(split_partitions(out, m.partitions)) if m.partitions else {()}
+        changed[m.name] = written | (targets or set())
+        result.rebuilt[m.name] = len(changed[m.name]) if m.partitions else 1
+        result.seconds[m.name] = time.perf_counter() - t
+        say(f"{m.name}: {result.rebuilt[m.name]} partition(s), {out.num_rows} rows "
+            f"({result.seconds[m.name]:.2f}s)")
+
     try:
-        eng.register_arrow(BOUNDS, sketch.bounds_table())
-        # 2. Every model, upstream first, over only what its inputs changed.
-        for m in models:
-            t = time.perf_counter()
-            targets = None if full else _targets(m, by_name, changed)
-            if targets is not None and not targets:
-                changed[m.name] = set()
-                continue
-            _register_inputs(eng, m, by_name, store, listings, lake_path, targets)
-            out = eng.query(m.sql)
-            result.rows[m.name] = store.write(m, out, targets)
-            outputs[m.name] = out
-            targets_of[m.name] = targets
-            written = set(split_partitions(out, m.partitions)) if m.partitions else {()}
-            changed[m.name] = written | (targets or set())
-            result.rebuilt[m.name] = len(changed[m.name]) if m.partitions else 1
-            result.seconds[m.name] = time.perf_counter() - t
-            say(f"{m.name}: {result.rebuilt[m.name]} partition(s), {out.num_rows} rows "
-                f"({result.seconds[m.name]:.2f}s)")
+        # 2. Every model after the models it reads, over only what its inputs changed. Independent
+        # models run side by side (`jobs`): Spark fills its executors with several small queries.
+        # Submitted in dependency order, so a waiting model's upstream is always running or done.
+        jobs = jobs or (4 if engine_name == "spark" else 1)
+        with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="mhw-build") as pool:
+            futures: dict[str, Future] = {}
+            for m in models:
+                futures[m.name] = pool.submit(run_model, m, [futures[s] for s in m.sources if s in futures])
+            for f in futures.values():
+                f.result()
     finally:
         if own_engine:
             eng.close()
@@ -283,6 +299,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lake", help="lake root (default from config)")
     p.add_argument("--serving", help="serving DuckDB file (default from config)")
     p.add_argument("--cubes", help="where cube Parquet lands (default <lake>/cubes)")
+    p.add_argument("--jobs", type=int, help="models run side by side (default: 1 on DuckDB, 4 on Spark)")
     p.add_argument("--quiet", action="store_true")
 
 
@@ -290,7 +307,7 @@ def run(args: argparse.Namespace) -> int:
     conf = dict(kv.split("=", 1) for kv in args.conf)
     log = None if args.quiet else (lambda msg: print(msg, file=sys.stderr))
     r = build(args.lake, args.serving, engine=args.engine, full=args.full, master=args.master,
-              conf=conf, cubes_root=args.cubes, log=log)
+              conf=conf, cubes_root=args.cubes, log=log, jobs=args.jobs)
     kind = "full" if r.full else "incremental"
     print(f"mhw build: {kind} build {r.build_id} on {r.engine} in {r.seconds['total']:.2f}s; "
           f"{sum(r.rebuilt.values())} partition(s) recomputed across {len(r.rebuilt)} model(s); "

@@ -5,6 +5,7 @@ else differs between them.
     engine.register_files(name, files, schema, partition_cols)  # a view over Parquet files
     engine.register_arrow(name, table)                           # a small table (sketch bounds)
     engine.query(sql) -> pyarrow.Table                           # DuckDB SQL
+    engine.session() -> engine                                   # own temp views, shared resources
 """
 from __future__ import annotations
 

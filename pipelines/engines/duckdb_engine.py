@@ -29,15 +29,26 @@ class DuckDBEngine:
         # filesystem: a pyarrow filesystem for object-store lakes (no DuckDB extension is needed:
         # Arrow reads the files, DuckDB scans the Arrow dataset with projection pushdown)
         self.fs = filesystem
-        self.con = duckdb.connect()
-        self.con.execute("set enable_progress_bar = false")
-        self.con.execute("set TimeZone = 'UTC'")
+        self.threads = threads
+        self.con = self._setup(duckdb.connect())
+
+    def _setup(self, con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
+        con.execute("set enable_progress_bar = false")
+        con.execute("set TimeZone = 'UTC'")
         # DuckDB 2.0 folds NaN-sensitive expressions from Parquet min/max statistics, which leave NaN
         # out: on a file holding [1, NaN, 2], max(x) returns 2 and `abs(x) < 'inf'` is true for all
         # three rows. Without this pass, DuckDB agrees with Spark (and with itself on Arrow input).
-        self.con.execute(f"set disabled_optimizers = '{DISABLED_OPTIMIZERS}'")
-        if threads:
-            self.con.execute(f"set threads = {int(threads)}")
+        con.execute(f"set disabled_optimizers = '{DISABLED_OPTIMIZERS}'")
+        if self.threads:
+            con.execute(f"set threads = {int(self.threads)}")
+        return con
+
+    def session(self) -> "DuckDBEngine":
+        """Another connection to the same database: its own temp views, the same threads and memory."""
+        other = object.__new__(DuckDBEngine)
+        other.fs, other.threads = self.fs, self.threads
+        other.con = self._setup(self.con.cursor())
+        return other
 
     def register_arrow(self, name: str, table: pa.Table | ds.Dataset) -> None:
         hidden = f"__arrow_{next(_ids)}"

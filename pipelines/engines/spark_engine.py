@@ -78,6 +78,12 @@ class SparkEngine:
         self.spark = builder.getOrCreate()
         self.spark.sparkContext.setLogLevel("ERROR")
 
+    def session(self) -> "SparkEngine":
+        """A new SparkSession on the same SparkContext: its own temp views, the same executors."""
+        other = object.__new__(SparkEngine)
+        other.spark = self.spark.newSession()
+        return other
+
     def register_arrow(self, name: str, table: pa.Table) -> None:
         # straight from Arrow: nulls stay nulls and NaN stays NaN (a pandas hop would merge them)
         df = self.spark.createDataFrame(table) if table.num_rows \

@@ -7,12 +7,15 @@ from pipelines.build import CubeStore, build
 from pipelines.models import load_models
 
 pytestmark = pytest.mark.timeout(600)
+# Small test data, busy cores: the JVM's quick C1 compiler alone starts and finishes sooner.
+QUICK_JVM = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
 
 
 @pytest.fixture(scope="module")
 def spark_engine():
     from pipelines.engines.spark_engine import SparkEngine
-    eng = SparkEngine(master="local[2]", conf={"spark.sql.shuffle.partitions": "2"})
+    eng = SparkEngine(master="local[2]", conf={"spark.sql.shuffle.partitions": "2",
+                                                "spark.driver.extraJavaOptions": QUICK_JVM})
     yield eng
     eng.close()
 

@@ -14,6 +14,7 @@ from cube_lake import assert_tables_equal, make_lake, serving_tables
 from pipelines.build import build
 
 pytestmark = pytest.mark.timeout(600)
+QUICK_JVM = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"  # small data: C1 alone finishes sooner
 
 
 def _free_port() -> int:
@@ -47,7 +48,7 @@ def cluster(tmp_path_factory):
 
     def start(name, *args):
         log = open(logs / f"{name}.log", "w")
-        procs.append(subprocess.Popen([_java(), "-Xmx256m", "-cp", cp, *args], env=env, stdout=log,
+        procs.append(subprocess.Popen([_java(), "-Xmx256m", *QUICK_JVM.split(), "-cp", cp, *args], env=env, stdout=log,
                                       stderr=subprocess.STDOUT, cwd=logs))
 
     try:
@@ -87,7 +88,8 @@ def test_standalone_cluster_build_equals_duckdb(cluster, tmp_path):
     build(lake, str(tmp_path / "duckdb.duckdb"), cubes_root=str(tmp_path / "duckdb-cubes"))
     eng = SparkEngine(master=url, conf={
         "spark.executor.memory": "512m", "spark.executor.cores": "1", "spark.cores.max": "2",
-        "spark.sql.shuffle.partitions": "2"})
+        "spark.sql.shuffle.partitions": "2", "spark.executor.extraJavaOptions": QUICK_JVM,
+        "spark.driver.extraJavaOptions": QUICK_JVM})
     try:
         r = build(lake, str(tmp_path / "spark.duckdb"), engine=eng, cubes_root=str(tmp_path / "spark-cubes"))
         executors = eng.spark.sparkContext._jsc.sc().getExecutorMemoryStatus().size()
