@@ -17,7 +17,8 @@ import sqlglot
 
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 HEADER_KEYS = ("model", "purpose", "grain", "time column", "partitions", "sources", "serve", "audits")
-_KEY_LINE = re.compile(r"^--\s*(" + "|".join(re.escape(k) for k in HEADER_KEYS) + r")\s*:\s*(.*)$")
+AUDIT_KEYS = ("audit", "purpose", "grain", "sources", "tolerance")  # sql/audits/*.sql
+_KEY_LINE = re.compile(r"^--\s*(" + "|".join(re.escape(k) for k in {*HEADER_KEYS, *AUDIT_KEYS}) + r")\s*:\s*(.*)$")
 
 
 @dataclass(frozen=True)
