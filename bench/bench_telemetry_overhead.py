@@ -38,7 +38,7 @@ from model.telemetry import Telemetry  # noqa: E402
 def one_run(steps: int, telemetry: bool, lake: str, out: str, seed: int) -> tuple[list[float], float, float]:
     """(per-step wall ms, process CPU s, main-thread CPU s) of one run."""
     cfg = train.build_config("configs/gpt2-tiny.yaml", {
-        "trainer.max_steps": steps, "trainer.eval_interval": 0, "trainer.ckpt_interval": 0, "trainer.keep_last": 1,
+        "trainer.max_steps": steps, "trainer.batch_size": 16, "trainer.eval_interval": 0, "trainer.ckpt_interval": 0, "trainer.keep_last": 1,
         "trainer.log_interval": 0, "trainer.seed": seed, "trainer.out_dir": out, "telemetry.enabled": telemetry,
         "telemetry.lake": lake, "telemetry.flush_rows": 100,  # blocks are written during the run, not only at the end
         "telemetry.system_interval_s": 1.0,
