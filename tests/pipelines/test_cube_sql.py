@@ -40,7 +40,8 @@ def test_the_build_runs_every_model_after_its_inputs():
         assert all(s in seen or s not in {x.name for x in MODELS} for s in m.sources), m.name
         seen.add(m.name)
     assert {m.serve for m in MODELS if m.serve} == {
-        "train_health", "train_step_time_sketch", "eval_health", "latency_health", "latency_sketch", "system_health"}
+        "train_health", "train_step_time_sketch", "eval_health", "latency_health", "latency_sketch", "system_health",
+        "alert_health"}
 
 
 @pytest.mark.parametrize("path", ALL_SQL, ids=lambda p: p.stem)
