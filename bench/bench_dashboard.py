@@ -134,10 +134,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-record", action="store_true", help="do not append to bench/RESULTS.md")
     args = p.parse_args(argv)
 
-    results = []
+    results, failures = [], []
     for rows in args.rows:
         work = Path(args.work) / f"rows-{rows}"
-        serving, sim_s, build_s = build(work, rows)
+        try:
+            serving, sim_s, build_s = build(work, rows)
+        except subprocess.CalledProcessError as e:  # recorded, not hidden: the sizes that ran still count
+            failures.append(f"{rows:,} rows: `{' '.join(map(str, e.cmd[1:]))}` exited {e.returncode}")
+            print(f"bench_dashboard: {failures[-1]}", file=sys.stderr, flush=True)
+            continue
         con = duckdb.connect(str(serving), read_only=True)
         cube_rows = sum(con.execute(f'select count(*) from "{t}"').fetchone()[0]
                         for t in ("train_health", "train_step_time_sketch", "latency_health",
@@ -174,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{m['rows']:,} rows: simulate {m['simulate_s']:.0f} s, build {m['build_s']:.0f} s" for m in results)
         + ". The dashboard reads only cubes, so its load time follows the cube size (configurations × "
         "days × buckets), not the raw row count.", ""]
+    if failures:
+        lines += ["Did not run: " + "; ".join(failures) + ".", ""]
     text = "\n".join(lines)
     print(text)
     if not args.no_record:
