@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from pipelines import lakefiles, serving, sketch
@@ -82,12 +83,13 @@ def split_partitions(table: pa.Table, cols: tuple[str, ...]) -> dict[PartitionKe
     codes = enc.indices.to_numpy(zero_copy_only=False)
     names = enc.dictionary.to_pylist()
     order = np.argsort(codes, kind="stable")
+    ordered = table.combine_chunks().take(pa.array(order))  # one gather; each partition is then a slice
     sorted_codes = codes[order]
     bounds = np.flatnonzero(np.diff(sorted_codes)) + 1
     out = {}
     for s, e in zip(np.concatenate([[0], bounds]), np.concatenate([bounds, [len(order)]])):
         key = tuple(names[sorted_codes[s]].split("\x1f"))
-        out[key] = table.take(pa.array(order[s:e]))
+        out[key] = ordered.slice(int(s), int(e - s))
     return out
 
 
@@ -120,9 +122,10 @@ class CubeStore:
             return result.num_rows
         groups = split_partitions(result, model.partitions)
         existing = set(self.partitions(model))
-        for key, rows in groups.items():
-            part = f"{d}/{lakefiles.key_dir(model.partitions, key)}"
-            lakefiles.write_parquet(self.fs, f"{part}/part.parquet", rows, self.local)
+        with ThreadPoolExecutor(max_workers=4, thread_name_prefix="mhw-write") as pool:  # Arrow frees the GIL
+            list(pool.map(lambda kv: lakefiles.write_parquet(
+                self.fs, f"{d}/{lakefiles.key_dir(model.partitions, kv[0])}/part.parquet", kv[1], self.local),
+                groups.items()))
         stale = (existing if targets is None else existing & targets) - set(groups)
         for key in stale:  # the partition's raw rows are gone: so are its cube rows
             lakefiles.delete_dir(self.fs, f"{d}/{lakefiles.key_dir(model.partitions, key)}")
@@ -133,11 +136,8 @@ class CubeStore:
         schema = self.schema(model)
         if not files:
             return schema.empty_table() if schema is not None else pa.table({})
-        tables = []
-        for p in files:
-            with self.fs.open_input_file(p) as f:
-                tables.append(pq.read_table(f))
-        return pa.concat_tables(tables).cast(schema) if schema is not None else pa.concat_tables(tables)
+        data = ds.dataset(files, filesystem=self.fs, format="parquet", schema=schema).to_table()
+        return data.cast(schema) if schema is not None else data
 
     def manifest(self) -> dict:
         return lakefiles.read_json(self.fs, f"{self.root}/{MANIFEST}") or {}
