@@ -108,11 +108,13 @@ class Lake:
 
     def write(self, table_name: str, data: pa.Table, key: str) -> WriteResult:
         """Write ``data`` into its partitions as ``<key>.parquet``, replacing an earlier write of the
-        same key. Returns rows written and the files' paths."""
+        same key: in the partitions written, and in the other date partitions of the same model and
+        hardware (a run resumed, or a checkpoint re-evaluated, on a later day). Returns rows written
+        and the files' paths."""
         table = TABLES[table_name]
         check_slug("key", key)
         data = conform(table, data)
-        jobs = [(f"{self.partition_dir(table, values)}/{key}.parquet", part.select(table.file_schema.names))
+        jobs = [(f"{self.partition_dir(table, values)}/{key}.parquet", part.select(table.file_schema.names), values)
                 for values, part in _split_by_partition(table, data)]
         # Parquet encoding releases the GIL: partitions are written in parallel, one per core.
         if len(jobs) > 1:
@@ -120,7 +122,21 @@ class Lake:
                 list(pool.map(lambda j: self._write_file(j[1], j[0]), jobs))
         elif jobs:
             self._write_file(jobs[0][1], jobs[0][0])
-        return WriteResult(sum(p.num_rows for _, p in jobs), [path for path, _ in jobs])
+        written = [path for path, _, _ in jobs]
+        if table.partition_by[-1:] == ("date",) and len(table.partition_by) > 1:
+            self._drop_other_dates(table, key, {tuple(v[k] for k in table.partition_by[:-1]) for _, _, v in jobs}, written)
+        return WriteResult(sum(p.num_rows for _, p, _ in jobs), written)
+
+    def _drop_other_dates(self, table: Table, key: str, prefixes: set[tuple], written: list[str]) -> None:
+        keep = {os.path.normpath(p) for p in written}
+        for values in prefixes:
+            parent = "/".join([self.table_dir(table.name), *(f"{k}={v}" for k, v in zip(table.partition_by, values))])
+            sel = pafs.FileSelector(parent, recursive=False, allow_not_found=True)
+            for info in self.fs.get_file_info(sel):
+                path = f"{info.path}/{key}.parquet"
+                if info.type == pafs.FileType.Directory and os.path.normpath(path) not in keep \
+                        and self.fs.get_file_info(path).type == pafs.FileType.File:
+                    self.fs.delete_file(path)
 
     def _write_file(self, data: pa.Table, path: str) -> None:
         parent = path.rsplit("/", 1)[0]

@@ -144,3 +144,14 @@ def test_sigkill_mid_write_leaves_no_partial_file_and_retry_no_duplicate(tmp_pat
     assert subprocess.run([sys.executable, str(script), str(root)], env=env, capture_output=True).returncode == 0
     assert count(root) == 4_000_000
     assert Lake(root).clean_tmp(older_than_s=0) >= 1
+
+
+def test_rewrite_of_a_key_on_a_later_day_replaces_it_there_too(tmp_path):
+    lake = Lake(tmp_path)
+    lake.write("train_steps", steps(10), "r1-b0")  # day 1 (and a bit of day 2)
+    later = T0 + dt.timedelta(days=3)
+    lake.write("train_steps", steps(10, start=later), "r1-b0")  # the same block, re-logged days later
+    assert count(tmp_path) == 10
+    assert {p.parent.name for p in (tmp_path / "train_steps").rglob("*.parquet")} == {"date=2026-11-04"}
+    lake.write("train_steps", steps(5, model="other"), "r1-b0")  # another model's partitions are not touched
+    assert count(tmp_path) == 15
