@@ -31,6 +31,7 @@ import datetime as dt
 import hashlib
 import json
 import math
+import operator
 import os
 import re
 import string
@@ -96,9 +97,8 @@ class Param:
             if not math.isfinite(value):
                 raise ConfigError(f"{where}: must be finite, got {value!r}")
             value = int(value) if self.kind == "int" else float(value)
-            ops = {">": value.__gt__, ">=": value.__ge__, "<": value.__lt__, "<=": value.__le__}
             for op, bound in self.bounds:
-                if not ops[op](bound):
+                if not _OPS[op](value, bound):
                     raise ConfigError(f"{where}: must be {op} {bound:g}, got {value!r}")
             return value
         if self.kind == "enum":
@@ -125,6 +125,7 @@ class Param:
         return f"'{value}'"
 
 
+_OPS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
 _PARAM = re.compile(r"^([a-z_][a-z0-9_]*)\s+(int|float|strings|string|enum\(([^)]*)\))\s*(.*)$")
 _BOUND = re.compile(r"(>=|<=|>|<)\s*(-?[0-9.]+(?:e-?[0-9]+)?)")
 

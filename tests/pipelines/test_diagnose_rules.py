@@ -1,0 +1,315 @@
+"""One test per diagnostic rule (sql/diagnostics/<rule>.sql) on small hand-built series: the rule fires
+on the series with the anomaly and stays quiet on its clean twin. One lake holds every pair, and
+one DuckDB diagnose computes them all (the Spark twin of this is test_diagnose_spark.py)."""
+import datetime as dt
+import math
+import shutil
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import yaml
+
+from pipelines import sketch
+from pipelines.diagnose import diagnose, load_rules
+from warehouse.writer import Lake
+
+DAY0 = dt.datetime(2026, 3, 2, tzinfo=dt.timezone.utc)
+RUN_MODEL, RUN_HW = "toy-lm", "gpu-a"
+N_STEPS = 1500
+
+
+# --- hand-built series --------------------------------------------------------------------------------
+
+def clean_series(n: int = N_STEPS, seed: int = 0) -> dict[str, np.ndarray]:
+    """A healthy run: power-law loss with 1 % noise, decaying grad norm, warmup + cosine LR, steady
+    500 ms steps with 1 % data wait, 90 % GPU utilization, 50 of 80 GB."""
+    rng = np.random.default_rng(seed)
+    s = np.arange(n)
+    warm = 50
+    prog = np.clip((s - warm) / (n - warm), 0, 1)
+    return {
+        "step": s,
+        "loss": (2.0 + 6.0 * (1 + s) ** -0.45) * rng.lognormal(0, 0.01, n),
+        "grad_norm": (0.3 + 2.0 * (1 + s) ** -0.3) * rng.lognormal(0, 0.15, n),
+        "lr": np.where(s < warm, 6e-4 * (s + 1) / warm, 6e-4 * (0.1 + 0.45 * (1 + np.cos(np.pi * prog)))),
+        "step_time_ms": 500 * rng.lognormal(0, 0.02, n),
+        "data_time_ms": 5 * rng.lognormal(0, 0.1, n),
+        "gpu_util": np.round(np.clip(rng.normal(90, 3, n), 0, 100)),
+        "gpu_mem_gb": 50 + rng.normal(0, 0.3, n),
+    }
+
+
+def steps_table(run_id: str, cols: dict, model: str = RUN_MODEL, hardware: str = RUN_HW,
+                start: dt.datetime = DAY0, precision: str = "bf16", tokens_per_step: float = 50_000) -> pa.Table:
+    n = len(cols["step"])
+    ts = np.datetime64(start.replace(tzinfo=None), "us") + (np.cumsum(cols["step_time_ms"]) * 1000).astype("timedelta64[us]")
+    return pa.table({
+        "run_id": [run_id] * n, "step": cols["step"].astype(np.int64),
+        "ts": pa.array(ts, pa.timestamp("us")).cast(pa.timestamp("us", tz="UTC")), "precision": [precision] * n,
+        "loss": cols["loss"], "lr": cols["lr"], "grad_norm": cols["grad_norm"],
+        "tokens_per_s": tokens_per_step / (cols["step_time_ms"] / 1000), "step_time_ms": cols["step_time_ms"],
+        "data_time_ms": cols["data_time_ms"], "gpu_util": cols["gpu_util"], "gpu_mem_gb": cols["gpu_mem_gb"],
+        "gpu_mem_total_gb": np.full(n, 80.0), "model": [model] * n, "hardware": [hardware] * n,
+    })
+
+
+def with_incident(kind: str, seed: int) -> dict:
+    c = clean_series(seed=seed)
+    s = c["step"]
+    if kind == "divergence":
+        c["loss"] = np.where(s >= 300, np.nan, c["loss"])
+        c["loss"][300] = np.inf
+    elif kind == "loss_spike":
+        c["loss"][333] *= 4
+    elif kind == "exploding_gradients":  # one 20x spike
+        c["grad_norm"][350] *= 20
+    elif kind == "exploding_gradients_growth":  # sustained exponential growth, no single jump
+        c["grad_norm"] = np.where(s >= 600, c["grad_norm"] * np.exp((s - 600) * 0.03), c["grad_norm"])
+    elif kind == "vanishing_gradients":
+        c["grad_norm"] = np.where(s >= 700, c["grad_norm"] * 1e-3, c["grad_norm"])
+    elif kind == "plateau":  # no improvement after step 500
+        c["loss"] = np.where(s >= 500, (2.0 + 6.0 * 501 ** -0.45) * (c["loss"] / (2.0 + 6.0 * (1 + s) ** -0.45)), c["loss"])
+    elif kind == "lr_schedule_anomaly":
+        c["lr"] = np.where(s >= 900, c["lr"] * 10, c["lr"])
+    elif kind == "lr_schedule_anomaly_nan":
+        c["lr"][1000] = np.nan
+    elif kind == "throughput_drop":  # a straggler: steps take twice as long for 200 steps
+        c["step_time_ms"] = np.where((s >= 800) & (s < 1000), c["step_time_ms"] * 2, c["step_time_ms"])
+    elif kind == "data_stall":  # the same slowdown, all of it spent waiting for data
+        stall = (s >= 800) & (s < 1000)
+        c["data_time_ms"] = np.where(stall, c["step_time_ms"], c["data_time_ms"])
+        c["step_time_ms"] = np.where(stall, c["step_time_ms"] * 2, c["step_time_ms"])
+    elif kind == "gpu_underutilization":
+        c["gpu_util"] = np.where(s >= 300, np.round(35 + (s % 7)), c["gpu_util"])
+    elif kind == "memory_pressure":
+        c["gpu_mem_gb"] = np.where(s >= 400, 78.4 + 0.1 * (s % 3), c["gpu_mem_gb"])
+    elif kind != "overfitting":
+        raise ValueError(kind)
+    return c
+
+
+def validation_evals(run_id: str, overfit: bool, seed: int) -> pa.Table:
+    """Validation loss at every 150 steps; overfitting: it rises from step 749 while training falls."""
+    rng = np.random.default_rng(seed)
+    ck = np.arange(149, N_STEPS, 150)
+    val = (2.0 + 6.0 * (1 + ck) ** -0.45) * 1.03 * rng.lognormal(0, 0.002, len(ck))
+    if overfit:
+        val = np.where(ck > 749, val[ck == 749][0] * (1 + 0.0004 * (ck - 749)), val)
+    n = len(ck)
+    ts = [DAY0 + dt.timedelta(seconds=0.5 * int(c)) for c in ck]
+    return pa.table({"run_id": [f"{run_id}-val"] * n, "train_run_id": [run_id] * n,
+                     "checkpoint": [f"ckpt-{c}" for c in ck], "checkpoint_step": ck.astype(np.int64),
+                     "ts": pa.array(ts, pa.timestamp("us", tz="UTC")), "precision": ["bf16"] * n,
+                     "suite": ["validation"] * n, "metric": ["loss"] * n, "value": val, "n": [1000] * n,
+                     "model": [RUN_MODEL] * n, "hardware": [RUN_HW] * n})
+
+
+def fleet_evals(model: str, hardware: str, days: int = 10, drop_from: int | None = None,
+                int8_gap: float = 0.004, seed: int = 0) -> pa.Table:
+    """Daily quality evals of one served model in fp32 and int8: accuracy (higher is better) and loss;
+    a new checkpoint every 4 days. ``drop_from``: accuracy falls 3 points (loss +5 %) from that day."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for d in range(days):
+        for p, off in (("fp32", 0.0), ("int8", int8_gap)):
+            bad = drop_from is not None and d >= drop_from
+            acc = 0.80 - off + 0.001 * (d // 4) - (0.03 if bad else 0) + rng.normal(0, 0.0005)
+            loss = 0.60 * (1 + off) * (1.05 if bad else 1) * rng.lognormal(0, 0.0005)
+            for metric, value in (("accuracy", acc), ("loss", loss)):
+                rows.append({"run_id": f"{model}-{hardware}-{p}-d{d}", "checkpoint": f"release-{d // 4}",
+                             "checkpoint_step": 1000 * (d // 4 + 1), "ts": DAY0 + dt.timedelta(days=d, hours=12),
+                             "precision": p, "suite": "quality", "metric": metric, "value": value, "n": 5000,
+                             "model": model, "hardware": hardware})
+    return pa.Table.from_pylist(rows)
+
+
+def requests(model: str, hardware: str, days: int = 10, slow_from: int | None = None,
+             fail_from: int | None = None, n: int = 200, seed: int = 0) -> pa.Table:
+    """``n`` timed requests a day in fp32 (~20 ms); slow_from: a tenth get 3x slower from that day;
+    fail_from: one in twenty fails from that day."""
+    rng = np.random.default_rng(seed)
+    lat, ok, ts = [], [], []
+    for d in range(days):
+        x = 20 * rng.lognormal(0, 0.2, n)
+        if slow_from is not None and d >= slow_from:
+            x[::10] *= 3
+        good = np.ones(n, bool)
+        if fail_from is not None and d >= fail_from:
+            good[::20] = False
+        lat += list(x)
+        ok += list(good)
+        ts += [DAY0 + dt.timedelta(days=d, seconds=int(i * 400)) for i in range(n)]
+    k = len(lat)
+    return pa.table({"run_id": [f"{model}-{hardware}-serve"] * k, "checkpoint_step": [1000] * k,
+                     "ts": pa.array(ts, pa.timestamp("us", tz="UTC")), "precision": ["fp32"] * k,
+                     "batch_size": pa.array([1] * k, pa.int32()), "seq_len": pa.array([128] * k, pa.int32()),
+                     "latency_ms": lat, "ok": ok, "model": [model] * k, "hardware": [hardware] * k})
+
+
+def daily_runs(model: str, hardware: str, days: int = 10, slow_from: int | None = None) -> list[pa.Table]:
+    """One short training run a day; slow_from: runs from that day take twice as long per step."""
+    out = []
+    for d in range(days):
+        c = clean_series(n=100, seed=100 + d)
+        if slow_from is not None and d >= slow_from:
+            c["step_time_ms"] = c["step_time_ms"] * 2
+        out.append(steps_table(f"{model}-{hardware}-d{d}", c, model=model, hardware=hardware,
+                               start=DAY0 + dt.timedelta(days=d, hours=3)))
+    return out
+
+
+RUN_CASES = ["divergence", "loss_spike", "exploding_gradients", "exploding_gradients_growth", "vanishing_gradients",
+             "plateau", "overfitting", "lr_schedule_anomaly", "lr_schedule_anomaly_nan", "throughput_drop",
+             "data_stall", "gpu_underutilization", "memory_pressure"]
+FLEET_CASES = ["eval_regression", "latency_slo_breach", "error_rate_breach", "throughput_regression", "precision_gap"]
+
+
+def build_lake(root: str) -> None:
+    lake = Lake(root)
+    steps, evals = [], []
+    for i, case in enumerate(RUN_CASES):
+        for variant in ("bad", "twin"):
+            run_id = f"{case}-{variant}"
+            cols = with_incident(case, seed=i) if variant == "bad" else clean_series(seed=i)
+            steps.append(steps_table(run_id, cols, start=DAY0 + dt.timedelta(minutes=5 * i)))
+            if case == "overfitting":
+                evals.append(validation_evals(run_id, overfit=variant == "bad", seed=i))
+    lake.write("train_steps", pa.concat_tables(steps), "runs")
+    evals += [fleet_evals("m-eval", "hw-bad", drop_from=6), fleet_evals("m-eval", "hw-ok"),
+              fleet_evals("m-prec", "hw-bad", int8_gap=0.04), fleet_evals("m-prec", "hw-ok")]
+    lake.write("eval_results", pa.concat_tables(evals, promote_options="default"), "evals")
+    lake.write("latency_samples", pa.concat_tables([
+        requests("m-lat", "hw-bad", slow_from=6), requests("m-lat", "hw-ok"),
+        requests("m-err", "hw-bad", fail_from=5), requests("m-err", "hw-ok")]), "requests")
+    lake.write("train_steps", pa.concat_tables(daily_runs("m-tput", "hw-bad", slow_from=6) + daily_runs("m-tput", "hw-ok")),
+               "daily-runs")
+
+
+@pytest.fixture(scope="module")
+def lake_root(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("rules") / "lake")
+    build_lake(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def alerts(lake_root):
+    return diagnose(lake_root, notify_alerts=False).alerts
+
+
+def test_every_rule_has_a_case_here():
+    assert {c.removesuffix("_growth").removesuffix("_nan") for c in RUN_CASES} | set(FLEET_CASES) == set(load_rules())
+
+
+@pytest.mark.parametrize("case", RUN_CASES)
+def test_run_rule_fires_on_its_incident_and_not_on_the_clean_twin(alerts, case):
+    rule = case.removesuffix("_growth").removesuffix("_nan")
+    hit = {a["run_id"] for a in alerts if a["rule"] == rule}
+    assert f"{case}-bad" in hit, f"{rule} missed {case}-bad"
+    assert f"{case}-twin" not in hit, f"{rule} fired on the clean twin"
+
+
+def test_no_run_rule_fires_on_any_clean_twin(alerts):
+    assert [(a["rule"], a["run_id"]) for a in alerts if a["run_id"] and a["run_id"].endswith("-twin")] == []
+    # a run carries the alerts of its own incident only (a data stall is not also a straggler, etc.)
+    crossed = [(a["rule"], a["run_id"]) for a in alerts if a["run_id"] and a["run_id"].endswith("-bad")
+               and a["run_id"].removesuffix("-bad").removesuffix("_growth").removesuffix("_nan") != a["rule"]]
+    assert crossed == []
+
+
+@pytest.mark.parametrize("rule", FLEET_CASES)
+def test_fleet_rule_fires_on_the_bad_pair_only(alerts, rule):
+    pairs = {a["hardware"] for a in alerts if a["rule"] == rule}
+    assert pairs == {"hw-bad"}, (rule, pairs)
+
+
+def _one(alerts, rule, run_id=None):
+    found = [a for a in alerts if a["rule"] == rule and (run_id is None or a["run_id"] == run_id)]
+    assert len(found) == 1, found
+    return found[0]
+
+
+def test_alert_details_say_where_and_what(alerts):
+    div = _one(alerts, "divergence", "divergence-bad")
+    assert div["step_start"] == 300 and math.isinf(div["observed"]) and div["severity"] == "critical"
+    assert div["expected"] > 2 and "step 300" in div["message"] and "roll back" in div["action"]
+    spike = _one(alerts, "loss_spike", "loss_spike-bad")
+    assert spike["step_start"] == spike["step_end"] == 333 and spike["n_points"] == 1
+    assert spike["observed"] / spike["expected"] == pytest.approx(4, rel=0.05)
+    assert _one(alerts, "exploding_gradients", "exploding_gradients-bad")["step_start"] == 350
+    assert _one(alerts, "vanishing_gradients", "vanishing_gradients-bad")["step_start"] == 700
+    assert _one(alerts, "lr_schedule_anomaly", "lr_schedule_anomaly-bad")["step_start"] == 900
+    nan_lr = _one(alerts, "lr_schedule_anomaly", "lr_schedule_anomaly_nan-bad")
+    assert nan_lr["step_start"] == 1000 and math.isnan(nan_lr["observed"])
+    assert _one(alerts, "throughput_drop", "throughput_drop-bad")["step_start"] == 800
+    stall = _one(alerts, "data_stall", "data_stall-bad")
+    assert stall["step_start"] == 800 and stall["observed"] == pytest.approx(0.5, abs=0.01)
+    assert _one(alerts, "gpu_underutilization", "gpu_underutilization-bad")["step_start"] == 300
+    mem = _one(alerts, "memory_pressure", "memory_pressure-bad")
+    assert mem["step_start"] == 400 and mem["severity"] == "warning"  # 98 %: below critical_mem_share 0.99
+    over = _one(alerts, "overfitting", "overfitting-bad")
+    assert over["step_start"] == 899 and over["baseline"] == "ckpt-749" and "roll back to ckpt-749" in over["action"]
+    plateau = _one(alerts, "plateau", "plateau-bad")
+    assert 500 <= plateau["step_start"] <= 700 and plateau["observed"] < 0.0025
+
+
+def test_fleet_alert_details(alerts):
+    reg = _one(alerts, "eval_regression")
+    assert (reg["suite"], reg["start_at"].date()) == ("quality", (DAY0 + dt.timedelta(days=6)).date())
+    assert reg["observed"] < reg["expected"] if reg["metric"] == "accuracy" else reg["observed"] > reg["expected"]
+    assert _one(alerts, "error_rate_breach")["observed"] == pytest.approx(0.05)
+    assert _one(alerts, "error_rate_breach")["start_at"].date() == (DAY0 + dt.timedelta(days=5)).date()
+    gap = _one(alerts, "precision_gap")
+    assert gap["precision"] == "int8" and gap["start_at"].date() == DAY0.date() and gap["n_points"] >= 10
+    tput = _one(alerts, "throughput_regression")
+    assert tput["start_at"].date() == (DAY0 + dt.timedelta(days=6)).date()
+    assert tput["observed"] / tput["expected"] == pytest.approx(0.5, rel=0.05) and tput["severity"] == "critical"
+
+
+def test_latency_percentiles_are_those_of_the_sketch(alerts):
+    """observed p95/p99 is the log-bucket sketch's percentile of that day's requests, not an estimate."""
+    lat = _one(alerts, "latency_slo_breach")
+    day = lat["start_at"].date()
+    assert day == (DAY0 + dt.timedelta(days=6)).date()
+    t = requests("m-lat", "hw-bad", slow_from=6)
+    values = [v for v, ts in zip(t.column("latency_ms").to_pylist(), t.column("ts").to_pylist()) if ts.date() == day]
+    p = 0.95 if lat["metric"] == "p95_ms" else 0.99
+    assert lat["observed"] == sketch.quantile(sketch.buckets_of(values), p)
+
+
+def _overlay(tmp_path, text: dict) -> str:
+    path = tmp_path / "diagnostics.yaml"
+    path.write_text(yaml.safe_dump(text))
+    return str(path)
+
+
+@pytest.mark.parametrize("baseline", ["previous_checkpoint", "pinned"])
+def test_eval_regression_other_baselines(lake_root, tmp_path, baseline):
+    root = str(tmp_path / "lake")
+    shutil.copytree(lake_root, root)
+    conf = {"rules": {"eval_regression": {"params": {"baseline": baseline}}},
+            "eval_references": [{"model": "m-eval", "hardware": "*", "precision": "fp32", "suite": "quality",
+                                 "metric": "accuracy", "value": 0.80}]}
+    got = [a for a in diagnose(root, config_path=_overlay(tmp_path, conf), notify_alerts=False).alerts
+           if a["rule"] == "eval_regression"]
+    assert {a["hardware"] for a in got} == {"hw-bad"}
+    # previous checkpoint: day 6 is release-1's third day, compared with release-0's days; pinned: the
+    # fp32 accuracy reference only
+    assert {a["start_at"].date() for a in got} == {(DAY0 + dt.timedelta(days=6)).date()}
+    if baseline == "pinned":
+        assert {(a["precision"], a["metric"]) for a in got} == {("fp32", "accuracy")}
+        assert got[0]["expected"] == 0.80 and got[0]["baseline"] == "pinned reference"
+
+
+def test_absolute_latency_slo(lake_root, tmp_path):
+    """An SLO configured for the model holds the steady pair to it too."""
+    root = str(tmp_path / "lake")
+    shutil.copytree(lake_root, root)
+    conf = {"latency_slos": [{"model": "m-lat", "hardware": "hw-ok", "precision": "*", "metric": "p99_ms", "slo_ms": 25}]}
+    got = [a for a in diagnose(root, config_path=_overlay(tmp_path, conf), notify_alerts=False).alerts
+           if a["rule"] == "latency_slo_breach"]
+    ok = [a for a in got if a["hardware"] == "hw-ok"]
+    assert len(ok) == 1 and ok[0]["metric"] == "p99_ms" and ok[0]["expected"] == 25
+    assert ok[0]["start_at"].date() == DAY0.date() and ok[0]["baseline"] == "SLO for p99_ms"
+    assert {a["hardware"] for a in got} == {"hw-ok", "hw-bad"}
