@@ -1,0 +1,256 @@
+"""mhw diagnose as a job: idempotent re-runs (no duplicate alerts, no re-notification), incremental
+scope, the webhook notifier against a local HTTP server, --fail-on, mhw alerts, config validation,
+the SQL style of the rules, and the alert_health cube."""
+import datetime as dt
+import http.server
+import json
+import math
+import shutil
+import threading
+
+import pyarrow as pa
+import pytest
+import sqlglot
+import yaml
+from sqlglot import exp
+
+from pipelines import alerts as alerts_mod
+from pipelines.diagnose import CONTRACT, HEADER_KEYS, ConfigError, diagnose, load_config, load_rules, parse_header
+from pipelines.models import to_spark
+from warehouse import cli
+from warehouse.query import connect
+from warehouse.simulate import simulate
+from warehouse.writer import Lake
+
+
+class Recorder:
+    min_severity = "info"
+
+    def __init__(self):
+        self.batches = []
+
+    def send(self, alerts):
+        self.batches.append([a["alert_id"] for a in alerts])
+
+
+@pytest.fixture(scope="module")
+def base_lake(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("diag") / "lake")
+    simulate(root, 20_000, seed=2, days=6, incident_rate=0.7, fleet_incidents=1, serving_requests=120)
+    return root
+
+
+@pytest.fixture
+def lake(base_lake, tmp_path):
+    root = str(tmp_path / "lake")
+    shutil.copytree(base_lake, root)
+    return root
+
+
+def overlay(tmp_path, conf: dict) -> str:
+    path = tmp_path / "rules.yaml"
+    path.write_text(yaml.safe_dump(conf))
+    return str(path)
+
+
+def test_rerun_never_duplicates_nor_renotifies(lake):
+    rec = Recorder()
+    first = diagnose(lake, notifiers=[rec])
+    assert first.full and first.alerts and len(first.new) == len(first.alerts) == first.total
+    assert len(rec.batches) == 1 and sorted(rec.batches[0]) == sorted(a["alert_id"] for a in first.alerts)
+    stored = {a["alert_id"]: a for a in alerts_mod.read_alerts(Lake(lake))}
+    assert len(stored) == first.total and all(a["notified_at"] is not None for a in stored.values())
+
+    again = diagnose(lake, notifiers=[rec])  # nothing changed: nothing recomputed, nothing sent
+    assert (again.full, again.runs_in_scope, again.pairs_in_scope, again.alerts, again.notified) == (False, 0, 0, [], 0)
+    full = diagnose(lake, notifiers=[rec], full=True)  # everything recomputed: same alerts, none new
+    assert sorted(a["alert_id"] for a in full.alerts) == sorted(stored) and full.new == [] and full.notified == 0
+    assert len(rec.batches) == 1
+    after = {a["alert_id"]: a for a in alerts_mod.read_alerts(Lake(lake))}
+    assert set(after) == set(stored)
+    assert all(after[k]["detected_at"] == stored[k]["detected_at"] for k in after)
+    con = connect(lake_root=lake, serving_path="")
+    assert con.execute("select count(*), count(distinct alert_id) from alerts").fetchall() == [(len(stored),) * 2]
+
+
+def test_only_what_changed_is_recomputed(lake):
+    first = diagnose(lake, notify_alerts=False)
+    runs_total = first.runs_in_scope
+    # a new run lands in a partition that already holds runs: it diverges at step 40
+    con = connect(lake_root=lake, serving_path="")
+    model, hardware, day, n_there = con.execute(
+        "select model, hardware, date, count(distinct run_id) n from train_steps group by all order by n desc, model, hardware, date "
+        "limit 1").fetchall()[0]
+    n = 120
+    start = dt.datetime.combine(day, dt.time(23, 0), dt.timezone.utc)
+    ts = [start + dt.timedelta(seconds=i) for i in range(n)]
+    loss = [3.0 - i * 0.001 if i < 40 else math.nan for i in range(n)]
+    Lake(lake).write("train_steps", pa.table({
+        "run_id": ["late-run"] * n, "step": list(range(n)), "ts": pa.array(ts, pa.timestamp("us", tz="UTC")),
+        "precision": ["bf16"] * n, "loss": loss, "model": [model] * n, "hardware": [hardware] * n}), "late-run")
+    second = diagnose(lake, notify_alerts=False)
+    # the runs of that partition (and the new one) and its model x hardware pair, nothing else
+    assert not second.full and second.pairs_in_scope == 1 and second.runs_in_scope == n_there + 1 < runs_total
+    assert [(a["rule"], a["run_id"], a["step_start"]) for a in second.new] == [("divergence", "late-run", 40)]
+    stored = alerts_mod.read_alerts(Lake(lake))
+    assert len(stored) == first.total + 1 == second.total
+    assert len({a["alert_id"] for a in stored}) == len(stored)
+
+
+class Hook(http.server.BaseHTTPRequestHandler):
+    bodies: list = []
+    fail_next = 0
+
+    def do_POST(self):  # noqa: N802
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        if Hook.fail_next:
+            Hook.fail_next -= 1
+            self.send_response(500)
+            self.end_headers()
+            return
+        Hook.bodies.append(json.loads(body))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def hook():
+    Hook.bodies, Hook.fail_next = [], 0
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/alerts"
+    server.shutdown()
+    server.server_close()
+
+
+def test_webhook_posts_new_alerts_once(lake, tmp_path, hook, monkeypatch):
+    monkeypatch.setenv("TEST_HOOK", hook)
+    conf = overlay(tmp_path, {"notify": [{"type": "webhook", "url": "${TEST_HOOK}", "min_severity": "info"}]})
+    first = diagnose(lake, config_path=conf)
+    assert len(Hook.bodies) == 1
+    posted = Hook.bodies[0]["alerts"]
+    assert sorted(a["alert_id"] for a in posted) == sorted(a["alert_id"] for a in first.alerts)
+    assert Hook.bodies[0]["summary"]["n_alerts"] == len(posted)
+    a = posted[0]
+    assert {"rule", "severity", "model", "hardware", "message", "action", "observed", "expected", "start_at"} <= set(a)
+    dt.datetime.fromisoformat(a["start_at"])
+    diagnose(lake, config_path=conf)
+    diagnose(lake, config_path=conf, full=True)
+    assert len(Hook.bodies) == 1  # never re-sent
+
+
+def test_a_failed_webhook_is_retried_on_the_next_run(lake, tmp_path, hook):
+    conf = overlay(tmp_path, {"notify": [{"type": "webhook", "url": hook, "min_severity": "warning", "timeout_s": 5}]})
+    Hook.fail_next = 1
+    first = diagnose(lake, config_path=conf)
+    assert first.notify_errors and first.notified == 0 and Hook.bodies == []
+    assert all(a["notified_at"] is None for a in alerts_mod.read_alerts(Lake(lake)))
+    second = diagnose(lake, config_path=conf)  # no new data: only the pending alerts are sent
+    assert second.alerts == [] and not second.notify_errors and second.notified == first.total
+    sent = Hook.bodies[0]["alerts"]
+    assert sent and {a["severity"] for a in sent} <= {"warning", "critical"}  # min_severity applies
+    assert len(sent) == sum(a["severity"] != "info" for a in first.alerts)
+    diagnose(lake, config_path=conf)
+    assert len(Hook.bodies) == 1
+
+
+def test_fail_on_exit_code(lake, monkeypatch, capsys):
+    monkeypatch.setenv("MHW_LAKE", lake)
+    found = diagnose(lake, notify_alerts=False, full=True, notifiers=[])
+    assert any(a["severity"] == "critical" for a in found.alerts), "the fixture lake has a critical alert"
+    assert cli.main(["diagnose", "--full", "--no-notify", "--quiet", "--fail-on", "critical"]) == 1
+    assert "failing: alerts at or above critical" in capsys.readouterr().err
+    assert cli.main(["diagnose", "--no-notify", "--quiet", "--fail-on", "critical"]) == 0  # nothing new computed
+    assert cli.main(["diagnose", "--full", "--no-notify", "--quiet"]) == 0  # fail_on: null by default
+
+
+def test_mhw_alerts_lists_and_filters(lake, monkeypatch, capsys):
+    monkeypatch.setenv("MHW_LAKE", lake)
+    found = diagnose(lake, notify_alerts=False).alerts
+    capsys.readouterr()
+    assert cli.main(["alerts", "--format", "json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert sorted(r["alert_id"] for r in rows) == sorted(a["alert_id"] for a in found)
+    assert [r["start_at"] for r in rows] == sorted((r["start_at"] for r in rows), reverse=True)
+    rule = found[0]["rule"]
+    assert cli.main(["alerts", "--format", "json", "--rule", rule, "--since", "2026-11-01"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert rows and {r["rule"] for r in rows} == {rule}
+    assert cli.main(["alerts", "--severity", "critical", "--since", "2030-01-01"]) == 0
+    assert "(0 rows)" in capsys.readouterr().out
+    assert cli.main(["alerts", "--severity", "warning", "--format", "json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(rows) == sum(a["severity"] != "info" for a in found) and {r["severity"] for r in rows} <= {"warning", "critical"}
+    assert cli.main(["alerts"]) == 0
+    assert f"({len(found)} rows)" in capsys.readouterr().out
+    now = dt.datetime(2026, 11, 23, tzinfo=dt.timezone.utc)
+    assert alerts_mod.parse_since("2d", now) == dt.datetime(2026, 11, 21, tzinfo=dt.timezone.utc)
+    assert alerts_mod.parse_since("2026-11-20T06:00", now) == dt.datetime(2026, 11, 20, 6, tzinfo=dt.timezone.utc)
+
+
+@pytest.mark.parametrize("conf,error", [
+    ({"rules": {"loss_spike": {"params": {"z_threshold": -1}}}}, "z_threshold: must be > 0"),
+    ({"rules": {"loss_spike": {"params": {"min_block_points": 2.5}}}}, "must be a whole number"),
+    ({"rules": {"loss_spike": {"params": {"z_threshold": "six"}}}}, "must be a number"),
+    ({"rules": {"loss_spike": {"params": {"zscore": 3}}}}, "['zscore'] are not parameters of loss_spike.sql"),
+    ({"rules": {"loss_spikes": {"severity": "warning"}}}, "have no SQL"),
+    ({"rules": {"divergence": {"severity": "urgent"}}}, "severity: must be one of"),
+    ({"rules": {"divergence": {"message": "loss {loss_value}"}}}, "unknown field {loss_value}"),
+    ({"rules": {"eval_regression": {"params": {"baseline": "yesterday"}}}}, "must be one of ['trailing'"),
+    ({"rules": {"eval_regression": {"params": {"suites": ["quality', 'x"]}}}}, "is not a plain name"),
+    ({"rules": {"throughput_drop": {"params": {"max_drop": 1.5}}}}, "max_drop: must be < 1"),
+    ({"latency_slos": [{"model": "m", "metric": "p50_ms", "slo_ms": 10}]}, "must be p95_ms or p99_ms"),
+    ({"fail_on": "sometimes"}, "fail_on must be null or one of"),
+])
+def test_config_is_validated(tmp_path, conf, error):
+    with pytest.raises(ConfigError) as e:
+        load_config(overlay(tmp_path, conf))
+    assert error in str(e.value)
+
+
+def test_config_overlay_keeps_defaults_and_substitutes_literals(tmp_path):
+    cfg = load_config(overlay(tmp_path, {"block_steps": 20, "rules": {"loss_spike": {"params": {"z_threshold": 8}}}}))
+    assert cfg.rules["loss_spike"].params["z_threshold"] == 8.0 and cfg.rules["loss_spike"].params["min_ratio"] == 1.5
+    assert cfg.rules["plateau"].params["block_steps"] == 20  # the shared default reaches every block rule
+    from pipelines.diagnose import render
+    sql = render(load_rules()["eval_regression"], cfg.rules["eval_regression"].params)
+    assert "e.suite in ('quality', 'robustness')" in sql and "case 'trailing'" in sql and "{{" not in sql
+
+
+@pytest.mark.parametrize("rule", sorted(load_rules().values(), key=lambda r: r.name), ids=lambda r: r.name)
+def test_rule_sql_style(rule):
+    """Like the cubes: a header, lowercase, CTEs ending in `select * from final` whose every column is
+    cast and named as the alert contract says, and SQL that sqlglot translates to Spark."""
+    header = parse_header(rule.sql)
+    assert all(header.get(k) for k in HEADER_KEYS)
+    sql = load_config().rules[rule.name].params
+    from pipelines.diagnose import render
+    text = render(rule, sql)
+    code = [line.split("--")[0] for line in text.splitlines()]
+    assert not [c for c in code if any(k in c for k in (" SELECT ", "FROM ", " WHERE ", "GROUP BY", " JOIN "))]
+    assert text.rstrip().endswith("select * from final")
+    tree = sqlglot.parse_one(text, read="duckdb")
+    final = {c.alias: c.this for c in tree.find(exp.With).expressions}["final"]
+    assert [e.alias for e in final.expressions] == CONTRACT.names
+    assert all(isinstance(e.this, exp.Cast) for e in final.expressions)
+    tables = {t.name for t in tree.find_all(exp.Table)} - {c.alias for c in tree.find(exp.With).expressions}
+    assert tables == set(rule.sources)
+    sqlglot.parse_one(to_spark(text), read="spark")
+
+
+def test_alert_health_cube_counts_the_alerts(lake, tmp_path):
+    from pipelines.build import build
+    found = diagnose(lake, notify_alerts=False)
+    serving = str(tmp_path / "serving.duckdb")
+    build(lake, serving)
+    con = connect(lake_root=lake, serving_path=serving)
+    assert con.execute("select sum(n_alerts) from alert_health").fetchall() == [(found.total,)]
+    per_group = """select date, model, hardware, coalesce(precision, 'n/a') as precision, rule, severity,
+                            count(*) as n from alerts group by all"""
+    assert con.execute(f"""select count(*) from ({per_group}) a full join alert_health h
+                           using (date, model, hardware, precision, rule, severity)
+                           where h.n_alerts is distinct from a.n""").fetchall() == [(0,)]
