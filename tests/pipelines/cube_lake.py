@@ -101,8 +101,10 @@ def system_rows(rng, model: str, hw: str, day: dt.date, n: int = 40) -> pa.Table
 
 
 def write_day(lake: Lake, day_index: int, seed: int = 0, key: str = "k0") -> None:
-    """Everything for one day: train steps of two runs per (model, hardware), evals, latency, system."""
+    """Everything for one day: train steps of two runs per (model, hardware), evals, latency, system.
+    One file key per day (the writer lets a key live in one date of a model and hardware only)."""
     day = DAY0 + dt.timedelta(days=day_index)
+    key = f"{key}-d{day_index}"
     for mi, model in enumerate(MODELS):
         for hi, hw in enumerate(HARDWARE):
             rng = np.random.default_rng([seed, day_index, mi, hi])
