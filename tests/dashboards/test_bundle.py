@@ -100,7 +100,8 @@ def test_metrics_are_defined_once_on_the_datasets():
     for ch in CHARTS.values():
         p = ch["params"]
         ds_metrics = {m["metric_name"] for m in DATASETS[ch["dataset_uuid"]]["metrics"]}
-        used = [p[k] for k in ("metric", "x", "y", "size", "timeseries_limit_metric") if k in p]
+        used = [p[k] for k in ("metric", "x", "y", "size", "timeseries_limit_metric",
+                               "series_limit_metric") if k in p]
         used += p.get("metrics", [])
         assert used, ch["slice_name"]
         for m in used:

@@ -99,7 +99,11 @@ ORACLES = {
                                    sum(tokens) / sum(tokens_seconds), sum(tokens)
                                    from train_health where {RUN_DAY} group by all""",
                                ("keyed", ["run_id", "hardware"])),
-    "loss_per_run": (f"select date, run_id, loss_mean from train_health where {RUN_DAY}", "series"),
+    "loss_per_run": (f"""with recent as (
+                             select run_id from train_health where {RUN_DAY}
+                             group by run_id order by max(last_ts) desc limit 20)
+                         select date, run_id, loss_mean from train_health
+                         where {RUN_DAY} and run_id in (select run_id from recent)""", "series"),
     "nonfinite_by_model": ("select date, model, n_loss_nonfinite from train_health "
                            "where agg_level = 'model,date'", "series"),
     "step_time_p95_by_hardware": ("select date, hardware, step_time_p95_ms from train_health "
