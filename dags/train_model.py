@@ -29,6 +29,8 @@ from pipelines.assets import TRAINING_OUTPUTS
         "steps": Param(None, type=["null", "integer"], minimum=1, description="override trainer.max_steps"),
         "hardware": Param(None, type=["null", "string"], description="hardware label; null = fingerprint"),
         "nproc": Param(1, type="integer", minimum=1, description="processes (GPUs) for torchrun"),
+        "overrides": Param([], type="array", items={"type": "string"},
+                           description="extra config overrides, e.g. --trainer.lr=1e-4"),
     },
     doc_md=__doc__,
 )
@@ -40,7 +42,7 @@ def train_model():
         p = context["params"]
         run_id = jobs.train_run_id(p["config"], p["precision"], context["run_id"])
         return jobs.train(p["config"], run_id, precision=p["precision"], steps=p["steps"],
-                          hardware=p["hardware"], nproc=p["nproc"])
+                          hardware=p["hardware"], nproc=p["nproc"], overrides=list(p["overrides"]))
 
     train()
 

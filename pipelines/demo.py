@@ -24,8 +24,9 @@ from pathlib import Path
 from warehouse import cli, config
 from warehouse.simulate import simulate
 
-TRAININGS = [("configs/gpt2-tiny.yaml", "fp32"), ("configs/gpt2-tiny.yaml", "bf16"),
-             ("configs/bert-tiny-cls.yaml", "fp32"), ("configs/bert-tiny-cls.yaml", "bf16")]
+# (config, precision, optimizer steps): enough for each tiny model to visibly learn on CPU
+TRAININGS = [("configs/gpt2-tiny.yaml", "fp32", 80), ("configs/gpt2-tiny.yaml", "bf16", 80),
+             ("configs/bert-tiny-cls.yaml", "fp32", 200), ("configs/bert-tiny-cls.yaml", "bf16", 200)]
 SAMPLE = config.REPO_ROOT.parent / "shared" / "data" / "hf_trainer_state" / "lora-imdb-distilbert.trainer_state.json"
 
 
@@ -45,7 +46,7 @@ def dag_test(dag_id: str, conf: dict | None, log: Path) -> float:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=500_000, help="simulated train_steps rows")
-    ap.add_argument("--steps", type=int, default=60, help="optimizer steps per tiny training run")
+    ap.add_argument("--steps", type=int, default=None, help="optimizer steps per training run (default: per model)")
     args = ap.parse_args(argv)
     settings = config.load()
     logs = config.REPO_ROOT / ".mhw" / "logs"
@@ -64,8 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(f"[2/5] no sample log at {SAMPLE}: skipping the import")
 
-    for i, (cfg, precision) in enumerate(TRAININGS):
-        secs = dag_test("train_model", {"config": cfg, "precision": precision, "steps": args.steps},
+    for i, (cfg, precision, steps) in enumerate(TRAININGS):
+        secs = dag_test("train_model", {"config": cfg, "precision": precision, "steps": args.steps or steps},
                         logs / f"train_model-{i}.log")
         print(f"[3/5] train_model {cfg} {precision}: success ({secs:.0f} s)")
     secs = dag_test("evaluate_models", None, logs / "evaluate_models.log")

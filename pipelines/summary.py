@@ -7,6 +7,20 @@ import io
 from warehouse.query import connect, write_rows
 
 SECTIONS = {
+    "Runs trained on this machine, and their latest evaluation": """
+        with latest_eval as (
+            select train_run_id, arg_max(checkpoint_step, ts) as checkpoint_step,
+                   arg_max(value, ts) filter (where metric = 'accuracy') as accuracy
+            from eval_results
+            where suite = 'quality'
+            group by train_run_id
+        )
+        select r.model, r.precision, r.status, r.steps, round(r.final_loss, 4) as final_loss,
+               e.checkpoint_step as evaluated_step, round(e.accuracy, 4) as accuracy
+        from runs as r
+        left join latest_eval as e on e.train_run_id = r.run_id
+        where r.kind = 'train' and r.source = 'trainer'
+        order by r.model, r.precision""",
     "Fleet by model and hardware (all dates, all precisions)": """
         select model, hardware, n_runs as runs, n_steps as steps, round(tokens_per_s) as tokens_per_s,
                round(step_time_p95_ms, 1) as step_time_p95_ms, n_loss_nonfinite as nan_inf_steps

@@ -43,7 +43,7 @@ def test_train_model_structure(dagbag):
     assert train.task_id == "train" and train.pool == "gpu" and train.retries == 2
     assert {a.name for a in train.outlets} == {"lake.runs", "lake.train_steps", "lake.eval_results", "lake.system_samples"}
     assert dag.schedule is None or dag.timetable.summary in ("None", "")
-    assert set(dag.params) == {"config", "precision", "steps", "hardware", "nproc"}
+    assert set(dag.params) == {"config", "precision", "steps", "hardware", "nproc", "overrides"}
 
 
 def test_evaluate_models_structure(dagbag):
