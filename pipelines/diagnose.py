@@ -540,12 +540,14 @@ class DiagnoseResult:
         return level is not None and any(notify.rank(a["severity"]) >= notify.rank(level) for a in self.alerts)
 
 
-def diagnose(lake_root: str | None = None, engine: str = "duckdb", *, config_path: str | None = None,
+def diagnose(lake_root: str | None = None, engine="duckdb", *, config_path: str | None = None,
              full: bool = False, notify_alerts: bool = True, master: str | None = None,
              conf: dict[str, str] | None = None, notifiers: list | None = None,
              now: dt.datetime | None = None, log=None) -> DiagnoseResult:
     """Compute the alerts of what changed in the lake since the last diagnose, store them, notify the
-    new ones. Returns what was found; ``result.fails("critical")`` tells a caller to fail."""
+    new ones. Returns what was found; ``result.fails("critical")`` tells a caller to fail.
+
+    ``engine``: "duckdb", "spark", or an engine already open (pipelines.engines; left open)."""
     say = log or (lambda *_: None)
     t0 = time.perf_counter()
     lake_root = lake_root or config.load().lake_root
@@ -553,7 +555,7 @@ def diagnose(lake_root: str | None = None, engine: str = "duckdb", *, config_pat
     rules = load_rules()
     cfg = load_config(config_path, rules)
     scope = find_scope(lake_root, definition_hash(rules, cfg), full)
-    result = DiagnoseResult(engine=engine, full=scope.full, runs_in_scope=len(scope.runs),
+    result = DiagnoseResult(engine=getattr(engine, "name", engine), full=scope.full, runs_in_scope=len(scope.runs),
                             pairs_in_scope=len(scope.pairs))
     result.seconds["scope"] = time.perf_counter() - t0
     say(f"scope: {'full' if scope.full else 'incremental'}, {len(scope.runs)} run(s), "
@@ -562,11 +564,14 @@ def diagnose(lake_root: str | None = None, engine: str = "duckdb", *, config_pat
     rows: dict[str, pa.Table] = {}
     if scope.runs or scope.pairs:
         fs, _, _ = lakefiles.resolve(lake_root)
-        eng = open_engine(engine, master=master, conf=conf, filesystem=None if "://" not in lake_root else fs)
+        own = isinstance(engine, str)
+        eng = open_engine(engine, master=master, conf=conf, filesystem=None if "://" not in lake_root else fs) \
+            if own else engine
         try:
             rows, per_rule = run_rules(eng, lake_root, rules, cfg, scope, log=say)
         finally:
-            eng.close()
+            if own:
+                eng.close()
         result.seconds.update(per_rule)
 
     # Merge with the alerts already stored: what was recomputed is replaced, the rest is kept.

@@ -16,7 +16,8 @@
 -- -1 lower is better; metrics without a direction are skipped). A day regresses when the value is
 -- worse than the baseline by more than max_rel_drop (relative) and min_abs_change (absolute).
 -- Baselines: trailing = median of the previous window_days days (at least min_history_days of them);
--- previous_checkpoint = median of the days of the latest earlier checkpoint_step; pinned = the
+-- previous_checkpoint = median of the days of the latest earlier checkpoint_step (one self-join finds
+-- both: the history of each day, and the latest checkpoint before it); pinned = the
 -- eval_references value ('*' matches any hardware or precision; the most specific wins).
 
 with
@@ -60,7 +61,7 @@ daily as (
     group by model, hardware, precision, suite, metric, date
 ),
 
-trailing_baseline as (
+history as (
     select
         cur.model,
         cur.hardware,
@@ -68,8 +69,10 @@ trailing_baseline as (
         cur.suite,
         cur.metric,
         cur.date,
-        median(prev.value) as baseline_value,
-        count(*) as n_history
+        median(prev.value) filter (
+            where date_diff('day', prev.date, cur.date) <= {{ window_days }}) as trailing_value,
+        count(*) filter (where date_diff('day', prev.date, cur.date) <= {{ window_days }}) as n_history,
+        max(prev.checkpoint_step) filter (where prev.checkpoint_step < cur.checkpoint_step) as prev_checkpoint_step
     from daily as cur
     inner join daily as prev
         on prev.model = cur.model
@@ -77,49 +80,21 @@ trailing_baseline as (
         and prev.precision is not distinct from cur.precision
         and prev.suite = cur.suite
         and prev.metric = cur.metric
-        and date_diff('day', prev.date, cur.date) between 1 and {{ window_days }}
+        and prev.date < cur.date
     group by cur.model, cur.hardware, cur.precision, cur.suite, cur.metric, cur.date
 ),
 
-previous_release as (
+checkpoint_values as (
     select
-        cur.model,
-        cur.hardware,
-        cur.precision,
-        cur.suite,
-        cur.metric,
-        cur.date,
-        max(prev.checkpoint_step) as prev_checkpoint_step
-    from daily as cur
-    inner join daily as prev
-        on prev.model = cur.model
-        and prev.hardware = cur.hardware
-        and prev.precision is not distinct from cur.precision
-        and prev.suite = cur.suite
-        and prev.metric = cur.metric
-        and prev.checkpoint_step < cur.checkpoint_step
-    group by cur.model, cur.hardware, cur.precision, cur.suite, cur.metric, cur.date
-),
-
-previous_checkpoint as (
-    select
-        pr.model,
-        pr.hardware,
-        pr.precision,
-        pr.suite,
-        pr.metric,
-        pr.date,
-        pr.prev_checkpoint_step,
-        median(d.value) as baseline_value
-    from previous_release as pr
-    inner join daily as d
-        on d.model = pr.model
-        and d.hardware = pr.hardware
-        and d.precision is not distinct from pr.precision
-        and d.suite = pr.suite
-        and d.metric = pr.metric
-        and d.checkpoint_step = pr.prev_checkpoint_step
-    group by pr.model, pr.hardware, pr.precision, pr.suite, pr.metric, pr.date, pr.prev_checkpoint_step
+        model,
+        hardware,
+        precision,
+        suite,
+        metric,
+        checkpoint_step,
+        median(value) as checkpoint_value
+    from daily
+    group by model, hardware, precision, suite, metric, checkpoint_step
 ),
 
 pinned as (
@@ -146,31 +121,31 @@ compared as (
     select
         daily.*,
         case {{ baseline }}
-            when 'trailing' then case when trailing_baseline.n_history >= {{ min_history_days }} then trailing_baseline.baseline_value end
-            when 'previous_checkpoint' then previous_checkpoint.baseline_value
+            when 'trailing' then case when history.n_history >= {{ min_history_days }} then history.trailing_value end
+            when 'previous_checkpoint' then checkpoint_values.checkpoint_value
             when 'pinned' then pinned.baseline_value
         end as expected,
         case {{ baseline }}
             when 'trailing' then concat('median of the previous ', cast({{ window_days }} as varchar), ' days')
             when 'previous_checkpoint' then concat('checkpoint step ',
-                coalesce(cast(previous_checkpoint.prev_checkpoint_step as varchar), '?'))
+                coalesce(cast(history.prev_checkpoint_step as varchar), '?'))
             else 'pinned reference'
         end as baseline_desc
     from daily
-    left join trailing_baseline
-        on trailing_baseline.model = daily.model
-        and trailing_baseline.hardware = daily.hardware
-        and trailing_baseline.precision is not distinct from daily.precision
-        and trailing_baseline.suite = daily.suite
-        and trailing_baseline.metric = daily.metric
-        and trailing_baseline.date = daily.date
-    left join previous_checkpoint
-        on previous_checkpoint.model = daily.model
-        and previous_checkpoint.hardware = daily.hardware
-        and previous_checkpoint.precision is not distinct from daily.precision
-        and previous_checkpoint.suite = daily.suite
-        and previous_checkpoint.metric = daily.metric
-        and previous_checkpoint.date = daily.date
+    left join history
+        on history.model = daily.model
+        and history.hardware = daily.hardware
+        and history.precision is not distinct from daily.precision
+        and history.suite = daily.suite
+        and history.metric = daily.metric
+        and history.date = daily.date
+    left join checkpoint_values
+        on checkpoint_values.model = daily.model
+        and checkpoint_values.hardware = daily.hardware
+        and checkpoint_values.precision is not distinct from daily.precision
+        and checkpoint_values.suite = daily.suite
+        and checkpoint_values.metric = daily.metric
+        and checkpoint_values.checkpoint_step = history.prev_checkpoint_step
     left join pinned
         on pinned.model = daily.model
         and pinned.hardware = daily.hardware
