@@ -81,7 +81,7 @@ def load_dag(dag_id: str):
     return mod.dag
 
 
-def test_dag(dag_id: str, conf: dict | None = None):
+def run_dag_test(dag_id: str, conf: dict | None = None):
     """Run one DAG in this process, task by task, as ``airflow dags test`` does; returns the DagRun."""
     run = load_dag(dag_id).test(run_conf=conf or None)
     if run.state != "success":
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     if a.action == "test":
         prepare(a.home, a.port)
-        test_dag(a.dag_id, a.conf)
+        run_dag_test(a.dag_id, a.conf)
     elif a.action == "up":
         pids = up(a.home, a.port)
         print(f"Airflow on http://127.0.0.1:{a.port}  user: admin  password: {admin_password(a.home)}")

@@ -2,7 +2,7 @@
 on CPU into a temporary lake; then the catch-up/retry property of evaluate_models."""
 import duckdb
 
-from pipelines.airflow_local import test_dag
+from pipelines.airflow_local import run_dag_test
 from warehouse.query import connect
 
 
@@ -11,7 +11,7 @@ def test_train_evaluate_build_diagnose(lake_root, tmp_path, monkeypatch, airflow
     serving = tmp_path / "serving.duckdb"  # MHW_SERVING, set by the lake_root fixture
 
     # A NaN forced at step 25 (kept as data, the run goes on) is what the diagnostics must catch.
-    test_dag("train_model", {"config": "configs/gpt2-tiny.yaml", "precision": "fp32", "steps": 30,
+    run_dag_test("train_model", {"config": "configs/gpt2-tiny.yaml", "precision": "fp32", "steps": 30,
                              "overrides": ["--trainer.inject_nan_at_step=25"]})
     con = connect(serving_path="")
     (run_id, status, steps), = con.execute("select run_id, status, steps from runs where kind = 'train'").fetchall()
@@ -19,14 +19,14 @@ def test_train_evaluate_build_diagnose(lake_root, tmp_path, monkeypatch, airflow
     assert con.execute("select count(*), count(distinct step), count(*) filter (where isnan(loss)) "
                        "from train_steps").fetchall() == [(30, 30, 1)]
 
-    test_dag("evaluate_models")
+    run_dag_test("evaluate_models")
     con = connect(serving_path="")
     evals = con.execute("select suite, count(*) from eval_results where train_run_id = ? and run_id != ? "
                         "group by suite order by suite", [run_id, run_id]).fetchall()
     assert {s for s, _ in evals} >= {"quality", "robustness", "latency", "errors", "precision"}
     n_eval_rows = sum(n for _, n in evals)
 
-    test_dag("build_cubes")
+    run_dag_test("build_cubes")
     assert serving.exists()
     con = connect(serving_path=str(serving))
     assert con.execute("select n_steps, n_runs from train_health where agg_level = 'model,hardware' "
@@ -36,7 +36,7 @@ def test_train_evaluate_build_diagnose(lake_root, tmp_path, monkeypatch, airflow
     assert ("divergence", "critical", run_id, 25, True) in alerts  # diagnosed, then notified
 
     # Catch-up and retries are safe: a second evaluate_models finds nothing new, adds no row.
-    test_dag("evaluate_models")
+    run_dag_test("evaluate_models")
     con = connect(serving_path="")
     assert con.execute("select count(*) from eval_results where train_run_id = ? and run_id != ?",
                        [run_id, run_id]).fetchall() == [(n_eval_rows,)]
