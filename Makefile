@@ -32,7 +32,7 @@ lock: | $(UV)
 	$(UV) pip compile --quiet --python-version 3.11 $(FL) requirements/core.in -o requirements/core.lock.tmp
 	grep -v '^torch==' requirements/core.lock.tmp > requirements/core.lock && rm requirements/core.lock.tmp
 
-demo: setup
+demo: setup setup-bi
 	$(BIN)/python -m pipelines.demo
 
 test: setup setup-bi

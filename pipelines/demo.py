@@ -7,7 +7,9 @@ scheduler needed). ``make demo`` runs this.
 2. import a real Hugging Face Trainer log, as a team would bring one;
 3. train_model: two tiny models (GPT-2 LM, BERT classifier) at two precisions (fp32, bf16), on CPU;
 4. evaluate_models: every new checkpoint through the eval suites;
-5. build_cubes: incremental cube build, diagnostics, notifications, and the health summary.
+5. build_cubes: incremental cube build, diagnostics, notifications, and the health summary;
+6. the "Model health" Superset dashboard, opened in headless Chromium: every chart checked for errors
+   and a screenshot saved to ``.mhw/dashboard/dashboard.png`` (``make superset`` serves it live).
 
 Each DAG run's Airflow log goes to ``.mhw/logs/<dag>-<n>.log``; the summary is printed at the end.
 """
@@ -16,7 +18,12 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
+import secrets
+import signal
+import socket
 import subprocess
+import urllib.request
 import sys
 import time
 from pathlib import Path
@@ -24,9 +31,13 @@ from pathlib import Path
 from warehouse import cli, config
 from warehouse.simulate import simulate
 
-# (config, precision, optimizer steps): enough for each tiny model to visibly learn on CPU
-TRAININGS = [("configs/gpt2-tiny.yaml", "fp32", 80), ("configs/gpt2-tiny.yaml", "bf16", 80),
-             ("configs/bert-tiny-cls.yaml", "fp32", 200), ("configs/bert-tiny-cls.yaml", "bf16", 200)]
+# (config, precision, optimizer steps, overrides): enough steps for each tiny model to visibly learn on
+# CPU. One run gets a NaN loss forced at step 50 (kept as data; the run goes on) so the demo shows the
+# diagnostics catching a divergence in a real training run.
+TRAININGS = [("configs/gpt2-tiny.yaml", "fp32", 80, []),
+             ("configs/gpt2-tiny.yaml", "bf16", 80, ["--trainer.inject_nan_at_step=50"]),
+             ("configs/bert-tiny-cls.yaml", "fp32", 200, []),
+             ("configs/bert-tiny-cls.yaml", "bf16", 200, [])]
 SAMPLE = config.REPO_ROOT.parent / "shared" / "data" / "hf_trainer_state" / "lora-imdb-distilbert.trainer_state.json"
 
 
@@ -43,6 +54,53 @@ def dag_test(dag_id: str, conf: dict | None, log: Path) -> float:
     return time.perf_counter() - t0
 
 
+def show_dashboard(logs: Path) -> dict:
+    """Start Superset (.venv-bi) on a free loopback port, open the dashboard in headless Chromium,
+    save a screenshot, stop Superset. Returns the browser's report."""
+    bi = config.REPO_ROOT / ".venv-bi" / "bin" / "python"
+    if not bi.exists():
+        raise SystemExit("no .venv-bi: run `make setup-bi` (make demo does) to see the dashboard")
+    home = config.REPO_ROOT / ".mhw" / "superset"
+    home.mkdir(parents=True, exist_ok=True)
+    pw_file = home / "demo-admin-password"  # generated here once, never committed
+    if not os.environ.get("MHW_SUPERSET_PASSWORD") and not pw_file.exists():
+        fd = os.open(pw_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(16))
+    password = os.environ.get("MHW_SUPERSET_PASSWORD") or pw_file.read_text().strip()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "MHW_SUPERSET_PASSWORD": password}
+    with open(logs / "superset.log", "w") as log:
+        server = subprocess.Popen([str(bi), "-m", "dashboards.serve", "--port", str(port), "--home", str(home)],
+                                  cwd=config.REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+    try:
+        deadline = time.monotonic() + 600
+        while True:
+            try:
+                if urllib.request.urlopen(f"{url}/health", timeout=5).status == 200:
+                    break
+            except OSError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"Superset did not start; its log: {logs / 'superset.log'}")
+            time.sleep(2)
+        out = config.REPO_ROOT / ".mhw" / "dashboard"
+        shown = subprocess.run([str(bi), "-m", "dashboards.browser", "--url", url, "--out", str(out)],
+                               cwd=config.REPO_ROOT, env=env, capture_output=True, text=True)
+        if shown.returncode != 0:
+            raise SystemExit(f"the dashboard did not load: {shown.stderr[-2000:]}")
+        report = json.loads(shown.stdout.strip().splitlines()[-1])
+        report["screenshot"] = str(out / "dashboard.png")
+        return report
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=500_000, help="simulated train_steps rows")
@@ -54,30 +112,37 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     totals = simulate(settings.lake_root, args.rows, seed=0)
-    print(f"[1/5] simulated {sum(totals.values()):,} fleet telemetry rows into {settings.lake_root} "
+    print(f"[1/6] simulated {sum(totals.values()):,} fleet telemetry rows into {settings.lake_root} "
           f"({time.perf_counter() - t0:.1f} s)")
 
     if SAMPLE.exists():
-        print(f"[2/5] importing a real Hugging Face Trainer log: {SAMPLE.name}")
+        print(f"[2/6] importing a real Hugging Face Trainer log: {SAMPLE.name}")
         started = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=1)).isoformat(timespec="seconds")
         cli.main(["ingest", str(SAMPLE), "--model", "distilbert/lora-imdb", "--hardware", "t4-16gb-x1",
                   "--precision", "fp16", "--run-id", "lora-imdb-distilbert", "--started-at", started])
     else:
-        print(f"[2/5] no sample log at {SAMPLE}: skipping the import")
+        print(f"[2/6] no sample log at {SAMPLE}: skipping the import")
 
-    for i, (cfg, precision, steps) in enumerate(TRAININGS):
-        secs = dag_test("train_model", {"config": cfg, "precision": precision, "steps": args.steps or steps},
-                        logs / f"train_model-{i}.log")
-        print(f"[3/5] train_model {cfg} {precision}: success ({secs:.0f} s)")
+    for i, (cfg, precision, steps, overrides) in enumerate(TRAININGS):
+        conf = {"config": cfg, "precision": precision, "steps": args.steps or steps, "overrides": overrides}
+        secs = dag_test("train_model", conf, logs / f"train_model-{i}.log")
+        print(f"[3/6] train_model {cfg} {precision} {' '.join(overrides)}: success ({secs:.0f} s)")
     secs = dag_test("evaluate_models", None, logs / "evaluate_models.log")
-    print(f"[4/5] evaluate_models: success ({secs:.0f} s)")
+    print(f"[4/6] evaluate_models: success ({secs:.0f} s)")
     secs = dag_test("build_cubes", None, logs / "build_cubes.log")
-    print(f"[5/5] build_cubes (build → diagnose → notify → summarize): success ({secs:.0f} s)\n")
+    print(f"[5/6] build_cubes (build → diagnose → notify → summarize): success ({secs:.0f} s)\n")
 
     from pipelines.summary import health_summary
 
     print(health_summary())
-    print(f"Logs: {logs}.  Ask your own: .venv/bin/mhw query \"select * from train_health limit 5\"")
+    report = show_dashboard(logs)
+    print(f"[6/6] dashboard '{report['title']}': {report['n_chart_holders']} charts, "
+          f"{len(report['chart_errors_in_page'])} chart errors, loaded in {report['load_seconds']:.1f} s; "
+          f"screenshot {report['screenshot']}")
+    if report["chart_errors_in_page"]:
+        raise SystemExit(f"chart errors: {report['chart_errors_in_page']}")
+    print(f"\nLive: make superset (http://127.0.0.1:8088/superset/dashboard/model-health/). Logs: {logs}.")
+    print('Ask your own: .venv/bin/mhw query "select * from train_health limit 5"')
     return 0
 
 
