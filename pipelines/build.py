@@ -72,12 +72,16 @@ def _key_strings(table: pa.Table, cols: tuple[str, ...]) -> list[pa.Array]:
     return arrays
 
 
+def _joined_keys(table: pa.Table, cols: tuple[str, ...]):
+    strings = _key_strings(table, cols)
+    return strings[0] if len(strings) == 1 else pc.binary_join_element_wise(*strings, "\x1f")
+
+
 def split_partitions(table: pa.Table, cols: tuple[str, ...]) -> dict[PartitionKey, pa.Table]:
     """The rows of ``table`` per value of its partition columns (one sort, no per-key scans)."""
     if table.num_rows == 0:
         return {}
-    strings = _key_strings(table, cols)
-    joined = strings[0] if len(strings) == 1 else pc.binary_join_element_wise(*strings, "\x1f")
+    joined = _joined_keys(table, cols)
     enc = pc.dictionary_encode(joined).combine_chunks() if isinstance(joined, pa.ChunkedArray) \
         else pc.dictionary_encode(joined)
     codes = enc.indices.to_numpy(zero_copy_only=False)
@@ -104,7 +108,8 @@ class CubeStore:
         return f"{self.root}/{name}"
 
     def partitions(self, model: Model) -> dict[PartitionKey, list[lakefiles.FileEntry]]:
-        return lakefiles.list_partitions(self.fs, self.model_dir(model.name), model.partitions)
+        """The model's files by their folder's key (``model.stored_by`` values)."""
+        return lakefiles.list_partitions(self.fs, self.model_dir(model.name), model.stored_by)
 
     def schema(self, model: Model) -> pa.Schema | None:
         try:
@@ -114,29 +119,53 @@ class CubeStore:
             return None
 
     def write(self, model: Model, result: pa.Table, targets: set[PartitionKey] | None) -> int:
-        """Replace the ``targets`` partitions (all of them when None) with ``result``'s rows."""
+        """Replace the rows of the ``targets`` partitions (all partitions when None) with ``result``'s
+        rows of those partitions. Files hold one date each (``model.stored_by``); a date file whose
+        partitions were only partly recomputed keeps its other partitions' rows."""
         d = self.model_dir(model.name)
         lakefiles.write_parquet(self.fs, f"{d}/{SCHEMA_FILE}", result.schema.empty_table(), self.local)
         if not model.partitions:
             lakefiles.write_parquet(self.fs, f"{d}/data.parquet", result, self.local)
             return result.num_rows
-        groups = split_partitions(result, model.partitions)
-        existing = set(self.partitions(model))
+        if targets is not None:  # rows computed for partitions outside the targets are not this build's
+            result = result.filter(pc.is_in(_joined_keys(result, model.partitions),
+                                            pa.array(["\x1f".join(k) for k in targets], pa.string())))
+        by_file = split_partitions(result, model.stored_by)
+        existing = self.partitions(model)
+        touched = set(by_file) if targets is None else {_project(k, model.partitions, model.stored_by) for k in targets}
+        stale = set(existing) - set(by_file) if targets is None else set()
+
+        def write_one(key: PartitionKey) -> None:
+            folder = f"{d}/{lakefiles.key_dir(model.stored_by, key)}"
+            rows = by_file.get(key)
+            if targets is not None and key in existing:  # keep the rows of partitions not recomputed
+                kept = self._read_files([f.path for f in existing[key]], result.schema)
+                kept = kept.filter(pc.invert(pc.is_in(_joined_keys(kept, model.partitions), pa.array(
+                    ["\x1f".join(k) for k in targets], pa.string()))))
+                rows = kept if rows is None else pa.concat_tables([kept, rows])
+            if rows is None or rows.num_rows == 0:
+                lakefiles.delete_dir(self.fs, folder)  # the partition's raw rows are gone: so are its cube rows
+                return
+            for f in existing.get(key, []):
+                if not f.path.endswith("/part.parquet"):
+                    self.fs.delete_file(f.path)
+            lakefiles.write_parquet(self.fs, f"{folder}/part.parquet", rows, self.local)
+
         with ThreadPoolExecutor(max_workers=4, thread_name_prefix="mhw-write") as pool:  # Arrow frees the GIL
-            list(pool.map(lambda kv: lakefiles.write_parquet(
-                self.fs, f"{d}/{lakefiles.key_dir(model.partitions, kv[0])}/part.parquet", kv[1], self.local),
-                groups.items()))
-        stale = (existing if targets is None else existing & targets) - set(groups)
-        for key in stale:  # the partition's raw rows are gone: so are its cube rows
-            lakefiles.delete_dir(self.fs, f"{d}/{lakefiles.key_dir(model.partitions, key)}")
+            list(pool.map(write_one, sorted(touched)))
+        for key in stale:
+            lakefiles.delete_dir(self.fs, f"{d}/{lakefiles.key_dir(model.stored_by, key)}")
         return result.num_rows
+
+    def _read_files(self, files: list[str], schema: pa.Schema | None) -> pa.Table:
+        return ds.dataset(files, filesystem=self.fs, format="parquet", schema=schema).to_table()
 
     def read(self, model: Model) -> pa.Table:
         files = [f.path for fs_ in self.partitions(model).values() for f in fs_]
         schema = self.schema(model)
         if not files:
             return schema.empty_table() if schema is not None else pa.table({})
-        data = ds.dataset(files, filesystem=self.fs, format="parquet", schema=schema).to_table()
+        data = self._read_files(files, schema)
         return data.cast(schema) if schema is not None else data
 
     def manifest(self) -> dict:
@@ -208,6 +237,7 @@ def build(lake_root: str | None = None, serving_path: str | None = None, engine=
         session.register_arrow(BOUNDS, bounds)
         _register_inputs(session, m, by_name, store, listings, lake_path, targets)
         out = session.query(m.sql)
+        result.seconds[f"{m.name}:query"] = time.perf_counter() - t
         result.rows[m.name] = store.write(m, out, targets)
         outputs[m.name] = out
         targets_of[m.name] = targets
@@ -222,7 +252,7 @@ def build(lake_root: str | None = None, serving_path: str | None = None, engine=
         # 2. Every model after the models it reads, over only what its inputs changed. Independent
         # models run side by side (`jobs`): Spark fills its executors with several small queries.
         # Submitted in dependency order, so a waiting model's upstream is always running or done.
-        jobs = jobs or (4 if engine_name == "spark" else 1)
+        jobs = jobs or (4 if engine_name == "spark" else 3)
         with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="mhw-build") as pool:
             futures: dict[str, Future] = {}
             for m in models:
@@ -281,12 +311,14 @@ def _register_inputs(eng, m: Model, by_name: dict[str, Model], store: CubeStore,
             base_dir = f"{lake_path}/{s}"
         else:
             src = by_name[s]
-            cols, parts, base_dir = src.partitions, store.partitions(src), store.model_dir(s)
+            cols, parts, base_dir = src.stored_by, store.partitions(src), store.model_dir(s)
             schema = store.schema(src)
             if schema is None:
                 raise RuntimeError(f"{m.name} reads {s}, which has never been built")
-        if targets is not None and m.partitions:
-            parts = {k: v for k, v in parts.items() if _project(k, cols, m.partitions) in targets}
+        common = tuple(c for c in m.partitions if c in cols)
+        if targets is not None and common:  # the files that can hold rows of the target partitions
+            wanted = {_project(t, m.partitions, common) for t in targets}
+            parts = {k: v for k, v in parts.items() if _project(k, cols, common) in wanted}
         files = [f.path for k in sorted(parts) for f in parts[k]]
         eng.register_files(s, files, schema, cols if s in TABLES else (), base_dir)
 
@@ -299,7 +331,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lake", help="lake root (default from config)")
     p.add_argument("--serving", help="serving DuckDB file (default from config)")
     p.add_argument("--cubes", help="where cube Parquet lands (default <lake>/cubes)")
-    p.add_argument("--jobs", type=int, help="models run side by side (default: 1 on DuckDB, 4 on Spark)")
+    p.add_argument("--jobs", type=int, help="models run side by side (default: 3 on DuckDB, 4 on Spark)")
     p.add_argument("--quiet", action="store_true")
 
 

@@ -31,6 +31,12 @@ class Model:
     sources: tuple[str, ...]  # lake tables, other models, or sketch_bounds
     serve: str | None  # serving table it lands in (models sharing one are unioned), None if not served
 
+    @property
+    def stored_by(self) -> tuple[str, ...]:
+        """The partition columns of the output's files: one file per date, whatever finer grain a
+        model is recomputed at (a file per lake partition would be thousands of tiny files)."""
+        return ("date",) if "date" in self.partitions else self.partitions
+
     @functools.cached_property
     def spark_sql(self) -> str:
         return to_spark(self.sql)
