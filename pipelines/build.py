@@ -20,8 +20,11 @@ swapped in with ``os.replace`` (pipelines/serving.py).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
+import fcntl
 import json
+import os
 import sys
 import time
 import uuid
@@ -193,9 +196,28 @@ def build(lake_root: str | None = None, serving_path: str | None = None, engine=
     say = log or (lambda *_: None)
     t_start = time.perf_counter()
 
+    store = CubeStore(cubes_root)
+    with _exclusive(store):  # a second build of the same cubes waits for the first
+        return _build(lake_root, serving_path, engine, full, master, conf, store, say, jobs, t_start)
+
+
+@contextlib.contextmanager
+def _exclusive(store: CubeStore):
+    if not store.local:  # object stores have no locks: run one build per cube store (the scheduler's job)
+        yield
+        return
+    os.makedirs(store.root, exist_ok=True)
+    with open(f"{store.root}/_build.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _build(lake_root, serving_path, engine, full, master, conf, store, say, jobs, t_start) -> BuildResult:
     models = load_models()
     by_name = {m.name: m for m in models}
-    store = CubeStore(cubes_root)
     lake_fs, lake_path, _ = lakefiles.resolve(lake_root)
     definition = definition_hash(models, _bounds_version())
     old = store.manifest()

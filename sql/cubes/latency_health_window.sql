@@ -67,6 +67,7 @@ rolled_up as (
         (hardware),
         ()
     )
+    having count(*) > 0  -- no grand-total row over an empty lake
 ),
 
 ranked_buckets as (

@@ -49,6 +49,7 @@ rolled_up as (
         (hardware),
         ()
     )
+    having count(*) > 0  -- no grand-total row over an empty lake
 ),
 
 final as (

@@ -83,6 +83,7 @@ rolled_up as (
         (precision),
         ()
     )
+    having count(*) > 0  -- no grand-total row over an empty lake
 ),
 
 ranked_buckets as (

@@ -157,3 +157,38 @@ def test_a_serving_file_from_another_build_is_rebuilt_fresh(lake, tmp_path):
     r = build(lake, serving)
     assert not r.full and r.serving_mode == "fresh"
     assert main(["audit", "--lake", lake, "--serving", serving]) == 0
+
+
+def test_an_empty_lake_builds_empty_cubes(tmp_path):
+    lake = str(tmp_path / "lake")
+    os.makedirs(lake)
+    serving = str(tmp_path / "serving.duckdb")
+    assert build(lake, serving).full
+    assert served(serving, "select count(*) from train_health") == [(0,)]
+    assert served(serving, "select count(*) from latency_sketch") == [(0,)]
+    assert main(["audit", "--lake", lake, "--serving", serving]) == 0
+    write_day(Lake(lake), 0)  # the first data then arrives: an incremental build picks it up
+    assert not build(lake, serving).full
+    assert main(["audit", "--lake", lake, "--serving", serving]) == 0
+
+
+def test_concurrent_builds_take_turns(lake, tmp_path):
+    import threading
+    serving = str(tmp_path / "serving.duckdb")
+    build(lake, serving)
+    write_day(Lake(lake), 3)
+    errors = []
+
+    def one():
+        try:
+            build(lake, serving)
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=one) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert main(["audit", "--lake", lake, "--serving", serving]) == 0
