@@ -217,7 +217,7 @@ def test_config_overlay_keeps_defaults_and_substitutes_literals(tmp_path):
     assert cfg.rules["plateau"].params["block_steps"] == 20  # the shared default reaches every block rule
     from pipelines.diagnose import render
     sql = render(load_rules()["eval_regression"], cfg.rules["eval_regression"].params)
-    assert "e.suite in ('quality', 'robustness')" in sql and "case 'trailing'" in sql and "{{" not in sql
+    assert "e.suite in ('quality', 'robustness', 'precision')" in sql and "case 'trailing'" in sql and "{{" not in sql
 
 
 @pytest.mark.parametrize("rule", sorted(load_rules().values(), key=lambda r: r.name), ids=lambda r: r.name)
