@@ -11,10 +11,12 @@
 --   the clean twin)
 --
 -- Per block of block_steps: data-wait share = total data_time_ms / total step_time_ms.
+-- Blocks hold block_steps logged steps: block_steps times the run's logging interval (a run that logs
+-- every 10th step gets blocks of 10 x block_steps steps), so sparse logs still fill them.
 
 with
 
-steps as (
+logged as (
     select
         s.model,
         s.hardware,
@@ -23,8 +25,7 @@ steps as (
         s.step,
         s.ts,
         s.step_time_ms,
-        s.data_time_ms,
-        cast(floor(s.step / {{ block_steps }}) as bigint) as block
+        s.data_time_ms
     from train_steps as s
     inner join diagnose_runs as r
         on r.run_id = s.run_id
@@ -32,6 +33,23 @@ steps as (
         and s.step_time_ms < cast('Infinity' as double)
         and s.data_time_ms >= 0
         and s.data_time_ms < cast('Infinity' as double)
+),
+
+logging_intervals as (
+    select
+        run_id,
+        greatest(1, round((max(step) - min(step)) / greatest(count(*) - 1, 1))) as step_interval
+    from logged
+    group by run_id
+),
+
+steps as (
+    select
+        logged.*,
+        cast(floor(logged.step / ({{ block_steps }} * logging_intervals.step_interval)) as bigint) as block
+    from logged
+    inner join logging_intervals
+        on logging_intervals.run_id = logged.run_id
 ),
 
 blocks as (

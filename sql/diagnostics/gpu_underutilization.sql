@@ -10,10 +10,12 @@
 -- audits: tests/pipelines/test_diagnose_rules.py (fires at 35 % utilization, quiet at 90 %)
 --
 -- Per block of block_steps: the mean GPU utilization (percent) of the steps that report one.
+-- Blocks hold block_steps logged steps: block_steps times the run's logging interval (a run that logs
+-- every 10th step gets blocks of 10 x block_steps steps), so sparse logs still fill them.
 
 with
 
-steps as (
+logged as (
     select
         s.model,
         s.hardware,
@@ -21,13 +23,29 @@ steps as (
         s.run_id,
         s.step,
         s.ts,
-        s.gpu_util,
-        cast(floor(s.step / {{ block_steps }}) as bigint) as block
+        s.gpu_util
     from train_steps as s
     inner join diagnose_runs as r
         on r.run_id = s.run_id
     where s.gpu_util >= 0
         and s.gpu_util < cast('Infinity' as double)
+),
+
+logging_intervals as (
+    select
+        run_id,
+        greatest(1, round((max(step) - min(step)) / greatest(count(*) - 1, 1))) as step_interval
+    from logged
+    group by run_id
+),
+
+steps as (
+    select
+        logged.*,
+        cast(floor(logged.step / ({{ block_steps }} * logging_intervals.step_interval)) as bigint) as block
+    from logged
+    inner join logging_intervals
+        on logging_intervals.run_id = logged.run_id
 ),
 
 blocks as (

@@ -14,10 +14,12 @@
 -- scored against the median and MAD of the block before its own (exact medians on both engines, no
 -- rolling median). A spike must also be min_ratio times that median, and the MAD is floored at
 -- min_rel_scale of the median, so a flat, noise-free series does not turn rounding into spikes.
+-- Blocks hold block_steps logged steps: block_steps times the run's logging interval (a run that logs
+-- every 10th step gets blocks of 10 x block_steps steps), so sparse logs still fill them.
 
 with
 
-steps as (
+logged as (
     select
         s.model,
         s.hardware,
@@ -25,12 +27,28 @@ steps as (
         s.run_id,
         s.step,
         s.ts,
-        s.loss,
-        cast(floor(s.step / {{ block_steps }}) as bigint) as block
+        s.loss
     from train_steps as s
     inner join diagnose_runs as r
         on r.run_id = s.run_id
     where abs(s.loss) < cast('Infinity' as double)
+),
+
+logging_intervals as (
+    select
+        run_id,
+        greatest(1, round((max(step) - min(step)) / greatest(count(*) - 1, 1))) as step_interval
+    from logged
+    group by run_id
+),
+
+steps as (
+    select
+        logged.*,
+        cast(floor(logged.step / ({{ block_steps }} * logging_intervals.step_interval)) as bigint) as block
+    from logged
+    inner join logging_intervals
+        on logging_intervals.run_id = logged.run_id
 ),
 
 block_medians as (
@@ -38,7 +56,9 @@ block_medians as (
         run_id,
         block,
         median(loss) as loss_median,
-        count(*) as n_steps
+        count(*) as n_steps,
+        min(step) as first_step,
+        max(step) as last_step
     from steps
     group by run_id, block
 ),
@@ -49,18 +69,23 @@ block_spread as (
         steps.block,
         block_medians.loss_median,
         block_medians.n_steps,
+        block_medians.first_step,
+        block_medians.last_step,
         median(abs(steps.loss - block_medians.loss_median)) as loss_mad
     from steps
     inner join block_medians
         on block_medians.run_id = steps.run_id
         and block_medians.block = steps.block
-    group by steps.run_id, steps.block, block_medians.loss_median, block_medians.n_steps
+    group by steps.run_id, steps.block, block_medians.loss_median, block_medians.n_steps,
+        block_medians.first_step, block_medians.last_step
 ),
 
 scored as (
     select
         steps.*,
         prev.loss_median as expected,
+        prev.first_step as baseline_from,
+        prev.last_step as baseline_to,
         (steps.loss - prev.loss_median) / greatest(
             1.4826 * prev.loss_mad, {{ min_rel_scale }} * abs(prev.loss_median), 1e-12) as robust_z
     from steps
@@ -89,7 +114,8 @@ per_run as (
         max(ts) as end_at,
         min_by(loss, step) as observed,
         min_by(expected, step) as expected,
-        min_by(block, step) as first_block,
+        min_by(baseline_from, step) as baseline_from,
+        min_by(baseline_to, step) as baseline_to,
         count(*) as n_points
     from spikes
     group by model, hardware, run_id
@@ -109,8 +135,8 @@ final as (
         cast(end_at as timestamptz) as end_at,
         cast(observed as double) as observed,
         cast(expected as double) as expected,
-        cast(concat('median loss of steps ', cast((first_block - 1) * {{ block_steps }} as varchar), '-',
-            cast(first_block * {{ block_steps }} - 1 as varchar)) as varchar) as baseline,
+        cast(concat('median loss of steps ', cast(baseline_from as varchar), '-', cast(baseline_to as varchar))
+            as varchar) as baseline,
         cast(n_points as bigint) as n_points,
         cast(false as boolean) as escalate
     from per_run

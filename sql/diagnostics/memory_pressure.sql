@@ -11,10 +11,12 @@
 --
 -- Per block of block_steps: the peak of gpu_mem_gb / gpu_mem_total_gb. Escalated to critical when the
 -- peak reaches critical_mem_share.
+-- Blocks hold block_steps logged steps: block_steps times the run's logging interval (a run that logs
+-- every 10th step gets blocks of 10 x block_steps steps), so sparse logs still fill them.
 
 with
 
-steps as (
+logged as (
     select
         s.model,
         s.hardware,
@@ -22,8 +24,7 @@ steps as (
         s.run_id,
         s.step,
         s.ts,
-        s.gpu_mem_gb / nullif(s.gpu_mem_total_gb, 0) as mem_share,
-        cast(floor(s.step / {{ block_steps }}) as bigint) as block
+        s.gpu_mem_gb / nullif(s.gpu_mem_total_gb, 0) as mem_share
     from train_steps as s
     inner join diagnose_runs as r
         on r.run_id = s.run_id
@@ -31,6 +32,23 @@ steps as (
         and s.gpu_mem_total_gb < cast('Infinity' as double)
         and s.gpu_mem_gb >= 0
         and s.gpu_mem_gb < cast('Infinity' as double)
+),
+
+logging_intervals as (
+    select
+        run_id,
+        greatest(1, round((max(step) - min(step)) / greatest(count(*) - 1, 1))) as step_interval
+    from logged
+    group by run_id
+),
+
+steps as (
+    select
+        logged.*,
+        cast(floor(logged.step / ({{ block_steps }} * logging_intervals.step_interval)) as bigint) as block
+    from logged
+    inner join logging_intervals
+        on logging_intervals.run_id = logged.run_id
 ),
 
 blocks as (

@@ -12,7 +12,8 @@
 --
 -- Validation evals are eval_results rows of the run's checkpoints (train_run_id) in the given suites
 -- and metric (a loss: lower is better). Training loss at a checkpoint is the median training loss of
--- the block of block_steps holding the checkpoint's step. A checkpoint overfits when its validation
+-- the block of block_steps logged steps (block_steps times the run's logging interval) holding the
+-- checkpoint's step. A checkpoint overfits when its validation
 -- loss is min_rise above the best earlier checkpoint's while its training loss is below that
 -- checkpoint's: the gap grows. expected is the best validation loss, baseline names its checkpoint
 -- (the one to roll back to).
@@ -52,16 +53,34 @@ checkpoints as (
     group by model, hardware, run_id, checkpoint_step
 ),
 
-train_blocks as (
+logged as (
     select
         s.run_id,
-        cast(floor(s.step / {{ block_steps }}) as bigint) as block,
-        median(s.loss) as train_loss
+        s.step,
+        s.loss
     from train_steps as s
     inner join diagnose_runs as r
         on r.run_id = s.run_id
     where abs(s.loss) < cast('Infinity' as double)
-    group by s.run_id, cast(floor(s.step / {{ block_steps }}) as bigint)
+),
+
+logging_intervals as (
+    select
+        run_id,
+        greatest(1, round((max(step) - min(step)) / greatest(count(*) - 1, 1))) as step_interval
+    from logged
+    group by run_id
+),
+
+train_blocks as (
+    select
+        logged.run_id,
+        cast(floor(logged.step / ({{ block_steps }} * logging_intervals.step_interval)) as bigint) as block,
+        median(logged.loss) as train_loss
+    from logged
+    inner join logging_intervals
+        on logging_intervals.run_id = logged.run_id
+    group by logged.run_id, cast(floor(logged.step / ({{ block_steps }} * logging_intervals.step_interval)) as bigint)
 ),
 
 with_train as (
@@ -69,9 +88,12 @@ with_train as (
         checkpoints.*,
         train_blocks.train_loss
     from checkpoints
+    left join logging_intervals
+        on logging_intervals.run_id = checkpoints.run_id
     left join train_blocks
         on train_blocks.run_id = checkpoints.run_id
-        and train_blocks.block = cast(floor(checkpoints.checkpoint_step / {{ block_steps }}) as bigint)
+        and train_blocks.block = cast(floor(checkpoints.checkpoint_step
+            / ({{ block_steps }} * logging_intervals.step_interval)) as bigint)
 ),
 
 compared as (

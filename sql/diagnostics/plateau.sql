@@ -19,10 +19,12 @@
 -- uses every block, where comparing two minima is biased by how many blocks each side has. The
 -- block is flat when that improvement is below min_rel_improvement. Blocks ending before min_step
 -- are not judged (warmup, fast start).
+-- Blocks hold block_steps logged steps: block_steps times the run's logging interval (a run that logs
+-- every 10th step gets blocks of 10 x block_steps steps), so sparse logs still fill them.
 
 with
 
-steps as (
+logged as (
     select
         s.model,
         s.hardware,
@@ -30,12 +32,28 @@ steps as (
         s.run_id,
         s.step,
         s.ts,
-        s.loss,
-        cast(floor(s.step / {{ block_steps }}) as bigint) as block
+        s.loss
     from train_steps as s
     inner join diagnose_runs as r
         on r.run_id = s.run_id
     where abs(s.loss) < cast('Infinity' as double)
+),
+
+logging_intervals as (
+    select
+        run_id,
+        greatest(1, round((max(step) - min(step)) / greatest(count(*) - 1, 1))) as step_interval
+    from logged
+    group by run_id
+),
+
+steps as (
+    select
+        logged.*,
+        cast(floor(logged.step / ({{ block_steps }} * logging_intervals.step_interval)) as bigint) as block
+    from logged
+    inner join logging_intervals
+        on logging_intervals.run_id = logged.run_id
 ),
 
 blocks as (

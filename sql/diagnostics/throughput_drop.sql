@@ -15,10 +15,12 @@
 -- Per block of block_steps: the median tokens/s and the median compute tokens/s (the same tokens over
 -- the step time minus the data wait). A block is slow when both are more than max_drop below the
 -- median of the previous window_blocks blocks' medians.
+-- Blocks hold block_steps logged steps: block_steps times the run's logging interval (a run that logs
+-- every 10th step gets blocks of 10 x block_steps steps), so sparse logs still fill them.
 
 with
 
-steps as (
+logged as (
     select
         s.model,
         s.hardware,
@@ -30,8 +32,7 @@ steps as (
         case
             when s.step_time_ms > coalesce(s.data_time_ms, 0)
                 then s.tokens_per_s * s.step_time_ms / (s.step_time_ms - coalesce(s.data_time_ms, 0))
-        end as compute_tokens_per_s,
-        cast(floor(s.step / {{ block_steps }}) as bigint) as block
+        end as compute_tokens_per_s
     from train_steps as s
     inner join diagnose_runs as r
         on r.run_id = s.run_id
@@ -39,6 +40,23 @@ steps as (
         and s.tokens_per_s < cast('Infinity' as double)
         and s.step_time_ms > 0
         and s.step_time_ms < cast('Infinity' as double)
+),
+
+logging_intervals as (
+    select
+        run_id,
+        greatest(1, round((max(step) - min(step)) / greatest(count(*) - 1, 1))) as step_interval
+    from logged
+    group by run_id
+),
+
+steps as (
+    select
+        logged.*,
+        cast(floor(logged.step / ({{ block_steps }} * logging_intervals.step_interval)) as bigint) as block
+    from logged
+    inner join logging_intervals
+        on logging_intervals.run_id = logged.run_id
 ),
 
 blocks as (

@@ -13,10 +13,12 @@
 -- Per block of block_steps: the median grad norm. A block vanishes when its median is below the largest
 -- block median so far divided by vanish_factor (after min_history_blocks blocks), or below
 -- min_grad_norm outright. Normal training shrinks grad norms a few-fold, not a hundred-fold.
+-- Blocks hold block_steps logged steps: block_steps times the run's logging interval (a run that logs
+-- every 10th step gets blocks of 10 x block_steps steps), so sparse logs still fill them.
 
 with
 
-steps as (
+logged as (
     select
         s.model,
         s.hardware,
@@ -24,12 +26,28 @@ steps as (
         s.run_id,
         s.step,
         s.ts,
-        s.grad_norm,
-        cast(floor(s.step / {{ block_steps }}) as bigint) as block
+        s.grad_norm
     from train_steps as s
     inner join diagnose_runs as r
         on r.run_id = s.run_id
     where abs(s.grad_norm) < cast('Infinity' as double)
+),
+
+logging_intervals as (
+    select
+        run_id,
+        greatest(1, round((max(step) - min(step)) / greatest(count(*) - 1, 1))) as step_interval
+    from logged
+    group by run_id
+),
+
+steps as (
+    select
+        logged.*,
+        cast(floor(logged.step / ({{ block_steps }} * logging_intervals.step_interval)) as bigint) as block
+    from logged
+    inner join logging_intervals
+        on logging_intervals.run_id = logged.run_id
 ),
 
 blocks as (

@@ -54,14 +54,25 @@ def steps_table(run_id: str, cols: dict, model: str = RUN_MODEL, hardware: str =
     })
 
 
+def sparse(c: dict, every: int = 10) -> dict:
+    """The same run logged every ``every`` steps (step time is then that of ``every`` steps)."""
+    keep = c["step"] % every == 0
+    out = {k: v[keep] for k, v in c.items()}
+    out["step_time_ms"] = out["step_time_ms"] * every
+    return out
+
+
 def with_incident(kind: str, seed: int) -> dict:
     c = clean_series(seed=seed)
     s = c["step"]
+    if kind.endswith("_sparse"):  # logged every 10th step: blocks stretch to 10 x block_steps steps
+        c = with_incident(kind.removesuffix("_sparse"), seed)
+        return sparse(c)
     if kind == "divergence":
         c["loss"] = np.where(s >= 300, np.nan, c["loss"])
         c["loss"][300] = np.inf
     elif kind == "loss_spike":
-        c["loss"][333] *= 4
+        c["loss"][830] *= 4
     elif kind == "exploding_gradients":  # one 20x spike
         c["grad_norm"][350] *= 20
     elif kind == "exploding_gradients_growth":  # sustained exponential growth, no single jump
@@ -159,7 +170,7 @@ def daily_runs(model: str, hardware: str, days: int = 10, slow_from: int | None 
     return out
 
 
-RUN_CASES = ["divergence", "loss_spike", "exploding_gradients", "exploding_gradients_growth", "vanishing_gradients",
+RUN_CASES = ["divergence", "loss_spike", "loss_spike_sparse", "memory_pressure_sparse", "exploding_gradients", "exploding_gradients_growth", "vanishing_gradients",
              "plateau", "overfitting", "lr_schedule_anomaly", "lr_schedule_anomaly_nan", "throughput_drop",
              "data_stall", "gpu_underutilization", "memory_pressure"]
 FLEET_CASES = ["eval_regression", "latency_slo_breach", "error_rate_breach", "throughput_regression", "precision_gap"]
@@ -172,6 +183,8 @@ def build_lake(root: str) -> None:
         for variant in ("bad", "twin"):
             run_id = f"{case}-{variant}"
             cols = with_incident(case, seed=i) if variant == "bad" else clean_series(seed=i)
+            if variant == "twin" and case.endswith("_sparse"):
+                cols = sparse(cols)
             steps.append(steps_table(run_id, cols, start=DAY0 + dt.timedelta(minutes=5 * i)))
             if case == "overfitting":
                 evals.append(validation_evals(run_id, overfit=variant == "bad", seed=i))
@@ -199,12 +212,12 @@ def alerts(lake_root):
 
 
 def test_every_rule_has_a_case_here():
-    assert {c.removesuffix("_growth").removesuffix("_nan") for c in RUN_CASES} | set(FLEET_CASES) == set(load_rules())
+    assert {c.removesuffix("_sparse").removesuffix("_growth").removesuffix("_nan") for c in RUN_CASES} | set(FLEET_CASES) == set(load_rules())
 
 
 @pytest.mark.parametrize("case", RUN_CASES)
 def test_run_rule_fires_on_its_incident_and_not_on_the_clean_twin(alerts, case):
-    rule = case.removesuffix("_growth").removesuffix("_nan")
+    rule = case.removesuffix("_sparse").removesuffix("_growth").removesuffix("_nan")
     hit = {a["run_id"] for a in alerts if a["rule"] == rule}
     assert f"{case}-bad" in hit, f"{rule} missed {case}-bad"
     assert f"{case}-twin" not in hit, f"{rule} fired on the clean twin"
@@ -214,7 +227,7 @@ def test_no_run_rule_fires_on_any_clean_twin(alerts):
     assert [(a["rule"], a["run_id"]) for a in alerts if a["run_id"] and a["run_id"].endswith("-twin")] == []
     # a run carries the alerts of its own incident only (a data stall is not also a straggler, etc.)
     crossed = [(a["rule"], a["run_id"]) for a in alerts if a["run_id"] and a["run_id"].endswith("-bad")
-               and a["run_id"].removesuffix("-bad").removesuffix("_growth").removesuffix("_nan") != a["rule"]]
+               and a["run_id"].removesuffix("-bad").removesuffix("_sparse").removesuffix("_growth").removesuffix("_nan") != a["rule"]]
     assert crossed == []
 
 
@@ -235,8 +248,12 @@ def test_alert_details_say_where_and_what(alerts):
     assert div["step_start"] == 300 and math.isinf(div["observed"]) and div["severity"] == "critical"
     assert div["expected"] > 2 and "step 300" in div["message"] and "roll back" in div["action"]
     spike = _one(alerts, "loss_spike", "loss_spike-bad")
-    assert spike["step_start"] == spike["step_end"] == 333 and spike["n_points"] == 1
+    assert spike["step_start"] == spike["step_end"] == 830 and spike["n_points"] == 1
     assert spike["observed"] / spike["expected"] == pytest.approx(4, rel=0.05)
+    sparse_spike = _one(alerts, "loss_spike", "loss_spike_sparse-bad")
+    assert sparse_spike["step_start"] == 830 and sparse_spike["baseline"] == "median loss of steps 0-490"
+    sparse_mem = _one(alerts, "memory_pressure", "memory_pressure_sparse-bad")  # blocks of 500 steps
+    assert sparse_mem["step_start"] <= 400 < sparse_mem["step_start"] + 500 and sparse_mem["step_end"] == 1490
     assert _one(alerts, "exploding_gradients", "exploding_gradients-bad")["step_start"] == 350
     assert _one(alerts, "vanishing_gradients", "vanishing_gradients-bad")["step_start"] == 700
     assert _one(alerts, "lr_schedule_anomaly", "lr_schedule_anomaly-bad")["step_start"] == 900
@@ -251,7 +268,7 @@ def test_alert_details_say_where_and_what(alerts):
     over = _one(alerts, "overfitting", "overfitting-bad")
     assert over["step_start"] == 899 and over["baseline"] == "ckpt-749" and "roll back to ckpt-749" in over["action"]
     plateau = _one(alerts, "plateau", "plateau-bad")
-    assert 500 <= plateau["step_start"] <= 700 and plateau["observed"] < 0.0025
+    assert 400 <= plateau["step_start"] <= 700 and plateau["observed"] < 0.0025  # a window around step 500
 
 
 def test_fleet_alert_details(alerts):
