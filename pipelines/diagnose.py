@@ -267,8 +267,14 @@ def load_config(path: str | os.PathLike | None = None, rules: dict[str, Rule] | 
         raw = yaml.safe_load(f) or {}
     path = path or os.environ.get("MHW_DIAGNOSTICS")
     if path and Path(path).resolve() != DEFAULT_CONFIG.resolve():
-        with open(path) as f:
-            raw = _merge(raw, yaml.safe_load(f) or {})
+        try:
+            with open(path) as f:
+                over = yaml.safe_load(f) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise ConfigError(f"{path}: cannot read the diagnostics config: {e}") from e
+        if not isinstance(over, dict):
+            raise ConfigError(f"{path}: must be a mapping of settings, got {type(over).__name__}")
+        raw = _merge(raw, over)
     where = str(path or DEFAULT_CONFIG)
     unknown_rules = set(raw.get("rules") or {}) - set(rules)
     if unknown_rules:

@@ -253,3 +253,14 @@ def test_alert_health_cube_counts_the_alerts(lake, tmp_path):
     assert con.execute(f"""select count(*) from ({per_group}) a full join alert_health h
                            using (date, model, hardware, precision, rule, severity)
                            where h.n_alerts is distinct from a.n""").fetchall() == [(0,)]
+
+
+def test_a_missing_or_malformed_config_is_a_config_error(tmp_path, monkeypatch, capsys):
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(str(tmp_path / "missing.yaml"))
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        load_config(str(tmp_path / "list.yaml"))
+    monkeypatch.setenv("MHW_DIAGNOSTICS", str(tmp_path / "missing.yaml"))
+    assert cli.main(["diagnose", "--lake", str(tmp_path / "lake")]) == 2
+    assert "cannot read the diagnostics config" in capsys.readouterr().err
