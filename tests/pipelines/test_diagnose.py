@@ -15,7 +15,8 @@ import yaml
 from sqlglot import exp
 
 from pipelines import alerts as alerts_mod
-from pipelines.diagnose import CONTRACT, HEADER_KEYS, ConfigError, diagnose, load_config, load_rules, parse_header
+from pipelines.diagnose import (CONTRACT, HEADER_KEYS, ConfigError, diagnose, load_config, load_rules, parse_header,
+                                 render)
 from pipelines.models import to_spark
 from warehouse import cli
 from warehouse.query import connect
@@ -215,7 +216,6 @@ def test_config_overlay_keeps_defaults_and_substitutes_literals(tmp_path):
     cfg = load_config(overlay(tmp_path, {"block_steps": 20, "rules": {"loss_spike": {"params": {"z_threshold": 8}}}}))
     assert cfg.rules["loss_spike"].params["z_threshold"] == 8.0 and cfg.rules["loss_spike"].params["min_ratio"] == 1.5
     assert cfg.rules["plateau"].params["block_steps"] == 20  # the shared default reaches every block rule
-    from pipelines.diagnose import render
     sql = render(load_rules()["eval_regression"], cfg.rules["eval_regression"].params)
     assert "e.suite in ('quality', 'robustness', 'precision')" in sql and "case 'trailing'" in sql and "{{" not in sql
 
@@ -226,9 +226,7 @@ def test_rule_sql_style(rule):
     cast and named as the alert contract says, and SQL that sqlglot translates to Spark."""
     header = parse_header(rule.sql)
     assert all(header.get(k) for k in HEADER_KEYS)
-    sql = load_config().rules[rule.name].params
-    from pipelines.diagnose import render
-    text = render(rule, sql)
+    text = render(rule, load_config().rules[rule.name].params)
     code = [line.split("--")[0] for line in text.splitlines()]
     assert not [c for c in code if any(k in c for k in (" SELECT ", "FROM ", " WHERE ", "GROUP BY", " JOIN "))]
     assert text.rstrip().endswith("select * from final")
