@@ -13,9 +13,12 @@ the changed lake partitions, a daily model the changed dates); an unpartitioned 
 rollups) is recomputed whole, from the small daily model, whenever one of its inputs changed. A change
 of any SQL file or of the sketch bounds makes the build full.
 
-Outputs: every model lands as Parquet under ``<cubes>/<model>/`` (hive folders, all columns inside
-the files), and the served ones in the DuckDB serving file, which is rebuilt beside the live one and
-swapped in with ``os.replace`` (pipelines/serving.py).
+Outputs: every model lands as Parquet under ``<cubes>/<model>/date=<d>/part.parquet`` (one file per
+date however fine the model's partitions: a date file whose lake partitions were only partly
+recomputed keeps the other partitions' rows; all columns are inside the files), and the served ones
+in the DuckDB serving file, which is rebuilt beside the live one and swapped in with ``os.replace``
+(pipelines/serving.py). One build at a time per cube store (a lock file); models that do not read
+each other run side by side (``--jobs``).
 """
 from __future__ import annotations
 
@@ -274,7 +277,9 @@ def _build(lake_root, serving_path, engine, full, master, conf, store, say, jobs
         # 2. Every model after the models it reads, over only what its inputs changed. Independent
         # models run side by side (`jobs`): Spark fills its executors with several small queries.
         # Submitted in dependency order, so a waiting model's upstream is always running or done.
-        jobs = jobs or (4 if engine_name == "spark" else 3)
+        if not jobs:  # DuckDB: one query already uses every core; Spark: keep the executors busy
+            local = getattr(eng, "local_cores", None)
+            jobs = 3 if engine_name == "duckdb" else max(2, local) if local else 4
         with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="mhw-build") as pool:
             futures: dict[str, Future] = {}
             for m in models:
@@ -353,7 +358,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lake", help="lake root (default from config)")
     p.add_argument("--serving", help="serving DuckDB file (default from config)")
     p.add_argument("--cubes", help="where cube Parquet lands (default <lake>/cubes)")
-    p.add_argument("--jobs", type=int, help="models run side by side (default: 3 on DuckDB, 4 on Spark)")
+    p.add_argument("--jobs", type=int, help="models run side by side (default: 3 on DuckDB, 4 on a Spark cluster, its cores on local Spark)")
     p.add_argument("--quiet", action="store_true")
 
 
