@@ -12,12 +12,14 @@ UTC = dt.timezone.utc
 
 
 def write_blocks(lake, n_blocks=6, rows=100, day=dt.date(2026, 11, 1)):
+    """One run per day, logged in blocks of ``rows`` steps: a key per (run, block), as training writes."""
+    run = f"r{day:%Y%m%d}"
     for b in range(n_blocks):
         start = dt.datetime.combine(day, dt.time(1), UTC)
         lake.write("train_steps", pa.table({
-            "run_id": ["r"] * rows, "step": list(range(b * rows, (b + 1) * rows)),
+            "run_id": [run] * rows, "step": list(range(b * rows, (b + 1) * rows)),
             "ts": [start + dt.timedelta(seconds=i) for i in range(rows)], "loss": [float(b)] * rows,
-            "model": ["m"] * rows, "hardware": ["h"] * rows}), f"r-b{b:09d}")
+            "model": ["m"] * rows, "hardware": ["h"] * rows}), f"{run}-b{b:09d}")
 
 
 def snapshot(root):
