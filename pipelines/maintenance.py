@@ -18,7 +18,6 @@ import ctypes
 import datetime as dt
 import hashlib
 import os
-import shutil
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -113,16 +112,7 @@ def apply_retention(lake: Lake, retention_days: dict[str, int], today: dt.date |
 
 def empty_trash(lake: Lake, older_than_s: float = 600) -> int:
     """Delete what earlier runs moved aside, once no query can still be reading it."""
-    trash = os.path.join(lake.root, "_trash")
-    if not os.path.isdir(trash):
-        return 0
-    n, cutoff = 0, time.time() - older_than_s
-    for d in os.listdir(trash):
-        p = os.path.join(trash, d)
-        if os.path.getmtime(p) < cutoff:
-            shutil.rmtree(p)
-            n += 1
-    return n
+    return lake.remove_old("_trash", older_than_s)
 
 
 def run_maintenance(lake_root: str, settings: dict, min_age_s: float = 3600) -> MaintenanceResult:

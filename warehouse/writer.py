@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import threading
 import time
 import uuid
@@ -186,15 +187,19 @@ class Lake:
         return stale
 
     def clean_tmp(self, older_than_s: float = 3600) -> int:
-        """Remove files left in ``_tmp`` by writers that were killed mid-write."""
-        tmp_dir = f"{self.root}/_tmp"
-        if not self.local or not os.path.isdir(tmp_dir):
+        """Remove what writers (and compactions) killed mid-write left in ``_tmp``."""
+        return self.remove_old("_tmp", older_than_s)
+
+    def remove_old(self, folder: str, older_than_s: float) -> int:
+        """Delete the entries (files or folders) of ``<root>/<folder>`` older than ``older_than_s``."""
+        where = os.path.join(self.root, folder)
+        if not self.local or not os.path.isdir(where):
             return 0
         n, cutoff = 0, time.time() - older_than_s
-        for name in os.listdir(tmp_dir):
-            p = os.path.join(tmp_dir, name)
+        for name in os.listdir(where):
+            p = os.path.join(where, name)
             if os.path.getmtime(p) < cutoff:
-                os.unlink(p)
+                shutil.rmtree(p) if os.path.isdir(p) else os.unlink(p)
                 n += 1
         return n
 
