@@ -3,7 +3,7 @@
 --   against the step): finite loss mean/min/max, the last loss, and NaN/inf counts per step bucket,
 --   read from raw train_steps (the daily cubes have no step grain).
 -- grain: model × hardware × precision × date × run_id × step_start (one step bucket of the run on one
---   day; a bucket that spans midnight has a row per day, merged with sums/min/max or arg_max by ts).
+--   day; a bucket that spans midnight has a row per day, merged with sums/min/max or arg_max by last_ts).
 --   Bucket width depends on the step alone, so any partition computes it without seeing the rest of
 --   the run: 64 steps below step 1024, then 2^(k-3) in the octave [2^k, 2^(k+1)): 8 buckets per
 --   octave, at most ~100 per run up to 2^20 steps. k is floor(log2(step)) guessed by log2 and
@@ -70,9 +70,8 @@ per_bucket as (
         max(step) as step_max,
         min(ts) as first_ts,
         max(ts) as last_ts,
-        -- one run's rows: ts orders them (rows of one run with the same ts are duplicates)
-        arg_max(step, ts) as last_step,
-        arg_max(loss, ts) as last_loss,
+        -- the latest row: by ts, then step (a run may log several steps with one ts)
+        max(struct_pack(ts := ts, step := step, loss := loss)) as last_row,
         count(finite_loss) as n_loss,
         sum(finite_loss) as loss_sum,
         min(finite_loss) as loss_min,
@@ -97,8 +96,8 @@ final as (
         cast(step_max as bigint) as step_max,                 -- last step logged in the bucket
         cast(first_ts as timestamptz) as first_ts,            -- earliest step time
         cast(last_ts as timestamptz) as last_ts,              -- latest step time
-        cast(last_step as bigint) as last_step,               -- step of the latest row
-        cast(last_loss as double) as last_loss,               -- loss of the latest row (NaN kept)
+        cast(last_row.step as bigint) as last_step,           -- step of the latest row (ts, then step)
+        cast(last_row.loss as double) as last_loss,           -- loss of the latest row (NaN kept)
         cast(n_loss as bigint) as n_loss,                     -- steps with a finite loss
         cast(loss_sum as double) as loss_sum,                 -- sum of finite losses
         cast(loss_min as double) as loss_min,                 -- smallest finite loss
