@@ -83,6 +83,10 @@ def build_serving(root: Path, rows: int, seed: int = 11) -> Path:
     env = {**os.environ, "MHW_LAKE": str(root / "lake"), "MHW_SERVING": str(root / "serving.duckdb")}
     run_mhw("simulate", "--rows", str(rows), "--seed", str(seed), "--incident-rate", "0.3", env=env)
     run_mhw("build", "--quiet", env=env)
+    # As the build_cubes DAG does: diagnose after the build (its rules read the cubes), and the
+    # alerts reach the serving file (alert_list) at the next build.
+    run_mhw("diagnose", "--no-notify", "--quiet", env=env)
+    run_mhw("build", "--quiet", env=env)
     return root / "serving.duckdb"
 
 

@@ -99,11 +99,11 @@ ORACLES = {
                                    sum(tokens) / sum(tokens_seconds), sum(tokens)
                                    from train_health where {RUN_DAY} group by all""",
                                ("keyed", ["run_id", "hardware"])),
-    "loss_per_run": (f"""with recent as (
-                             select run_id from train_health where {RUN_DAY}
+    "loss_per_run": ("""with recent as (
+                             select run_id from loss_curve
                              group by run_id order by max(last_ts) desc limit 20)
-                         select date, run_id, loss_mean from train_health
-                         where {RUN_DAY} and run_id in (select run_id from recent)""", "series"),
+                         select step_start, run_id, sum(loss_sum) / sum(n_loss) from loss_curve
+                         where run_id in (select run_id from recent) group by all""", "series"),
     "nonfinite_by_model": ("select date, model, n_loss_nonfinite from train_health "
                            "where agg_level = 'model,date'", "series"),
     "step_time_p95_by_hardware": ("select date, hardware, step_time_p95_ms from train_health "
@@ -115,12 +115,17 @@ ORACLES = {
                                and suite = 'quality' and metric = 'accuracy' group by all""", "series"),
     "eval_regressions": (eval_regressions,
                          ("keyed", ["model", "hardware", "precision", "metric", "checkpoint_step"])),
+    # the served alerts, every one, newest first (the order is checked apart: ties have none)
+    "alerts": ("select start_at, severity, rule, model, hardware, message, action from alert_list "
+               "order by start_at desc", "rows"),
 }
 
 
 def close(a, b) -> bool:
     if a is None or b is None:
         return a is None and b is None
+    if isinstance(a, str) or isinstance(b, str):
+        return a == b
     if isinstance(a, float) and math.isnan(a):
         return isinstance(b, float) and math.isnan(b)
     return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-9)
@@ -133,8 +138,11 @@ def expected(con, chart: str):
     rows = con.execute(oracle).fetchall()
     if shape == "scalar":
         return rows[0][0] if rows else None
-    if shape == "series":  # (date, series) -> value, nulls dropped as the chart drops them
-        return {(ms(d), s): v for d, s, v in rows if v is not None}
+    if shape == "series":  # (x, series) -> value, nulls dropped as the chart drops them
+        return {(ms(x) if isinstance(x, dt.date) else x, s): v for x, s, v in rows if v is not None}
+    if shape == "rows":  # every row, in order; timestamps as Superset's JSON writes them
+        return [tuple(int(v.timestamp() * 1000) if isinstance(v, dt.datetime) else v for v in r)
+                for r in rows]
     n = len(shape[1])
     return {tuple(r[:n]): tuple(r[n:]) for r in rows}
 
@@ -154,6 +162,8 @@ def actual(chart: str, data: list[dict]):
                 if k != p["x_axis"] and v is not None:
                     out[(x, k)] = v
         return out
+    if shape == "rows":  # a raw table: its columns, in the chart's order
+        return [tuple(r[c] for c in p["all_columns"]) for r in data]
     keys = shape[1]
     if doc["viz_type"] == "bubble_v2":
         metrics = [p["x"], p["y"], p["size"]]
@@ -184,7 +194,13 @@ def test_every_chart_matches_the_serving_file(superset):
             got = actual(chart, fetch(superset, ids[doc["uuid"]]))
             want = expected(con, chart)
             assert want not in (None, {}), f"{chart}: the oracle found no data; the fixture is too small"
-            if isinstance(want, dict):
+            if isinstance(want, list):  # rows: the same multiset, in an order the oracle allows
+                assert len(got) == len(want), f"{chart}: {len(got)} rows != {len(want)}"
+                assert [r[0] for r in got] == [r[0] for r in want], f"{chart}: not in the oracle's order"
+                key = lambda r: tuple("" if v is None else str(v) for v in r)  # noqa: E731
+                for g, w in zip(sorted(got, key=key), sorted(want, key=key)):
+                    assert all(close(a, b) for a, b in zip(g, w)), f"{chart}: {g} != {w}"
+            elif isinstance(want, dict):
                 assert set(got) == set(want), f"{chart}: keys differ: {set(got) ^ set(want)}"
                 for k in want:
                     w = want[k] if isinstance(want[k], tuple) else (want[k],)
