@@ -33,6 +33,7 @@ import time
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -187,11 +188,12 @@ def _bounds_version() -> str:
 
 def build(lake_root: str | None = None, serving_path: str | None = None, engine="duckdb",
           full: bool = False, master: str | None = None, conf: dict[str, str] | None = None,
-          cubes_root: str | None = None, log=None, jobs: int | None = None) -> BuildResult:
+          cubes_root: str | None = None, log=None, jobs: int | None = None,
+          sql_dir: str | None = None) -> BuildResult:
     """Bring the cubes and the serving file up to date with the lake. Returns what was rebuilt.
 
     ``engine`` is "duckdb", "spark", or an engine already open (it is then left open, so one
-    SparkSession can serve several builds)."""
+    SparkSession can serve several builds). ``sql_dir`` replaces sql/ (a pinned copy of the models)."""
     settings = config.load()
     lake_root = lake_root or settings.lake_root
     serving_path = serving_path or settings.serving_path
@@ -201,7 +203,7 @@ def build(lake_root: str | None = None, serving_path: str | None = None, engine=
 
     store = CubeStore(cubes_root)
     with _exclusive(store):  # a second build of the same cubes waits for the first
-        return _build(lake_root, serving_path, engine, full, master, conf, store, say, jobs, t_start)
+        return _build(lake_root, serving_path, engine, full, master, conf, store, say, jobs, t_start, sql_dir)
 
 
 @contextlib.contextmanager
@@ -218,8 +220,8 @@ def _exclusive(store: CubeStore):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _build(lake_root, serving_path, engine, full, master, conf, store, say, jobs, t_start) -> BuildResult:
-    models = load_models()
+def _build(lake_root, serving_path, engine, full, master, conf, store, say, jobs, t_start, sql_dir) -> BuildResult:
+    models = load_models(Path(sql_dir)) if sql_dir else load_models()
     by_name = {m.name: m for m in models}
     lake_fs, lake_path, _ = lakefiles.resolve(lake_root)
     definition = definition_hash(models, _bounds_version())

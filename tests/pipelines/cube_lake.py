@@ -139,6 +139,19 @@ def make_lake(root: str) -> str:
     return root
 
 
+def mutate(lake: str) -> None:
+    """Append a new day, rewrite one partition's file, add a second file to another, delete a third."""
+    lk = Lake(lake)
+    write_day(lk, 3)  # a new date everywhere
+    write_day(lk, 1, seed=9)  # same keys: day 1's files are replaced with different rows
+    extra = pa.table({"run_id": ["late"] * 3, "step": [1, 2, 3], "loss": [1.0, float("nan"), 2.0],
+                      "step_time_ms": [5.0, 6.0, 7.0], "ts": [dt.datetime(2026, 1, 1, 23, tzinfo=dt.timezone.utc)] * 3,
+                      "model": [MODELS[1]] * 3, "hardware": [HARDWARE[0]] * 3, "precision": ["bf16"] * 3})
+    lk.write("train_steps", extra, "late-file")
+    gone = f"{lake}/latency_samples/model={MODELS[0]}/hardware={HARDWARE[1]}/date={DAY0 + dt.timedelta(days=2)}"
+    shutil.rmtree(gone)
+
+
 def copy_lake(src: str, dst: str) -> str:
     shutil.copytree(src, dst, ignore=shutil.ignore_patterns("cubes", "_tmp"))
     return dst

@@ -3,13 +3,12 @@ full rebuild after appends, rewrites and deletions in the lake."""
 import datetime as dt
 import math
 import os
-import shutil
 
 import duckdb
-import pyarrow as pa
 import pytest
 
-from cube_lake import DAY0, HARDWARE, MODELS, assert_tables_equal, copy_lake, make_lake, serving_tables, write_day
+from cube_lake import (DAY0, HARDWARE, MODELS, assert_tables_equal, copy_lake, make_lake, mutate, serving_tables,
+                       write_day)
 from pipelines import build as build_mod
 from pipelines.build import build
 from warehouse.cli import main
@@ -95,19 +94,6 @@ def test_grouping_levels_and_all_markers(lake, tmp_path):
         assert n == n_raw, level
     # eval and latency share their levels, so every eval row of a checkpoint level has its latency
     assert served(serving, "select count(*) from eval_health where latency_p95_ms is null") == [(0,)]
-
-
-def mutate(lake: str) -> None:
-    """Append a new day, rewrite one partition's file, add a second file to another, delete a third."""
-    lk = Lake(lake)
-    write_day(lk, 3)  # a new date everywhere
-    write_day(lk, 1, seed=9)  # same keys: day 1's files are replaced with different rows
-    extra = pa.table({"run_id": ["late"] * 3, "step": [1, 2, 3], "loss": [1.0, float("nan"), 2.0],
-                      "step_time_ms": [5.0, 6.0, 7.0], "ts": [dt.datetime(2026, 1, 1, 23, tzinfo=dt.timezone.utc)] * 3,
-                      "model": [MODELS[1]] * 3, "hardware": [HARDWARE[0]] * 3, "precision": ["bf16"] * 3})
-    lk.write("train_steps", extra, "late-file")
-    gone = f"{lake}/latency_samples/model={MODELS[0]}/hardware={HARDWARE[1]}/date={DAY0 + dt.timedelta(days=2)}"
-    shutil.rmtree(gone)
 
 
 def test_incremental_build_equals_full_rebuild(lake, tmp_path):
