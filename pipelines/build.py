@@ -29,6 +29,7 @@ import fcntl
 import json
 import os
 import sys
+import threading
 import time
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -251,6 +252,7 @@ def _build(lake_root, serving_path, engine, full, master, conf, store, say, jobs
     outputs: dict[str, pa.Table] = {}  # this build's rows per model (only the recomputed partitions)
     targets_of: dict[str, set[PartitionKey] | None] = {}  # None = everything
     bounds = sketch.bounds_table()
+    raw_scan = threading.Lock()
 
     def run_model(m: Model, upstream: list[Future]) -> None:
         for f in upstream:
@@ -263,7 +265,11 @@ def _build(lake_root, serving_path, engine, full, master, conf, store, say, jobs
         session = eng.session()  # its own temp views: models run side by side
         session.register_arrow(BOUNDS, bounds)
         _register_inputs(session, m, by_name, store, listings, lake_path, targets)
-        out = session.query(m.sql)
+        # In process, two scans of raw rows at once only fight over the same cores and memory
+        # bandwidth (DuckDB parallelizes each one already): they take turns; small models do not.
+        reads_raw = engine_name == "duckdb" and any(s in TABLES for s in m.sources)
+        with raw_scan if reads_raw else contextlib.nullcontext():
+            out = session.query(m.sql)
         result.seconds[f"{m.name}:query"] = time.perf_counter() - t
         result.rows[m.name] = store.write(m, out, targets)
         outputs[m.name] = out
