@@ -14,7 +14,7 @@ from pathlib import Path
 
 import duckdb
 
-from pipelines.engines.duckdb_engine import DISABLED_OPTIMIZERS
+from warehouse.query import DISABLED_OPTIMIZERS
 from pipelines.models import SQL_DIR
 from warehouse import config, query
 

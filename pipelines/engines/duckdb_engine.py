@@ -8,10 +8,9 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 
 from pipelines.engines import normalize
-from warehouse.query import duck_type
+from warehouse.query import DISABLED_OPTIMIZERS, duck_type
 
 _ids = itertools.count()
-DISABLED_OPTIMIZERS = "statistics_propagation"
 
 
 def _lit(s: str) -> str:
