@@ -9,8 +9,8 @@ from warehouse.query import connect, write_rows
 SECTIONS = {
     "Runs trained on this machine, and their latest evaluation": """
         with latest_eval as (
-            select train_run_id, arg_max(checkpoint_step, ts) as checkpoint_step,
-                   arg_max(value, ts) filter (where metric = 'accuracy') as accuracy
+            select train_run_id, max(checkpoint_step) as checkpoint_step,
+                   arg_max(value, checkpoint_step) filter (where metric = 'accuracy') as accuracy
             from eval_results
             where suite = 'quality'
             group by train_run_id
