@@ -45,7 +45,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import yaml
 
-from pipelines import lakefiles, notify, sketch
+from pipelines import lakefiles, models, notify, sketch
 from pipelines.alerts import alert_key, read_alerts, write_alerts
 from pipelines.engines import ENGINES, open_engine
 from pipelines.models import SQL_DIR
@@ -161,22 +161,7 @@ class Rule:
 
 
 def parse_header(text: str) -> dict[str, str]:
-    """The leading ``-- key: value`` lines; a ``--`` line that starts no known key continues the last."""
-    key_line = re.compile(r"^--\s*(" + "|".join(HEADER_KEYS) + r")\s*:\s*(.*)$")
-    header: dict[str, str] = {}
-    key = None
-    for line in text.splitlines():
-        if not line.startswith("--"):
-            break
-        m = key_line.match(line)
-        if m:
-            key = m.group(1)
-            header[key] = m.group(2).strip()
-        elif not line.strip("- ").strip():
-            key = None  # a blank "--" line ends the keys; prose follows
-        elif key is not None:
-            header[key] += " " + line.lstrip("-").strip()
-    return header
+    return models.parse_header(text, HEADER_KEYS)
 
 
 def _names(value: str) -> tuple[str, ...]:

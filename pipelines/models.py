@@ -18,7 +18,6 @@ import sqlglot
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 HEADER_KEYS = ("model", "purpose", "grain", "time column", "partitions", "sources", "serve", "audits")
 AUDIT_KEYS = ("audit", "purpose", "grain", "sources", "tolerance")  # sql/audits/*.sql
-_KEY_LINE = re.compile(r"^--\s*(" + "|".join(re.escape(k) for k in {*HEADER_KEYS, *AUDIT_KEYS}) + r")\s*:\s*(.*)$")
 
 
 @dataclass(frozen=True)
@@ -48,17 +47,23 @@ def to_spark(sql: str) -> str:
                              unsupported_level=sqlglot.ErrorLevel.RAISE)[0]
 
 
-def parse_header(text: str) -> dict[str, str]:
+def parse_header(text: str, keys=(*HEADER_KEYS, *AUDIT_KEYS)) -> dict[str, str]:
+    """The leading ``-- key: value`` lines of a SQL file (sql/cubes, sql/audits, sql/diagnostics). A
+    ``--`` line that starts no known key continues the last; a blank ``--`` line ends the keys (prose
+    follows)."""
+    key_line = re.compile(r"^--\s*(" + "|".join(re.escape(k) for k in keys) + r")\s*:\s*(.*)$")
     header: dict[str, str] = {}
     key = None
     for line in text.splitlines():
         if not line.startswith("--"):
             break
-        m = _KEY_LINE.match(line)
+        m = key_line.match(line)
         if m:
             key = m.group(1)
             header[key] = m.group(2).strip()
-        elif key is not None and line.strip("- ").strip():
+        elif not line.strip("- ").strip():
+            key = None
+        elif key is not None:
             header[key] += " " + line.lstrip("-").strip()
     return header
 
