@@ -93,6 +93,8 @@ def with_incident(kind: str, seed: int) -> dict:
         c["step_time_ms"] = np.where(stall, c["step_time_ms"] * 2, c["step_time_ms"])
     elif kind == "gpu_underutilization":
         c["gpu_util"] = np.where(s >= 300, np.round(35 + (s % 7)), c["gpu_util"])
+    elif kind == "gpu_underutilization_relative":  # 90 % -> 65 %: above min_util, a fifth below its own level
+        c["gpu_util"] = np.where(s >= 600, c["gpu_util"] - 25, c["gpu_util"])
     elif kind == "memory_pressure":
         c["gpu_mem_gb"] = np.where(s >= 400, 78.4 + 0.1 * (s % 3), c["gpu_mem_gb"])
     elif kind != "overfitting":
@@ -136,15 +138,15 @@ def fleet_evals(model: str, hardware: str, days: int = 10, drop_from: int | None
 
 
 def requests(model: str, hardware: str, days: int = 10, slow_from: int | None = None,
-             fail_from: int | None = None, n: int = 200, seed: int = 0) -> pa.Table:
-    """``n`` timed requests a day in fp32 (~20 ms); slow_from: a tenth get 3x slower from that day;
-    fail_from: one in twenty fails from that day."""
+             fail_from: int | None = None, n: int = 200, seed: int = 0, factor: float = 3.0) -> pa.Table:
+    """``n`` timed requests a day in fp32 (~20 ms); slow_from: a tenth get ``factor`` x slower from that
+    day; fail_from: one in twenty fails from that day."""
     rng = np.random.default_rng(seed)
     lat, ok, ts = [], [], []
     for d in range(days):
         x = 20 * rng.lognormal(0, 0.2, n)
         if slow_from is not None and d >= slow_from:
-            x[::10] *= 3
+            x[::10] *= factor
         good = np.ones(n, bool)
         if fail_from is not None and d >= fail_from:
             good[::20] = False
@@ -170,9 +172,18 @@ def daily_runs(model: str, hardware: str, days: int = 10, slow_from: int | None 
     return out
 
 
+CASE_SUFFIXES = ("_sparse", "_growth", "_nan", "_relative")  # variants of a rule's incident
+
+
+def rule_of(case: str) -> str:
+    for suffix in CASE_SUFFIXES:
+        case = case.removesuffix(suffix)
+    return case
+
+
 RUN_CASES = ["divergence", "loss_spike", "loss_spike_sparse", "memory_pressure_sparse", "exploding_gradients", "exploding_gradients_growth", "vanishing_gradients",
              "plateau", "overfitting", "lr_schedule_anomaly", "lr_schedule_anomaly_nan", "throughput_drop",
-             "data_stall", "gpu_underutilization", "memory_pressure"]
+             "data_stall", "gpu_underutilization", "gpu_underutilization_relative", "memory_pressure"]
 FLEET_CASES = ["eval_regression", "latency_slo_breach", "error_rate_breach", "throughput_regression", "precision_gap"]
 
 
@@ -194,6 +205,7 @@ def build_lake(root: str) -> None:
     lake.write("eval_results", pa.concat_tables(evals, promote_options="default"), "evals")
     lake.write("latency_samples", pa.concat_tables([
         requests("m-lat", "hw-bad", slow_from=6), requests("m-lat", "hw-ok"),
+        requests("m-lat95", "hw-bad", slow_from=6, factor=1.8),
         requests("m-err", "hw-bad", fail_from=5), requests("m-err", "hw-ok")]), "requests")
     lake.write("train_steps", pa.concat_tables(daily_runs("m-tput", "hw-bad", slow_from=6) + daily_runs("m-tput", "hw-ok")),
                "daily-runs")
@@ -212,12 +224,12 @@ def alerts(lake_root):
 
 
 def test_every_rule_has_a_case_here():
-    assert {c.removesuffix("_sparse").removesuffix("_growth").removesuffix("_nan") for c in RUN_CASES} | set(FLEET_CASES) == set(load_rules())
+    assert {rule_of(c) for c in RUN_CASES} | set(FLEET_CASES) == set(load_rules())
 
 
 @pytest.mark.parametrize("case", RUN_CASES)
 def test_run_rule_fires_on_its_incident_and_not_on_the_clean_twin(alerts, case):
-    rule = case.removesuffix("_sparse").removesuffix("_growth").removesuffix("_nan")
+    rule = rule_of(case)
     hit = {a["run_id"] for a in alerts if a["rule"] == rule}
     assert f"{case}-bad" in hit, f"{rule} missed {case}-bad"
     assert f"{case}-twin" not in hit, f"{rule} fired on the clean twin"
@@ -227,7 +239,7 @@ def test_no_run_rule_fires_on_any_clean_twin(alerts):
     assert [(a["rule"], a["run_id"]) for a in alerts if a["run_id"] and a["run_id"].endswith("-twin")] == []
     # a run carries the alerts of its own incident only (a data stall is not also a straggler, etc.)
     crossed = [(a["rule"], a["run_id"]) for a in alerts if a["run_id"] and a["run_id"].endswith("-bad")
-               and a["run_id"].removesuffix("-bad").removesuffix("_sparse").removesuffix("_growth").removesuffix("_nan") != a["rule"]]
+               and rule_of(a["run_id"].removesuffix("-bad")) != a["rule"]]
     assert crossed == []
 
 
@@ -237,8 +249,9 @@ def test_fleet_rule_fires_on_the_bad_pair_only(alerts, rule):
     assert pairs == {"hw-bad"}, (rule, pairs)
 
 
-def _one(alerts, rule, run_id=None):
-    found = [a for a in alerts if a["rule"] == rule and (run_id is None or a["run_id"] == run_id)]
+def _one(alerts, rule, run_id=None, model=None):
+    found = [a for a in alerts if a["rule"] == rule and (run_id is None or a["run_id"] == run_id)
+             and (model is None or a["model"] == model)]
     assert len(found) == 1, found
     return found[0]
 
@@ -263,6 +276,9 @@ def test_alert_details_say_where_and_what(alerts):
     stall = _one(alerts, "data_stall", "data_stall-bad")
     assert stall["step_start"] == 800 and stall["observed"] == pytest.approx(0.5, abs=0.01)
     assert _one(alerts, "gpu_underutilization", "gpu_underutilization-bad")["step_start"] == 300
+    fell = _one(alerts, "gpu_underutilization", "gpu_underutilization_relative-bad")  # 90 % -> 65 % at step 600
+    assert fell["step_start"] == 600 and fell["observed"] == pytest.approx(65, abs=1)
+    assert fell["expected"] == pytest.approx(0.8 * 90, abs=1) and "earlier blocks (90 %)" in fell["baseline"]
     mem = _one(alerts, "memory_pressure", "memory_pressure-bad")
     assert mem["step_start"] == 400 and mem["severity"] == "warning"  # 98 %: below critical_mem_share 0.99
     over = _one(alerts, "overfitting", "overfitting-bad")
@@ -286,13 +302,22 @@ def test_fleet_alert_details(alerts):
 
 def test_latency_percentiles_are_those_of_the_sketch(alerts):
     """observed p95/p99 is the log-bucket sketch's percentile of that day's requests, not an estimate."""
-    lat = _one(alerts, "latency_slo_breach")
+    lat = _one(alerts, "latency_slo_breach", model="m-lat")
     day = lat["start_at"].date()
     assert day == (DAY0 + dt.timedelta(days=6)).date()
     t = requests("m-lat", "hw-bad", slow_from=6)
     values = [v for v, ts in zip(t.column("latency_ms").to_pylist(), t.column("ts").to_pylist()) if ts.date() == day]
     p = 0.95 if lat["metric"] == "p95_ms" else 0.99
     assert lat["observed"] == sketch.quantile(sketch.buckets_of(values), p)
+
+
+def test_latency_p95_has_its_own_ratio(alerts):
+    """A tenth of requests 1.8x slower lifts p95 ~1.35x, p99 only ~1.46x (below max_ratio_p99 1.5 on
+    every day): the steadier p95, held to max_ratio_p95 1.25, catches it from its first day."""
+    lat = _one(alerts, "latency_slo_breach", model="m-lat95")
+    assert lat["start_at"].date() == (DAY0 + dt.timedelta(days=6)).date() and lat["metric"] == "p95_ms"
+    assert lat["baseline"] == "max_ratio_p95 x median of the previous 7 days"
+    assert 1.25 < lat["observed"] / (lat["expected"] / 1.25) < 1.5
 
 
 def _overlay(tmp_path, text: dict) -> str:
