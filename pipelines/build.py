@@ -249,10 +249,11 @@ def _build(lake_root, serving_path, engine, full, master, conf, store, say, jobs
 
     eng = open_engine(engine, master=master, conf=conf,
                       filesystem=None if "://" not in lake_root else lake_fs) if own_engine else engine
-    outputs: dict[str, pa.Table] = {}  # this build's rows per model (only the recomputed partitions)
-    targets_of: dict[str, set[PartitionKey] | None] = {}  # None = everything
+    built: set[str] = set()  # the models this build recomputed (some partitions or all)
     bounds = sketch.bounds_table()
     raw_scan = threading.Lock()
+    # The next serving file is written while the models run: each served model as soon as it is built.
+    publisher = serving.Publisher(serving_path, models, store, full, result.build_id, old.get("build_id"))
 
     def run_model(m: Model, upstream: list[Future]) -> None:
         for f in upstream:
@@ -272,8 +273,8 @@ def _build(lake_root, serving_path, engine, full, master, conf, store, say, jobs
             out = session.query(m.sql)
         result.seconds[f"{m.name}:query"] = time.perf_counter() - t
         result.rows[m.name] = store.write(m, out, targets)
-        outputs[m.name] = out
-        targets_of[m.name] = targets
+        built.add(m.name)
+        publisher.add(m, out, targets)
         written = set(split_partitions(out, m.partitions)) if m.partitions else {()}
         changed[m.name] = written | (targets or set())
         result.rebuilt[m.name] = len(changed[m.name]) if m.partitions else 1
@@ -294,19 +295,20 @@ def _build(lake_root, serving_path, engine, full, master, conf, store, say, jobs
                 futures[m.name] = pool.submit(run_model, m, [futures[s] for s in m.sources if s in futures])
             for f in futures.values():
                 f.result()
+    except BaseException:
+        publisher.abort()
+        raise
     finally:
         if own_engine:
             eng.close()
 
-    # 3. Publish: a new serving file beside the live one, swapped in atomically.
+    # 3. Publish: the new serving file (already holding the served models) is completed and swapped in.
     t = time.perf_counter()
     result.serving_path = serving_path
-    result.serving_mode = serving.publish(
-        serving_path, models, store, outputs, targets_of, full=full, build_id=result.build_id,
-        previous_build_id=old.get("build_id"), info={
-            "engine": engine_name, "full": full,
-            "built_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "lake": lake_root})
+    result.serving_mode = publisher.finish(built, info={
+        "engine": engine_name, "full": full,
+        "built_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "lake": lake_root})
     result.seconds["serve"] = time.perf_counter() - t
     if result.serving_mode == "unchanged":  # nothing was rebuilt: the live build stays current
         result.build_id = old["build_id"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 
 import duckdb
 import pyarrow as pa
@@ -38,46 +39,109 @@ def live_build_id(serving_path: str) -> str | None:
         con.close()
 
 
-def publish(serving_path: str, models, store, outputs: dict[str, pa.Table], targets_of: dict,
-            full: bool, build_id: str, previous_build_id: str | None, info: dict) -> str:
-    """Bring the serving file up to date and swap it in. Returns 'fresh', 'patched' or 'unchanged'."""
-    served = [m for m in models if m.serve]
-    live_id = live_build_id(serving_path)
-    patchable = not full and live_id is not None and live_id == previous_build_id
-    if patchable and not any(m.name in outputs for m in served):
-        return "unchanged"
-    os.makedirs(os.path.dirname(os.path.abspath(serving_path)), exist_ok=True)
-    tmp = f"{serving_path}.{build_id}.tmp"
-    if patchable:
-        shutil.copyfile(serving_path, tmp)
-    elif os.path.exists(tmp):
-        os.unlink(tmp)
-    con = duckdb.connect(tmp)
-    try:
-        con.execute("set TimeZone = 'UTC'")
-        for m in served:
-            if patchable:
-                if m.name in outputs:
-                    _patch(con, m, outputs[m.name], targets_of.get(m.name))
-            else:
-                data = outputs[m.name] if full and m.name in outputs else store.read(m)
-                _replace(con, m.name, data)
-        for view, members in _views(served).items():
+class Publisher:
+    """Writes the next serving file while the build runs: ``add`` hands over each served model's rows as
+    soon as the model is built, and one writer thread loads them into ``<serving>.<build>.tmp`` while
+    the next models compute (DuckDB writes a table mostly on one core; the build's queries rarely fill
+    both). ``finish`` loads what is left (views, bounds, build info), checkpoints and swaps the file in.
+    Returns 'fresh', 'patched' or 'unchanged' (nothing served was rebuilt: no file is written)."""
+
+    def __init__(self, serving_path: str, models, store, full: bool, build_id: str,
+                 previous_build_id: str | None):
+        self.path, self.store, self.full, self.build_id = serving_path, store, full, build_id
+        self.served = [m for m in models if m.serve]
+        live_id = live_build_id(serving_path)
+        self.patchable = not full and live_id is not None and live_id == previous_build_id
+        self.tmp = f"{serving_path}.{build_id}.tmp"
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mhw-serve")
+        self._con: duckdb.DuckDBPyConnection | None = None
+        self._pending: list = []
+        self._loaded: set[str] = set()
+
+    def _open(self) -> duckdb.DuckDBPyConnection:  # on the writer thread
+        if self._con is None:
+            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+            if self.patchable:
+                shutil.copyfile(self.path, self.tmp)
+            elif os.path.exists(self.tmp):
+                os.unlink(self.tmp)
+            self._con = duckdb.connect(self.tmp)
+            self._con.execute("set TimeZone = 'UTC'")
+        return self._con
+
+    def _load(self, m, data: pa.Table, targets) -> None:
+        con = self._open()
+        if self.patchable:
+            _patch(con, m, data, targets)
+        else:
+            _replace(con, m.name, data)
+        self._loaded.add(m.name)
+
+    def add(self, m, data: pa.Table, targets) -> None:
+        """Model ``m`` was rebuilt: ``data`` are its rows of the ``targets`` partitions (None = all)."""
+        if not m.serve:
+            return
+        if not self.full and not self.patchable:  # a fresh file from partial outputs: read whole at finish
+            return
+        self._pending.append(self._pool.submit(self._load, m, data, targets))
+
+    def finish(self, rebuilt: set[str], info: dict) -> str:
+        try:
+            for f in self._pending:
+                f.result()
+            if self.patchable and not any(m.name in rebuilt for m in self.served):
+                return "unchanged"
+            return self._pool.submit(self._finish, info).result()
+        except BaseException:
+            self.abort()
+            raise
+        finally:
+            self._pool.shutdown()
+
+    def _finish(self, info: dict) -> str:
+        con = self._open()
+        for m in self.served:
+            if m.name not in self._loaded and not self.patchable:
+                _replace(con, m.name, self.store.read(m))
+        for view, members in _views(self.served).items():
             union = " union all ".join(f"select * from {_q(n)}" for n in members)
             con.execute(f"create or replace view {_q(view)} as {union}")
         _replace(con, "sketch_bounds", sketch.bounds_table())
         _replace(con, BUILD_INFO, pa.table({
-            "build_id": [build_id], "info": [json.dumps(info)],
-            "served": [json.dumps(sorted(_views(served)))]}))
+            "build_id": [self.build_id], "info": [json.dumps(info)],
+            "served": [json.dumps(sorted(_views(self.served)))]}))
         con.execute("checkpoint")
-    except BaseException:
         con.close()
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    con.close()
-    os.replace(tmp, serving_path)
-    return "patched" if patchable else "fresh"
+        self._con = None
+        os.replace(self.tmp, self.path)
+        return "patched" if self.patchable else "fresh"
+
+    def abort(self) -> None:
+        """Drop the half-written file (the live one is untouched)."""
+        for f in self._pending:
+            f.cancel()
+        def close():
+            if self._con is not None:
+                self._con.close()
+                self._con = None
+            if os.path.exists(self.tmp):
+                os.unlink(self.tmp)
+        try:
+            self._pool.submit(close).result()
+        except RuntimeError:  # pool already shut down
+            close()
+        self._pool.shutdown(wait=False)
+
+
+def publish(serving_path: str, models, store, outputs: dict[str, pa.Table], targets_of: dict,
+            full: bool, build_id: str, previous_build_id: str | None, info: dict) -> str:
+    """Bring the serving file up to date and swap it in, in one go (``Publisher`` for a running build).
+    Returns 'fresh', 'patched' or 'unchanged'."""
+    pub = Publisher(serving_path, models, store, full, build_id, previous_build_id)
+    for m in models:
+        if m.name in outputs:
+            pub.add(m, outputs[m.name], targets_of.get(m.name))
+    return pub.finish(set(outputs), info)
 
 
 def _views(served) -> dict[str, list[str]]:

@@ -73,6 +73,36 @@ def test_a_reader_holding_the_old_file_finishes_on_it(tmp_path):
     assert after[0][0] > before[0][0]
 
 
+def test_a_failed_build_leaves_the_live_file_and_no_temp_file(tmp_path):
+    """Served models are loaded into the next file while later models still run: when one of those
+    fails, the half-written file is dropped and readers keep the last good build."""
+    import glob
+    import shutil
+    from pathlib import Path
+
+    import pytest
+
+    lake = make_lake(str(tmp_path / "lake"))
+    serving = str(tmp_path / "serving.duckdb")
+    build(lake, serving)
+    con = query.connect(lake, serving)
+    before = con.execute("select build_id, (select n_steps from train_health where agg_level = 'total') "
+                         "from build_info").fetchall()
+    con.close()
+    sql = tmp_path / "sql"
+    shutil.copytree(Path(__file__).resolve().parents[2] / "sql", sql)
+    window = sql / "cubes" / "train_health_window.sql"  # runs after served daily models were loaded
+    window.write_text(window.read_text().replace("from train_health_daily", "from no_such_table", 1))
+    write_day(Lake(lake), 3)
+    with pytest.raises(Exception, match="no_such_table"):
+        build(lake, serving, sql_dir=str(sql))
+    assert glob.glob(f"{serving}.*.tmp") == []
+    con = query.connect(lake, serving)
+    assert con.execute("select build_id, (select n_steps from train_health where agg_level = 'total') "
+                       "from build_info").fetchall() == before
+    con.close()
+
+
 def test_query_cli_reads_the_cubes(tmp_path, capsys):
     from warehouse.cli import main
     lake = copy_lake(make_lake(str(tmp_path / "src")), str(tmp_path / "lake"))
