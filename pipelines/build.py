@@ -28,11 +28,11 @@ import datetime as dt
 import fcntl
 import json
 import os
+import queue
 import sys
-import threading
 import time
 import uuid
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -251,26 +251,23 @@ def _build(lake_root, serving_path, engine, full, master, conf, store, say, jobs
                       filesystem=None if "://" not in lake_root else lake_fs) if own_engine else engine
     built: set[str] = set()  # the models this build recomputed (some partitions or all)
     bounds = sketch.bounds_table()
-    raw_scan = threading.Lock()
     # The next serving file is written while the models run: each served model as soon as it is built.
     publisher = serving.Publisher(serving_path, models, store, full, result.build_id, old.get("build_id"))
 
-    def run_model(m: Model, upstream: list[Future]) -> None:
-        for f in upstream:
-            f.result()  # an upstream failure fails this model too
+    def run_model(m: Model, release) -> None:
         t = time.perf_counter()
         targets = None if full else _targets(m, by_name, changed)
         if targets is not None and not targets:
             changed[m.name] = set()
+            release()
             return
         session = eng.session()  # its own temp views: models run side by side
         session.register_arrow(BOUNDS, bounds)
         _register_inputs(session, m, by_name, store, listings, lake_path, targets)
-        # In process, two scans of raw rows at once only fight over the same cores and memory
-        # bandwidth (DuckDB parallelizes each one already): they take turns; small models do not.
-        reads_raw = engine_name == "duckdb" and any(s in TABLES for s in m.sources)
-        with raw_scan if reads_raw else contextlib.nullcontext():
+        try:
             out = session.query(m.sql)
+        finally:
+            release()  # the next model reading raw rows may start while this one writes
         result.seconds[f"{m.name}:query"] = time.perf_counter() - t
         result.rows[m.name] = store.write(m, out, targets)
         built.add(m.name)
@@ -285,16 +282,15 @@ def _build(lake_root, serving_path, engine, full, master, conf, store, say, jobs
     try:
         # 2. Every model after the models it reads, over only what its inputs changed. Independent
         # models run side by side (`jobs`): Spark fills its executors with several small queries.
-        # Submitted in dependency order, so a waiting model's upstream is always running or done.
         if not jobs:  # DuckDB: one query already uses every core; Spark: keep the executors busy
             local = getattr(eng, "local_cores", None)
             jobs = 3 if engine_name == "duckdb" else max(2, local) if local else 4
-        with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="mhw-build") as pool:
-            futures: dict[str, Future] = {}
-            for m in models:
-                futures[m.name] = pool.submit(run_model, m, [futures[s] for s in m.sources if s in futures])
-            for f in futures.values():
-                f.result()
+        # In process, two scans of raw rows at once only fight over the same cores and memory
+        # bandwidth (DuckDB parallelizes each one already): the models reading raw rows take turns,
+        # biggest first, while the small rollups run beside them.
+        raw_readers = {m.name for m in models if any(s in TABLES for s in m.sources)} \
+            if engine_name == "duckdb" else set()
+        _run_dag(models, run_model, jobs, _priority(models, listings), raw_readers)
     except BaseException:
         publisher.abort()
         raise
@@ -317,6 +313,67 @@ def _build(lake_root, serving_path, engine, full, master, conf, store, say, jobs
                          "engine": engine_name, "sources": prints})
     result.seconds["total"] = time.perf_counter() - t_start
     return result
+
+
+def _priority(models: list[Model], listings: dict) -> dict[str, tuple]:
+    """Start order among ready models: models that others read before models nobody reads (their
+    rollups then run beside the next scans instead of after the last one), and within each, the ones
+    reading the most raw bytes first; then file order."""
+    size = {t: sum(f.size for fs_ in parts.values() for f in fs_) for t, parts in listings.items()}
+    read = {s for m in models for s in m.sources}
+    return {m.name: (m.name not in read, -sum(size.get(s, 0) for s in m.sources)) for m in models}
+
+
+def _run_dag(models: list[Model], run, jobs: int, priority: dict[str, tuple],
+             one_at_a_time: set[str] = frozenset()) -> None:
+    """Run ``run(model, release)`` for every model after the models it reads, ``jobs`` at a time,
+    starting ready models by ``priority`` (lowest first). Of the ``one_at_a_time`` models, one holds
+    the turn until it calls ``release()`` (after its query: its writes overlap the next one's query).
+    A model is submitted only once it can run, so no worker sits waiting; the first failure stops new
+    submissions and is raised once the running models finish."""
+    names = {m.name for m in models}
+    upstream = {m.name: {s for s in m.sources if s in names} for m in models}
+    order = {m.name: i for i, m in enumerate(models)}
+    by_name = {m.name: m for m in models}
+    events: queue.SimpleQueue = queue.SimpleQueue()
+    done: set[str] = set()
+    waiting, running, turn, failure = set(names), 0, None, None
+
+    def task(name: str) -> None:
+        try:
+            run(by_name[name], lambda: events.put(("released", name, None)))
+        except BaseException as e:  # noqa: BLE001 - handed to the scheduling thread
+            events.put(("failed", name, e))
+        else:
+            events.put(("done", name, None))
+
+    with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="mhw-build") as pool:
+        while running or (waiting and failure is None):
+            if failure is None:
+                ready = sorted((n for n in waiting if upstream[n] <= done), key=lambda n: (priority[n], order[n]))
+                for n in ready:
+                    if running >= jobs:
+                        break
+                    if n in one_at_a_time:
+                        if turn is not None:
+                            continue
+                        turn = n
+                    waiting.discard(n)
+                    running += 1
+                    pool.submit(task, n)
+                if not running:
+                    raise RuntimeError(f"models wait on each other: {sorted(waiting)}")
+            kind, name, error = events.get()
+            if kind == "released" or turn == name:
+                turn = None if turn == name else turn
+            if kind == "done":
+                running -= 1
+                done.add(name)
+            elif kind == "failed":
+                running -= 1
+                failure = failure or error
+    if failure is not None:
+        raise failure
 
 
 def _targets(m: Model, by_name: dict[str, Model], changed: dict[str, set]) -> set[PartitionKey] | None:

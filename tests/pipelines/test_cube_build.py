@@ -178,3 +178,59 @@ def test_concurrent_builds_take_turns(lake, tmp_path):
         t.join()
     assert errors == []
     assert main(["audit", "--lake", lake, "--serving", serving]) == 0
+
+
+def _dag(edges: dict[str, tuple[str, ...]]):
+    from pathlib import Path
+
+    from pipelines.models import Model
+    return [Model(n, Path(f"{n}.sql"), "", {}, (), srcs, None) for n, srcs in edges.items()]
+
+
+def test_scheduler_runs_inputs_first_and_raw_readers_one_at_a_time():
+    import threading
+    import time
+
+    models = _dag({"raw_a": ("train_steps",), "raw_b": ("latency_samples",), "raw_c": ("eval_results",),
+                   "a_daily": ("raw_a",), "a_window": ("a_daily",), "b_daily": ("raw_b",)})
+    lock, log, active, overlap = threading.Lock(), [], set(), []
+
+    def run(m, release):
+        with lock:
+            if m.name.startswith("raw") and any(a.startswith("raw") for a in active):
+                overlap.append(m.name)
+            active.add(m.name)
+            log.append(("start", m.name))
+        time.sleep(0.02)
+        with lock:
+            active.discard(m.name)  # the query is over: the next raw reader may start
+        release()
+        time.sleep(0.02)  # writing its output
+        with lock:
+            log.append(("end", m.name))
+
+    raw = {"raw_a", "raw_b", "raw_c"}
+    build_mod._run_dag(models, run, 3, {m.name: (m.name == "raw_c", 0) for m in models}, raw)
+    ends = [n for k, n in log if k == "end"]
+    starts = [n for k, n in log if k == "start"]
+    assert sorted(starts) == sorted(m.name for m in models) and overlap == []
+    for m in models:
+        for s in m.sources:
+            if s in starts:
+                assert ends.index(s) < starts.index(m.name), (s, m.name, log)
+    assert [n for n in starts if n in raw][-1] == "raw_c"  # priority: the one nobody reads goes last
+
+
+def test_scheduler_raises_the_first_failure_and_starts_nothing_after_it():
+    models = _dag({"raw_a": ("train_steps",), "a_daily": ("raw_a",), "other": ()})
+    started = []
+
+    def run(m, release):
+        started.append(m.name)
+        release()
+        if m.name == "raw_a":
+            raise ValueError("bad partition")
+
+    with pytest.raises(ValueError, match="bad partition"):
+        build_mod._run_dag(models, run, 1, {m.name: (0,) for m in models}, {"raw_a"})
+    assert "a_daily" not in started
