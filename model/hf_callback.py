@@ -14,11 +14,14 @@ As in HF's own integrations: every hook is a no-op except on the world's process
 created lazily at ``on_train_begin``, and rows are flushed at each save and at the end. Set
 ``logging_steps=1`` for a row per step, and ``logging_nan_inf_filter=False`` so that a NaN/inf loss
 reaches the lake as NaN/inf instead of being replaced by the window's mean: divergence is data here.
-A crash inside ``Trainer.train`` calls no callback; such a run keeps status 'running' with its rows up
-to the last flush (``mhw train`` marks its own crashes 'failed').
+A crash inside ``Trainer.train`` calls no callback: the callback leaves an exit hook instead, so when
+the process ends without ``on_train_end`` (an uncaught exception, sys.exit, Ctrl-C) the run is marked
+'failed' at its last logged step and its buffered rows are flushed. A process killed outright
+(SIGKILL, OOM killer) runs no hook and keeps status 'running' with its rows up to the last flush.
 """
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import math
@@ -44,6 +47,7 @@ class MHWCallback(TrainerCallback):
         self._t_step = None
         self._step_s = None
         self._last_loss = None
+        self._last_step = 0
 
     # -- helpers -------------------------------------------------------------------------------------
 
@@ -81,6 +85,19 @@ class MHWCallback(TrainerCallback):
             config_hash=hashlib.sha256(json.dumps(json.loads(args_json), sort_keys=True).encode()).hexdigest()[:16],
             code_version=hardware.code_version(), started_at=utcnow(), ended_at=None, status="running",
             source="hf-trainer", steps=state.global_step, config_json=args_json)
+        self._last_step = state.global_step
+        atexit.register(self._ended_without_train_end)
+
+    def _ended_without_train_end(self):
+        """Exit hook: training did not reach on_train_end (it raised, or the process was stopped)."""
+        if self.telemetry is None:
+            return
+        try:
+            self.telemetry.write_run(ended_at=utcnow(), status="failed", steps=self._last_step,
+                                     final_loss=self._last_loss)
+        finally:
+            self.telemetry.close()
+            self.telemetry = None
 
     def on_step_begin(self, args, state, control, **kwargs):
         self._t_step = time.perf_counter()
@@ -93,6 +110,7 @@ class MHWCallback(TrainerCallback):
         if not state.is_world_process_zero or self.telemetry is None or not logs:
             return
         step = state.global_step
+        self._last_step = step
         if "loss" in logs:
             loss = float(logs["loss"])
             self._last_loss = loss
@@ -117,6 +135,7 @@ class MHWCallback(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         if not state.is_world_process_zero or self.telemetry is None:
             return
+        atexit.unregister(self._ended_without_train_end)
         final = self._last_loss
         status = "diverged" if final is not None and not math.isfinite(final) else "completed"
         try:

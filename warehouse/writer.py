@@ -303,11 +303,14 @@ class BufferedWriter:
         if not rows:
             return
         key = f"{self.prefix}-b{block:09d}"
-        if self._pool is None:
-            self._write(key, rows)
-        else:
-            self._pending.append(self._pool.submit(self._write, key, rows))
-            self._pending = [f for f in self._pending if not f.done() or f.exception()]
+        if self._pool is not None:
+            try:
+                self._pending.append(self._pool.submit(self._write, key, rows))
+                self._pending = [f for f in self._pending if not f.done() or f.exception()]
+                return
+            except RuntimeError:  # the interpreter is exiting (an exit hook's last flush): write here
+                pass
+        self._write(key, rows)
 
     def _write(self, key: str, rows: list[dict]) -> None:
         data = pa.Table.from_pylist(rows, schema=_present(self.schema, rows))

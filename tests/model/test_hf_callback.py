@@ -67,3 +67,46 @@ def test_trainer_with_the_callback_writes_runs_steps_and_eval_rows(tmp_path, lak
         ("train", "hf-trainer", "completed", 5, "gpt2", "fp32", "arithmetic", 0)
     assert n_params > 10_000 and final == pytest.approx(steps[-1][1])
     assert con.execute("select count(*) from system_samples where run_id = 'hf-run'").fetchone()[0] >= 2
+
+
+CRASHING_SCRIPT = """
+import sys
+sys.path[:0] = [{repo!r}, {tests!r}]
+from pathlib import Path
+from transformers import TrainerCallback
+from model.hf_callback import MHWCallback
+from test_hf_callback import run_trainer
+
+
+class Boom(TrainerCallback):
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == 3:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+
+import test_hf_callback
+from transformers import Trainer
+real_init = Trainer.__init__
+def init(self, *a, callbacks=None, **k):
+    real_init(self, *a, callbacks=list(callbacks) + [Boom()], **k)
+Trainer.__init__ = init
+run_trainer(Path({tmp!r}), {lake!r}, MHWCallback(lake_root={lake!r}, model_slug="hf-gpt2-tiny", run_id="hf-crash",
+                                                  system_interval_s=0.05))
+"""
+
+
+def test_a_crashed_trainer_run_is_marked_failed_at_its_last_step(tmp_path, lake_root):
+    """Trainer calls no callback on a crash: the exit hook marks the run 'failed' and flushes its rows."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tests = str(Path(__file__).resolve().parent)
+    script = CRASHING_SCRIPT.format(repo=str(Path(tests).parents[1]), tests=tests, tmp=str(tmp_path), lake=lake_root)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0 and "illegal memory access" in proc.stderr, proc.stderr[-2000:]
+    con = connect(lake_root=lake_root, serving_path="")
+    assert con.execute("select status, steps, ended_at is not null from runs where run_id = 'hf-crash'").fetchall() \
+        == [("failed", 2, True)]
+    assert [s for s, in con.execute("select step from train_steps where run_id = 'hf-crash' order by step").fetchall()] \
+        == [1, 2]
