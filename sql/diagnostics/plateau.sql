@@ -1,24 +1,38 @@
 -- rule: plateau
--- purpose: a training run whose loss has stopped improving for a window that scales with its stage:
---   the LR may be too low (or too high to settle), the data exhausted, or it is time to stop early.
+-- purpose: a training run whose loss has stopped improving, or abruptly slowed to a fraction of its own
+--   earlier pace, over a window that scales with its stage: the LR may be too low (or too high to
+--   settle), the data exhausted, or it is time to stop early.
 -- grain: one row per training run with at least one plateaued block; the range runs from the start of
 --   the first flat window to the last block judged flat.
 -- scope: run (recomputed for the runs whose train_steps changed)
 -- subject: run_id
 -- sources: train_steps, diagnose_runs
 -- params: block_steps int >= 2; window_frac float > 0 <= 1; min_window_steps int >= 1;
---   min_rel_improvement float >= 0; min_step int >= 0; min_window_blocks int >= 2;
---   min_block_points int >= 1
--- audits: tests/pipelines/test_diagnose_rules.py (fires on a flat tail, quiet on a power-law twin)
+--   min_rel_improvement float >= 0; pace_window_frac float > 0 < 1; min_pace float > 0 < 1;
+--   pace_z float >= 0; min_step int >= 0; min_window_blocks int >= 3; min_block_points int >= 1
+-- audits: tests/pipelines/test_diagnose_rules.py (fires on a flat tail and on a tail slowed to a fifth
+--   of its pace, quiet on a power-law twin)
 --
--- Per block of block_steps: the median finite loss (robust to spikes). At the end e of each block,
--- the window is the last max(min_window_steps, window_frac · e) steps: a power-law loss curve improves
--- by a roughly constant share of its excess loss over such a window at every stage, so one threshold
--- serves early and late training. The improvement over the window is the least-squares trend of the
--- window's block medians (regr_slope) times the window's length, relative to their mean: a trend
--- uses every block, where comparing two minima is biased by how many blocks each side has. The
--- block is flat when that improvement is below min_rel_improvement. Blocks ending before min_step
--- are not judged (warmup, fast start).
+-- Per block of block_steps: the median finite loss (robust to spikes). At the end E of each block two
+-- tests look back; the block is flat when either holds. Blocks ending before min_step are not judged
+-- (warmup, fast start).
+--
+-- Flat: the window is the last max(min_window_steps, window_frac · E) steps. A power-law loss curve
+-- improves by a roughly constant share of its excess loss over such a window at every stage, so one
+-- threshold serves early and late training. The improvement over the window is the least-squares
+-- trend of the window's block medians (regr_slope) times the window's length, relative to their mean:
+-- a trend uses every block, where comparing two minima is biased by how many blocks each side has.
+-- Flat when that improvement is below min_rel_improvement.
+--
+-- Slowed: a loss near its floor improves by a small share of its level even when healthy, so the first
+-- test cannot see a run that still creeps down at a fraction of its pace. The second compares the run
+-- with itself: the improvement over the last max(min_window_steps, pace_window_frac · E) steps, [S, E),
+-- against the improvement over the same window scaled back by S / E, [S² / E, S). A power law
+-- L = f + A·t^-a keeps exactly (S / E)^a of its improvement from the earlier window to the later one,
+-- whatever its floor f and scale A: 0.5^a at pace_window_frac 0.5, 0.73 at a = 0.45, 0.6 at a = 0.74.
+-- Slowed when the later improvement falls short of min_pace times the earlier one by more than pace_z
+-- standard errors of the two trends (each from the residual scatter of its block medians about its
+-- line, which a curved window only inflates), so loss noise alone never makes a run look slowed.
 -- Blocks hold block_steps logged steps: block_steps times the run's logging interval (a run that logs
 -- every 10th step gets blocks of 10 x block_steps steps), so sparse logs still fill them.
 
@@ -77,9 +91,17 @@ blocks as (
 windows as (
     select
         *,
-        last_step + 1 - greatest({{ min_window_steps }}, {{ window_frac }} * (last_step + 1)) as window_start
+        last_step + 1 - greatest({{ min_window_steps }}, {{ window_frac }} * (last_step + 1)) as window_start,
+        last_step + 1 - greatest({{ min_window_steps }}, {{ pace_window_frac }} * (last_step + 1)) as pace_start
     from blocks
     where last_step + 1 >= {{ min_step }}
+),
+
+scaled as (
+    select
+        *,
+        pace_start * pace_start / (last_step + 1) as pace_prev_start
+    from windows
 ),
 
 fitted as (
@@ -92,27 +114,105 @@ fitted as (
         cur.last_step,
         cur.last_ts,
         cur.window_start,
-        count(*) as n_blocks,
-        avg(prev.loss_median) as mean_loss,
-        regr_slope(prev.loss_median, prev.mid_step - cur.window_start) as slope,
-        min(prev.first_step) as flat_from_step,
-        min(prev.first_ts) as flat_from_ts
-    from windows as cur
+        cur.pace_start,
+        cur.pace_prev_start,
+        -- the flat test's window
+        count(*) filter (where prev.first_step >= cur.window_start) as n_blocks,
+        avg(prev.loss_median) filter (where prev.first_step >= cur.window_start) as mean_loss,
+        regr_slope(prev.loss_median, prev.mid_step - cur.window_start)
+            filter (where prev.first_step >= cur.window_start) as slope,
+        min(prev.first_step) filter (where prev.first_step >= cur.window_start) as flat_from_step,
+        min(prev.first_ts) filter (where prev.first_step >= cur.window_start) as flat_from_ts,
+        -- the slowed test's later window [S, E) ...
+        count(*) filter (where prev.first_step >= cur.pace_start) as n_pace,
+        avg(prev.loss_median) filter (where prev.first_step >= cur.pace_start) as mean_pace_loss,
+        regr_slope(prev.loss_median, prev.mid_step - cur.pace_start)
+            filter (where prev.first_step >= cur.pace_start) as slope_pace,
+        regr_sxx(prev.loss_median, prev.mid_step - cur.pace_start)
+            filter (where prev.first_step >= cur.pace_start) as sxx_pace,
+        regr_syy(prev.loss_median, prev.mid_step - cur.pace_start)
+            filter (where prev.first_step >= cur.pace_start) as syy_pace,
+        regr_sxy(prev.loss_median, prev.mid_step - cur.pace_start)
+            filter (where prev.first_step >= cur.pace_start) as sxy_pace,
+        min(prev.first_step) filter (where prev.first_step >= cur.pace_start) as pace_from_step,
+        min(prev.first_ts) filter (where prev.first_step >= cur.pace_start) as pace_from_ts,
+        -- ... and its earlier window [S^2 / E, S)
+        count(*) filter (where prev.first_step >= cur.pace_prev_start and prev.first_step < cur.pace_start)
+            as n_before,
+        regr_slope(prev.loss_median, prev.mid_step - cur.pace_prev_start)
+            filter (where prev.first_step >= cur.pace_prev_start and prev.first_step < cur.pace_start)
+            as slope_before,
+        regr_sxx(prev.loss_median, prev.mid_step - cur.pace_prev_start)
+            filter (where prev.first_step >= cur.pace_prev_start and prev.first_step < cur.pace_start)
+            as sxx_before,
+        regr_syy(prev.loss_median, prev.mid_step - cur.pace_prev_start)
+            filter (where prev.first_step >= cur.pace_prev_start and prev.first_step < cur.pace_start)
+            as syy_before,
+        regr_sxy(prev.loss_median, prev.mid_step - cur.pace_prev_start)
+            filter (where prev.first_step >= cur.pace_prev_start and prev.first_step < cur.pace_start)
+            as sxy_before
+    from scaled as cur
     inner join blocks as prev
         on prev.run_id = cur.run_id
         and prev.block <= cur.block
-        and prev.first_step >= cur.window_start
+        and prev.first_step >= least(cur.window_start, cur.pace_prev_start)
     group by cur.model, cur.hardware, cur.precision, cur.run_id, cur.block, cur.last_step, cur.last_ts,
-        cur.window_start
+        cur.window_start, cur.pace_start, cur.pace_prev_start
+),
+
+improvements as (
+    select
+        *,
+        -slope * (last_step + 1 - window_start) as improvement,
+        -slope_pace * (last_step + 1 - pace_start) as pace_improvement,
+        -slope_before * (pace_start - pace_prev_start) as before_improvement,
+        -- standard error of a trend times its window: residual variance / sxx, the residual variance
+        -- being (syy - sxy^2 / sxx) / (n - 2)
+        sqrt(greatest(syy_pace - sxy_pace * sxy_pace / nullif(sxx_pace, 0), 0) / nullif(n_pace - 2, 0)
+            / nullif(sxx_pace, 0))
+            * (last_step + 1 - pace_start) as pace_se,
+        sqrt(greatest(syy_before - sxy_before * sxy_before / nullif(sxx_before, 0), 0) / nullif(n_before - 2, 0)
+            / nullif(sxx_before, 0))
+            * (pace_start - pace_prev_start) as before_se
+    from fitted
+    where n_blocks >= {{ min_window_blocks }}
+),
+
+judged as (
+    select
+        *,
+        improvement < {{ min_rel_improvement }} * abs(mean_loss) as is_flat,
+        coalesce(n_pace >= {{ min_window_blocks }}
+            and n_before >= {{ min_window_blocks }}
+            and before_improvement > 0
+            and {{ min_pace }} * before_improvement - pace_improvement
+                > {{ pace_z }} * sqrt(pace_se * pace_se + {{ min_pace }} * {{ min_pace }} * before_se * before_se),
+            false) as is_slowed
+    from improvements
 ),
 
 flat as (
     select
         *,
-        -slope * (last_step + 1 - window_start) / nullif(abs(mean_loss), 0) as rel_improvement
-    from fitted
-    where n_blocks >= {{ min_window_blocks }}
-        and -slope * (last_step + 1 - window_start) < {{ min_rel_improvement }} * abs(mean_loss)
+        case when is_flat then flat_from_step else pace_from_step end as from_step,
+        case when is_flat then flat_from_ts else pace_from_ts end as from_ts,
+        case
+            when is_flat then improvement / nullif(abs(mean_loss), 0)
+            else pace_improvement / nullif(abs(mean_pace_loss), 0)
+        end as rel_improvement,
+        case
+            when is_flat then {{ min_rel_improvement }}
+            else {{ min_pace }} * before_improvement / nullif(abs(mean_pace_loss), 0)
+        end as rel_expected,
+        case
+            when is_flat then concat('the trend of the block median loss over the last ',
+                cast(cast(last_step + 1 - flat_from_step as bigint) as varchar), ' steps')
+            else concat('min_pace x its improvement over the ',
+                cast(cast(round(pace_start - pace_prev_start) as bigint) as varchar), ' steps before the last ',
+                cast(cast(last_step + 1 - pace_from_step as bigint) as varchar))
+        end as baseline_desc
+    from judged
+    where is_flat or is_slowed
 ),
 
 per_run as (
@@ -121,12 +221,13 @@ per_run as (
         hardware,
         run_id,
         max(precision) as precision,
-        min(flat_from_step) as step_start,
+        min(from_step) as step_start,
         max(last_step) as step_end,
-        min(flat_from_ts) as start_at,
+        min(from_ts) as start_at,
         max(last_ts) as end_at,
         min_by(rel_improvement, block) as observed,
-        min_by(last_step + 1 - flat_from_step, block) as window_steps,
+        min_by(rel_expected, block) as expected,
+        min_by(baseline_desc, block) as baseline_desc,
         count(*) as n_points
     from flat
     group by model, hardware, run_id
@@ -145,9 +246,8 @@ final as (
         cast(start_at as timestamptz) as start_at,
         cast(end_at as timestamptz) as end_at,
         cast(observed as double) as observed,
-        cast({{ min_rel_improvement }} as double) as expected,
-        cast(concat('trend of the block median loss over the last ', cast(window_steps as varchar), ' steps')
-            as varchar) as baseline,
+        cast(expected as double) as expected,
+        cast(baseline_desc as varchar) as baseline,
         cast(n_points as bigint) as n_points,
         cast(false as boolean) as escalate
     from per_run

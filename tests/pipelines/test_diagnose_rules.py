@@ -81,6 +81,10 @@ def with_incident(kind: str, seed: int) -> dict:
         c["grad_norm"] = np.where(s >= 700, c["grad_norm"] * 1e-3, c["grad_norm"])
     elif kind == "plateau":  # no improvement after step 500
         c["loss"] = np.where(s >= 500, (2.0 + 6.0 * 501 ** -0.45) * (c["loss"] / (2.0 + 6.0 * (1 + s) ** -0.45)), c["loss"])
+    elif kind == "plateau_slowed":  # from step 600 the loss still falls, at 40 % of its pace
+        at = 2.0 + 6.0 * 601 ** -0.45
+        curve = 2.0 + 6.0 * (1 + s) ** -0.45
+        c["loss"] = np.where(s >= 600, (at + 0.4 * (curve - at)) * (c["loss"] / curve), c["loss"])
     elif kind == "lr_schedule_anomaly":
         c["lr"] = np.where(s >= 900, c["lr"] * 10, c["lr"])
     elif kind == "lr_schedule_anomaly_nan":
@@ -172,7 +176,7 @@ def daily_runs(model: str, hardware: str, days: int = 10, slow_from: int | None 
     return out
 
 
-CASE_SUFFIXES = ("_sparse", "_growth", "_nan", "_relative")  # variants of a rule's incident
+CASE_SUFFIXES = ("_sparse", "_growth", "_nan", "_relative", "_slowed")  # variants of a rule's incident
 
 
 def rule_of(case: str) -> str:
@@ -182,7 +186,7 @@ def rule_of(case: str) -> str:
 
 
 RUN_CASES = ["divergence", "loss_spike", "loss_spike_sparse", "memory_pressure_sparse", "exploding_gradients", "exploding_gradients_growth", "vanishing_gradients",
-             "plateau", "overfitting", "lr_schedule_anomaly", "lr_schedule_anomaly_nan", "throughput_drop",
+             "plateau", "plateau_slowed", "overfitting", "lr_schedule_anomaly", "lr_schedule_anomaly_nan", "throughput_drop",
              "data_stall", "gpu_underutilization", "gpu_underutilization_relative", "memory_pressure"]
 FLEET_CASES = ["eval_regression", "latency_slo_breach", "error_rate_breach", "throughput_regression", "precision_gap"]
 
@@ -285,6 +289,12 @@ def test_alert_details_say_where_and_what(alerts):
     assert over["step_start"] == 899 and over["baseline"] == "ckpt-749" and "roll back to ckpt-749" in over["action"]
     plateau = _one(alerts, "plateau", "plateau-bad")
     assert 400 <= plateau["step_start"] <= 700 and plateau["observed"] < 0.0025  # a window around step 500
+    assert plateau["baseline"] == "the trend of the block median loss over the last 300 steps"
+    # still improving by more than min_rel_improvement: the pace test sees it (test_plateau_without_pace_test)
+    slowed = _one(alerts, "plateau", "plateau_slowed-bad")
+    assert slowed["baseline"].startswith("min_pace x its improvement over the ")
+    assert 0.0025 < slowed["observed"] < slowed["expected"]
+    assert 300 <= slowed["step_start"] <= 700 and slowed["step_end"] == N_STEPS - 1
 
 
 def test_fleet_alert_details(alerts):
@@ -355,3 +365,13 @@ def test_absolute_latency_slo(lake_root, tmp_path):
     assert len(ok) == 1 and ok[0]["metric"] == "p99_ms" and ok[0]["expected"] == 25
     assert ok[0]["start_at"].date() == DAY0.date() and ok[0]["baseline"] == "SLO for p99_ms"
     assert {a["hardware"] for a in got} == {"hw-ok", "hw-bad"}
+
+
+def test_plateau_without_pace_test(lake_root, tmp_path):
+    """With the pace test switched off (pace_z 1000) the flat test alone misses the slowed run."""
+    root = str(tmp_path / "lake")
+    shutil.copytree(lake_root, root)
+    conf = {"rules": {"plateau": {"params": {"pace_z": 1000.0}}}}
+    got = {a["run_id"] for a in diagnose(root, config_path=_overlay(tmp_path, conf), notify_alerts=False).alerts
+           if a["rule"] == "plateau"}
+    assert got == {"plateau-bad"}
