@@ -21,13 +21,13 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import urllib.request
 import sys
 import time
 from pathlib import Path
 
+from pipelines.localhost import free_port
 from warehouse import cli, config
 from warehouse.simulate import simulate
 
@@ -68,9 +68,7 @@ def show_dashboard(logs: Path) -> dict:
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_urlsafe(16))
     password = os.environ.get("MHW_SUPERSET_PASSWORD") or pw_file.read_text().strip()
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "MHW_SUPERSET_PASSWORD": password}
     with open(logs / "superset.log", "w") as log:

@@ -2,7 +2,6 @@
 build_cubes triggered through the REST API runs to success; everything shuts down cleanly."""
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -12,13 +11,8 @@ import urllib.request
 import psutil
 import pytest
 
+from pipelines.localhost import free_port
 from warehouse.simulate import simulate
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def call(method, url, body=None, token=None, timeout=10):

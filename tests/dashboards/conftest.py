@@ -11,7 +11,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,17 +18,13 @@ from pathlib import Path
 
 import pytest
 
+from pipelines.localhost import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 BI_PYTHON = REPO / ".venv-bi" / "bin" / "python"
 MHW = Path(sys.executable).parent / "mhw"
 # Screenshots and browser reports land here (ignored by git) so a person can look at them.
 OUT = Path(os.environ.get("MHW_TEST_OUT", REPO / "out" / "tests" / "dashboards"))
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def run_mhw(*args: str, env: dict) -> None:
     subprocess.run([str(MHW), *args], env=env, check=True, cwd=REPO,

@@ -3,7 +3,6 @@ the pyspark package's own jars, executors in their own JVMs. The build must equa
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 import urllib.request
@@ -12,15 +11,10 @@ import pytest
 
 from cube_lake import assert_tables_equal, make_lake, serving_tables
 from pipelines.build import build
+from pipelines.localhost import free_port
 
 pytestmark = pytest.mark.timeout(600)
 QUICK_JVM = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"  # small data: C1 alone finishes sooner
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _java() -> str:
@@ -42,7 +36,7 @@ def cluster(tmp_path_factory):
     env = {**os.environ, "SPARK_HOME": home, "SPARK_SCALA_VERSION": scala, "SPARK_LOCAL_IP": "127.0.0.1",
            "SPARK_LOG_DIR": str(logs)}
     cp = os.path.join(home, "jars", "*")
-    port, ui = _free_port(), _free_port()
+    port, ui = free_port(), free_port()
     url = f"spark://127.0.0.1:{port}"
     procs = []
 
