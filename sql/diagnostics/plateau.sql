@@ -10,8 +10,8 @@
 -- params: block_steps int >= 2; window_frac float > 0 <= 1; min_window_steps int >= 1;
 --   min_rel_improvement float >= 0; pace_window_frac float > 0 < 1; min_pace float > 0 < 1;
 --   pace_z float >= 0; min_step int >= 0; min_window_blocks int >= 3; min_block_points int >= 1
--- audits: tests/pipelines/test_diagnose_rules.py (fires on a flat tail and on a tail slowed to a fifth
---   of its pace, quiet on a power-law twin)
+-- audits: tests/pipelines/test_diagnose_rules.py (fires on a flat tail, and on a tail slowed to 40 % of
+--   its pace that only the pace test sees; quiet on a power-law twin)
 --
 -- Per block of block_steps: the median finite loss (robust to spikes). At the end E of each block two
 -- tests look back; the block is flat when either holds. Blocks ending before min_step are not judged
