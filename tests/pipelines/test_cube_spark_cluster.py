@@ -94,3 +94,34 @@ def test_standalone_cluster_build_equals_duckdb(cluster, tmp_path):
     assert executors >= 2  # the driver plus at least one executor JVM on a worker
     assert app and app[0]["cores"] == 2, app  # both workers' cores were granted to the build
     assert_tables_equal(serving_tables(str(tmp_path / "duckdb.duckdb")), serving_tables(str(tmp_path / "spark.duckdb")))
+
+
+def test_spark_submit_to_the_cluster_builds_a_uri_lake(cluster, tmp_path):
+    """`spark-submit pipelines/build.py` as a cluster user runs it, with the lake and the cube store
+    given as URIs (file://: the object-store code path, Arrow filesystems and Spark URIs): the served
+    cubes equal a DuckDB build of the same lake given as a plain path."""
+    import sys
+
+    import pyspark
+    url, _ = cluster
+    lake = make_lake(str(tmp_path / "lake"))
+    build(lake, str(tmp_path / "duckdb.duckdb"), cubes_root=str(tmp_path / "duckdb-cubes"))
+    submit = os.path.join(os.path.dirname(pyspark.__file__), "bin", "spark-submit")
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable,
+           "SPARK_LOCAL_IP": "127.0.0.1", "PYTHONPATH": repo}
+    conf = {"spark.driver.bindAddress": "127.0.0.1", "spark.driver.host": "127.0.0.1", "spark.ui.enabled": "false",
+            "spark.executor.memory": "512m", "spark.executor.cores": "1", "spark.cores.max": "2",
+            "spark.sql.shuffle.partitions": "2", "spark.executor.extraJavaOptions": QUICK_JVM,
+            "spark.driver.extraJavaOptions": QUICK_JVM}
+    cmd = [submit, "--master", url, "--deploy-mode", "client"]
+    for k, v in conf.items():
+        cmd += ["--conf", f"{k}={v}"]
+    cmd += [os.path.join(repo, "pipelines", "build.py"), "--engine", "spark", "--quiet",
+            "--lake", f"file://{lake}", "--cubes", f"file://{tmp_path / 'spark-cubes'}",
+            "--serving", str(tmp_path / "spark.duckdb")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=540, cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "full build" in proc.stdout and "on spark" in proc.stdout, proc.stdout
+    assert (tmp_path / "spark-cubes" / "_manifest.json").exists()
+    assert_tables_equal(serving_tables(str(tmp_path / "duckdb.duckdb")), serving_tables(str(tmp_path / "spark.duckdb")))
