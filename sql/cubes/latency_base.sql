@@ -52,18 +52,23 @@ bucketed as (
     select
         classified.*,
         case
+            when classified.latency_ms > 0 and classified.latency_ms < cast('Infinity' as double) then
+                case
+                    when classified.latency_ms < bounds.lo then classified.latency_guess - 1
+                    when classified.latency_ms >= bounds.hi then classified.latency_guess + 1
+                    else classified.latency_guess
+                end
             when classified.latency_ms is null then null
             when isnan(classified.latency_ms) then 30000
             when classified.latency_ms = cast('Infinity' as double) then 20000
             when classified.latency_ms = cast('-Infinity' as double) then -20000
             when classified.latency_ms = 0 then -5000
-            else (case when classified.latency_ms > 0 then 0 else -10000 end)
-                + (case when classified.latency_ms > 0 then 1 else -1 end) * (
-                    case
-                        when abs(classified.latency_ms) < bounds.lo then classified.latency_guess - 1
-                        when abs(classified.latency_ms) >= bounds.hi then classified.latency_guess + 1
-                        else classified.latency_guess
-                    end)
+            else -10000 - (
+                case
+                    when abs(classified.latency_ms) < bounds.lo then classified.latency_guess - 1
+                    when abs(classified.latency_ms) >= bounds.hi then classified.latency_guess + 1
+                    else classified.latency_guess
+                end)
         end as latency_bucket
     from classified
     left join bounds

@@ -84,18 +84,23 @@ bucketed as (
     select
         classified.*,
         case
+            when classified.step_time_ms > 0 and classified.step_time_ms < cast('Infinity' as double) then
+                case
+                    when classified.step_time_ms < bounds.lo then classified.step_time_guess - 1
+                    when classified.step_time_ms >= bounds.hi then classified.step_time_guess + 1
+                    else classified.step_time_guess
+                end
             when classified.step_time_ms is null then null
             when isnan(classified.step_time_ms) then 30000
             when classified.step_time_ms = cast('Infinity' as double) then 20000
             when classified.step_time_ms = cast('-Infinity' as double) then -20000
             when classified.step_time_ms = 0 then -5000
-            else (case when classified.step_time_ms > 0 then 0 else -10000 end)
-                + (case when classified.step_time_ms > 0 then 1 else -1 end) * (
-                    case
-                        when abs(classified.step_time_ms) < bounds.lo then classified.step_time_guess - 1
-                        when abs(classified.step_time_ms) >= bounds.hi then classified.step_time_guess + 1
-                        else classified.step_time_guess
-                    end)
+            else -10000 - (
+                case
+                    when abs(classified.step_time_ms) < bounds.lo then classified.step_time_guess - 1
+                    when abs(classified.step_time_ms) >= bounds.hi then classified.step_time_guess + 1
+                    else classified.step_time_guess
+                end)
         end as step_time_bucket
     from classified
     left join bounds
