@@ -54,10 +54,7 @@ classified as (
         *,
         -- finite values only (NaN and ±inf become null), so plain count/sum/min/max skip them
         case when abs(loss) < cast('Infinity' as double) then loss end as finite_loss,
-        case when isnan(loss) or abs(loss) = cast('Infinity' as double) then 1 else 0 end as is_loss_nonfinite,
         case when abs(grad_norm) < cast('Infinity' as double) then grad_norm end as finite_grad_norm,
-        case when isnan(grad_norm) or abs(grad_norm) = cast('Infinity' as double) then 1 else 0 end
-            as is_grad_norm_nonfinite,
         case when abs(step_time_ms) < cast('Infinity' as double) then step_time_ms end as finite_step_time_ms,
         case
             when abs(step_time_ms) < cast('Infinity' as double) and abs(data_time_ms) < cast('Infinity' as double)
@@ -130,11 +127,11 @@ per_run_day_bucket as (
         sum(finite_loss) as loss_sum,
         min(finite_loss) as loss_min,
         max(finite_loss) as loss_max,
-        sum(is_loss_nonfinite) as n_loss_nonfinite,
+        count(loss) - count(finite_loss) as n_loss_nonfinite,
         count(finite_grad_norm) as n_grad_norm,
         sum(finite_grad_norm) as grad_norm_sum,
         max(finite_grad_norm) as grad_norm_max,
-        sum(is_grad_norm_nonfinite) as n_grad_norm_nonfinite,
+        count(grad_norm) - count(finite_grad_norm) as n_grad_norm_nonfinite,
         count(finite_step_time_ms) as n_step_time,
         sum(finite_step_time_ms) as step_time_ms_sum,
         max(finite_step_time_ms) as step_time_ms_max,
