@@ -35,7 +35,6 @@ guessed as (
     select
         *,
         case when abs(loss) < cast('Infinity' as double) then loss end as finite_loss,
-        case when isnan(loss) or abs(loss) = cast('Infinity' as double) then 1 else 0 end as is_loss_nonfinite,
         cast(floor(log2(cast(greatest(step, 1) as double))) as integer) as octave_guess
     from steps
 ),
@@ -76,7 +75,7 @@ per_bucket as (
         sum(finite_loss) as loss_sum,
         min(finite_loss) as loss_min,
         max(finite_loss) as loss_max,
-        sum(is_loss_nonfinite) as n_loss_nonfinite
+        count(loss) - count(finite_loss) as n_loss_nonfinite
     from bucketed
     group by model, hardware, precision, date, run_id, step - (step % step_width + step_width) % step_width,
         step_width
