@@ -3,7 +3,8 @@
 
 Runs whenever a job updates the lake (scheduled on the lake's Assets): brings the cubes and the
 serving file up to date (incrementally: only the partitions that changed), computes the health
-diagnostics, notifies about new alerts, and logs a short health summary.
+diagnostics (their rules read the cubes), then, side by side, notifies about new alerts and serves
+them (a second incremental build: only the alert cubes changed), and logs a short health summary.
 
 Engine and cluster come from `orchestration.engine` / `orchestration.spark_master` in the config;
 with `orchestration.fail_on: critical`, the `notify` task fails when a new critical alert fired.
@@ -43,15 +44,22 @@ def build_cubes():
 
         return jobs.notify(diagnosed)
 
+    @task(outlets=[CUBES])
+    def serve_alerts(diagnosed: dict) -> dict:
+        from pipelines import jobs
+
+        return jobs.build_cubes()
+
     @task
-    def summarize(notified: dict) -> str:
+    def summarize(notified: dict, served: dict) -> str:
         from pipelines.summary import health_summary
 
         text = health_summary()
         print(text)
         return text
 
-    summarize(notify(diagnose(build())))
+    diagnosed = diagnose(build())
+    summarize(notify(diagnosed), serve_alerts(diagnosed))
 
 
 dag = build_cubes()

@@ -3,7 +3,8 @@
 --   only the serving file (file access is off by design), never the lake table alerts that
 --   mhw diagnose writes. One row per alert as the lake holds it (re-runs replace, never duplicate).
 --   Freshness: in the build_cubes DAG mhw diagnose runs after mhw build (its rules read the cubes),
---   so the alerts of a diagnose land here at the next build; mhw diagnose itself triggers no build.
+--   and its serve_alerts task builds again (incrementally: only the alert cubes), so a DAG run serves
+--   the alerts it found; mhw diagnose run by hand triggers no build (run mhw build after it).
 -- grain: alert_id (one row per alert); date is the UTC date the anomaly started (the alerts partition)
 -- time column: date
 -- partitions: date (rebuilt for the dates whose alerts changed)
