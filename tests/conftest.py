@@ -1,3 +1,4 @@
+import logging
 import os
 import sys
 import tempfile
@@ -7,6 +8,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+# py4j logs "Closing down clientserver connection" from a finalizer at interpreter exit, after pytest
+# has closed the captured streams: a "--- Logging error ---" traceback after the summary, not a failure.
+logging.getLogger("py4j").setLevel(logging.WARNING)
 
 # Airflow reads its home when first imported: point it at a throwaway home for the whole session,
 # before any test module imports airflow (tests/dags/ migrates its database once).
