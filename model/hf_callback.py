@@ -88,16 +88,18 @@ class MHWCallback(TrainerCallback):
         self._last_step = state.global_step
         atexit.register(self._ended_without_train_end)
 
-    def _ended_without_train_end(self):
-        """Exit hook: training did not reach on_train_end (it raised, or the process was stopped)."""
-        if self.telemetry is None:
-            return
+    def _end_run(self, status: str, steps: int) -> None:
+        """The run's final runs row, then the writers are flushed and closed."""
         try:
-            self.telemetry.write_run(ended_at=utcnow(), status="failed", steps=self._last_step,
-                                     final_loss=self._last_loss)
+            self.telemetry.write_run(ended_at=utcnow(), status=status, steps=steps, final_loss=self._last_loss)
         finally:
             self.telemetry.close()
             self.telemetry = None
+
+    def _ended_without_train_end(self):
+        """Exit hook: training did not reach on_train_end (it raised, or the process was stopped)."""
+        if self.telemetry is not None:
+            self._end_run("failed", self._last_step)
 
     def on_step_begin(self, args, state, control, **kwargs):
         self._t_step = time.perf_counter()
@@ -137,12 +139,7 @@ class MHWCallback(TrainerCallback):
             return
         atexit.unregister(self._ended_without_train_end)
         final = self._last_loss
-        status = "diverged" if final is not None and not math.isfinite(final) else "completed"
-        try:
-            self.telemetry.write_run(ended_at=utcnow(), status=status, steps=state.global_step, final_loss=final)
-        finally:
-            self.telemetry.close()
-            self.telemetry = None
+        self._end_run("diverged" if final is not None and not math.isfinite(final) else "completed", state.global_step)
 
 
 def _num(v):

@@ -85,6 +85,13 @@ def _joined_keys(table: pa.Table, cols: tuple[str, ...]):
     return strings[0] if len(strings) == 1 else pc.binary_join_element_wise(*strings, "\x1f")
 
 
+def partition_keys(table: pa.Table, cols: tuple[str, ...]) -> set[PartitionKey]:
+    """The values of ``table``'s partition columns that occur in it (no rows are moved)."""
+    if table.num_rows == 0:
+        return set()
+    return {tuple(k.split("\x1f")) for k in pc.unique(_joined_keys(table, cols)).to_pylist()}
+
+
 def split_partitions(table: pa.Table, cols: tuple[str, ...]) -> dict[PartitionKey, pa.Table]:
     """The rows of ``table`` per value of its partition columns (one sort, no per-key scans)."""
     if table.num_rows == 0:
@@ -135,9 +142,9 @@ class CubeStore:
         if not model.partitions:
             lakefiles.write_parquet(self.fs, f"{d}/data.parquet", result, self.local)
             return result.num_rows
+        target_keys = None if targets is None else pa.array(["\x1f".join(k) for k in targets], pa.string())
         if targets is not None:  # rows computed for partitions outside the targets are not this build's
-            result = result.filter(pc.is_in(_joined_keys(result, model.partitions),
-                                            pa.array(["\x1f".join(k) for k in targets], pa.string())))
+            result = result.filter(pc.is_in(_joined_keys(result, model.partitions), target_keys))
         by_file = split_partitions(result, model.stored_by)
         existing = self.partitions(model)
         touched = set(by_file) if targets is None else {_project(k, model.partitions, model.stored_by) for k in targets}
@@ -148,8 +155,7 @@ class CubeStore:
             rows = by_file.get(key)
             if targets is not None and key in existing:  # keep the rows of partitions not recomputed
                 kept = self._read_files([f.path for f in existing[key]], result.schema)
-                kept = kept.filter(pc.invert(pc.is_in(_joined_keys(kept, model.partitions), pa.array(
-                    ["\x1f".join(k) for k in targets], pa.string()))))
+                kept = kept.filter(pc.invert(pc.is_in(_joined_keys(kept, model.partitions), target_keys)))
                 rows = kept if rows is None else pa.concat_tables([kept, rows])
             if rows is None or rows.num_rows == 0:
                 lakefiles.delete_dir(self.fs, folder)  # the partition's raw rows are gone: so are its cube rows
@@ -249,7 +255,6 @@ def _build(lake_root, serving_path, engine, full, master, conf, store, say, jobs
 
     eng = open_engine(engine, master=master, conf=conf,
                       filesystem=None if "://" not in lake_root else lake_fs) if own_engine else engine
-    built: set[str] = set()  # the models this build recomputed (some partitions or all)
     bounds = sketch.bounds_table()
     # The next serving file is written while the models run: each served model as soon as it is built.
     publisher = serving.Publisher(serving_path, models, store, full, result.build_id, old.get("build_id"))
@@ -270,9 +275,8 @@ def _build(lake_root, serving_path, engine, full, master, conf, store, say, jobs
             release()  # the next model reading raw rows may start while this one writes
         result.seconds[f"{m.name}:query"] = time.perf_counter() - t
         result.rows[m.name] = store.write(m, out, targets)
-        built.add(m.name)
         publisher.add(m, out, targets)
-        written = set(split_partitions(out, m.partitions)) if m.partitions else {()}
+        written = partition_keys(out, m.partitions) if m.partitions else {()}
         changed[m.name] = written | (targets or set())
         result.rebuilt[m.name] = len(changed[m.name]) if m.partitions else 1
         result.seconds[m.name] = time.perf_counter() - t
@@ -301,7 +305,7 @@ def _build(lake_root, serving_path, engine, full, master, conf, store, say, jobs
     # 3. Publish: the new serving file (already holding the served models) is completed and swapped in.
     t = time.perf_counter()
     result.serving_path = serving_path
-    result.serving_mode = publisher.finish(built, info={
+    result.serving_mode = publisher.finish(info={
         "engine": engine_name, "full": full,
         "built_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "lake": lake_root})
@@ -364,8 +368,8 @@ def _run_dag(models: list[Model], run, jobs: int, priority: dict[str, tuple],
                 if not running:
                     raise RuntimeError(f"models wait on each other: {sorted(waiting)}")
             kind, name, error = events.get()
-            if kind == "released" or turn == name:
-                turn = None if turn == name else turn
+            if turn == name:  # released after its query, or ended before releasing
+                turn = None
             if kind == "done":
                 running -= 1
                 done.add(name)

@@ -44,7 +44,7 @@ class Publisher:
     soon as the model is built, and one writer thread loads them into ``<serving>.<build>.tmp`` while
     the next models compute (DuckDB writes a table mostly on one core; the build's queries rarely fill
     both). ``finish`` loads what is left (views, bounds, build info), checkpoints and swaps the file in.
-    Returns 'fresh', 'patched' or 'unchanged' (nothing served was rebuilt: no file is written)."""
+    It returns 'fresh', 'patched' or 'unchanged' (nothing served was rebuilt: no file is written)."""
 
     def __init__(self, serving_path: str, models, store, full: bool, build_id: str,
                  previous_build_id: str | None):
@@ -85,11 +85,11 @@ class Publisher:
             return
         self._pending.append(self._pool.submit(self._load, m, data, targets))
 
-    def finish(self, rebuilt: set[str], info: dict) -> str:
+    def finish(self, info: dict) -> str:
         try:
             for f in self._pending:
                 f.result()
-            if self.patchable and not any(m.name in rebuilt for m in self.served):
+            if self.patchable and not self._loaded:  # no served model was rebuilt
                 return "unchanged"
             return self._pool.submit(self._finish, info).result()
         except BaseException:
@@ -131,17 +131,6 @@ class Publisher:
         except RuntimeError:  # pool already shut down
             close()
         self._pool.shutdown(wait=False)
-
-
-def publish(serving_path: str, models, store, outputs: dict[str, pa.Table], targets_of: dict,
-            full: bool, build_id: str, previous_build_id: str | None, info: dict) -> str:
-    """Bring the serving file up to date and swap it in, in one go (``Publisher`` for a running build).
-    Returns 'fresh', 'patched' or 'unchanged'."""
-    pub = Publisher(serving_path, models, store, full, build_id, previous_build_id)
-    for m in models:
-        if m.name in outputs:
-            pub.add(m, outputs[m.name], targets_of.get(m.name))
-    return pub.finish(set(outputs), info)
 
 
 def _views(served) -> dict[str, list[str]]:
