@@ -20,14 +20,12 @@ import datetime as dt
 import json
 import os
 import secrets
-import signal
 import subprocess
-import urllib.request
 import sys
 import time
 from pathlib import Path
 
-from pipelines.localhost import free_port
+from pipelines.localhost import free_port, stop_group, wait_until_up
 from warehouse import cli, config
 from warehouse.simulate import simulate
 
@@ -76,16 +74,10 @@ def show_dashboard(logs: Path) -> dict:
                                   cwd=config.REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                                   start_new_session=True)
     try:
-        deadline = time.monotonic() + 600
-        while True:
-            try:
-                if urllib.request.urlopen(f"{url}/health", timeout=5).status == 200:
-                    break
-            except OSError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"Superset did not start; its log: {logs / 'superset.log'}")
-            time.sleep(2)
+        try:
+            wait_until_up(f"{url}/health", server, 600, "Superset")
+        except RuntimeError as e:
+            raise SystemExit(f"{e}; its log: {logs / 'superset.log'}") from e
         out = config.REPO_ROOT / ".mhw" / "dashboard"
         shown = subprocess.run([str(bi), "-m", "dashboards.browser", "--url", url, "--out", str(out)],
                                cwd=config.REPO_ROOT, env=env, capture_output=True, text=True)
@@ -95,8 +87,7 @@ def show_dashboard(logs: Path) -> dict:
         report["screenshot"] = str(out / "dashboard.png")
         return report
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=60)
+        stop_group(server, timeout_s=60)
 
 
 def main(argv: list[str] | None = None) -> int:

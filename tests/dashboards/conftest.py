@@ -10,15 +10,13 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from pipelines.localhost import free_port
+from pipelines.localhost import free_port, stop_group, wait_until_up
 
 REPO = Path(__file__).resolve().parents[2]
 BI_PYTHON = REPO / ".venv-bi" / "bin" / "python"
@@ -78,8 +76,8 @@ def build_serving(root: Path, rows: int, seed: int = 11) -> Path:
     env = {**os.environ, "MHW_LAKE": str(root / "lake"), "MHW_SERVING": str(root / "serving.duckdb")}
     run_mhw("simulate", "--rows", str(rows), "--seed", str(seed), "--incident-rate", "0.3", env=env)
     run_mhw("build", "--quiet", env=env)
-    # As the build_cubes DAG does: diagnose after the build (its rules read the cubes), and the
-    # alerts reach the serving file (alert_list) at the next build.
+    # As the build_cubes DAG does: diagnose after the build (its rules read the cubes), then build
+    # again (its serve_alerts task) so the alerts reach the serving file (alert_list).
     run_mhw("diagnose", "--no-notify", "--quiet", env=env)
     run_mhw("build", "--quiet", env=env)
     return root / "serving.duckdb"
@@ -103,28 +101,13 @@ def superset(tmp_path_factory):
                                 start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        import requests
-
-        deadline = time.monotonic() + 300
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"Superset exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
-            try:
-                if requests.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"Superset did not answer in 300 s:\n{log.read_text()[-4000:]}")
-            time.sleep(1)
+        try:
+            wait_until_up(f"{url}/health", proc, 300, "Superset")
+        except RuntimeError as e:
+            pytest.fail(f"{e}:\n{log.read_text()[-4000:]}")
         yield Superset(url, password, serving, home, log)
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)  # gunicorn master and its worker: our own group only
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_group(proc)  # gunicorn master and its worker: our own group only
 
 
 @pytest.fixture(scope="session")
