@@ -15,6 +15,10 @@ from pipelines.localhost import free_port
 
 pytestmark = pytest.mark.timeout(600)
 QUICK_JVM = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"  # small data: C1 alone finishes sooner
+# one executor core on each of the two workers, small JVMs: the build as a cluster application
+CLUSTER_CONF = {"spark.executor.memory": "512m", "spark.executor.cores": "1", "spark.cores.max": "2",
+                "spark.sql.shuffle.partitions": "2", "spark.executor.extraJavaOptions": QUICK_JVM,
+                "spark.driver.extraJavaOptions": QUICK_JVM}
 
 
 def _java() -> str:
@@ -80,10 +84,7 @@ def test_standalone_cluster_build_equals_duckdb(cluster, tmp_path):
     url, ui = cluster
     lake = make_lake(str(tmp_path / "lake"))
     build(lake, str(tmp_path / "duckdb.duckdb"), cubes_root=str(tmp_path / "duckdb-cubes"))
-    eng = SparkEngine(master=url, conf={
-        "spark.executor.memory": "512m", "spark.executor.cores": "1", "spark.cores.max": "2",
-        "spark.sql.shuffle.partitions": "2", "spark.executor.extraJavaOptions": QUICK_JVM,
-        "spark.driver.extraJavaOptions": QUICK_JVM})
+    eng = SparkEngine(master=url, conf=CLUSTER_CONF)
     try:
         r = build(lake, str(tmp_path / "spark.duckdb"), engine=eng, cubes_root=str(tmp_path / "spark-cubes"))
         executors = eng.spark.sparkContext._jsc.sc().getExecutorMemoryStatus().size()
@@ -111,9 +112,7 @@ def test_spark_submit_to_the_cluster_builds_a_uri_lake(cluster, tmp_path):
     env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable,
            "SPARK_LOCAL_IP": "127.0.0.1", "PYTHONPATH": repo}
     conf = {"spark.driver.bindAddress": "127.0.0.1", "spark.driver.host": "127.0.0.1", "spark.ui.enabled": "false",
-            "spark.executor.memory": "512m", "spark.executor.cores": "1", "spark.cores.max": "2",
-            "spark.sql.shuffle.partitions": "2", "spark.executor.extraJavaOptions": QUICK_JVM,
-            "spark.driver.extraJavaOptions": QUICK_JVM}
+            **CLUSTER_CONF}
     cmd = [submit, "--master", url, "--deploy-mode", "client"]
     for k, v in conf.items():
         cmd += ["--conf", f"{k}={v}"]
