@@ -4,11 +4,11 @@ under DDP only rank 0 writes."""
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 
@@ -178,20 +178,27 @@ def test_cli_train_with_dotted_overrides(tmp_path, lake_root):
 
 
 def test_ddp_two_gloo_processes_write_from_rank_0_only(tmp_path, lake_root):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    marker = f"mhw-ddp-test-{os.getpid()}-{tmp_path.name}"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "MHW_TEST_MARKER": marker}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "model.train",
            "--config", "configs/gpt2-tiny.yaml", "--lake", lake_root, "--run-id", "ddp-run",
            "--trainer.device=cpu", "--trainer.max_steps=6", "--trainer.batch_size=4", "--trainer.eval_interval=3",
            "--trainer.eval_batches=1", "--trainer.ckpt_interval=3", f"--trainer.out_dir={tmp_path}/out",
            "--data.n_examples=800", "--model.block_size=32", "--telemetry.system_interval_s=0.2"]
-    # a session of its own, so a hung run is killed with both its workers, not just torchrun
     p = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                          start_new_session=True)
     try:
         out, _ = p.communicate(timeout=240)
     except subprocess.TimeoutExpired:
-        os.killpg(p.pid, signal.SIGKILL)
-        out, _ = p.communicate()
+        # torchrun starts its workers in sessions of their own, and a worker outlives a torchrun that
+        # exited: find every process of this run by the marker in its environment
+        for proc in psutil.process_iter():
+            try:
+                if proc.environ().get("MHW_TEST_MARKER") == marker:
+                    proc.kill()
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                pass
+        out, _ = p.communicate(timeout=60)
         pytest.fail(f"torchrun did not finish:\n{out[-4000:]}")
     assert p.returncode == 0, out[-4000:]
     assert out.count("run ddp-run: completed") == 1  # rank 1 prints nothing either
