@@ -12,7 +12,7 @@ DuckDB or Spark through pipelines.engines. Every rule returns one row per anomal
 
 - a stable ``alert_id``: a hash of the rule and its subject (a run for run rules; model × hardware ×
   the subject columns × the episode's first day for fleet rules), so re-running never duplicates;
-- severity (the rule's, or critical where its SQL escalates), a one-line message, a suggested action;
+- severity (the rule's, one level higher where its SQL escalates), a one-line message, a suggested action;
 - the ``alerts`` lake table (pipelines/alerts.py), keeping ``detected_at`` and ``notified_at`` of
   alerts seen before; notifiers (pipelines/notify.py) get only alerts never notified.
 
@@ -479,11 +479,17 @@ def alert_id(rule: Rule, row: dict) -> str:
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:20]
 
 
+def escalated(severity: str) -> str:
+    """One level up (info -> warning -> critical): a rule escalates the alerts whose impact its SQL
+    measured (a loss spike the run did not recover from, a regression past its critical_* bound)."""
+    return SEVERITIES[min(SEVERITIES.index(severity) + 1, len(SEVERITIES) - 1)]
+
+
 def to_alerts(rule: Rule, rc: RuleConfig, result: pa.Table) -> list[dict]:
     fmt = _Fields()
     alerts = []
     for row in result.to_pylist():
-        severity = "critical" if row["escalate"] else rc.severity
+        severity = escalated(rc.severity) if row["escalate"] else rc.severity
         obs, exp = row["observed"], row["expected"]
         drop = (abs(obs - exp) / abs(exp) * 100 if obs is not None and exp not in (None, 0)
                 and math.isfinite(obs) and math.isfinite(exp) else None)

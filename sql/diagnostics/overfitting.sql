@@ -1,22 +1,34 @@
 -- rule: overfitting
--- purpose: validation loss rising while training loss still falls: the run has started to memorize
---   its training data; the best checkpoint is behind it.
--- grain: one row per training run with at least one overfit checkpoint; the range runs from the first
---   overfit checkpoint to the last.
+-- purpose: validation loss risen above its best checkpoint and staying there while training loss still
+--   falls: the run has started to memorize its training data; the best checkpoint is behind it.
+-- grain: one row per training run and eval suite that is overfitting as of its latest checkpoint; the
+--   range runs from the first checkpoint after the best to the latest.
 -- scope: run (recomputed for the runs whose train_steps or eval_results changed)
--- subject: run_id
+-- subject: run_id, suite
 -- sources: eval_results, train_steps, diagnose_runs
--- params: suites strings; metric string; block_steps int >= 1; min_rise float > 0
+-- params: suites strings; metric string; min_rise float > 0; noise_z float >= 0; min_after int >= 1;
+--   train_points int >= 1
 -- audits: tests/pipelines/test_diagnose_rules.py (fires on a rising validation loss, quiet on the twin
---   where it keeps falling)
+--   where it keeps falling); tests/pipelines/test_diagnose_real.py (real HF logs: fires on overfitting
+--   runs logged once per epoch or every 500 steps, quiet on converged runs whose eval loss only jitters)
 --
--- Validation evals are eval_results rows of the run's checkpoints (train_run_id) in the given suites
--- and metric (a loss: lower is better). Training loss at a checkpoint is the median training loss of
--- the block of block_steps logged steps (block_steps times the run's logging interval) holding the
--- checkpoint's step. A checkpoint overfits when its validation
--- loss is min_rise above the best earlier checkpoint's while its training loss is below that
--- checkpoint's: the gap grows. expected is the best validation loss, baseline names its checkpoint
--- (the one to roll back to).
+-- Validation evals are eval_results rows of the run's checkpoints (train_run_id) with the given metric
+-- (a loss: lower is better) in one of the given suites, or in a suite named after one of them plus
+-- '-<set>' (a Trainer evaluating several sets logs eval_<set>_loss: hf-eval-<set>). Each suite is
+-- judged on its own, as of its latest checkpoint L, against the best checkpoint B before it:
+--   - at least min_after checkpoints came after B (one bad eval is not a trend), and both their median
+--     and L's value are above B's value by min_rise of it (relative: scale-free) and by noise_z times
+--     the suite's own checkpoint-to-checkpoint noise. The noise sigma is the median absolute second
+--     difference of the suite's values / (0.6745 * sqrt 6): second differences cancel a steady trend,
+--     so a curve that still falls smoothly has a small noise and a jittering plateau a large one (its
+--     lowest point is a low draw, and what follows sits only a sigma or two above it); with fewer
+--     than 5 checkpoints only min_rise applies;
+--   - the training loss near L is below the training loss near B: the gap grows. "Near a step" is the
+--     median of the training losses logged in the window before it: train_points logging intervals
+--     of the run, or one eval interval of the suite if that is longer, so one log per epoch and one
+--     per step are judged alike.
+-- A run that reaches a new best has B move up to it: its alert goes away when that checkpoint is
+-- diagnosed. expected is B's loss, baseline names B (the checkpoint to roll back to), observed L's.
 
 with
 
@@ -26,6 +38,7 @@ evals as (
         e.hardware,
         e.precision,
         e.train_run_id as run_id,
+        e.suite,
         e.checkpoint,
         e.checkpoint_step,
         e.ts,
@@ -33,7 +46,7 @@ evals as (
     from eval_results as e
     inner join diagnose_runs as r
         on r.run_id = e.train_run_id
-    where e.suite in ({{ suites }})
+    where (e.suite in ({{ suites }}) or regexp_replace(e.suite, '-[^-]+$', '') in ({{ suites }}))
         and e.metric = {{ metric }}
         and e.checkpoint_step is not null
         and abs(e.value) < cast('Infinity' as double)
@@ -44,13 +57,88 @@ checkpoints as (
         model,
         hardware,
         run_id,
+        suite,
         checkpoint_step,
         max(precision) as precision,
         max(coalesce(checkpoint, concat('step ', cast(checkpoint_step as varchar)))) as checkpoint,
         max(ts) as ts,
         median(value) as val_loss
     from evals
-    group by model, hardware, run_id, checkpoint_step
+    group by model, hardware, run_id, suite, checkpoint_step
+),
+
+ordered as (
+    select
+        *,
+        row_number() over (partition by run_id, suite order by checkpoint_step) as k
+    from checkpoints
+),
+
+second_differences as (
+    select
+        cur.run_id,
+        cur.suite,
+        abs(cur.val_loss - 2 * mid.val_loss + prev.val_loss) as d2
+    from ordered as cur
+    inner join ordered as mid
+        on mid.run_id = cur.run_id and mid.suite = cur.suite and mid.k = cur.k - 1
+    inner join ordered as prev
+        on prev.run_id = cur.run_id and prev.suite = cur.suite and prev.k = cur.k - 2
+),
+
+noise as (
+    select
+        run_id,
+        suite,
+        median(d2) / (0.6745 * sqrt(6.0)) as sigma
+    from second_differences
+    group by run_id, suite
+    having count(*) >= 3
+),
+
+latest as (
+    select
+        run_id,
+        suite,
+        max(checkpoint_step) as last_step,
+        max_by(val_loss, checkpoint_step) as last_loss,
+        max(ts) as last_ts,
+        max(precision) as precision,
+        (max(checkpoint_step) - min(checkpoint_step)) / greatest(count(*) - 1, 1) as eval_interval
+    from ordered
+    group by run_id, suite
+),
+
+best as (
+    select
+        ordered.model,
+        ordered.hardware,
+        ordered.run_id,
+        ordered.suite,
+        min(ordered.val_loss) as best_loss,
+        min_by(ordered.checkpoint_step, ordered.val_loss) as best_step,
+        min_by(ordered.checkpoint, ordered.val_loss) as best_checkpoint
+    from ordered
+    inner join latest
+        on latest.run_id = ordered.run_id and latest.suite = ordered.suite
+    where ordered.checkpoint_step < latest.last_step
+    group by ordered.model, ordered.hardware, ordered.run_id, ordered.suite
+),
+
+after_best as (
+    select
+        best.run_id,
+        best.suite,
+        count(*) as n_after,
+        median(ordered.val_loss) as after_loss,
+        min(ordered.checkpoint_step) as onset_step,
+        min(ordered.ts) as onset_ts
+    from best
+    inner join ordered
+        on ordered.run_id = best.run_id
+        and ordered.suite = best.suite
+        and ordered.checkpoint_step > best.best_step
+    group by best.run_id, best.suite
 ),
 
 logged as (
@@ -67,79 +155,66 @@ logged as (
 logging_intervals as (
     select
         run_id,
-        greatest(1, round((max(step) - min(step)) / greatest(count(*) - 1, 1))) as step_interval
+        greatest(1, (max(step) - min(step)) / greatest(count(*) - 1, 1)) as step_interval
     from logged
     group by run_id
 ),
 
-train_blocks as (
+anchors as (
     select
-        logged.run_id,
-        cast(floor(logged.step / ({{ block_steps }} * logging_intervals.step_interval)) as bigint) as block,
-        median(logged.loss) as train_loss
-    from logged
+        best.run_id,
+        best.suite,
+        best.best_step,
+        latest.last_step,
+        greatest({{ train_points }} * logging_intervals.step_interval, latest.eval_interval) as train_window
+    from best
+    inner join latest
+        on latest.run_id = best.run_id and latest.suite = best.suite
     inner join logging_intervals
-        on logging_intervals.run_id = logged.run_id
-    group by logged.run_id, cast(floor(logged.step / ({{ block_steps }} * logging_intervals.step_interval)) as bigint)
+        on logging_intervals.run_id = best.run_id
 ),
 
-with_train as (
+train_near as (
     select
-        checkpoints.*,
-        train_blocks.train_loss
-    from checkpoints
-    left join logging_intervals
-        on logging_intervals.run_id = checkpoints.run_id
-    left join train_blocks
-        on train_blocks.run_id = checkpoints.run_id
-        and train_blocks.block = cast(floor(checkpoints.checkpoint_step
-            / ({{ block_steps }} * logging_intervals.step_interval)) as bigint)
-),
-
-compared as (
-    select
-        cur.model,
-        cur.hardware,
-        cur.precision,
-        cur.run_id,
-        cur.checkpoint_step,
-        cur.ts,
-        cur.val_loss,
-        cur.train_loss,
-        min(prev.val_loss) as best_val,
-        min_by(prev.train_loss, prev.val_loss) as best_train,
-        min_by(prev.checkpoint, prev.val_loss) as best_checkpoint
-    from with_train as cur
-    inner join with_train as prev
-        on prev.run_id = cur.run_id
-        and prev.checkpoint_step < cur.checkpoint_step
-    group by cur.model, cur.hardware, cur.precision, cur.run_id, cur.checkpoint_step, cur.ts, cur.val_loss,
-        cur.train_loss
+        anchors.run_id,
+        anchors.suite,
+        median(logged.loss) filter (where logged.step <= anchors.best_step
+            and logged.step > anchors.best_step - anchors.train_window) as train_at_best,
+        median(logged.loss) filter (where logged.step <= anchors.last_step
+            and logged.step > anchors.last_step - anchors.train_window) as train_at_last
+    from anchors
+    inner join logged
+        on logged.run_id = anchors.run_id
+        and logged.step <= anchors.last_step
+        and logged.step > anchors.best_step - anchors.train_window
+    group by anchors.run_id, anchors.suite
 ),
 
 overfit as (
-    select *
-    from compared
-    where val_loss > best_val + {{ min_rise }} * abs(best_val)
-        and train_loss < best_train
-),
-
-per_run as (
     select
-        model,
-        hardware,
-        run_id,
-        max(precision) as precision,
-        min(checkpoint_step) as step_start,
-        max(checkpoint_step) as step_end,
-        min(ts) as start_at,
-        max(ts) as end_at,
-        min_by(val_loss, checkpoint_step) as observed,
-        min_by(best_val, checkpoint_step) as expected,
-        min_by(best_checkpoint, checkpoint_step) as best_checkpoint,
-        count(*) as n_points
-    from overfit
-    group by model, hardware, run_id
+        best.*,
+        latest.precision,
+        latest.last_step,
+        latest.last_loss,
+        latest.last_ts,
+        after_best.n_after,
+        after_best.onset_step,
+        after_best.onset_ts
+    from best
+    inner join latest
+        on latest.run_id = best.run_id and latest.suite = best.suite
+    inner join after_best
+        on after_best.run_id = best.run_id and after_best.suite = best.suite
+    inner join train_near
+        on train_near.run_id = best.run_id and train_near.suite = best.suite
+    left join noise
+        on noise.run_id = best.run_id and noise.suite = best.suite
+    where after_best.n_after >= {{ min_after }}
+        and after_best.after_loss - best.best_loss > {{ min_rise }} * abs(best.best_loss)
+        and latest.last_loss - best.best_loss > {{ min_rise }} * abs(best.best_loss)
+        and after_best.after_loss - best.best_loss > {{ noise_z }} * coalesce(noise.sigma, 0)
+        and latest.last_loss - best.best_loss > {{ noise_z }} * coalesce(noise.sigma, 0)
+        and train_near.train_at_last < train_near.train_at_best
 ),
 
 final as (
@@ -148,18 +223,18 @@ final as (
         cast(hardware as varchar) as hardware,
         cast(precision as varchar) as precision,
         cast(run_id as varchar) as run_id,
-        cast(null as varchar) as suite,
+        cast(suite as varchar) as suite,
         cast({{ metric }} as varchar) as metric,
-        cast(step_start as bigint) as step_start,
-        cast(step_end as bigint) as step_end,
-        cast(start_at as timestamptz) as start_at,
-        cast(end_at as timestamptz) as end_at,
-        cast(observed as double) as observed,
-        cast(expected as double) as expected,
+        cast(onset_step as bigint) as step_start,
+        cast(last_step as bigint) as step_end,
+        cast(onset_ts as timestamptz) as start_at,
+        cast(last_ts as timestamptz) as end_at,
+        cast(last_loss as double) as observed,
+        cast(best_loss as double) as expected,
         cast(best_checkpoint as varchar) as baseline,
-        cast(n_points as bigint) as n_points,
+        cast(n_after as bigint) as n_points,
         cast(false as boolean) as escalate
-    from per_run
+    from overfit
 )
 
 select * from final
