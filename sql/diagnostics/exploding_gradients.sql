@@ -1,22 +1,30 @@
 -- rule: exploding_gradients
--- purpose: gradient norms that spike far above their recent level, or grow block after block: the
---   update size is running away (LR too high, missing or loose clipping, a bad layer init).
--- grain: one row per training run with at least one spike step or growth block; the range runs from
---   the first anomalous step to the last.
+-- purpose: gradient norms that grow block after block to many times their own lowest level while the
+--   loss stops improving, or to an extreme multiple of it whatever the loss does: the update size is
+--   running away (LR too high for this stage, missing or loose clipping, a bad layer or loss scale).
+-- grain: one row per training run with at least min_blocks such blocks; the range runs from the first
+--   to the last.
 -- scope: run (recomputed for the runs whose train_steps changed)
 -- subject: run_id
 -- sources: train_steps, diagnose_runs
--- params: block_steps int >= 2; z_threshold float > 0; spike_ratio float >= 1; growth_factor float > 1;
---   growth_blocks int >= 1; min_block_points int >= 3; min_rel_scale float >= 0
--- audits: tests/pipelines/test_diagnose_rules.py (fires on a 20x spike and on exponential growth, quiet
---   on the clean twin)
+-- params: target_blocks int >= 2; min_block_logs int >= 3; max_block_logs int >= 3; growth_factor float > 1;
+--   min_loss_gain float >= 0; extreme_factor float > 1; min_blocks int >= 1; critical_loss_rise float >= 0
+-- audits: tests/pipelines/test_diagnose_rules.py (fires on exponential growth with the loss stalled, quiet
+--   on the clean twin and on a lone 20x step); tests/pipelines/test_diagnose_real.py (real runs: quiet on
+--   the grad norm's late rise in healthy trainings and on one-step outliers)
 --
--- Spike: a step's grad norm scored against the median/MAD of the previous block (as loss_spike), and
--- at least spike_ratio times that median. Sustained growth: a block's median is growth_factor times
--- the smallest block median of the growth_blocks blocks before it. Non-finite grad norms are left to
--- the divergence rule and to fp16 loss scaling, which skips such steps by design.
--- Blocks hold block_steps logged steps: block_steps times the run's logging interval (a run that logs
--- every 10th step gets blocks of 10 x block_steps steps), so sparse logs still fill them.
+-- A run's logged steps are cut in blocks by count: n_logs / target_blocks logs each, between
+-- min_block_logs and max_block_logs, so a 300-step run, a 30-epoch log and a 30 000-step log all get
+-- about target_blocks blocks. Per block, the median grad norm and the median loss. A block grows when
+-- its grad median is
+--   - growth_factor times the lowest block median before it, while the loss (block median) has not
+--     improved by min_loss_gain since that lowest block: in healthy training the grad norm often rises
+--     tenfold or more late in the run (weight decay against a shrinking LR) while the loss keeps falling;
+--   - or extreme_factor times that lowest median, whatever the loss does (slow exponential growth).
+-- One-step outliers move no block median (a lone grad spike that hurts the loss is a loss_spike).
+-- Non-finite grad norms are left to the divergence rule and to fp16 loss scaling, which skips such
+-- steps by design. Escalated to critical when the loss has risen by critical_loss_rise since the lowest
+-- grad block: the growth is doing damage.
 
 with
 
@@ -28,117 +36,77 @@ logged as (
         s.run_id,
         s.step,
         s.ts,
-        s.grad_norm
+        s.grad_norm,
+        s.loss
     from train_steps as s
     inner join diagnose_runs as r
         on r.run_id = s.run_id
     where abs(s.grad_norm) < cast('Infinity' as double)
 ),
 
-logging_intervals as (
+numbered as (
     select
-        run_id,
-        greatest(1, round((max(step) - min(step)) / greatest(count(*) - 1, 1))) as step_interval
+        *,
+        row_number() over (partition by run_id order by step) - 1 as log_no,
+        count(*) over (partition by run_id) as n_logs
     from logged
-    group by run_id
 ),
 
 steps as (
     select
-        logged.*,
-        cast(floor(logged.step / ({{ block_steps }} * logging_intervals.step_interval)) as bigint) as block
-    from logged
-    inner join logging_intervals
-        on logging_intervals.run_id = logged.run_id
+        *,
+        cast(floor(log_no / greatest({{ min_block_logs }}, least({{ max_block_logs }},
+            floor(n_logs / {{ target_blocks }})))) as bigint) as block,
+        greatest({{ min_block_logs }}, least({{ max_block_logs }}, floor(n_logs / {{ target_blocks }}))) as block_logs
+    from numbered
 ),
 
-block_medians as (
+blocks as (
     select
+        model,
+        hardware,
         run_id,
         block,
+        max(precision) as precision,
         median(grad_norm) as grad_median,
-        count(*) as n_steps,
+        median(loss) filter (where abs(loss) < cast('Infinity' as double)) as loss_median,
         min(step) as first_step,
-        min(ts) as first_ts
+        max(step) as last_step,
+        min(ts) as first_ts,
+        max(ts) as last_ts
     from steps
-    group by run_id, block
+    group by model, hardware, run_id, block, block_logs
+    having count(*) = block_logs
 ),
 
-block_spread as (
-    select
-        steps.run_id,
-        steps.block,
-        block_medians.grad_median,
-        block_medians.n_steps,
-        median(abs(steps.grad_norm - block_medians.grad_median)) as grad_mad
-    from steps
-    inner join block_medians
-        on block_medians.run_id = steps.run_id
-        and block_medians.block = steps.block
-    group by steps.run_id, steps.block, block_medians.grad_median, block_medians.n_steps
-),
-
-spike_steps as (
-    select
-        steps.model,
-        steps.hardware,
-        steps.precision,
-        steps.run_id,
-        steps.step,
-        steps.ts,
-        steps.grad_norm as observed,
-        prev.grad_median as expected
-    from steps
-    inner join block_spread as prev
-        on prev.run_id = steps.run_id
-        and prev.block = steps.block - 1
-    where prev.n_steps >= {{ min_block_points }}
-        and steps.grad_norm > {{ spike_ratio }} * prev.grad_median
-        and (steps.grad_norm - prev.grad_median) / greatest(
-            1.4826 * prev.grad_mad, {{ min_rel_scale }} * abs(prev.grad_median), 1e-12) > {{ z_threshold }}
-),
-
-growth_blocks as (
+lowest_before as (
     select
         cur.run_id,
         cur.block,
-        cur.first_step,
-        cur.first_ts,
-        cur.grad_median,
-        min(prev.grad_median) as prev_min,
-        count(*) as n_prev
-    from block_medians as cur
-    inner join block_medians as prev
+        min(prev.grad_median) as grad_low,
+        min_by(prev.loss_median, prev.grad_median) as loss_at_low,
+        min_by(prev.first_step, prev.grad_median) as low_from
+    from blocks as cur
+    inner join blocks as prev
         on prev.run_id = cur.run_id
         and prev.block < cur.block
-        and prev.block >= cur.block - {{ growth_blocks }}
-    where cur.n_steps >= {{ min_block_points }}
-        and prev.n_steps >= {{ min_block_points }}
-    group by cur.run_id, cur.block, cur.first_step, cur.first_ts, cur.grad_median
+    group by cur.run_id, cur.block
 ),
 
-growth_steps as (
+growing as (
     select
-        steps.model,
-        steps.hardware,
-        steps.precision,
-        growth_blocks.run_id,
-        growth_blocks.first_step as step,
-        growth_blocks.first_ts as ts,
-        growth_blocks.grad_median as observed,
-        growth_blocks.prev_min as expected
-    from growth_blocks
-    inner join steps
-        on steps.run_id = growth_blocks.run_id
-        and steps.step = growth_blocks.first_step
-    where growth_blocks.n_prev = {{ growth_blocks }}
-        and growth_blocks.grad_median > {{ growth_factor }} * growth_blocks.prev_min
-),
-
-anomalies as (
-    select *, 'spike' as kind from spike_steps
-    union all
-    select *, 'growth' as kind from growth_steps
+        blocks.*,
+        lowest_before.grad_low,
+        lowest_before.loss_at_low,
+        lowest_before.low_from
+    from blocks
+    inner join lowest_before
+        on lowest_before.run_id = blocks.run_id
+        and lowest_before.block = blocks.block
+    where lowest_before.grad_low > 0
+        and (blocks.grad_median >= {{ extreme_factor }} * lowest_before.grad_low
+            or (blocks.grad_median >= {{ growth_factor }} * lowest_before.grad_low
+                and not coalesce(blocks.loss_median < (1 - {{ min_loss_gain }}) * lowest_before.loss_at_low, false)))
 ),
 
 per_run as (
@@ -147,16 +115,18 @@ per_run as (
         hardware,
         run_id,
         max(precision) as precision,
-        min(step) as step_start,
-        max(step) as step_end,
-        min(ts) as start_at,
-        max(ts) as end_at,
-        min_by(observed, step) as observed,
-        min_by(expected, step) as expected,
-        min_by(kind, step) as first_kind,
+        min(first_step) as step_start,
+        max(last_step) as step_end,
+        min(first_ts) as start_at,
+        max(last_ts) as end_at,
+        max(grad_median) as observed,
+        max_by(grad_low, grad_median) as expected,
+        min_by(low_from, block) as low_from,
+        max(case when loss_median > (1 + {{ critical_loss_rise }}) * loss_at_low then 1 else 0 end) as is_damaging,
         count(*) as n_points
-    from anomalies
+    from growing
     group by model, hardware, run_id
+    having count(*) >= {{ min_blocks }}
 ),
 
 final as (
@@ -173,12 +143,10 @@ final as (
         cast(end_at as timestamptz) as end_at,
         cast(observed as double) as observed,
         cast(expected as double) as expected,
-        cast(case
-            when first_kind = 'spike' then 'median grad norm of the previous block'
-            else concat('smallest block median of the previous ', cast({{ growth_blocks }} as varchar), ' blocks')
-        end as varchar) as baseline,
+        cast(concat('lowest block median grad norm before it, from step ', cast(low_from as varchar))
+            as varchar) as baseline,
         cast(n_points as bigint) as n_points,
-        cast(false as boolean) as escalate
+        cast(is_damaging = 1 as boolean) as escalate
     from per_run
 )
 
