@@ -61,6 +61,8 @@ HEADER_KEYS = ("rule", "purpose", "grain", "scope", "subject", "sources", "param
 SCOPES = ("run", "fleet")
 # tables whose partitions decide what is recomputed, and the column naming a partition's training runs
 WATCHED = {"train_steps": "run_id", "eval_results": "train_run_id", "latency_samples": None}
+# views for run rules that compare a run with the other runs of its model: view -> lake table
+PEER_TABLES = {"peer_train_steps": "train_steps", "runs": "runs"}
 # what the engine layer is given besides lake tables
 HELPER_TABLES = ("diagnose_runs", "diagnose_pairs", "metric_directions", "latency_slos", "eval_references",
                  "sketch_bounds")
@@ -365,6 +367,7 @@ class Scope:
     run_files: dict[str, list[str]]  # table -> files holding rows of the runs in scope
     pair_files: dict[str, list[str]]  # table -> files of the pairs in scope
     manifest: dict  # to save once the alerts are written
+    peer_files: dict[str, list[str]] = field(default_factory=dict)  # PEER_TABLES -> files of the runs' models
 
 
 def _run_ids(fs, files: list[str], column: str) -> list[str]:
@@ -414,8 +417,17 @@ def find_scope(lake_root: str, definition: str, full: bool) -> Scope:
             if column and runs.intersection(sources[table][lakefiles.key_dir(cols, key)]["runs"]) for f in files)
         pair_files[table] = sorted(f.path for key, files in listings[table].items() if key[:2] in pairs
                                    for f in files)
+    # Run rules that compare a run with its peers (underfitting) read every run of the same models,
+    # on any hardware and day: the train_steps and runs partitions of those models.
+    models = {key[0] for key, files in listings["train_steps"].items()
+              if runs.intersection(sources["train_steps"][lakefiles.key_dir(TABLES["train_steps"].partition_by, key)]["runs"])}
+    peer_files = {}
+    for view, table in PEER_TABLES.items():
+        listing = listings[table] if table in listings else \
+            lakefiles.list_partitions(fs, f"{root}/{table}", TABLES[table].partition_by)
+        peer_files[view] = sorted(f.path for key, files in listing.items() if key[0] in models for f in files)
     return Scope(full=full, runs=runs, pairs=pairs, run_files=run_files, pair_files=pair_files,
-                 manifest={"version": 1, "definition": definition, "sources": sources})
+                 peer_files=peer_files, manifest={"version": 1, "definition": definition, "sources": sources})
 
 
 # --- running the rules ------------------------------------------------------------------------------
@@ -448,6 +460,10 @@ def run_rules(eng, lake_root: str, rules: dict[str, Rule], cfg: DiagnosticsConfi
         for table in WATCHED:
             eng.register_files(table, files[table], TABLES[table].schema, TABLES[table].partition_by,
                                f"{root}/{table}")
+        if kind == "run":
+            for view, table in PEER_TABLES.items():
+                eng.register_files(view, scope.peer_files.get(view, []), TABLES[table].schema,
+                                   TABLES[table].partition_by, f"{root}/{table}")
         for rule in chosen:
             t = time.perf_counter()
             result = eng.query(render(rule, cfg.rules[rule.name].params))

@@ -2,22 +2,27 @@
 -- purpose: a training run whose loss has stopped improving, or abruptly slowed to a fraction of its own
 --   earlier pace, over a window that scales with its stage: the LR may be too low (or too high to
 --   settle), the data exhausted, or it is time to stop early.
--- grain: one row per training run with at least one plateaued block; the range runs from the start of
---   the first flat window to the last block judged flat.
+-- grain: one row per training run whose latest block is on a plateau; the range runs from the start
+--   of the flat window of the first block of that stretch to the latest block.
 -- scope: run (recomputed for the runs whose train_steps changed)
 -- subject: run_id
 -- sources: train_steps, diagnose_runs
--- params: block_steps int >= 2; window_frac float > 0 <= 1; min_window_steps int >= 1;
+-- params: target_blocks int >= 4; min_loss_share float >= 0; min_block_logs int >= 1; max_block_logs int >= 1; window_frac float > 0 <= 1;
 --   min_rel_improvement float >= 0; pace_window_frac float > 0 < 1; min_pace float > 0 < 1;
---   pace_z float >= 0; min_step int >= 0; min_window_blocks int >= 3; min_block_points int >= 1
+--   pace_z float >= 0; min_window_blocks int >= 3
 -- audits: tests/pipelines/test_diagnose_rules.py (fires on a flat tail, and on a tail slowed to 40 % of
 --   its pace that only the pace test sees; quiet on a power-law twin)
 --
--- Per block of block_steps: the median finite loss (robust to spikes). At the end E of each block two
--- tests look back; the block is flat when either holds. Blocks ending before min_step are not judged
--- (warmup, fast start).
+-- A run's logged steps are cut in blocks by count (n_logs / target_blocks logs each, between
+-- min_block_logs and max_block_logs), so a 300-step run and one logged once per epoch are judged at
+-- the same resolution; per block, the median finite loss (robust to spikes). At the end E of each block
+-- two tests look back; the block is flat when either holds. The run is on a plateau when its latest
+-- block is: a stretch it has left since (the early plateau of a small LM at its unigram loss, before
+-- it finds the structure of the data) is over and needs no alert. A block whose loss is below
+-- min_loss_share of the run's first block has converged (a fine-tune or a memorized set near zero
+-- loss): it is not judged.
 --
--- Flat: the window is the last max(min_window_steps, window_frac · E) steps. A power-law loss curve
+-- Flat: the window is the last max(min_window_blocks blocks, window_frac · E) steps. A power-law loss curve
 -- improves by a roughly constant share of its excess loss over such a window at every stage, so one
 -- threshold serves early and late training. The improvement over the window is the least-squares
 -- trend of the window's block medians (regr_slope) times the window's length, relative to their mean:
@@ -26,15 +31,13 @@
 --
 -- Slowed: a loss near its floor improves by a small share of its level even when healthy, so the first
 -- test cannot see a run that still creeps down at a fraction of its pace. The second compares the run
--- with itself: the improvement over the last max(min_window_steps, pace_window_frac · E) steps, [S, E),
+-- with itself: the improvement over the last max(min_window_blocks blocks, pace_window_frac · E) steps, [S, E),
 -- against the improvement over the same window scaled back by S / E, [S² / E, S). A power law
 -- L = f + A·t^-a keeps exactly (S / E)^a of its improvement from the earlier window to the later one,
 -- whatever its floor f and scale A: 0.5^a at pace_window_frac 0.5, 0.73 at a = 0.45, 0.6 at a = 0.74.
 -- Slowed when the later improvement falls short of min_pace times the earlier one by more than pace_z
 -- standard errors of the two trends (each from the residual scatter of its block medians about its
 -- line, which a curved window only inflates), so loss noise alone never makes a run look slowed.
--- Blocks hold block_steps logged steps: block_steps times the run's logging interval (a run that logs
--- every 10th step gets blocks of 10 x block_steps steps), so sparse logs still fill them.
 
 with
 
@@ -53,24 +56,27 @@ logged as (
     where abs(s.loss) < cast('Infinity' as double)
 ),
 
-logging_intervals as (
+numbered as (
     select
-        run_id,
-        greatest(1, round((max(step) - min(step)) / greatest(count(*) - 1, 1))) as step_interval
+        *,
+        row_number() over (partition by run_id order by step) - 1 as log_no,
+        count(*) over (partition by run_id) as n_logs,
+        (max(step) over (partition by run_id) - min(step) over (partition by run_id))
+            / greatest(count(*) over (partition by run_id) - 1, 1) as step_interval
     from logged
-    group by run_id
 ),
 
 steps as (
     select
-        logged.*,
-        cast(floor(logged.step / ({{ block_steps }} * logging_intervals.step_interval)) as bigint) as block
-    from logged
-    inner join logging_intervals
-        on logging_intervals.run_id = logged.run_id
+        *,
+        cast(floor(log_no / greatest({{ min_block_logs }}, least({{ max_block_logs }},
+            floor(n_logs / {{ target_blocks }})))) as bigint) as block,
+        greatest({{ min_block_logs }}, least({{ max_block_logs }}, floor(n_logs / {{ target_blocks }})))
+            * step_interval as block_span
+    from numbered
 ),
 
-blocks as (
+all_blocks as (
     select
         model,
         hardware,
@@ -82,19 +88,44 @@ blocks as (
         min(step) as first_step,
         max(step) as last_step,
         min(ts) as first_ts,
-        max(ts) as last_ts
+        max(ts) as last_ts,
+        max(block_span) as block_span
     from steps
     group by model, hardware, run_id, block
-    having count(*) >= {{ min_block_points }}
+),
+
+first_blocks as (
+    select
+        run_id,
+        min_by(loss_median, block) as start_loss
+    from all_blocks
+    group by run_id
+),
+
+blocks as (
+    select all_blocks.*
+    from all_blocks
+    inner join first_blocks
+        on first_blocks.run_id = all_blocks.run_id
+    where not coalesce(abs(all_blocks.loss_median) < {{ min_loss_share }} * abs(first_blocks.start_loss), false)
+),
+
+latest_blocks as (
+    select
+        run_id,
+        max(block) as last_block
+    from all_blocks
+    group by run_id
 ),
 
 windows as (
     select
         *,
-        last_step + 1 - greatest({{ min_window_steps }}, {{ window_frac }} * (last_step + 1)) as window_start,
-        last_step + 1 - greatest({{ min_window_steps }}, {{ pace_window_frac }} * (last_step + 1)) as pace_start
+        last_step + 1 - greatest({{ min_window_blocks }} * block_span, {{ window_frac }} * (last_step + 1))
+            as window_start,
+        last_step + 1 - greatest({{ min_window_blocks }} * block_span, {{ pace_window_frac }} * (last_step + 1))
+            as pace_start
     from blocks
-    where last_step + 1 >= {{ min_step }}
 ),
 
 scaled as (
@@ -215,6 +246,29 @@ flat as (
     where is_flat or is_slowed
 ),
 
+last_stretch as (
+    -- the run is on a plateau now: its latest block is flat (or slowed); the episode starts after the
+    -- last block before it that was neither
+    select
+        judged.run_id,
+        max(latest_blocks.last_block) as last_block,
+        max(case when not (judged.is_flat or judged.is_slowed) then judged.block end) as last_moving_block
+    from judged
+    inner join latest_blocks
+        on latest_blocks.run_id = judged.run_id
+    group by judged.run_id
+),
+
+current as (
+    select flat.*
+    from flat
+    inner join last_stretch
+        on last_stretch.run_id = flat.run_id
+    where flat.block > coalesce(last_stretch.last_moving_block, -1)
+        and exists (select 1 from flat as last_flat
+                    where last_flat.run_id = flat.run_id and last_flat.block = last_stretch.last_block)
+),
+
 per_run as (
     select
         model,
@@ -225,11 +279,11 @@ per_run as (
         max(last_step) as step_end,
         min(from_ts) as start_at,
         max(last_ts) as end_at,
-        min_by(rel_improvement, block) as observed,
-        min_by(rel_expected, block) as expected,
-        min_by(baseline_desc, block) as baseline_desc,
+        max_by(rel_improvement, block) as observed,
+        max_by(rel_expected, block) as expected,
+        max_by(baseline_desc, block) as baseline_desc,
         count(*) as n_points
-    from flat
+    from current
     group by model, hardware, run_id
 ),
 

@@ -6,15 +6,18 @@
 -- scope: run (recomputed for the runs whose train_steps changed)
 -- subject: run_id
 -- sources: train_steps, diagnose_runs
--- params: block_steps int >= 2; vanish_factor float > 1; min_grad_norm float >= 0; min_blocks int >= 1;
---   min_history_blocks int >= 1; min_block_points int >= 1
--- audits: tests/pipelines/test_diagnose_rules.py (fires on a 1000x collapse, quiet on the clean twin)
+-- params: target_blocks int >= 2; min_block_logs int >= 3; max_block_logs int >= 3; vanish_factor float > 1;
+--   min_grad_norm float >= 0; min_loss_share float >= 0; min_blocks int >= 1; min_history_blocks int >= 1
+-- audits: tests/pipelines/test_diagnose_rules.py (fires on a 1000x collapse, quiet on the clean twin);
+--   tests/pipelines/test_diagnose_real.py (real runs: quiet on a memorizing run whose loss converged
+--   near zero, fires on a run logging grad norm 0.0 throughout)
 --
--- Per block of block_steps: the median grad norm. A block vanishes when its median is below the largest
--- block median so far divided by vanish_factor (after min_history_blocks blocks), or below
--- min_grad_norm outright. Normal training shrinks grad norms a few-fold, not a hundred-fold.
--- Blocks hold block_steps logged steps: block_steps times the run's logging interval (a run that logs
--- every 10th step gets blocks of 10 x block_steps steps), so sparse logs still fill them.
+-- Blocks by log count as in exploding_gradients (about target_blocks a run). Per block: the median grad
+-- norm and loss. A block vanishes when its grad median is below min_grad_norm outright (a broken
+-- backward pass), or below the largest block median so far divided by vanish_factor (after
+-- min_history_blocks blocks) while the loss is still above min_loss_share of the run's first block:
+-- normal training shrinks grad norms a few-fold, not a hundred-fold, except where the loss itself has
+-- converged near zero (a memorized training set has nothing left to learn, and small gradients).
 
 with
 
@@ -26,28 +29,29 @@ logged as (
         s.run_id,
         s.step,
         s.ts,
-        s.grad_norm
+        s.grad_norm,
+        s.loss
     from train_steps as s
     inner join diagnose_runs as r
         on r.run_id = s.run_id
     where abs(s.grad_norm) < cast('Infinity' as double)
 ),
 
-logging_intervals as (
+numbered as (
     select
-        run_id,
-        greatest(1, round((max(step) - min(step)) / greatest(count(*) - 1, 1))) as step_interval
+        *,
+        row_number() over (partition by run_id order by step) - 1 as log_no,
+        count(*) over (partition by run_id) as n_logs
     from logged
-    group by run_id
 ),
 
 steps as (
     select
-        logged.*,
-        cast(floor(logged.step / ({{ block_steps }} * logging_intervals.step_interval)) as bigint) as block
-    from logged
-    inner join logging_intervals
-        on logging_intervals.run_id = logged.run_id
+        *,
+        cast(floor(log_no / greatest({{ min_block_logs }}, least({{ max_block_logs }},
+            floor(n_logs / {{ target_blocks }})))) as bigint) as block,
+        greatest({{ min_block_logs }}, least({{ max_block_logs }}, floor(n_logs / {{ target_blocks }}))) as block_logs
+    from numbered
 ),
 
 blocks as (
@@ -58,14 +62,23 @@ blocks as (
         block,
         max(precision) as precision,
         median(grad_norm) as grad_median,
+        median(loss) filter (where abs(loss) < cast('Infinity' as double)) as loss_median,
         min(step) as first_step,
         max(step) as last_step,
         min(ts) as first_ts,
         max(ts) as last_ts,
         count(*) as n_steps
     from steps
-    group by model, hardware, run_id, block
-    having count(*) >= {{ min_block_points }}
+    group by model, hardware, run_id, block, block_logs
+    having count(*) = block_logs
+),
+
+first_loss as (
+    select
+        run_id,
+        min_by(loss_median, block) as start_loss
+    from blocks
+    group by run_id
 ),
 
 with_history as (
@@ -81,10 +94,14 @@ with_history as (
 ),
 
 vanished as (
-    select *
+    select with_history.*
     from with_history
+    inner join first_loss
+        on first_loss.run_id = with_history.run_id
     where grad_median < {{ min_grad_norm }}
-        or (n_before >= {{ min_history_blocks }} and grad_median * {{ vanish_factor }} < peak_before)
+        or (n_before >= {{ min_history_blocks }}
+            and grad_median * {{ vanish_factor }} < peak_before
+            and not coalesce(abs(loss_median) < {{ min_loss_share }} * abs(first_loss.start_loss), false))
 ),
 
 per_run as (

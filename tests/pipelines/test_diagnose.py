@@ -194,7 +194,7 @@ def test_mhw_alerts_lists_and_filters(lake, monkeypatch, capsys):
 
 @pytest.mark.parametrize("conf,error", [
     ({"rules": {"loss_spike": {"params": {"z_threshold": -1}}}}, "z_threshold: must be > 0"),
-    ({"rules": {"loss_spike": {"params": {"min_block_points": 2.5}}}}, "must be a whole number"),
+    ({"rules": {"loss_spike": {"params": {"window_logs": 2.5}}}}, "must be a whole number"),
     ({"rules": {"loss_spike": {"params": {"z_threshold": "six"}}}}, "must be a number"),
     ({"rules": {"loss_spike": {"params": {"zscore": 3}}}}, "['zscore'] are not parameters of loss_spike.sql"),
     ({"rules": {"loss_spikes": {"severity": "warning"}}}, "have no SQL"),
@@ -215,7 +215,7 @@ def test_config_is_validated(tmp_path, conf, error):
 def test_config_overlay_keeps_defaults_and_substitutes_literals(tmp_path):
     cfg = load_config(overlay(tmp_path, {"block_steps": 20, "rules": {"loss_spike": {"params": {"z_threshold": 8}}}}))
     assert cfg.rules["loss_spike"].params["z_threshold"] == 8.0 and cfg.rules["loss_spike"].params["min_ratio"] == 1.5
-    assert cfg.rules["plateau"].params["block_steps"] == 20  # the shared default reaches every block rule
+    assert cfg.rules["data_stall"].params["block_steps"] == 20  # the shared default reaches every block rule
     sql = render(load_rules()["eval_regression"], cfg.rules["eval_regression"].params)
     assert "e.suite in ('quality', 'robustness', 'precision')" in sql and "case 'trailing'" in sql and "{{" not in sql
 

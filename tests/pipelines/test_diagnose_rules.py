@@ -86,6 +86,10 @@ def with_incident(kind: str, seed: int) -> dict:
         at = 2.0 + 6.0 * 601 ** -0.45
         curve = 2.0 + 6.0 * (1 + s) ** -0.45
         c["loss"] = np.where(s >= 600, (at + 0.4 * (curve - at)) * (c["loss"] / curve), c["loss"])
+    elif kind == "underfitting":  # never learns: the loss stays at its starting level
+        c["loss"] = 8.0 * c["loss"] / (2.0 + 6.0 * (1 + s) ** -0.45)
+    elif kind == "underfitting_peers":  # learns, but ends 30 % above every other run of the model
+        c["loss"] = 1.3 * c["loss"]
     elif kind == "lr_schedule_anomaly":
         c["lr"] = np.where(s >= 900, c["lr"] * 10, c["lr"])
     elif kind == "lr_schedule_anomaly_nan":
@@ -177,7 +181,7 @@ def daily_runs(model: str, hardware: str, days: int = 10, slow_from: int | None 
     return out
 
 
-CASE_SUFFIXES = ("_sparse", "_growth", "_nan", "_relative", "_slowed")  # variants of a rule's incident
+CASE_SUFFIXES = ("_sparse", "_growth", "_nan", "_relative", "_slowed", "_peers")  # variants of a rule's incident
 
 
 def rule_of(case: str) -> str:
@@ -187,9 +191,9 @@ def rule_of(case: str) -> str:
 
 
 RUN_CASES = ["divergence", "loss_spike", "loss_spike_sparse", "memory_pressure_sparse", "exploding_gradients", "exploding_gradients_growth", "vanishing_gradients",
-             "plateau", "plateau_slowed", "overfitting", "lr_schedule_anomaly", "lr_schedule_anomaly_nan", "throughput_drop",
+             "plateau", "plateau_slowed", "underfitting", "underfitting_peers", "overfitting", "lr_schedule_anomaly", "lr_schedule_anomaly_nan", "throughput_drop",
              "data_stall", "gpu_underutilization", "gpu_underutilization_relative", "memory_pressure"]
-ALSO_FIRES = {("exploding_gradients-bad", "plateau")}
+ALSO_FIRES = {("exploding_gradients-bad", "plateau"), ("underfitting-bad", "plateau")}
 FLEET_CASES = ["eval_regression", "latency_slo_breach", "error_rate_breach", "throughput_regression", "precision_gap"]
 
 
@@ -291,11 +295,15 @@ def test_alert_details_say_where_and_what(alerts):
     assert fell["expected"] == pytest.approx(0.8 * 90, abs=1) and "earlier blocks (90 %)" in fell["baseline"]
     mem = _one(alerts, "memory_pressure", "memory_pressure-bad")
     assert mem["step_start"] == 400 and mem["severity"] == "warning"  # 98 %: below critical_mem_share 0.99
+    flat = _one(alerts, "underfitting", "underfitting-bad")
+    assert flat["baseline"] == "its own first logged losses" and flat["observed"] == pytest.approx(8, rel=0.05)
+    behind = _one(alerts, "underfitting", "underfitting_peers-bad")  # every other toy-lm run is its peer
+    assert behind["baseline"].startswith("median of ") and behind["observed"] / behind["expected"] == pytest.approx(1.3, rel=0.03)
     over = _one(alerts, "overfitting", "overfitting-bad")
     assert over["step_start"] == 899 and over["baseline"] == "ckpt-749" and "roll back to ckpt-749" in over["action"]
     plateau = _one(alerts, "plateau", "plateau-bad")
     assert 400 <= plateau["step_start"] <= 700 and plateau["observed"] < 0.0025  # a window around step 500
-    assert plateau["baseline"] == "the trend of the block median loss over the last 300 steps"
+    assert plateau["baseline"] == "the trend of the block median loss over the last 450 steps"  # 0.3 x 1500
     # still improving by more than min_rel_improvement: the pace test sees it (test_plateau_without_pace_test)
     slowed = _one(alerts, "plateau", "plateau_slowed-bad")
     assert slowed["baseline"].startswith("min_pace x its improvement over the ")
@@ -380,7 +388,7 @@ def test_plateau_without_pace_test(lake_root, tmp_path):
     conf = {"rules": {"plateau": {"params": {"pace_z": 1000.0}}}}
     got = {a["run_id"] for a in diagnose(root, config_path=_overlay(tmp_path, conf), notify_alerts=False).alerts
            if a["rule"] == "plateau"}
-    assert got == {"plateau-bad", "exploding_gradients-bad"}  # the latter's loss is flat from step 600
+    assert got == {"plateau-bad", "exploding_gradients-bad", "underfitting-bad"}  # flat losses
 
 
 def test_grad_norm_outliers_and_a_late_rise_while_the_loss_falls_stay_quiet(tmp_path):

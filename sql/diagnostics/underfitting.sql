@@ -1,0 +1,214 @@
+-- rule: underfitting
+-- purpose: a training run that has not learned: its loss never fell much below where it started, or
+--   it is stuck far above the other runs of the same model and data at the same steps (an LR off by
+--   orders of magnitude, a schedule or warmup that never lets it move, a batch far too small, a run
+--   knocked into a bad state it cannot leave).
+-- grain: one row per training run that has not learned as of its latest logged step.
+-- scope: run (recomputed for the runs whose train_steps changed; peers are read from every partition
+--   of the run's model)
+-- subject: run_id
+-- sources: train_steps, peer_train_steps, runs, diagnose_runs
+-- params: min_logs int >= 3; start_frac float > 0 < 1; end_frac float > 0 < 1; min_learn float > 0 < 1;
+--   peer_frac float > 0 < 1; max_peer_gap float > 0; min_peers int >= 1
+-- audits: tests/pipelines/test_diagnose_rules.py (fires on a flat loss and on a run stuck above three
+--   peers, quiet on the peers); tests/pipelines/test_diagnose_real.py (real runs: a real trainer state
+--   stuck at ln 4, one logging loss 0.0 throughout, real CPU trainings with the LR far too high and in
+--   the wrong units against their healthy twins)
+--
+-- Never learned: with at least min_logs logged losses, the median of the last end_frac of them (at
+-- least 3) is not min_learn (a share of its level) below the median of the first start_frac (at
+-- least 3). Scale-free: logged-step shares, not step counts, so 5 logs of a short fine-tune and 30 000
+-- of a pre-training run are judged alike.
+-- A run whose latest logged loss is not finite is left to the divergence rule.
+-- Stuck above its peers: the peers are the other runs of the same model and data set (runs.dataset)
+-- whose logs cover the run's last peer_frac of steps, (S · (1 - peer_frac), S]. The run's median loss
+-- over that window is more than max_peer_gap above the median of the peers' medians over the same
+-- steps, with at least min_peers peers (the median keeps a few faulty peers from setting the bar).
+
+with
+
+logged as (
+    select
+        s.model,
+        s.hardware,
+        s.precision,
+        s.run_id,
+        s.step,
+        s.ts,
+        s.loss
+    from train_steps as s
+    inner join diagnose_runs as r
+        on r.run_id = s.run_id
+    where abs(s.loss) < cast('Infinity' as double)
+),
+
+diverged as (
+    -- a run whose latest logged loss is NaN or inf is the divergence rule's: what it learned before is moot
+    select
+        s.run_id
+    from train_steps as s
+    inner join diagnose_runs as r
+        on r.run_id = s.run_id
+    group by s.run_id
+    having not coalesce(abs(max_by(s.loss, s.step)) < cast('Infinity' as double), false)
+),
+
+numbered as (
+    select
+        *,
+        row_number() over (partition by run_id order by step) - 1 as log_no,
+        count(*) over (partition by run_id) as n_logs
+    from logged
+    where run_id not in (select run_id from diverged)
+),
+
+levels as (
+    select
+        model,
+        hardware,
+        run_id,
+        max(precision) as precision,
+        max(n_logs) as n_logs,
+        min(step) as first_step,
+        max(step) as last_step,
+        min(ts) as first_ts,
+        max(ts) as last_ts,
+        median(loss) filter (where log_no < greatest(3, {{ start_frac }} * n_logs)) as start_level,
+        median(loss) filter (where log_no >= n_logs - greatest(3, {{ end_frac }} * n_logs)) as end_level
+    from numbered
+    group by model, hardware, run_id
+),
+
+never_learned as (
+    select
+        *,
+        start_level - end_level <= {{ min_learn }} * abs(start_level) as is_flat
+    from levels
+    where n_logs >= {{ min_logs }}
+),
+
+datasets as (
+    select
+        run_id,
+        max(coalesce(dataset, '')) as dataset
+    from runs
+    group by run_id
+),
+
+peer_logged as (
+    select
+        s.model,
+        s.run_id,
+        s.step,
+        s.loss,
+        coalesce(datasets.dataset, '') as dataset
+    from peer_train_steps as s
+    left join datasets
+        on datasets.run_id = s.run_id
+    where abs(s.loss) < cast('Infinity' as double)
+),
+
+peer_spans as (
+    select
+        run_id,
+        min(step) as first_step,
+        max(step) as last_step
+    from peer_logged
+    group by run_id
+),
+
+targets as (
+    select
+        levels.run_id,
+        levels.model,
+        coalesce(datasets.dataset, '') as dataset,
+        levels.last_step,
+        levels.last_step - {{ peer_frac }} * levels.last_step as window_start
+    from levels
+    left join datasets
+        on datasets.run_id = levels.run_id
+),
+
+own_window as (
+    select
+        targets.run_id,
+        median(logged.loss) as own_level
+    from targets
+    inner join logged
+        on logged.run_id = targets.run_id
+        and logged.step > targets.window_start
+        and logged.step <= targets.last_step
+    group by targets.run_id
+),
+
+peer_window as (
+    select
+        targets.run_id,
+        peer_logged.run_id as peer_run_id,
+        median(peer_logged.loss) as peer_level
+    from targets
+    inner join peer_spans
+        on peer_spans.run_id <> targets.run_id
+        and peer_spans.first_step <= targets.window_start
+        and peer_spans.last_step >= targets.last_step
+    inner join peer_logged
+        on peer_logged.run_id = peer_spans.run_id
+        and peer_logged.model = targets.model
+        and peer_logged.dataset = targets.dataset
+        and peer_logged.step > targets.window_start
+        and peer_logged.step <= targets.last_step
+    group by targets.run_id, peer_logged.run_id
+),
+
+peers as (
+    select
+        run_id,
+        count(*) as n_peers,
+        median(peer_level) as peer_level
+    from peer_window
+    group by run_id
+),
+
+judged as (
+    select
+        never_learned.*,
+        own_window.own_level,
+        peers.n_peers,
+        peers.peer_level,
+        coalesce(peers.n_peers >= {{ min_peers }}
+            and own_window.own_level > (1 + {{ max_peer_gap }}) * peers.peer_level, false) as is_behind
+    from never_learned
+    left join own_window
+        on own_window.run_id = never_learned.run_id
+    left join peers
+        on peers.run_id = never_learned.run_id
+    where never_learned.is_flat
+        or coalesce(peers.n_peers >= {{ min_peers }}
+            and own_window.own_level > (1 + {{ max_peer_gap }}) * peers.peer_level, false)
+),
+
+final as (
+    select
+        cast(model as varchar) as model,
+        cast(hardware as varchar) as hardware,
+        cast(precision as varchar) as precision,
+        cast(run_id as varchar) as run_id,
+        cast(null as varchar) as suite,
+        cast('loss' as varchar) as metric,
+        cast(first_step as bigint) as step_start,
+        cast(last_step as bigint) as step_end,
+        cast(first_ts as timestamptz) as start_at,
+        cast(last_ts as timestamptz) as end_at,
+        cast(case when is_flat then end_level else own_level end as double) as observed,
+        cast(case when is_flat then start_level else peer_level end as double) as expected,
+        cast(case
+            when is_flat then 'its own first logged losses'
+            else concat('median of ', cast(n_peers as varchar),
+                ' peer run(s) of the same model and data over the same steps')
+        end as varchar) as baseline,
+        cast(n_logs as bigint) as n_points,
+        cast(false as boolean) as escalate
+    from judged
+)
+
+select * from final
