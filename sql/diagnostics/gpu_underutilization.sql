@@ -6,11 +6,11 @@
 --   first such block to the last.
 -- scope: run (recomputed for the runs whose train_steps changed)
 -- subject: run_id
--- sources: train_steps, diagnose_runs
+-- sources: train_steps, runs, diagnose_runs
 -- params: block_steps int >= 2; min_util float >= 0 <= 100; min_util_share float > 0 < 1;
 --   min_history_blocks int >= 1; min_blocks int >= 1; min_block_points int >= 1
 -- audits: tests/pipelines/test_diagnose_rules.py (fires at 35 % utilization, and on a fall from 90 % to
---   65 %, above min_util; quiet at a steady 90 %)
+--   65 %, above min_util; quiet at a steady 90 % and on a CPU-only run that logs 0 %)
 --
 -- Per block of block_steps: the mean GPU utilization (percent) of the steps that report one. A block is
 -- under-used when that mean is below min_util (the absolute floor), or below min_util_share times the
@@ -18,10 +18,27 @@
 -- run that fell from 95 % to 65 % loses a third of its throughput even though 65 % clears the floor.
 -- The median of every earlier block, not only the recent ones, so a long fall does not become its own
 -- baseline before it has been flagged; a run that ramps up slowly only has a lower baseline.
+-- Only runs with an accelerator are judged: a step reporting accelerator memory capacity
+-- (gpu_mem_total_gb > 0), or a runs row with gpu_count > 0. A CPU-only run logging gpu_util 0 is not
+-- idling a GPU; a GPU run whose model never left the CPU (0 % on a host that has one) is.
 -- Blocks hold block_steps logged steps: block_steps times the run's logging interval (a run that logs
 -- every 10th step gets blocks of 10 x block_steps steps), so sparse logs still fill them.
 
 with
+
+accelerated as (
+    select s.run_id
+    from train_steps as s
+    inner join diagnose_runs as r
+        on r.run_id = s.run_id
+    where s.gpu_mem_total_gb > 0
+    group by s.run_id
+    union
+    select run_id
+    from runs
+    where gpu_count > 0
+    group by run_id
+),
 
 logged as (
     select
@@ -35,6 +52,8 @@ logged as (
     from train_steps as s
     inner join diagnose_runs as r
         on r.run_id = s.run_id
+    inner join accelerated as a
+        on a.run_id = s.run_id
     where s.gpu_util >= 0
         and s.gpu_util < cast('Infinity' as double)
 ),

@@ -403,3 +403,17 @@ def test_grad_norm_outliers_and_a_late_rise_while_the_loss_falls_stay_quiet(tmp_
     found = diagnose(root, notify_alerts=False).alerts
     assert [a for a in found if a["rule"] == "exploding_gradients"] == []
     assert max(rise["grad_norm"][-50:]) > 20 * min(rise["grad_norm"][600:700])  # the rise is real
+
+
+def test_gpu_rules_skip_runs_without_an_accelerator(tmp_path):
+    """A CPU-only run logs gpu_util 0 and no accelerator memory: it is not idling a GPU. The same 0 %
+    on a host that reports 80 GB of accelerator memory is (the model never left the CPU)."""
+    cpu, idle = clean_series(seed=9), clean_series(seed=10)
+    cpu["gpu_util"] = np.zeros(N_STEPS)
+    idle["gpu_util"] = np.zeros(N_STEPS)
+    cpu_run = steps_table("cpu-only", cpu, hardware="cpu-x86_64-2c").drop(["gpu_mem_gb", "gpu_mem_total_gb"])
+    root = str(tmp_path / "lake")
+    Lake(root).write("train_steps", pa.concat_tables([cpu_run, steps_table("gpu-idle", idle)], promote_options="default"), "k")
+    found = {(a["rule"], a["run_id"]) for a in diagnose(root, notify_alerts=False).alerts}
+    assert ("gpu_underutilization", "gpu-idle") in found
+    assert not [r for r, run in found if run == "cpu-only"]
