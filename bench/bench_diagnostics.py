@@ -45,6 +45,8 @@ def score(truth: list[dict], alerts: list[dict]) -> dict[str, dict]:
     """Per rule: alerts, true positives, incidents, detected incidents, alerts on clean subjects."""
     out = {r: {"alerts": 0, "tp": 0, "incidents": 0, "detected": 0, "clean": 0} for r in RUN_INCIDENTS + FLEET_INCIDENTS}
     run_truth = {(t["incident"], t["run_id"]) for t in truth if t["level"] == "run"}
+    # a loss frozen from its onset (plateau) also ends above the run's peers: underfitting says so rightly
+    run_truth |= {("underfitting", run_id) for incident, run_id in run_truth if incident == "plateau"}
     incident_runs = {t["run_id"] for t in truth if t["level"] == "run"}
     fleet_truth = [t for t in truth if t["level"] == "fleet"]
     fleet_pairs = {(t["model"], t["hardware"]) for t in fleet_truth}

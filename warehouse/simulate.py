@@ -12,7 +12,8 @@ type per diagnostic rule (pipelines/diagnose.py), so the rules can be scored:
 - run level (a share ``incident_rate`` of training runs carries one, from its ``onset_step``):
   divergence, loss_spike, exploding_gradients, vanishing_gradients, plateau, overfitting,
   lr_schedule_anomaly, throughput_drop (a straggler), data_stall, gpu_underutilization,
-  memory_pressure;
+  memory_pressure, underfitting (the whole run: its loss levels out 0.6 x magnitude above the floor its
+  model's other runs reach, as with an LR far too low or a bug that caps capacity);
 - fleet level (``fleet_incidents`` of each type, on distinct model × hardware pairs, from an
   ``onset_date``): eval_regression (one suite), latency_slo_breach and error_rate_breach (one serving
   precision), throughput_regression (training runs started from that day are slower: a bad driver or
@@ -66,7 +67,7 @@ LATENCY_FACTOR = {"fp32": 1.6, "bf16": 1.0, "fp16": 1.0, "int8": 0.7}  # request
 PRECISION_QUALITY = {"fp32": (0.0, 1.0), "bf16": (-0.001, 1.001), "int8": (-0.004, 1.005)}
 RUN_INCIDENTS = ["divergence", "loss_spike", "exploding_gradients", "vanishing_gradients", "plateau",
                  "overfitting", "lr_schedule_anomaly", "throughput_drop", "data_stall",
-                 "gpu_underutilization", "memory_pressure"]
+                 "gpu_underutilization", "memory_pressure", "underfitting"]
 FLEET_INCIDENTS = ["eval_regression", "latency_slo_breach", "error_rate_breach", "throughput_regression",
                    "precision_gap"]
 INCIDENTS = RUN_INCIDENTS + FLEET_INCIDENTS
@@ -259,6 +260,8 @@ def _pair_tables(rng, runs, model, hw, run_steps, run_prec, incident, onset, run
     plateau = hit("plateau")
     at_onset = floor + 6.0 * (1 + ons[plateau]) ** -0.45 * scale[plateau]
     curve[plateau] = at_onset + (1 - mc) * (curve[plateau] - at_onset)  # stops improving (m = 1: flat)
+    stuck = inc == RUN_INCIDENTS.index("underfitting")  # the whole run, not from its onset
+    curve[stuck] += 0.6 * m * floor
     loss = curve * rng.lognormal(0, 0.01, n)
     spike = hit("loss_spike", (step >= ons) & (step < ons + 3))
     loss[spike] *= 1 + rng.uniform(2, 5, spike.sum()) * m

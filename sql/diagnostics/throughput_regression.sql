@@ -7,7 +7,7 @@
 -- subject: model, hardware
 -- sources: train_steps, diagnose_pairs
 -- params: window_days int >= 1; min_history_runs int >= 1; max_drop float > 0 < 1; min_run_steps int >= 1;
---   critical_drop float > 0 < 1
+--   critical_drop float > 0 < 1; max_peer_drop float > 0 < 1; min_peer_hardware int >= 1
 -- audits: tests/pipelines/test_diagnose_rules.py (fires when runs from one day on are 2x slower, quiet
 --   on the steady twin)
 --
@@ -16,6 +16,12 @@
 -- same model × hardware × precision started in the previous window_days days (at least
 -- min_history_runs of them: the history is counted in runs, so a sparse series still has one). A
 -- series regresses on a day when the median drop of its runs started that day exceeds max_drop.
+-- A run with no such history (a hardware type new to the fleet, or slow since the lake began) is
+-- compared with its peers instead: normalized by the hardware's peak (MFU, which the job computes
+-- from the device's peak FLOP/s), the same model and precision on other hardware types started within
+-- window_days (at least min_peer_hardware of them) sets the MFU it should reach; it regresses when it
+-- falls short by more than max_peer_drop (wider than max_drop: MFU differs somewhat across device
+-- generations even on a healthy fleet).
 
 with
 
@@ -27,7 +33,8 @@ steps as (
         s.run_id,
         s.date,
         s.ts,
-        s.tokens_per_s
+        s.tokens_per_s,
+        s.mfu
     from train_steps as s
     inner join diagnose_pairs as p
         on p.model = s.model
@@ -45,7 +52,8 @@ per_run as (
         min(date) as date,
         min(ts) as first_ts,
         max(ts) as last_ts,
-        median(tokens_per_s) as tps
+        median(tokens_per_s) as tps,
+        median(mfu) filter (where mfu > 0 and mfu < cast('Infinity' as double)) as run_mfu
     from steps
     group by model, hardware, run_id
     having count(*) >= {{ min_run_steps }}
@@ -68,17 +76,61 @@ run_baselines as (
     group by cur.model, cur.hardware, cur.precision, cur.run_id
 ),
 
-compared_runs as (
+history_runs as (
     select
         per_run.*,
         run_baselines.baseline_tps,
-        1 - per_run.tps / nullif(run_baselines.baseline_tps, 0) as drop_share
+        'history' as basis
     from per_run
     inner join run_baselines
         on run_baselines.run_id = per_run.run_id
         and run_baselines.model = per_run.model
         and run_baselines.hardware = per_run.hardware
     where run_baselines.n_history >= {{ min_history_runs }}
+),
+
+peer_baselines as (
+    -- runs with no history of their own on this hardware: the MFU of the same model and precision on
+    -- the other hardware types, started within window_days of it, is what it should reach
+    select
+        cur.run_id,
+        cur.hardware,
+        median(prev.run_mfu) as peer_mfu,
+        count(distinct prev.hardware) as n_peer_hardware
+    from per_run as cur
+    inner join per_run as prev
+        on prev.model = cur.model
+        and prev.hardware <> cur.hardware
+        and prev.precision is not distinct from cur.precision
+        and abs(date_diff('day', prev.date, cur.date)) <= {{ window_days }}
+    where cur.run_mfu > 0
+        and prev.run_mfu > 0
+        and cur.run_id not in (select run_id from history_runs)
+    group by cur.run_id, cur.hardware
+),
+
+peer_runs as (
+    select
+        per_run.*,
+        per_run.tps * peer_baselines.peer_mfu / per_run.run_mfu as baseline_tps,
+        'peers' as basis
+    from per_run
+    inner join peer_baselines
+        on peer_baselines.run_id = per_run.run_id
+        and peer_baselines.hardware = per_run.hardware
+    where peer_baselines.n_peer_hardware >= {{ min_peer_hardware }}
+),
+
+compared_runs as (
+    select
+        *,
+        1 - tps / nullif(baseline_tps, 0) as drop_share,
+        case when basis = 'peers' then {{ max_peer_drop }} else {{ max_drop }} end as allowed_drop
+    from (
+        select * from history_runs
+        union all
+        select * from peer_runs
+    ) as judged
 ),
 
 scored as (
@@ -93,9 +145,10 @@ scored as (
         count(*) as n_runs,
         min(first_ts) as first_ts,
         max(last_ts) as last_ts,
-        coalesce(median(drop_share) > {{ max_drop }}, false) as is_regressed
+        max(basis) as basis,
+        coalesce(median(drop_share) > max(allowed_drop), false) as is_regressed
     from compared_runs
-    group by model, hardware, precision, date
+    group by model, hardware, precision, date, basis
 ),
 
 subject_days as (
@@ -109,6 +162,7 @@ subject_days as (
         max_by(precision, drop_share) filter (where is_regressed) as precision,
         max_by(observed, drop_share) filter (where is_regressed) as observed,
         max_by(expected, drop_share) filter (where is_regressed) as expected,
+        max_by(basis, drop_share) filter (where is_regressed) as basis,
         min(first_ts) filter (where is_regressed) as first_ts,
         max(last_ts) filter (where is_regressed) as last_ts
     from scored
@@ -140,6 +194,7 @@ episodes as (
         max(last_ts) as end_at,
         min_by(observed, date) as observed,
         min_by(expected, date) as expected,
+        min_by(basis, date) as basis,
         sum(n_runs) as n_points,
         max(worst_drop) as worst_drop
     from islands
@@ -160,8 +215,11 @@ final as (
         cast(end_at as timestamptz) as end_at,
         cast(observed as double) as observed,
         cast(expected as double) as expected,
-        cast(concat('median tokens/s of the runs of the previous ', cast({{ window_days }} as varchar), ' days')
-            as varchar) as baseline,
+        cast(case
+            when basis = 'peers' then concat('its tokens/s at the median MFU of the same model on other hardware within ',
+                cast({{ window_days }} as varchar), ' days (no history of its own)')
+            else concat('median tokens/s of the runs of the previous ', cast({{ window_days }} as varchar), ' days')
+        end as varchar) as baseline,
         cast(n_points as bigint) as n_points,
         cast(worst_drop >= {{ critical_drop }} as boolean) as escalate
     from episodes

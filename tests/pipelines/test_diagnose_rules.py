@@ -417,3 +417,19 @@ def test_gpu_rules_skip_runs_without_an_accelerator(tmp_path):
     found = {(a["rule"], a["run_id"]) for a in diagnose(root, notify_alerts=False).alerts}
     assert ("gpu_underutilization", "gpu-idle") in found
     assert not [r for r, run in found if run == "cpu-only"]
+
+
+def test_throughput_of_hardware_without_history_is_held_to_its_peers_mfu(tmp_path):
+    """A hardware type new to the fleet has no trailing median of its own: normalized by its peak
+    (MFU), the same model on the other hardware types is what it should reach."""
+    tables = []
+    for hardware, mfu in (("hw-a", 0.42), ("hw-b", 0.44), ("hw-c", 0.41), ("hw-new", 0.30)):
+        for t in daily_runs("m-peer", hardware, days=3):
+            tables.append(t.append_column("mfu", pa.array(np.full(t.num_rows, mfu))))
+    # every hardware type starts on day 0, so none has history: only the peer comparison can judge
+    root = str(tmp_path / "lake")
+    Lake(root).write("train_steps", pa.concat_tables(tables), "k")
+    found = [a for a in diagnose(root, notify_alerts=False).alerts if a["rule"] == "throughput_regression"]
+    assert [a["hardware"] for a in found] == ["hw-new"]
+    assert "median MFU of the same model on other hardware" in found[0]["baseline"]
+    assert found[0]["observed"] / found[0]["expected"] == pytest.approx(0.30 / 0.42, rel=0.02)
