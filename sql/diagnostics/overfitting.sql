@@ -18,11 +18,11 @@
 -- judged on its own, as of its latest checkpoint L, against the best checkpoint B before it:
 --   - at least min_after checkpoints came after B (one bad eval is not a trend), and both their median
 --     and L's value are above B's value by min_rise of it (relative: scale-free) and by noise_z times
---     the suite's own checkpoint-to-checkpoint noise. The noise sigma is the median absolute second
---     difference of the suite's values / (0.6745 * sqrt 6): second differences cancel a steady trend,
---     so a curve that still falls smoothly has a small noise and a jittering plateau a large one (its
---     lowest point is a low draw, and what follows sits only a sigma or two above it); with fewer
---     than 5 checkpoints only min_rise applies;
+--     the suite's own checkpoint-to-checkpoint noise. The noise sigma is the median absolute third
+--     difference of the suite's values / (0.6745 * sqrt 20): third differences cancel a trend and its
+--     bend, so a curve that falls smoothly and turns (8 evals of a power law that starts to overfit)
+--     has a small noise and a jittering plateau a large one (its lowest point is a low draw, and what
+--     follows sits only a sigma or two above it); with fewer than 6 checkpoints only min_rise applies;
 --   - the training loss near L is below the training loss near B: the gap grows. "Near a step" is the
 --     median of the training losses logged in the window before it: train_points logging intervals
 --     of the run, or one eval interval of the suite if that is longer, so one log per epoch and one
@@ -74,24 +74,26 @@ ordered as (
     from checkpoints
 ),
 
-second_differences as (
+third_differences as (
     select
         cur.run_id,
         cur.suite,
-        abs(cur.val_loss - 2 * mid.val_loss + prev.val_loss) as d2
+        abs(cur.val_loss - 3 * m1.val_loss + 3 * m2.val_loss - m3.val_loss) as d3
     from ordered as cur
-    inner join ordered as mid
-        on mid.run_id = cur.run_id and mid.suite = cur.suite and mid.k = cur.k - 1
-    inner join ordered as prev
-        on prev.run_id = cur.run_id and prev.suite = cur.suite and prev.k = cur.k - 2
+    inner join ordered as m1
+        on m1.run_id = cur.run_id and m1.suite = cur.suite and m1.k = cur.k - 1
+    inner join ordered as m2
+        on m2.run_id = cur.run_id and m2.suite = cur.suite and m2.k = cur.k - 2
+    inner join ordered as m3
+        on m3.run_id = cur.run_id and m3.suite = cur.suite and m3.k = cur.k - 3
 ),
 
 noise as (
     select
         run_id,
         suite,
-        median(d2) / (0.6745 * sqrt(6.0)) as sigma
-    from second_differences
+        median(d3) / (0.6745 * sqrt(20.0)) as sigma
+    from third_differences
     group by run_id, suite
     having count(*) >= 3
 ),

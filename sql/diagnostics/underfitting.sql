@@ -9,7 +9,7 @@
 -- subject: run_id
 -- sources: train_steps, peer_train_steps, runs, diagnose_runs
 -- params: min_logs int >= 3; start_frac float > 0 < 1; end_frac float > 0 < 1; min_learn float > 0 < 1;
---   peer_frac float > 0 < 1; max_peer_gap float > 0; min_peers int >= 1
+--   peer_frac float > 0 < 1; max_peer_gap float > 0; min_peers int >= 1; grid_cells int >= 10
 -- audits: tests/pipelines/test_diagnose_rules.py (fires on a flat loss and on a run stuck above three
 --   peers, quiet on the peers); tests/pipelines/test_diagnose_real.py (real runs: a real trainer state
 --   stuck at ln 4, one logging loss 0.0 throughout, real CPU trainings with the LR far too high and in
@@ -24,6 +24,9 @@
 -- whose logs cover the run's last peer_frac of steps, (S · (1 - peer_frac), S]. The run's median loss
 -- over that window is more than max_peer_gap above the median of the peers' medians over the same
 -- steps, with at least min_peers peers (the median keeps a few faulty peers from setting the bar).
+-- Peers are read as the medians of grid_cells cells over the model's longest run (their level over
+-- the window is the median of the cells in it: close to the median of their logs, at a fraction of the
+-- join).
 
 with
 
@@ -108,13 +111,40 @@ peer_logged as (
     where abs(s.loss) < cast('Infinity' as double)
 ),
 
+grids as (
+    -- peers are compared on a grid of grid_cells cells over the model's longest run, so the peer join
+    -- reads a few dozen cell medians per run instead of every logged step
+    select
+        model,
+        greatest(1, max(step) / {{ grid_cells }}) as cell_steps
+    from peer_logged
+    group by model
+),
+
+peer_cells as (
+    select
+        peer_logged.model,
+        peer_logged.dataset,
+        peer_logged.run_id,
+        cast(floor(peer_logged.step / grids.cell_steps) as bigint) as cell,
+        median(peer_logged.loss) as cell_loss,
+        count(*) as n_logs
+    from peer_logged
+    inner join grids
+        on grids.model = peer_logged.model
+    group by peer_logged.model, peer_logged.dataset, peer_logged.run_id,
+        cast(floor(peer_logged.step / grids.cell_steps) as bigint)
+),
+
 peer_spans as (
     select
+        model,
+        dataset,
         run_id,
-        min(step) as first_step,
-        max(step) as last_step
-    from peer_logged
-    group by run_id
+        min(cell) as first_cell,
+        max(cell) as last_cell
+    from peer_cells
+    group by model, dataset, run_id
 ),
 
 targets as (
@@ -123,8 +153,13 @@ targets as (
         levels.model,
         coalesce(datasets.dataset, '') as dataset,
         levels.last_step,
-        levels.last_step - {{ peer_frac }} * levels.last_step as window_start
+        levels.last_step - {{ peer_frac }} * levels.last_step as window_start,
+        cast(floor((levels.last_step - {{ peer_frac }} * levels.last_step) / grids.cell_steps) as bigint) + 1
+            as first_cell,
+        cast(floor(levels.last_step / grids.cell_steps) as bigint) as last_cell
     from levels
+    inner join grids
+        on grids.model = levels.model
     left join datasets
         on datasets.run_id = levels.run_id
 ),
@@ -144,20 +179,21 @@ own_window as (
 peer_window as (
     select
         targets.run_id,
-        peer_logged.run_id as peer_run_id,
-        median(peer_logged.loss) as peer_level
+        peer_cells.run_id as peer_run_id,
+        median(peer_cells.cell_loss) as peer_level
     from targets
     inner join peer_spans
-        on peer_spans.run_id <> targets.run_id
-        and peer_spans.first_step <= targets.window_start
-        and peer_spans.last_step >= targets.last_step
-    inner join peer_logged
-        on peer_logged.run_id = peer_spans.run_id
-        and peer_logged.model = targets.model
-        and peer_logged.dataset = targets.dataset
-        and peer_logged.step > targets.window_start
-        and peer_logged.step <= targets.last_step
-    group by targets.run_id, peer_logged.run_id
+        on peer_spans.model = targets.model
+        and peer_spans.dataset = targets.dataset
+        and peer_spans.run_id <> targets.run_id
+        and peer_spans.first_cell < targets.first_cell
+        and peer_spans.last_cell >= targets.last_cell
+    inner join peer_cells
+        on peer_cells.run_id = peer_spans.run_id
+        and peer_cells.model = targets.model
+        and peer_cells.cell >= targets.first_cell
+        and peer_cells.cell <= targets.last_cell
+    group by targets.run_id, peer_cells.run_id
 ),
 
 peers as (
