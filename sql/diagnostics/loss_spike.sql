@@ -8,7 +8,7 @@
 -- subject: run_id
 -- sources: train_steps, diagnose_runs
 -- params: window_logs int >= 3; z_threshold float > 0; min_ratio float >= 1; min_rel_scale float >= 0;
---   min_start_scale float >= 0; episode_gap_logs int >= 1; recover_windows int >= 1; recover_tol float >= 0;
+--   min_start_scale float >= 0; min_over_max float >= 1; episode_gap_logs int >= 1; recover_windows int >= 1; recover_tol float >= 0;
 --   min_episodes int >= 2
 -- audits: tests/pipelines/test_diagnose_rules.py (fires on a 4x spike, quiet on its clean twin);
 --   tests/pipelines/test_diagnose_real.py (real runs: a one-step spike a healthy run recovers from stays
@@ -67,6 +67,7 @@ window_levels as (
         window_no,
         median(loss) as loss_median,
         median(step_change) as change_median,
+        max(loss) as loss_max,
         count(*) as n_logs,
         min(step) as first_step,
         max(step) as last_step
@@ -86,6 +87,8 @@ scored as (
     select
         windows.*,
         prev.loss_median as before_median,
+        prev.loss_max as before_max,
+        windows.loss - lag(windows.loss) over (partition by windows.run_id order by windows.step) as rise,
         prev.first_step as baseline_from,
         prev.last_step as baseline_to,
         -- noise sigma from the median absolute step-to-step change (/ 0.6745 / sqrt 2): a steady trend
@@ -98,7 +101,7 @@ scored as (
     from windows
     inner join window_levels as prev
         on prev.run_id = windows.run_id
-        and prev.window_no = windows.window_no - 1
+        and prev.window_no = greatest(windows.window_no - 1, 0)
     inner join run_scale
         on run_scale.run_id = windows.run_id
     where prev.n_logs = {{ window_logs }}
@@ -109,6 +112,8 @@ spikes as (
     from scored
     where robust_z > {{ z_threshold }}
         and loss > {{ min_ratio }} * before_median
+        and (window_no > 0 and loss > {{ min_over_max }} * before_max
+            or window_no = 0 and rise > 0 and loss > {{ min_over_max }} * (loss - rise))
 ),
 
 episode_starts as (

@@ -7,7 +7,7 @@
 -- subject: run_id, suite
 -- sources: eval_results, train_steps, diagnose_runs
 -- params: suites strings; metric string; min_rise float > 0; noise_z float >= 0; min_after int >= 1;
---   train_points int >= 1
+--   single_rise float > 0; train_points int >= 1
 -- audits: tests/pipelines/test_diagnose_rules.py (fires on a rising validation loss, quiet on the twin
 --   where it keeps falling); tests/pipelines/test_diagnose_real.py (real HF logs: fires on overfitting
 --   runs logged once per epoch or every 500 steps, quiet on converged runs whose eval loss only jitters)
@@ -16,7 +16,8 @@
 -- (a loss: lower is better) in one of the given suites, or in a suite named after one of them plus
 -- '-<set>' (a Trainer evaluating several sets logs eval_<set>_loss: hf-eval-<set>). Each suite is
 -- judged on its own, as of its latest checkpoint L, against the best checkpoint B before it:
---   - at least min_after checkpoints came after B (one bad eval is not a trend), and both their median
+--   - at least min_after checkpoints came after B (one bad eval is not a trend; unless it is worse by
+--     single_rise of B's value: a short run evaluated every third of the way), and both their median
 --     and L's value are above B's value by min_rise of it (relative: scale-free) and by noise_z times
 --     the suite's own checkpoint-to-checkpoint noise. The noise sigma is the median absolute third
 --     difference of the suite's values / (0.6745 * sqrt 20): third differences cancel a trend and its
@@ -211,7 +212,8 @@ overfit as (
         on train_near.run_id = best.run_id and train_near.suite = best.suite
     left join noise
         on noise.run_id = best.run_id and noise.suite = best.suite
-    where after_best.n_after >= {{ min_after }}
+    where (after_best.n_after >= {{ min_after }}
+            or latest.last_loss - best.best_loss > {{ single_rise }} * abs(best.best_loss))
         and after_best.after_loss - best.best_loss > {{ min_rise }} * abs(best.best_loss)
         and latest.last_loss - best.best_loss > {{ min_rise }} * abs(best.best_loss)
         and after_best.after_loss - best.best_loss > {{ noise_z }} * coalesce(noise.sigma, 0)

@@ -7,9 +7,9 @@
 -- scope: run (recomputed for the runs whose train_steps changed; peers are read from every partition
 --   of the run's model)
 -- subject: run_id
--- sources: train_steps, peer_train_steps, runs, diagnose_runs
+-- sources: train_steps, peer_train_steps, peer_eval_results, runs, diagnose_runs
 -- params: min_logs int >= 3; start_frac float > 0 < 1; end_frac float > 0 < 1; min_learn float > 0 < 1;
---   peer_frac float > 0 < 1; max_peer_gap float > 0; min_peers int >= 1; grid_cells int >= 10
+--   peer_frac float > 0 < 1; max_peer_gap float > 0; min_peers int >= 1; grid_cells int >= 10; val_suites strings
 -- audits: tests/pipelines/test_diagnose_rules.py (fires on a flat loss and on a run stuck above three
 --   peers, quiet on the peers); tests/pipelines/test_diagnose_real.py (real runs: a real trainer state
 --   stuck at ln 4, one logging loss 0.0 throughout, real CPU trainings with the LR far too high and in
@@ -20,10 +20,14 @@
 -- least 3). Scale-free: logged-step shares, not step counts, so 5 logs of a short fine-tune and 30 000
 -- of a pre-training run are judged alike.
 -- A run whose latest logged loss is not finite is left to the divergence rule.
--- Stuck above its peers: the peers are the other runs of the same model and data set (runs.dataset)
--- whose logs cover the run's last peer_frac of steps, (S · (1 - peer_frac), S]. The run's median loss
--- over that window is more than max_peer_gap above the median of the peers' medians over the same
--- steps, with at least min_peers peers (the median keeps a few faulty peers from setting the bar).
+-- Stuck above its peers: the peers are the other runs of the same model and data (runs.dataset and the
+-- data section of runs.config_json where the job recorded one). Where the run and at least min_peers
+-- peers have a validation loss (val_suites) at the run's latest checkpoint step, those are compared;
+-- else the median training loss over the run's last peer_frac of steps, (S · (1 - peer_frac), S],
+-- against peers whose logs cover it. The run is behind when its value is more than max_peer_gap above
+-- the lower quartile of its peers' (a fleet or a sweep with many faulty runs pulls the median up; the
+-- quartile is what the healthy ones reach, and a single lucky seed does not set it once there are
+-- five peers or more).
 -- Peers are read as the medians of grid_cells cells over the model's longest run (their level over
 -- the window is the median of the cells in it: close to the median of their logs, at a fraction of the
 -- join).
@@ -91,9 +95,12 @@ never_learned as (
 ),
 
 datasets as (
+    -- "same data": the runs row's data set name and, where the job recorded it, its data config (a
+    -- 64-example run of the same corpus is not a peer of the full one)
     select
         run_id,
-        max(coalesce(dataset, '')) as dataset
+        max(concat(coalesce(dataset, ''), '|', coalesce(json_extract_string(config_json, '$.data'), '')))
+            as dataset
     from runs
     group by run_id
 ),
@@ -196,31 +203,112 @@ peer_window as (
     group by targets.run_id, peer_cells.run_id
 ),
 
+validation as (
+    select
+        e.train_run_id as run_id,
+        e.model,
+        e.checkpoint_step,
+        median(e.value) as val_loss
+    from peer_eval_results as e
+    where e.metric = 'loss'
+        and e.suite in ({{ val_suites }})
+        and e.checkpoint_step is not null
+        and abs(e.value) < cast('Infinity' as double)
+    group by e.train_run_id, e.model, e.checkpoint_step
+),
+
+own_validation as (
+    select
+        targets.run_id,
+        max(validation.checkpoint_step) as val_step,
+        max_by(validation.val_loss, validation.checkpoint_step) as own_val
+    from targets
+    inner join validation
+        on validation.run_id = targets.run_id
+    group by targets.run_id
+),
+
+peer_validation as (
+    select
+        own_validation.run_id,
+        validation.run_id as peer_run_id,
+        validation.val_loss as peer_level
+    from own_validation
+    inner join targets
+        on targets.run_id = own_validation.run_id
+    inner join validation
+        on validation.checkpoint_step = own_validation.val_step
+        and validation.model = targets.model
+        and validation.run_id <> own_validation.run_id
+    inner join datasets
+        on datasets.run_id = validation.run_id
+        and datasets.dataset = targets.dataset
+),
+
+peer_levels as (
+    -- validation loss at the run's latest checkpoint where it and min_peers peers have one (fixed eval
+    -- batches: far less noisy than training batches), else the training loss over the window
+    select
+        peer_validation.run_id,
+        'validation' as basis,
+        peer_validation.peer_level
+    from peer_validation
+    where peer_validation.run_id in (
+        select run_id from peer_validation group by run_id having count(*) >= {{ min_peers }})
+    union all
+    select
+        peer_window.run_id,
+        'training' as basis,
+        peer_window.peer_level
+    from peer_window
+    where peer_window.run_id not in (
+        select run_id from peer_validation group by run_id having count(*) >= {{ min_peers }})
+),
+
+ranked as (
+    select
+        *,
+        row_number() over (partition by run_id order by peer_level) as peer_rank,
+        count(*) over (partition by run_id) as n_ranked
+    from peer_levels
+),
+
 peers as (
+    -- the lower quartile of the peers' levels: what healthy runs of this model reach by then (a sweep
+    -- or a fleet of faulty runs pulls a median up; a lucky seed alone does not set the bar)
     select
         run_id,
+        max(basis) as basis,
         count(*) as n_peers,
-        median(peer_level) as peer_level
-    from peer_window
+        min(peer_level) filter (where peer_rank >= ceil(0.25 * n_ranked)) as peer_level
+    from ranked
     group by run_id
 ),
 
 judged as (
     select
         never_learned.*,
-        own_window.own_level,
+        case when peers.basis = 'validation' then own_validation.own_val else own_window.own_level end
+            as own_level,
+        peers.basis,
         peers.n_peers,
         peers.peer_level,
         coalesce(peers.n_peers >= {{ min_peers }}
-            and own_window.own_level > (1 + {{ max_peer_gap }}) * peers.peer_level, false) as is_behind
+            and case when peers.basis = 'validation' then own_validation.own_val else own_window.own_level end
+                > (1 + {{ max_peer_gap }}) * peers.peer_level, false) as is_behind
     from never_learned
     left join own_window
         on own_window.run_id = never_learned.run_id
+    left join own_validation
+        on own_validation.run_id = never_learned.run_id
     left join peers
         on peers.run_id = never_learned.run_id
-    where never_learned.is_flat
-        or coalesce(peers.n_peers >= {{ min_peers }}
-            and own_window.own_level > (1 + {{ max_peer_gap }}) * peers.peer_level, false)
+),
+
+flagged as (
+    select *
+    from judged
+    where is_flat or is_behind
 ),
 
 final as (
@@ -239,12 +327,14 @@ final as (
         cast(case when is_flat then start_level else peer_level end as double) as expected,
         cast(case
             when is_flat then 'its own first logged losses'
-            else concat('median of ', cast(n_peers as varchar),
-                ' peer run(s) of the same model and data over the same steps')
+            when basis = 'validation' then concat('lower quartile of ', cast(n_peers as varchar),
+                ' peer run(s) of the same model and data, validation loss at the same checkpoint')
+            else concat('lower quartile of ', cast(n_peers as varchar),
+                ' peer run(s) of the same model and data, training loss over the same steps')
         end as varchar) as baseline,
         cast(n_logs as bigint) as n_points,
         cast(false as boolean) as escalate
-    from judged
+    from flagged
 )
 
 select * from final

@@ -15,7 +15,8 @@
 -- Blocks by log count as in exploding_gradients (about target_blocks a run). Per block: the median grad
 -- norm and loss. A block vanishes when its grad median is below min_grad_norm outright (a broken
 -- backward pass), or below the largest block median so far divided by vanish_factor (after
--- min_history_blocks blocks) while the loss is still above min_loss_share of the run's first block:
+-- min_history_blocks blocks after the first: warmup and the early turmoil of an LR too high make
+-- grad norms that training is not expected to keep) while the loss is still above min_loss_share of the run's first block:
 -- normal training shrinks grad norms a few-fold, not a hundred-fold, except where the loss itself has
 -- converged near zero (a memorized training set has nothing left to learn, and small gradients).
 
@@ -84,10 +85,11 @@ first_loss as (
 with_history as (
     select
         *,
-        max(grad_median) over (
+        -- the first block (warmup, and the turmoil of an LR too high) sets no peak
+        max(case when block > 0 then grad_median end) over (
             partition by run_id order by block
             rows between unbounded preceding and 1 preceding) as peak_before,
-        count(*) over (
+        count(case when block > 0 then 1 end) over (
             partition by run_id order by block
             rows between unbounded preceding and 1 preceding) as n_before
     from blocks

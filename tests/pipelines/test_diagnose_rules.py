@@ -298,7 +298,7 @@ def test_alert_details_say_where_and_what(alerts):
     flat = _one(alerts, "underfitting", "underfitting-bad")
     assert flat["baseline"] == "its own first logged losses" and flat["observed"] == pytest.approx(8, rel=0.05)
     behind = _one(alerts, "underfitting", "underfitting_peers-bad")  # every other toy-lm run is its peer
-    assert behind["baseline"].startswith("median of ") and behind["observed"] / behind["expected"] == pytest.approx(1.3, rel=0.03)
+    assert behind["baseline"].startswith("lower quartile of ") and behind["observed"] / behind["expected"] == pytest.approx(1.3, rel=0.03)
     over = _one(alerts, "overfitting", "overfitting-bad")
     assert over["step_start"] == 899 and over["baseline"] == "ckpt-749" and "roll back to ckpt-749" in over["action"]
     plateau = _one(alerts, "plateau", "plateau-bad")
