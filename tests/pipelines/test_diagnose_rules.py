@@ -92,6 +92,8 @@ def with_incident(kind: str, seed: int) -> dict:
         c["loss"] = 1.3 * c["loss"]
     elif kind == "lr_schedule_anomaly":
         c["lr"] = np.where(s >= 900, c["lr"] * 10, c["lr"])
+    elif kind == "lr_schedule_anomaly_climb":  # peak LR set below min_lr: past warmup the schedule climbs 6x
+        c["lr"] = np.where(s < 50, c["lr"], 1e-4 + (6e-4 - 1e-4) * (s - 50) / (N_STEPS - 50))
     elif kind == "lr_schedule_anomaly_nan":
         c["lr"][1000] = np.nan
     elif kind == "throughput_drop":  # a straggler: steps take twice as long for 200 steps
@@ -181,7 +183,7 @@ def daily_runs(model: str, hardware: str, days: int = 10, slow_from: int | None 
     return out
 
 
-CASE_SUFFIXES = ("_sparse", "_growth", "_nan", "_relative", "_slowed", "_peers")  # variants of a rule's incident
+CASE_SUFFIXES = ("_sparse", "_growth", "_nan", "_relative", "_slowed", "_peers", "_climb")  # variants of a rule's incident
 
 
 def rule_of(case: str) -> str:
@@ -191,7 +193,7 @@ def rule_of(case: str) -> str:
 
 
 RUN_CASES = ["divergence", "loss_spike", "loss_spike_sparse", "memory_pressure_sparse", "exploding_gradients", "exploding_gradients_growth", "vanishing_gradients",
-             "plateau", "plateau_slowed", "underfitting", "underfitting_peers", "overfitting", "lr_schedule_anomaly", "lr_schedule_anomaly_nan", "throughput_drop",
+             "plateau", "plateau_slowed", "underfitting", "underfitting_peers", "overfitting", "lr_schedule_anomaly", "lr_schedule_anomaly_nan", "lr_schedule_anomaly_climb", "throughput_drop",
              "data_stall", "gpu_underutilization", "gpu_underutilization_relative", "memory_pressure"]
 ALSO_FIRES = {("exploding_gradients-bad", "plateau"), ("underfitting-bad", "plateau")}
 FLEET_CASES = ["eval_regression", "latency_slo_breach", "error_rate_breach", "throughput_regression", "precision_gap"]
@@ -284,6 +286,8 @@ def test_alert_details_say_where_and_what(alerts):
     assert 1050 <= grow["step_start"] <= 1150 and grow["severity"] == "warning" and grow["observed"] > 8 * grow["expected"]
     assert _one(alerts, "vanishing_gradients", "vanishing_gradients-bad")["step_start"] == 700
     assert _one(alerts, "lr_schedule_anomaly", "lr_schedule_anomaly-bad")["step_start"] == 900
+    climb = _one(alerts, "lr_schedule_anomaly", "lr_schedule_anomaly_climb-bad")  # 2x its low of step 375 at 1000
+    assert 950 <= climb["step_start"] <= 1050 and climb["baseline"] == "lowest lr logged since the warmup"
     nan_lr = _one(alerts, "lr_schedule_anomaly", "lr_schedule_anomaly_nan-bad")
     assert nan_lr["step_start"] == 1000 and math.isnan(nan_lr["observed"])
     assert _one(alerts, "throughput_drop", "throughput_drop-bad")["step_start"] == 800
