@@ -21,11 +21,12 @@
 -- of a pre-training run are judged alike.
 -- A run whose latest logged loss is not finite is left to the divergence rule.
 -- Stuck above its peers: the peers are the other runs of the same model and data (runs.dataset and the
--- data section of runs.config_json where the job recorded one). Where the run and at least min_peers
--- peers have a validation loss (val_suites) at the run's latest checkpoint step, those are compared;
--- else the median training loss over the run's last peer_frac of steps, (S · (1 - peer_frac), S],
--- against peers whose logs cover it. The run is behind when its value is more than max_peer_gap above
--- the lower quartile of its peers' (a fleet or a sweep with many faulty runs pulls the median up; the
+-- data section of runs.config_json where the job recorded one). The run's median training loss over
+-- its last peer_frac of steps, (S · (1 - peer_frac), S], is compared with peers whose logs cover it;
+-- where the run and at least min_peers peers have a validation loss (val_suites) at the run's latest
+-- checkpoint step, that is compared too, and both must be behind (behind on validation alone is
+-- memorizing: the overfitting rule's). Behind is more than max_peer_gap above the lower quartile of
+-- the peers' values (a fleet or a sweep with many faulty runs pulls the median up; the
 -- quartile is what the healthy ones reach, and a single lucky seed does not set it once there are
 -- five peers or more).
 -- Peers are read as the medians of grid_cells cells over the model's longest run (their level over
@@ -246,30 +247,26 @@ peer_validation as (
 ),
 
 peer_levels as (
-    -- validation loss at the run's latest checkpoint where it and min_peers peers have one (fixed eval
-    -- batches: far less noisy than training batches), else the training loss over the window
+    -- the training loss over the window, and the validation loss at the run's latest checkpoint where
+    -- it and min_peers peers have one (fixed eval batches: far less noisy than training batches)
     select
         peer_validation.run_id,
         'validation' as basis,
         peer_validation.peer_level
     from peer_validation
-    where peer_validation.run_id in (
-        select run_id from peer_validation group by run_id having count(*) >= {{ min_peers }})
     union all
     select
         peer_window.run_id,
         'training' as basis,
         peer_window.peer_level
     from peer_window
-    where peer_window.run_id not in (
-        select run_id from peer_validation group by run_id having count(*) >= {{ min_peers }})
 ),
 
 ranked as (
     select
         *,
-        row_number() over (partition by run_id order by peer_level) as peer_rank,
-        count(*) over (partition by run_id) as n_ranked
+        row_number() over (partition by run_id, basis order by peer_level) as peer_rank,
+        count(*) over (partition by run_id, basis) as n_ranked
     from peer_levels
 ),
 
@@ -278,24 +275,27 @@ peers as (
     -- or a fleet of faulty runs pulls a median up; a lucky seed alone does not set the bar)
     select
         run_id,
-        max(basis) as basis,
-        count(*) as n_peers,
-        min(peer_level) filter (where peer_rank >= ceil(0.25 * n_ranked)) as peer_level
+        count(*) filter (where basis = 'training') as n_train_peers,
+        min(peer_level) filter (where basis = 'training' and peer_rank >= ceil(0.25 * n_ranked)) as train_ref,
+        count(*) filter (where basis = 'validation') as n_val_peers,
+        min(peer_level) filter (where basis = 'validation' and peer_rank >= ceil(0.25 * n_ranked)) as val_ref
     from ranked
     group by run_id
 ),
 
-judged as (
+compared as (
     select
         never_learned.*,
-        case when peers.basis = 'validation' then own_validation.own_val else own_window.own_level end
-            as own_level,
-        peers.basis,
-        peers.n_peers,
-        peers.peer_level,
-        coalesce(peers.n_peers >= {{ min_peers }}
-            and case when peers.basis = 'validation' then own_validation.own_val else own_window.own_level end
-                > (1 + {{ max_peer_gap }}) * peers.peer_level, false) as is_behind
+        own_window.own_level as own_train,
+        own_validation.own_val,
+        peers.n_train_peers,
+        peers.train_ref,
+        peers.n_val_peers >= {{ min_peers }} as has_val,
+        peers.n_val_peers,
+        peers.val_ref,
+        coalesce(peers.n_train_peers >= {{ min_peers }}
+            and own_window.own_level > (1 + {{ max_peer_gap }}) * peers.train_ref, false) as train_behind,
+        coalesce(own_validation.own_val > (1 + {{ max_peer_gap }}) * peers.val_ref, false) as val_behind
     from never_learned
     left join own_window
         on own_window.run_id = never_learned.run_id
@@ -303,6 +303,19 @@ judged as (
         on own_validation.run_id = never_learned.run_id
     left join peers
         on peers.run_id = never_learned.run_id
+),
+
+judged as (
+    -- behind on training loss, and on validation loss too where that can be compared: a run behind on
+    -- validation only is memorizing (the overfitting rule's), one behind on training only is noise
+    select
+        *,
+        coalesce(has_val, false) as by_val,
+        train_behind and (not coalesce(has_val, false) or val_behind) as is_behind,
+        case when coalesce(has_val, false) then own_val else own_train end as own_level,
+        case when coalesce(has_val, false) then val_ref else train_ref end as peer_level,
+        case when coalesce(has_val, false) then n_val_peers else n_train_peers end as n_peers
+    from compared
 ),
 
 flagged as (
@@ -327,7 +340,7 @@ final as (
         cast(case when is_flat then start_level else peer_level end as double) as expected,
         cast(case
             when is_flat then 'its own first logged losses'
-            when basis = 'validation' then concat('lower quartile of ', cast(n_peers as varchar),
+            when by_val then concat('lower quartile of ', cast(n_peers as varchar),
                 ' peer run(s) of the same model and data, validation loss at the same checkpoint')
             else concat('lower quartile of ', cast(n_peers as varchar),
                 ' peer run(s) of the same model and data, training loss over the same steps')
