@@ -437,3 +437,15 @@ def test_throughput_of_hardware_without_history_is_held_to_its_peers_mfu(tmp_pat
     assert [a["hardware"] for a in found] == ["hw-new"]
     assert "median MFU of the same model on other hardware" in found[0]["baseline"]
     assert found[0]["observed"] / found[0]["expected"] == pytest.approx(0.30 / 0.42, rel=0.02)
+
+
+def test_slow_exponential_grad_growth_is_caught_while_the_loss_still_improves(tmp_path):
+    """Grad norm e-folding every 2,000 steps for 13,000 steps (x700), the loss still falling: no block
+    jumps, and the loss does not stall, but the growth passes extreme_factor x the run's lowest block."""
+    n = 13_000
+    slow = clean_series(n=n, seed=11)
+    slow["grad_norm"] = slow["grad_norm"] * np.exp(slow["step"] / 2000)
+    root = str(tmp_path / "lake")
+    Lake(root).write("train_steps", steps_table("slow-growth", slow), "k")
+    grow = _one(diagnose(root, notify_alerts=False).alerts, "exploding_gradients", "slow-growth")
+    assert grow["observed"] >= 100 * grow["expected"] and grow["step_start"] > 6000
