@@ -10,7 +10,7 @@ import pytest
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.summary.writer.record_writer import RecordWriter
 
-from model.importers import Parsed, RunMeta, SourceError, default_run_id, detect, parse, sources
+from model.importers import Parsed, RunMeta, SourceError, default_run_id, detect, hf_trainer, parse, sources
 
 REPO = Path(__file__).resolve().parents[2]
 HF_STATE = REPO.parent / "shared" / "data" / "hf_trainer_state" / "lora-imdb-distilbert.trainer_state.json"
@@ -40,7 +40,9 @@ def test_hf_trainer_real_file_rows():
     assert (first["step"], first["epoch"], first["loss"]) == (20, 0.16, 0.6899)
     assert first["lr"] == 0.00018986666666666668 and first["grad_norm"] == 0.7468545436859131
     assert first["model"] == "distilbert--lora-imdb"  # free-form name made a slug
-    assert first["run_id"] == default_run_id("hf", str(HF_STATE)) and first["precision"] == "fp16"
+    # the run id is the content's (first log entry, trainer arguments, model, hardware), not the path's
+    assert first["run_id"] == hf_trainer.run_id_of(json.loads(HF_STATE.read_text()), "distilbert--lora-imdb", "t4-x1")
+    assert first["run_id"] != default_run_id("hf", str(HF_STATE)) and first["precision"] == "fp16"
 
     assert {e["metric"] for e in evals} == {"loss", "runtime", "samples_per_second", "steps_per_second"}
     assert {e["suite"] for e in evals} == {"hf-eval"}
@@ -104,7 +106,8 @@ def test_hf_trainer_needs_a_model_name_and_keeps_bad_values_for_quarantine(tmp_p
 def test_hf_trainer_rejects_other_json(tmp_path):
     path = tmp_path / "state.json"
     path.write_text('{"global_step": 3}')
-    with pytest.raises(SourceError, match="no log_history"):
+    with pytest.raises(SourceError, match=r"state.json: not a Hugging Face trainer_state.json: no 'log_history' list "
+                                          r"\(top-level keys: global_step\)"):
         parse(str(path), "hf-trainer", RunMeta(model="m", hardware="h"))
 
 
@@ -196,7 +199,10 @@ def test_mlperf_fixture():
 
     evals = by_table(p, "eval_results")
     assert [(e["checkpoint_step"], e["metric"], e["value"], e["n"], e["suite"]) for e in evals] == [
-        (300, "accuracy", 0.6512, 10000, "mlperf"), (400, "accuracy", 0.7215, 10000, "mlperf")]
+        (300, "mlm_accuracy", 0.6512, 10000, "mlperf"), (400, "mlm_accuracy", 0.7215, 10000, "mlperf")]
+    assert config["quality_targets"] == {"mlm_accuracy": {"target": 0.72, "higher_is_better": True, "reached": True}}
+    # a tracked stat with no train_steps column is kept, not dropped
+    assert [(m["step"], m["metric"], m["value"]) for m in by_table(p, "step_metrics")] == [(300, "train_epoch_timing", 90.0)]
 
     # Quirks of real logs: a [phase, step] step (left for the validator to reject) and a line cut off
     # when the process was killed.
