@@ -559,7 +559,7 @@ class Ingester:
         cols = TABLES[table].key
         keys = {tuple(r.get(c) for c in cols) for r in rows}
         wheres = {f"/model={r['model']}/hardware={r['hardware']}/" for r in rows}
-        notes = []
+        removed = files = 0
         for name, paths in list(self.listing.of(table).items()):
             if not name.startswith("compacted-"):
                 continue
@@ -576,9 +576,8 @@ class Ingester:
                 else:
                     self.lake.fs.delete_file(p)
                     paths.remove(p)
-                notes.append(f"{data.num_rows - len(kept)} {table} rows of the run were also in compacted file {p}: "
-                             f"taken out there")
-        return notes
+                removed, files = removed + data.num_rows - len(kept), files + 1
+        return [f"{removed} {table} rows of the run were also in {files} compacted file(s): taken out there"] if files else []
 
 
 def ingest_parsed(lake: Lake, parsed: Parsed, shown_as: str, fill: dict | None = None,
