@@ -658,7 +658,7 @@ def _timestamp_arg(s: str) -> datetime:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("paths", nargs="+", metavar="PATH",
-                   help="files to load; a directory is read as a TensorBoard log dir")
+                   help="files to load; a directory is an MLflow file store (mlruns/) or a TensorBoard log dir")
     p.add_argument("--format", choices=("auto", *FORMATS), default="auto",
                    help="input format (default: detected from name and content)")
     p.add_argument("--table", choices=LOADABLE, help="JSONL: table of lines that have no 'table' field")
@@ -668,7 +668,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "for JSONL they fill columns a line leaves out. Free-form names become slugs.")
     m.add_argument("--model", help="model name, e.g. distilbert/lora-imdb")
     m.add_argument("--hardware", help="hardware fingerprint, e.g. a100-40gb-x8")
-    m.add_argument("--run-id", help="run id (default: a stable hash of the file's absolute path)")
+    m.add_argument("--run-id", help="run id (default: the file's own, else a hash of what every copy and checkpoint "
+                                    "of the run shares; see the importers' docs)")
     m.add_argument("--precision", help="fp32 | bf16 | fp16 | int8")
     m.add_argument("--model-family", help="architecture family, e.g. bert")
     m.add_argument("--n-params", type=int, help="trainable parameters")

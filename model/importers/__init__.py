@@ -194,7 +194,8 @@ def _mlflow_run_dirs(path: str) -> list[str]:
 
 
 def is_trainer_state_name(path: str) -> bool:
-    return "trainer_state" in os.path.basename(path).lower()
+    name = os.path.basename(path).lower()
+    return "trainer_state" in name and name.endswith(".json")
 
 
 def detect(path: str) -> str:

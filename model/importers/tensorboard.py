@@ -22,8 +22,9 @@ Scalars are stored by TensorBoard as float32, so values read back are float32-ro
 twice for the same tag and step (a resumed run) keeps the later one. One ``runs`` row per source:
 ``started_at``/``ended_at`` = first/last event wall time, ``steps`` = last step, ``final_loss`` =
 loss at that step; ``status`` is left empty (event files do not say how a run ended). The run id is
-a hash of the source's path unless ``--run-id`` names it; under one ``--run-id`` every source of a run
-lands once per step.
+a hash of the run's first event file as its writer named it (``events.out.tfevents.<time>.<host>.<pid>
+...``, unique per writer) and that file's first wall time, so a copy of the logs elsewhere is the same
+run and files a resumed run adds later do not change it; ``--run-id`` overrides it.
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ import json
 import os
 from datetime import datetime, timezone
 
-from model.importers import Parsed, Record, RunMeta, SourceError, identity, is_event_file
+from model.importers import Parsed, Record, RunMeta, SourceError, content_run_id, identity, is_event_file
 from model.importers.names import EVAL_PREFIXES, TRAIN_ALIASES, eval_split  # noqa: F401 (docs read them here)
 
 SOURCE = "tensorboard"
@@ -42,13 +43,14 @@ SUITES = {"eval": SUITE, "test": "tb-test"}
 def parse(path: str, meta: RunMeta) -> Parsed:
     files = _event_files(path)
     out = Parsed(source=os.path.abspath(path), format=SOURCE)
-    ident = identity(path, meta, "tb")
     precision = {"precision": meta.precision} if meta.precision else {}
 
-    points, wall_times, other_plugins = [], [], set()
+    points, wall_times, other_plugins, firsts = [], [], set(), []
     for f in files:
         n_events = 0
         for index, event in enumerate(_events(f), start=1):
+            if n_events == 0:
+                firsts.append((event.wall_time, _writer_name(f)))
             n_events += 1
             wall_times.append(event.wall_time)
             for v in event.summary.value:
@@ -60,6 +62,8 @@ def parse(path: str, meta: RunMeta) -> Parsed:
         if n_events == 0:
             raise SourceError(f"{f}: no TensorBoard events in the file (empty, or not an event file)")
     points.sort(key=lambda p: p[0])  # later values of a (tag, step) win
+    first_wall, first_name = min(firsts)
+    ident = identity(path, meta, "tb", run_id=content_run_id("tb", {"first_file": first_name, "wall_time": first_wall}))
 
     keras_validation = os.path.basename(os.path.dirname(os.path.abspath(files[0]))) == "validation"
     steps: dict[int, dict] = {}
@@ -111,6 +115,13 @@ def parse(path: str, meta: RunMeta) -> Parsed:
     if other_plugins:
         out.notes.append(f"non-scalar summaries not imported: {', '.join(sorted(other_plugins))}")
     return out
+
+
+def _writer_name(path: str) -> str:
+    """The event file's name as TensorBoard's writer made it (a prefix added by a copy is dropped)."""
+    name = os.path.basename(path)
+    at = name.find("events.out.tfevents")
+    return name[at:] if at >= 0 else name
 
 
 def _event_files(path: str) -> list[str]:

@@ -158,6 +158,7 @@ def test_tensorboard_scalars_map_by_alias(tmp_path):
     assert run["ended_at"] == dt.datetime.fromtimestamp(T0 + 32, tz=UTC)
     assert run["steps"] == 30 and math.isinf(run["final_loss"])
     assert any("custom/weird (1)" in n for n in p.notes)  # unmapped tags are reported, not hidden
+    assert [(m["step"], m["metric"], m["value"]) for m in by_table(p, "step_metrics")] == [(30, "custom/weird", 1.0)]
 
 
 def test_tensorboard_logdir_gives_one_source_per_run_dir(tmp_path):
@@ -168,7 +169,12 @@ def test_tensorboard_logdir_gives_one_source_per_run_dir(tmp_path):
     assert found == [(str(tmp_path / "logs" / "a"), "tensorboard"), (str(tmp_path / "logs" / "b"), "tensorboard")]
     p = parse(found[1][0], "tensorboard", RunMeta(model="m", hardware="h"))
     assert sorted(r["step"] for r in by_table(p, "train_steps")) == [10, 50]  # both files of run b
-    assert by_table(p, "runs")[0]["run_id"] == default_run_id("tb", found[1][0])
+    # the id is the run's first event file (as its writer named it) and start: a copy elsewhere is the same run
+    run_b = by_table(p, "runs")[0]["run_id"]
+    assert run_b != by_table(parse(found[0][0], "tensorboard", RunMeta(model="m", hardware="h")), "runs")[0]["run_id"]
+    shutil.copytree(found[1][0], tmp_path / "copy" / "b")
+    assert by_table(parse(str(tmp_path / "copy" / "b"), "tensorboard", RunMeta(model="m", hardware="h")),
+                    "runs")[0]["run_id"] == run_b
 
 
 def test_tensorboard_unreadable_file_is_an_error(tmp_path):

@@ -164,6 +164,18 @@ def test_an_mlperf_log_copied_twice_is_one_run(tmp_path, lake_root):
 
 
 @needs_real
+def test_a_tensorboard_log_copied_twice_is_one_run(tmp_path, lake_root):
+    (f,) = (REAL / "tensorboard").glob("wtwong316--*--runs-Apr26_11-44-26-events.*")
+    for d in ("x", "y"):
+        (tmp_path / d).mkdir()
+        shutil.copy(f, tmp_path / d / f.name)
+    assert ingest(tmp_path / "x", tmp_path / "y", "--model", "m", "--hardware", "h", "--lake", lake_root) == 0
+    assert q(lake_root, "select count(*), count(distinct step), round(min(loss), 3) from train_steps") == [(30, 30, 0.543)]
+    assert q(lake_root, "select count(*) from runs") == [(1,)]
+    assert q(lake_root, "select round(min(value), 4) from eval_results where metric = 'loss'") == [(0.6275,)]
+
+
+@needs_real
 def test_extra_numbers_are_queryable_in_step_metrics(lake_root, capsys):
     assert ingest(HF / "LEEDONGQUE--serverlog--checkpoint-2000.json", "--model", "m", "--hardware", "h",
                   "--lake", lake_root) == 0
