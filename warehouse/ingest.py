@@ -246,7 +246,6 @@ class SourceResult:
     rejects: list[Reject] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)  # stale files of an earlier ingest of this source
-    runs: list[str] = field(default_factory=list)  # run ids this source's rows belong to
 
 
 @dataclass
@@ -345,7 +344,8 @@ class _Store:
             with self.lake.fs.open_output_stream(path) as f:
                 f.write(data)
             return
-        tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+        os.makedirs(f"{self.lake.root}/_tmp", exist_ok=True)  # where Lake.clean_tmp finds what a kill leaves
+        tmp = f"{self.lake.root}/_tmp/{uuid.uuid4().hex}.json.tmp"
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
@@ -400,13 +400,14 @@ class _Store:
 
     def link(self, rkey: str, run_id: str, skey: str, present: bool) -> None:
         """Add (``present``) or remove a source from a run's index; an index left empty is deleted."""
-        index = self.run_index(rkey) or {"run_id": run_id, "sources": []}
-        sources = set(index["sources"]) | {skey} if present else set(index["sources"]) - {skey}
-        if sources == set(index["sources"]) and self.run_index(rkey) is not None:
+        existing = self.run_index(rkey)
+        before = set(existing["sources"]) if existing else set()
+        after = before | {skey} if present else before - {skey}
+        if existing is not None and after == before or existing is None and not after:
             return
         path = f"{self.root}/runs/{rkey}.json"
-        if sources:
-            self._write(path, json.dumps({"run_id": index["run_id"], "sources": sorted(sources)}, indent=1).encode())
+        if after:
+            self._write(path, json.dumps({"run_id": run_id, "sources": sorted(after)}, indent=1).encode())
         else:
             self._delete(path)
 
@@ -440,10 +441,10 @@ class Ingester:
         # Keyed tables: stage, then link the source to its runs (and unlink it from runs it left).
         skey = _digest(os.path.abspath(parsed.source))
         staged = {n: good[n] for n in KEYED if good.get(n)}
-        runs = sorted({r["run_id"] for rows in staged.values() for r in rows})
+        ranks = _ranks(staged, parsed.clock)  # a JSONL file may hold several runs
         previous = (self.store.record(skey) or {}).get("runs", {})
         record = {"source": parsed.source, "format": parsed.format, "clock": _clock_json(parsed.clock),
-                  "runs": {_digest(r): {"run_id": r, "rank": _rank(r, staged, parsed.clock)} for r in runs}}
+                  "runs": {_digest(r): {"run_id": r, "rank": ranks[r]} for r in sorted(ranks)}}
         self.store.stage(skey, record, staged)
         for rkey, info in record["runs"].items():
             self.store.link(rkey, info["run_id"], skey, present=True)
@@ -456,7 +457,6 @@ class Ingester:
             result.rows.update({name: len(good[name])} if good.get(name) else {})
             # files of the per-file keys an earlier version of ingest wrote: the run's key replaces them
             result.removed += self.listing.replace(name, write_key(parsed.source, name), [])
-        result.runs = runs
 
         key, written = write_key(parsed.source, "quarantine"), []
         if result.rejects:
@@ -580,15 +580,6 @@ class Ingester:
         return [f"{removed} {table} rows of the run were also in {files} compacted file(s): taken out there"] if files else []
 
 
-def ingest_parsed(lake: Lake, parsed: Parsed, shown_as: str, fill: dict | None = None,
-                  now: datetime | None = None) -> SourceResult:
-    """Ingest one parsed source and rebuild the runs it touches (``Ingester`` for one file)."""
-    ing = Ingester(lake, now)
-    result = ing.add(parsed, shown_as, fill)
-    ing.finish()
-    return result
-
-
 def _dedupe(table: str, rows: list[dict], result: SourceResult) -> list[dict]:
     """One row per key within one file: a key logged twice (a resumed run's repeated steps, an eval
     re-reported at the end) keeps the later row, as the log's final word."""
@@ -602,19 +593,26 @@ def _dedupe(table: str, rows: list[dict], result: SourceResult) -> list[dict]:
     return list(by_key.values())
 
 
-def _rank(run_id: str, staged: dict[str, list[dict]], clock: StepClock | None) -> list:
-    """How far a source got in a run: (furthest step, has ended, knows its timing, rows). Timing: a
-    derived clock with no run time (a checkpoint saved before the Trainer's summary) stamps every
-    row alike, so a copy that knows the run time is the better one of two at the same step."""
-    run = next((r for r in staged.get("runs", []) if r["run_id"] == run_id), None)
-    steps = run.get("steps") if run else None
-    if steps is None:
-        steps = max((r.get(STAMPED_BY[n]) for n in STAMPED_BY for r in staged.get(n, [])
-                     if r["run_id"] == run_id and r.get(STAMPED_BY[n]) is not None), default=-1)
-    ended = int(bool(run and (run.get("status") in ENDED or (run.get("ended_at") and run.get("status") is None))))
+def _ranks(staged: dict[str, list[dict]], clock: StepClock | None) -> dict[str, list]:
+    """How far a source got in each of its runs: (furthest step, has ended, knows its timing, rows).
+    Timing: a derived clock with no run time (a checkpoint saved before the Trainer's summary) stamps
+    every row alike, so of two copies at the same step the one that knows the run time is better."""
+    steps: dict[str, int] = {}
+    rows: dict[str, int] = {}
+    for name, table_rows in staged.items():
+        col = STAMPED_BY.get(name)
+        for r in table_rows:
+            rid = r["run_id"]
+            rows[rid] = rows.get(rid, 0) + 1
+            if col and r.get(col) is not None:
+                steps[rid] = max(steps.get(rid, -1), r[col])
+    ended = {}
+    for r in staged.get("runs", []):
+        if r.get("steps") is not None:
+            steps[r["run_id"]] = r["steps"]
+        ended[r["run_id"]] = int(r.get("status") in ENDED or (r.get("ended_at") is not None and r.get("status") is None))
     timed = int(clock is None or clock.span_s > 0)
-    n = sum(1 for rows in staged.values() for r in rows if r["run_id"] == run_id)
-    return [int(steps), ended, timed, n]
+    return {rid: [int(steps.get(rid, -1)), ended.get(rid, 0), timed, n] for rid, n in rows.items()}
 
 
 # The progress of a run comes from its most advanced file as a whole; descriptive fields any file
