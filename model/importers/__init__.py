@@ -215,7 +215,9 @@ def detect(path: str) -> str:
     text = head.lstrip(b"\xef\xbb\xbf")
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     first = lines[0] if lines else b""
-    if name.endswith(".json") or first.startswith(b"{"):  # a whole-file JSON document?
+    if name.endswith((".jsonl", ".ndjson")):
+        return "jsonl"
+    if (name.endswith(".json") or first.startswith(b"{")) and not _is_json_line(lines):  # one JSON document?
         doc = _json_document(path)
         if isinstance(doc, dict):
             if isinstance(doc.get("log_history"), list):
@@ -227,8 +229,6 @@ def detect(path: str) -> str:
                 raise SourceError(
                     f"{path}: one JSON document (not JSON lines) of no known format: a trainer_state.json needs "
                     f"'log_history', lm-eval results need 'results' with 'versions' or 'configs' (keys found: {keys})")
-    if name.endswith((".jsonl", ".ndjson")):
-        return "jsonl"
     if first.startswith(b"{"):
         return "jsonl"
     if first.startswith((b"# HELP ", b"# TYPE ")):
@@ -241,6 +241,17 @@ def detect(path: str) -> str:
 
 
 LM_EVAL_KEYS = ("versions", "configs", "n-shot", "higher_is_better")  # beside 'results' in lm-eval output
+
+
+def _is_json_line(lines: list[bytes]) -> bool:
+    """The first line is a whole JSON object and more lines follow: JSON lines, not a document (which
+    saves parsing a large JSON-lines file whole)."""
+    if len(lines) < 2:
+        return False
+    try:
+        return isinstance(json.loads(lines[0]), dict)
+    except ValueError:
+        return False
 
 
 def _json_document(path: str):

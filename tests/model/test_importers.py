@@ -584,3 +584,76 @@ def test_tensorboard_keras_epoch_tags(tmp_path):
     p = parse(str(val), "tensorboard", HH)
     assert not by_table(p, "train_steps")
     assert {(e["suite"], e["metric"]) for e in by_table(p, "eval_results")} == {("tb-eval", "loss")}
+
+
+def test_tensorboard_eval_and_test_tags_are_separate_suites(tmp_path):
+    f = write_events(tmp_path / "run" / "events.out.tfevents.1714564800.host.1.0", [
+        (T0 + 1, 10, "val_loss", 1.5), (T0 + 1, 10, "test/accuracy", 0.75), (T0 + 1, 10, "loss", 2.0)])
+    p = parse(str(f), "tensorboard", HH)
+    assert sorted((e["suite"], e["metric"], e["value"]) for e in by_table(p, "eval_results")) == [
+        ("tb-eval", "loss", 1.5), ("tb-test", "accuracy", 0.75)]
+    assert [r["loss"] for r in by_table(p, "train_steps")] == [2.0]
+
+
+def mllog(key, value, time_ms=1719843000000, **md) -> str:
+    return "0: :::MLLOG " + json.dumps({"namespace": "", "time_ms": time_ms, "event_type": "POINT_IN_TIME",
+                                        "key": key, "value": value, "metadata": {"file": "x.py", **md}})
+
+
+def test_mlperf_dict_valued_and_unknown_benchmark_evals(tmp_path):
+    """Built from mlperf-logging's format: Mask R-CNN logs {"BBOX": .., "SEGM": ..} (its compliance
+    rules check both); a benchmark the importer does not know keeps 'accuracy' and says so."""
+    path = tmp_path / "maskrcnn.log"
+    path.write_text("\n".join([mllog("submission_benchmark", "maskrcnn"), mllog("submission_platform", "8xA100"),
+                               mllog("run_start", None), mllog("eval_accuracy", {"BBOX": 0.38, "SEGM": 0.335},
+                                                               epoch_num=12)]) + "\n")
+    p = parse(str(path), "mlperf", RunMeta())
+    assert sorted((e["metric"], e["value"]) for e in by_table(p, "eval_results")) == [("bbox_map", 0.38),
+                                                                                       ("segm_map", 0.335)]
+    targets = json.loads(run_of(p)["config_json"])["quality_targets"]
+    assert (targets["bbox_map"]["reached"], targets["segm_map"]["reached"]) == (True, False)  # 0.377 / 0.339
+    assert directions()["bbox_map"] == directions()["segm_map"] == 1
+    path.write_text("\n".join([mllog("submission_benchmark", "newbench"), mllog("submission_platform", "x"),
+                               mllog("eval_accuracy", 0.5, epoch_num=1)]) + "\n")
+    p = parse(str(path), "mlperf", RunMeta())
+    assert [e["metric"] for e in by_table(p, "eval_results")] == ["accuracy"]
+    assert any("'newbench' is not in the importer's table" in n for n in p.notes)
+
+
+@needs_real
+def test_lm_eval_newer_fields(tmp_path):
+    """The fields lm-eval >= 0.4.3 adds (EvaluationTracker: model_name, total_evaluation_time_seconds,
+    higher_is_better, n-samples, task_hashes), added to a real 0.4.2 file."""
+    doc = json.loads((REAL / "lm_eval" / "saucam--model_evals--Meta-Llama-3-8B-Instruct-arc.json").read_text())
+    doc.update({"model_name": "org/other-name", "total_evaluation_time_seconds": "123.5",
+                "higher_is_better": {"arc_challenge": {"acc": True, "acc_norm": True}},
+                "n-samples": {"arc_challenge": {"original": 1172, "effective": 1172}},
+                "task_hashes": {"arc_challenge": "ab12"}})
+    doc["config"]["model_args"] = "pretrained=org/x,dtype=bfloat16"
+    path = tmp_path / "results_2024-04-19T09-27-55.json"
+    path.write_text(json.dumps(doc, indent=2))
+    assert detect(str(path)) == "lm-eval"
+    p = parse(str(path), "lm-eval", RunMeta())
+    run = run_of(p)
+    assert (run["model"], run["precision"]) == ("org--other-name", "bf16")  # model_name wins over model_args
+    assert (run["ended_at"] - run["started_at"]).total_seconds() == 123.5
+    assert {e["n"] for e in by_table(p, "eval_results")} == {1172}
+    assert {e["ts"] for e in by_table(p, "eval_results")} == {run["ended_at"]}
+    config = json.loads(run["config_json"])
+    assert config["task_hashes"] == {"arc_challenge": "ab12"} and config["higher_is_better"]["arc_challenge"]["acc"]
+    assert "results" not in config  # the scores are rows, not config
+
+
+def test_mlflow_store_wins_over_the_tensorboard_logs_in_its_artifacts(tmp_path):
+    run = tmp_path / "mlruns" / "3" / "r1"
+    (run / "metrics").mkdir(parents=True)
+    (run / "meta.yaml").write_text("run_uuid: r1\nstatus: 3\nstart_time: 1714564800000\n")
+    (run / "metrics" / "loss").write_text("1714564801000 2.5 1\n")
+    write_events(run / "artifacts" / "tb" / "events.out.tfevents.1.host.1.0", TB_SCALARS[:1])
+    write_events(tmp_path / "mlruns" / "tb-elsewhere" / "events.out.tfevents.2.host.1.0", TB_SCALARS[:1])
+    assert sources(str(tmp_path / "mlruns")) == [(str(run), "mlflow"),
+                                                 (str(tmp_path / "mlruns" / "tb-elsewhere"), "tensorboard")]
+    assert sources(str(tmp_path / "mlruns"), "tensorboard") == [
+        (str(run / "artifacts" / "tb"), "tensorboard"), (str(tmp_path / "mlruns" / "tb-elsewhere"), "tensorboard")]
+    with pytest.raises(SourceError, match="no MLflow runs"):
+        sources(str(tmp_path / "mlruns" / "tb-elsewhere"), "mlflow")
