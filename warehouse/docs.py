@@ -23,6 +23,9 @@ EXAMPLES: dict[str, dict] = {
     "train_steps": {"table": "train_steps", "run_id": "gpt2-small-20240501-a1", "model": "gpt2-small",
                     "hardware": "a100-40gb-x1", "step": 1200, "ts": "2024-05-01T12:31:07.250Z", "loss": 3.412,
                     "lr": 0.0006, "grad_norm": 0.87, "tokens_per_s": 152340.0, "step_time_ms": 215.1},
+    "step_metrics": {"table": "step_metrics", "run_id": "gpt2-small-20240501-a1", "model": "gpt2-small",
+                     "hardware": "a100-40gb-x1", "step": 1200, "ts": "2024-05-01T12:31:07.250Z",
+                     "metric": "mean_token_accuracy", "value": 0.412},
     "eval_results": {"table": "eval_results", "run_id": "gpt2-small-20240501-a1-eval", "model": "gpt2-small",
                      "hardware": "a100-40gb-x1", "train_run_id": "gpt2-small-20240501-a1",
                      "checkpoint_step": 1200, "ts": 1714567200, "suite": "quality", "metric": "perplexity",
@@ -58,7 +61,12 @@ How `mhw ingest` reads JSON lines (`--format jsonl`, or any `*.jsonl` / `*.ndjso
   `--run-id`, `--precision`, ...) fill the columns a line leaves out.
 - `model` and `hardware` are partition keys: 1-128 letters, digits and `. _ + -`, starting with a
   letter or digit.
-- Ingesting a file again replaces the rows (and quarantine rows) it gave before.
+- Tables with a key (below) keep one row per key, whatever files a run arrives in: a run exported
+  twice, or split over several files, is stored once; where two files give the same key, the row of
+  the file that got furthest in the run wins (furthest step, then an ended run, then known timing,
+  then more rows). A key repeated inside one file keeps its later line.
+- Ingesting a file again replaces what it gave before (rows and quarantine rows); ingesting files in
+  another order gives the same lake.
 """
 
 
@@ -87,6 +95,7 @@ def render_table(table: Table) -> str:
     loadable = table.name != "quarantine"
     lines = [f"## `{table.name}`", "", table.doc, ""]
     lines.append(f"Time column `{table.time_column}`; partitioned by {', '.join(f'`{k}`' for k in table.partition_by)}."
+                 + (f" One row per ({', '.join(f'`{k}`' for k in table.key)})." if table.key else "")
                  + ("" if loadable else " Written by ingest only: not accepted as input."))
     lines += ["", "| column | type | required | description |", "|---|---|---|---|"]
     for f in table.schema:
@@ -102,25 +111,36 @@ def _md(docstring: str) -> str:
 
 
 def render_importers() -> str:
-    from model.importers import tensorboard
+    from model.importers import names
 
     out = ["## Other formats", "",
            "`--format auto` (the default) picks the format from the name and first bytes: `*tfevents*` files "
-           "and directories are TensorBoard, files with `:::MLLOG` lines MLPerf, a `.json` document with "
-           "`log_history` a Trainer state, `*.jsonl` or a first line starting with `{` JSON lines. Their rows "
-           "go through the same checks and quarantine as JSON lines.", ""]
-    for fmt, module in (("hf-trainer", "hf_trainer"), ("tensorboard", "tensorboard"), ("mlperf", "mlperf")):
+           "are TensorBoard, files with `:::MLLOG` lines MLPerf, a file named `*trainer_state*` or a JSON "
+           "document with `log_history` a Trainer state, a JSON document with `results` and `versions` or "
+           "`configs` lm-eval results, `*.jsonl` or a first line starting with `{` JSON lines. A directory is an "
+           "MLflow file store (folders with a run's `meta.yaml`) or a TensorBoard log dir. Their rows go through "
+           "the same checks, keys and quarantine as JSON lines.", ""]
+    for fmt, module in (("hf-trainer", "hf_trainer"), ("tensorboard", "tensorboard"), ("mlperf", "mlperf"),
+                        ("lm-eval", "lm_eval"), ("mlflow", "mlflow")):
         mod = importlib.import_module(f"model.importers.{module}")
         out += [f"### `--format {fmt}`", "", _md(mod.__doc__), ""]
+    mlperf = importlib.import_module("model.importers.mlperf")
+    out += ["MLPerf `eval_accuracy` by benchmark (`model/importers/mlperf.py`, `BENCHMARKS`):", "",
+            "| benchmark | metric | better | target |", "|---|---|---|---|"]
+    rows = [(b, m, hib, t) for b, (m, hib, t) in mlperf.BENCHMARKS.items()]
+    rows += [(f"{b} ({part})", m, hib, t) for (b, part), (m, hib, t) in mlperf.PART_METRICS.items()]
+    for b, m, hib, t in sorted(rows):
+        out.append(f"| `{b}` | `{m}` | {'higher' if hib else 'lower'} | {'≥' if hib else '≤'} {t:g} |")
     by_column: dict[tuple[str, float], list[str]] = {}
-    for tag, target in tensorboard.TRAIN_ALIASES.items():
+    for tag, target in names.TRAIN_ALIASES.items():
         by_column.setdefault(target, []).append(tag)
-    out += ["TensorBoard tag aliases (`model/importers/tensorboard.py`, `TRAIN_ALIASES`):", "",
-            "| train_steps column | tags |", "|---|---|"]
+    out += ["", "TensorBoard tag and MLflow metric aliases (`model/importers/names.py`, `TRAIN_ALIASES`):", "",
+            "| train_steps column | names |", "|---|---|"]
     for (column, factor), tags in by_column.items():
         scale = f" (x{factor:g})" if factor != 1.0 else ""
         out.append(f"| `{column}`{scale} | {', '.join(f'`{t}`' for t in tags)} |")
-    out += ["", f"Eval prefixes: {', '.join(f'`{p}`' for p in tensorboard.EVAL_PREFIXES)}.", ""]
+    out += ["", f"Eval prefixes: {', '.join(f'`{p}`' for p in names.EVAL_PREFIXES)}; "
+                f"test prefixes: {', '.join(f'`{p}`' for p in names.TEST_PREFIXES)}.", ""]
     return "\n".join(out)
 
 

@@ -1,8 +1,10 @@
-"""``mhw ingest``: load JSONL, Hugging Face Trainer, TensorBoard and MLPerf logs into the lake.
+"""``mhw ingest``: load JSONL, Hugging Face Trainer, TensorBoard, MLPerf, lm-eval and MLflow logs.
 
     mhw ingest steps.jsonl --table train_steps --model gpt2-small --hardware a100-40gb-x1
     mhw ingest out/trainer_state.json --model distilbert/lora-imdb --hardware t4-x1 --precision fp16
+    mhw ingest out/checkpoint-*/trainer_state.json --model m --hardware h   # one run, one row per step
     mhw ingest runs/ --format tensorboard --model my-model --hardware cpu
+    mhw ingest mlruns/ --hardware a100-40gb-x1    # an MLflow file store: one source per run folder
     mhw ingest bert_mlperf.log                    # model/hardware from submission_benchmark/_platform
 
 The importers in ``model/importers/`` turn each file into candidate rows; this module is the one
@@ -11,10 +13,37 @@ place that checks them against ``warehouse.schemas`` and writes them, the same w
 - a row that does not fit its table (wrong type, missing required column, unparseable timestamp,
   unknown field, a model/hardware that is not a slug, a line that is not a JSON object or not JSON at
   all) goes to the ``quarantine`` table with file, line, field, reason and the raw row. Nothing is
-  silently dropped. NaN and +-inf are data and are kept.
-- every file's rows are written under a key derived from the file's absolute path and the table, and
-  files of that key left in other partitions are removed, so ingesting a file again replaces its own
-  rows (and its own quarantine rows) instead of adding to them.
+  silently dropped. NaN and +-inf are data and are kept. Quarantine rows are keyed per source file:
+  ingesting the file again replaces its own.
+- One row per fact, whatever files a run arrives in. A table with a ``key`` in
+  ``warehouse.schemas`` (runs: run; train_steps: run, step; step_metrics: run, step, metric;
+  eval_results: run, checkpoint step, suite, metric, precision; system_samples: run, device, ts)
+  holds one row per key. A run's rows are written under one key per run (``run_key``), rebuilt
+  from all of the run's files each time one of them is ingested. ``latency_samples`` has no key (two
+  requests may look alike): its rows stay keyed per source file, as given.
+
+How a run is rebuilt (the design). Each source's validated rows are kept in a small per-source
+ingest record under ``<lake>/_ingest/`` (``_Store``; no reader or cube build lists it): the rows,
+the file's path, format, derived clock if any, and for each run it touches a rank. A per-run index
+lists the files of the run. To rebuild a run, its files are ranked (furthest step first, then a run
+that ended, then one whose timing is known, then more rows; the path breaks ties, so no order of
+ingest matters) and for each key
+the row of the best-ranked file that has it is kept; the ``runs`` row is the best file's, with
+descriptive columns another file gives filling what it leaves empty. Where timestamps are derived
+(a trainer state has none), every derived row of the run is re-stamped with the best file's clock,
+so a series read from five checkpoint copies has one clock. The result is a function of the set of
+files, not of their order: A then B equals B then A, re-ingesting a file changes nothing, and
+re-ingesting an edited file replaces exactly its own contribution (its record is replaced, and the
+runs it no longer names are rebuilt without it). Why a record of each file rather than a source
+column on every row: rows a better file overrides are not in the lake, yet must come back if that
+file is edited or re-ingested under another run id; and the lake's schemas (the JSONL contract,
+the cubes) stay as they are. The cost is a second copy of imported rows, which are small.
+
+Compaction (``pipelines/maintenance.py``) folds a run's files into ``compacted-*`` files its key no
+longer names; rebuilding the run also takes its keys out of those (local lakes), so a checkpoint
+that arrives after a compaction does not duplicate the steps before it. Limits: one ``mhw ingest``
+at a time per lake (the records are read, then written); on object-store lakes, which are never
+compacted here, that step is skipped.
 
 Exit status: 0 when rows were written (even with rejects), 1 when nothing was, 2 when a file could
 not be read or parsed at all (the other files are still ingested).
@@ -24,16 +53,21 @@ from __future__ import annotations
 import argparse
 import difflib
 import hashlib
+import json
 import math
 import os
 import sys
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
-from model.importers import FORMATS, Parsed, RunMeta, SourceError, json_type, parse, sources
+from model.importers import FORMATS, Parsed, RunMeta, SourceError, StepClock, json_type, parse, sources
 from warehouse.schemas import DERIVED_TABLES, TABLES, TS, Table
 from warehouse.writer import Lake, PartitionError, check_slug, slugify
 
@@ -189,6 +223,7 @@ class Reject:
     target_table: str | None
     problems: list[Problem]
     raw: str | None
+    file: str | None = None  # the file inside a folder source the row came from
 
     @property
     def reason(self) -> str:
@@ -206,26 +241,53 @@ class Reject:
 class SourceResult:
     source: str
     format: str
-    rows: dict[str, int] = field(default_factory=dict)
-    files: dict[str, list[str]] = field(default_factory=dict)
+    rows: dict[str, int] = field(default_factory=dict)  # validated rows this source gave, per table
+    files: dict[str, list[str]] = field(default_factory=dict)  # files written for this source itself
     rejects: list[Reject] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)  # stale files of an earlier ingest of this source
 
 
+@dataclass
+class RunResult:
+    """What the lake holds for one run after its files were merged."""
+    run_id: str
+    model: str | None
+    sources: list[str]  # every file of the run ingested so far, the most advanced first
+    rows: dict[str, int] = field(default_factory=dict)
+    files: dict[str, list[str]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
 def write_key(source: str, table: str) -> str:
     """The Lake.write key of one source's rows in one table: stable across runs, so a re-ingest
-    replaces them."""
+    replaces them. Used for tables without a natural key (latency_samples) and for quarantine."""
     digest = hashlib.sha1(f"{os.path.abspath(source)}\0{table}".encode()).hexdigest()[:16]
     return f"ingest-{digest}"
+
+
+def run_key(run_id: str) -> str:
+    """The Lake.write key of one run's rows in a keyed table: all files of a run share it."""
+    return f"ingest-run-{_digest(run_id)}"
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
 def _input_schema(table: Table) -> pa.Schema:
     return pa.schema([f for f in table.schema if f.name != "date"])  # conform() derives the date
 
 
+KEYED = tuple(n for n in LOADABLE if TABLES[n].key)  # one row per key: merged per run
+UNKEYED = tuple(n for n in LOADABLE if not TABLES[n].key)  # raw samples: kept per source file
+ENDED = ("completed", "failed", "diverged", "killed")
+STAMPED_BY = {"train_steps": "step", "step_metrics": "step", "eval_results": "checkpoint_step"}
+
+
 class _Listing:
-    """Files already in the lake, by table and file name, listed once per ingest."""
+    """Files already in the lake, by table and file name, listed once per ingest and kept up to
+    date by this module's own writes and deletes."""
 
     def __init__(self, lake: Lake):
         self.lake, self._by_table = lake, {}
@@ -235,65 +297,352 @@ class _Listing:
             self._by_table[table] = self.lake.list_files(table)
         return self._by_table[table]
 
-
-def ingest_parsed(lake: Lake, parsed: Parsed, shown_as: str, fill: dict | None = None,
-                  listing: _Listing | None = None, now: datetime | None = None) -> SourceResult:
-    """Validate ``parsed``'s records, write the good ones and quarantine the rest, replacing
-    whatever an earlier ingest of the same source wrote."""
-    listing = listing or _Listing(lake)
-    now = now or datetime.now(timezone.utc)
-    result = SourceResult(shown_as, parsed.format, notes=list(parsed.notes))
-    good: dict[str, list[dict]] = {}
-    for rec in parsed.records:
-        target = rec.table if isinstance(rec.table, str) and rec.table in LOADABLE else None
-        if rec.error:
-            problems = [_problem_from(rec.error)]
-        elif rec.table is None:
-            problems = [Problem("table", "missing table", "no 'table' field on the line and no --table")]
-        elif target is None:
-            problems = [Problem("table", "unknown table",
-                                f"{_show(rec.table)} is not one of {', '.join(LOADABLE)}")]
+    def replace(self, table: str, key: str, written: list[str]) -> list[str]:
+        """Record that ``key``'s files in ``table`` are now exactly ``written``: delete the others
+        (those an earlier write left in partitions the new rows no longer touch). Returns them."""
+        name = f"{key}.parquet"
+        keep = {os.path.normpath(p) for p in written}
+        stale = [p for p in self.of(table).get(name, []) if os.path.normpath(p) not in keep]
+        removed = []
+        for p in stale:
+            if self.lake.fs.get_file_info(p).type == pafs.FileType.File:  # Lake.write may have removed it
+                self.lake.fs.delete_file(p)
+                removed.append(p)
+        if written:
+            self.of(table)[name] = list(written)
         else:
-            values = rec.values
-            if fill and isinstance(values, dict):
-                names = TABLES[target].schema.names
-                values = {**{k: v for k, v in fill.items() if k in names}, **values}
-            row, problems = validate(TABLES[target], values)
-            if row is not None:
-                good.setdefault(target, []).append(row)
+            self.of(table).pop(name, None)
+        return removed
+
+
+class _Store:
+    """``<lake>/_ingest/``: what each source file gave, kept so that a run's rows can be rebuilt from
+    all of its files in any order (see the module docstring). No reader lists this folder.
+
+        sources/<source digest>/record.json    the file's path, format, clock and runs (with ranks)
+        sources/<source digest>/<table>.parquet its validated rows, all runs
+        runs/<run digest>.json                 the run id and the digests of every file of the run
+    """
+
+    def __init__(self, lake: Lake):
+        self.lake, self.root = lake, f"{lake.root}/_ingest"
+        self._records: dict[str, dict | None] = {}
+        self._rows: dict[tuple[str, str], dict[str, list[dict]]] = {}
+
+    # files
+    def _read(self, path: str) -> bytes | None:
+        try:
+            with self.lake.fs.open_input_stream(path) as f:
+                return f.read()
+        except FileNotFoundError:
+            return None
+
+    def _write(self, path: str, data: bytes) -> None:
+        parent = path.rsplit("/", 1)[0]
+        self.lake.fs.create_dir(parent, recursive=True)
+        if not self.lake.local:  # one PUT: atomic by the store's own rules
+            with self.lake.fs.open_output_stream(path) as f:
+                f.write(data)
+            return
+        os.makedirs(f"{self.lake.root}/_tmp", exist_ok=True)  # where Lake.clean_tmp finds what a kill leaves
+        tmp = f"{self.lake.root}/_tmp/{uuid.uuid4().hex}.json.tmp"
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    def _delete(self, path: str) -> None:
+        if self.lake.fs.get_file_info(path).type == pafs.FileType.File:
+            self.lake.fs.delete_file(path)
+
+    def _json(self, path: str):
+        data = self._read(path)
+        return json.loads(data) if data is not None else None
+
+    # sources
+    def record(self, skey: str) -> dict | None:
+        if skey not in self._records:
+            self._records[skey] = self._json(f"{self.root}/sources/{skey}/record.json")
+        return self._records[skey]
+
+    def stage(self, skey: str, record: dict, rows: dict[str, list[dict]]) -> None:
+        old = self.record(skey) or {}
+        base = f"{self.root}/sources/{skey}"
+        for table, table_rows in rows.items():
+            data = pa.Table.from_pylist(table_rows, schema=_input_schema(TABLES[table]))
+            self.lake._write_file(data, f"{base}/{table}.parquet")
+        for table in set(old.get("tables", [])) - set(rows):
+            self._delete(f"{base}/{table}.parquet")
+        record = {**record, "tables": sorted(rows)}
+        self._write(f"{base}/record.json", json.dumps(record, sort_keys=True, indent=1).encode())
+        self._records[skey] = record
+        for table, table_rows in rows.items():
+            by_run: dict[str, list[dict]] = {}
+            for r in table_rows:
+                by_run.setdefault(r["run_id"], []).append(r)
+            self._rows[(skey, table)] = by_run
+
+    def rows(self, skey: str, table: str, run_id: str) -> list[dict]:
+        if (skey, table) not in self._rows:
+            rec = self.record(skey) or {}
+            by_run: dict[str, list[dict]] = {}
+            if table in rec.get("tables", []):
+                path = f"{self.root}/sources/{skey}/{table}.parquet"
+                for r in pq.read_table(path, filesystem=self.lake.fs, schema=_input_schema(TABLES[table])).to_pylist():
+                    by_run.setdefault(r["run_id"], []).append({k: v for k, v in r.items() if v is not None})
+            self._rows[(skey, table)] = by_run
+        return self._rows[(skey, table)].get(run_id, [])
+
+    # runs
+    def run_index(self, rkey: str) -> dict | None:
+        return self._json(f"{self.root}/runs/{rkey}.json")
+
+    def link(self, rkey: str, run_id: str, skey: str, present: bool) -> None:
+        """Add (``present``) or remove a source from a run's index; an index left empty is deleted."""
+        existing = self.run_index(rkey)
+        before = set(existing["sources"]) if existing else set()
+        after = before | {skey} if present else before - {skey}
+        if existing is not None and after == before or existing is None and not after:
+            return
+        path = f"{self.root}/runs/{rkey}.json"
+        if after:
+            self._write(path, json.dumps({"run_id": run_id, "sources": sorted(after)}, indent=1).encode())
+        else:
+            self._delete(path)
+
+
+class Ingester:
+    """One ``mhw ingest`` call: ``add`` each parsed source (validate, quarantine, stage its rows),
+    then ``finish`` to rebuild every run the sources touched from all of that run's files."""
+
+    def __init__(self, lake: Lake, now: datetime | None = None):
+        self.lake, self.now = lake, now or datetime.now(timezone.utc)
+        self.listing, self.store = _Listing(lake), _Store(lake)
+        self.dirty: dict[str, str] = {}  # run digest -> run id
+
+    def add(self, parsed: Parsed, shown_as: str, fill: dict | None = None) -> SourceResult:
+        """Validate ``parsed``'s records, quarantine the bad ones and stage the good ones, replacing
+        whatever an earlier ingest of the same source gave."""
+        result = SourceResult(shown_as, parsed.format, notes=list(parsed.notes))
+        good = self._validate(parsed, shown_as, fill, result)
+        for name in KEYED:
+            if good.get(name):
+                good[name] = _dedupe(name, good[name], result)
+
+        # Tables without a natural key: the source's rows under the source's own key, as given.
+        for name in UNKEYED:
+            rows, key, written = good.get(name, []), write_key(parsed.source, name), []
+            if rows:
+                res = self.lake.write(name, pa.Table.from_pylist(rows, schema=_input_schema(TABLES[name])), key)
+                result.rows[name], result.files[name], written = res.rows, res.files, res.files
+            result.removed += self.listing.replace(name, key, written)
+
+        # Keyed tables: stage, then link the source to its runs (and unlink it from runs it left).
+        skey = _digest(os.path.abspath(parsed.source))
+        staged = {n: good[n] for n in KEYED if good.get(n)}
+        ranks = _ranks(staged, parsed.clock)  # a JSONL file may hold several runs
+        previous = (self.store.record(skey) or {}).get("runs", {})
+        record = {"source": parsed.source, "format": parsed.format, "clock": _clock_json(parsed.clock),
+                  "runs": {_digest(r): {"run_id": r, "rank": ranks[r]} for r in sorted(ranks)}}
+        self.store.stage(skey, record, staged)
+        for rkey, info in record["runs"].items():
+            self.store.link(rkey, info["run_id"], skey, present=True)
+            self.dirty[rkey] = info["run_id"]
+        for rkey, info in previous.items():
+            if rkey not in record["runs"]:
+                self.store.link(rkey, info["run_id"], skey, present=False)
+                self.dirty[rkey] = info["run_id"]
+        for name in KEYED:
+            result.rows.update({name: len(good[name])} if good.get(name) else {})
+            # files of the per-file keys an earlier version of ingest wrote: the run's key replaces them
+            result.removed += self.listing.replace(name, write_key(parsed.source, name), [])
+
+        key, written = write_key(parsed.source, "quarantine"), []
+        if result.rejects:
+            q = [{"target_table": r.target_table, "source": r.file or parsed.source, "line": r.line,
+                  "field": r.problems[0].field, "reason": r.reason, "raw": r.raw, "ingested_at": self.now}
+                 for r in result.rejects]
+            res = self.lake.write("quarantine", pa.Table.from_pylist(q, schema=_input_schema(TABLES["quarantine"])), key)
+            result.files["quarantine"], written = res.files, res.files
+        result.removed += self.listing.replace("quarantine", key, written)
+        return result
+
+    def _validate(self, parsed: Parsed, shown_as: str, fill: dict | None, result: SourceResult) -> dict[str, list]:
+        good: dict[str, list[dict]] = {}
+        for rec in parsed.records:
+            target = rec.table if isinstance(rec.table, str) and rec.table in LOADABLE else None
+            if rec.error:
+                problems = [_problem_from(rec.error)]
+            elif rec.table is None:
+                problems = [Problem("table", "missing table", "no 'table' field on the line and no --table")]
+            elif target is None:
+                problems = [Problem("table", "unknown table",
+                                    f"{_show(rec.table)} is not one of {', '.join(LOADABLE)}")]
+            else:
+                values = rec.values
+                if fill and isinstance(values, dict):
+                    names = TABLES[target].schema.names
+                    values = {**{k: v for k, v in fill.items() if k in names}, **values}
+                row, problems = validate(TABLES[target], values)
+                if row is not None:
+                    good.setdefault(target, []).append(row)
+                    continue
+            result.rejects.append(Reject(rec.file or shown_as, rec.line, target, problems, rec.raw, rec.file))
+        return good
+
+    def finish(self) -> list[RunResult]:
+        """Rebuild each touched run from all of its files: one row per key, the most advanced file's
+        row winning, every derived timestamp on that file's clock."""
+        return [self._merge(rkey, run_id) for rkey, run_id in sorted(self.dirty.items(), key=lambda kv: kv[1])]
+
+    def _merge(self, rkey: str, run_id: str) -> RunResult:
+        index = self.store.run_index(rkey) or {"sources": []}
+        ranked = []
+        for skey in index["sources"]:
+            rec = self.store.record(skey)
+            if rec and rkey in rec.get("runs", {}):
+                ranked.append((skey, rec))
+        # the most advanced file first (see _rank); the path breaks ties
+        ranked.sort(key=lambda sr: (*(-x for x in sr[1]["runs"][rkey]["rank"]), sr[1]["source"]))
+        clock = next((_clock(rec["clock"]) for _, rec in ranked if rec.get("clock")), None)
+        out = RunResult(run_id, None, [rec["source"] for _, rec in ranked])
+
+        merged: dict[str, list[dict]] = {}
+        for name in KEYED:
+            seen, rows = set(), []
+            cols = TABLES[name].key
+            for skey, rec in ranked:
+                restamp = clock is not None and rec.get("clock") is not None and name in STAMPED_BY
+                for r in self.store.rows(skey, name, run_id):
+                    k = tuple(r.get(c) for c in cols)
+                    if k in seen:
+                        continue
+                    seen.add(k)
+                    if restamp and r.get(STAMPED_BY[name]) is not None:
+                        r = {**r, "ts": clock.at(r[STAMPED_BY[name]])}
+                    rows.append(r)
+            if name == "runs" and rows:
+                rows = [_merge_run_rows([r for skey, rec in ranked for r in self.store.rows(skey, name, run_id)], rows[0])]
+            merged[name] = rows
+
+        # One run lives in one model/hardware partition: its runs row says which.
+        if merged.get("runs"):
+            where = {k: merged["runs"][0][k] for k in ("model", "hardware")}
+            out.model = where["model"]
+            for name, rows in merged.items():
+                moved = sum(1 for r in rows if any(r.get(k) != v for k, v in where.items()))
+                if moved:
+                    out.notes.append(f"{moved} {name} rows named another model/hardware; stored under the run's "
+                                     f"{where['model']}/{where['hardware']}")
+                    merged[name] = [{**r, **where} for r in rows]
+        elif any(merged.values()):
+            out.model = next(r["model"] for rows in merged.values() for r in rows)
+
+        key = run_key(run_id)
+        for name in KEYED:
+            rows, written = merged.get(name, []), []
+            if rows:
+                res = self.lake.write(name, pa.Table.from_pylist(rows, schema=_input_schema(TABLES[name])), key)
+                out.rows[name], out.files[name], written = res.rows, res.files, res.files
+            self.listing.replace(name, key, written)
+            if rows and self.lake.local:
+                out.notes += self._strip_compacted(name, run_id, rows)
+        return out
+
+    def _strip_compacted(self, table: str, run_id: str, rows: list[dict]) -> list[str]:
+        """Take the run's keys out of compacted files of its partitions. Compaction
+        (``pipelines/maintenance.py``) folds the run's own files into ``compacted-*`` files, which the
+        run's key no longer replaces; without this a file of the run ingested afterwards would store
+        those keys twice. Only keys the run now holds are removed (rows of the same run id written by
+        something else, e.g. a live training, stay). Each file is rewritten in place, one rename."""
+        cols = TABLES[table].key
+        keys = {tuple(r.get(c) for c in cols) for r in rows}
+        wheres = {f"/model={r['model']}/hardware={r['hardware']}/" for r in rows}
+        removed = files = 0
+        for name, paths in list(self.listing.of(table).items()):
+            if not name.startswith("compacted-"):
                 continue
-        result.rejects.append(Reject(shown_as, rec.line, target, problems, rec.raw))
+            for p in [p for p in paths if any(w in p.replace(os.sep, "/") for w in wheres)]:
+                ids = pq.read_table(p, columns=["run_id"], filesystem=self.lake.fs).column("run_id")
+                if not pc.any(pc.equal(ids, run_id)).as_py():
+                    continue
+                data = pq.read_table(p, filesystem=self.lake.fs, schema=TABLES[table].file_schema)
+                kept = [r for r in data.to_pylist() if r["run_id"] != run_id or tuple(r.get(c) for c in cols) not in keys]
+                if len(kept) == data.num_rows:
+                    continue
+                if kept:
+                    self.lake._write_file(pa.Table.from_pylist(kept, schema=data.schema), p)
+                else:
+                    self.lake.fs.delete_file(p)
+                    paths.remove(p)
+                removed, files = removed + data.num_rows - len(kept), files + 1
+        return [f"{removed} {table} rows of the run were also in {files} compacted file(s): taken out there"] if files else []
 
-    for name in LOADABLE:
-        rows = good.get(name, [])
-        key = write_key(parsed.source, name)
-        written = []
-        if rows:
-            res = lake.write(name, pa.Table.from_pylist(rows, schema=_input_schema(TABLES[name])), key)
-            result.rows[name], result.files[name], written = res.rows, res.files, res.files
-        result.removed += _drop_stale(lake, listing, name, key, written)
 
-    key = write_key(parsed.source, "quarantine")
-    written = []
-    if result.rejects:
-        q = [{"target_table": r.target_table, "source": parsed.source, "line": r.line,
-              "field": r.problems[0].field, "reason": r.reason, "raw": r.raw, "ingested_at": now}
-             for r in result.rejects]
-        res = lake.write("quarantine", pa.Table.from_pylist(q, schema=_input_schema(TABLES["quarantine"])), key)
-        result.files["quarantine"], written = res.files, res.files
-    result.removed += _drop_stale(lake, listing, "quarantine", key, written)
-    return result
+def _dedupe(table: str, rows: list[dict], result: SourceResult) -> list[dict]:
+    """One row per key within one file: a key logged twice (a resumed run's repeated steps, an eval
+    re-reported at the end) keeps the later row, as the log's final word."""
+    cols = TABLES[table].key
+    by_key: dict[tuple, dict] = {}
+    for r in rows:
+        by_key[tuple(r.get(c) for c in cols)] = r
+    if len(by_key) < len(rows):
+        result.notes.append(f"{len(rows) - len(by_key)} {table} rows repeat an earlier ({', '.join(cols)}) of this "
+                            f"source; the later one is kept")
+    return list(by_key.values())
+
+
+def _ranks(staged: dict[str, list[dict]], clock: StepClock | None) -> dict[str, list]:
+    """How far a source got in each of its runs: (furthest step, has ended, knows its timing, rows).
+    Timing: a derived clock with no run time (a checkpoint saved before the Trainer's summary) stamps
+    every row alike, so of two copies at the same step the one that knows the run time is better."""
+    steps: dict[str, int] = {}
+    rows: dict[str, int] = {}
+    for name, table_rows in staged.items():
+        col = STAMPED_BY.get(name)
+        for r in table_rows:
+            rid = r["run_id"]
+            rows[rid] = rows.get(rid, 0) + 1
+            if col and r.get(col) is not None:
+                steps[rid] = max(steps.get(rid, -1), r[col])
+    ended = {}
+    for r in staged.get("runs", []):
+        if r.get("steps") is not None:
+            steps[r["run_id"]] = r["steps"]
+        ended[r["run_id"]] = int(r.get("status") in ENDED or (r.get("ended_at") is not None and r.get("status") is None))
+    timed = int(clock is None or clock.span_s > 0)
+    return {rid: [int(steps.get(rid, -1)), ended.get(rid, 0), timed, n] for rid, n in rows.items()}
+
+
+# The progress of a run comes from its most advanced file as a whole; descriptive fields any file
+# gives fill what that file leaves out.
+PROGRESS = ("started_at", "ended_at", "status", "final_loss", "steps", "config_json", "source", "kind")
+
+
+def _merge_run_rows(ranked_rows: list[dict], best: dict) -> dict:
+    row = dict(best)
+    for other in ranked_rows:
+        for k, v in other.items():
+            if k not in PROGRESS and row.get(k) is None and v is not None:
+                row[k] = v
+    return row
+
+
+def _clock_json(clock: StepClock | None) -> dict | None:
+    if clock is None:
+        return None
+    return {"started_at": clock.started_at.isoformat(), "span_s": clock.span_s, "max_steps": clock.max_steps}
+
+
+def _clock(d: dict) -> StepClock:
+    return StepClock(datetime.fromisoformat(d["started_at"]), float(d["span_s"]), float(d["max_steps"]))
 
 
 def _problem_from(error: tuple[str | None, str]) -> Problem:
     field_, reason = error
     kind, _, detail = reason.partition(": ")
     return Problem(field_, kind, detail)
-
-
-def _drop_stale(lake: Lake, listing: _Listing, table: str, key: str, written: list[str]) -> list[str]:
-    """Remove files of ``key`` that this write did not produce (see Lake.drop_stale)."""
-    return lake.drop_stale(table, written, key=key, listing=listing.of(table))
 
 
 # --- command line -----------------------------------------------------------------------------------
@@ -307,7 +656,7 @@ def _timestamp_arg(s: str) -> datetime:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("paths", nargs="+", metavar="PATH",
-                   help="files to load; a directory is read as a TensorBoard log dir")
+                   help="files to load; a directory is an MLflow file store (mlruns/) or a TensorBoard log dir")
     p.add_argument("--format", choices=("auto", *FORMATS), default="auto",
                    help="input format (default: detected from name and content)")
     p.add_argument("--table", choices=LOADABLE, help="JSONL: table of lines that have no 'table' field")
@@ -317,7 +666,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "for JSONL they fill columns a line leaves out. Free-form names become slugs.")
     m.add_argument("--model", help="model name, e.g. distilbert/lora-imdb")
     m.add_argument("--hardware", help="hardware fingerprint, e.g. a100-40gb-x8")
-    m.add_argument("--run-id", help="run id (default: a stable hash of the file's absolute path)")
+    m.add_argument("--run-id", help="run id (default: the file's own, else a hash of what every copy and checkpoint "
+                                    "of the run shares; see the importers' docs)")
     m.add_argument("--precision", help="fp32 | bf16 | fp16 | int8")
     m.add_argument("--model-family", help="architecture family, e.g. bert")
     m.add_argument("--n-params", type=int, help="trainable parameters")
@@ -359,7 +709,7 @@ def run(args: argparse.Namespace) -> int:
     meta, notes = _meta(args)
     for n in notes:
         print(f"note: {n}")
-    listing, now = _Listing(lake), datetime.now(timezone.utc)
+    ingester = Ingester(lake)
     results, errors, seen = [], [], set()
     for path in args.paths:
         try:
@@ -374,10 +724,11 @@ def run(args: argparse.Namespace) -> int:
             try:
                 parsed = parse(source, fmt, meta, args.table)
                 fill = meta.given() if fmt == "jsonl" else None  # importers placed the flags themselves
-                results.append(ingest_parsed(lake, parsed, source, fill, listing, now))
+                results.append(ingester.add(parsed, source, fill))
             except SourceError as e:
                 errors.append(str(e))
-    _report(results, errors, lake, sys.stdout)
+    runs = ingester.finish()
+    _report(results, runs, errors, lake, sys.stdout)
     for e in errors:
         print(f"mhw ingest: error: {e}", file=sys.stderr)
     if errors:
@@ -388,7 +739,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _report(results: list[SourceResult], errors: list[str], lake: Lake, out) -> None:
+def _report(results: list[SourceResult], runs: list[RunResult], errors: list[str], lake: Lake, out) -> None:
     for r in results:
         per_table = ", ".join(f"{t} {n}" for t, n in r.rows.items())
         rejected = f", {len(r.rejects)} rejected" if r.rejects else ""
@@ -396,15 +747,25 @@ def _report(results: list[SourceResult], errors: list[str], lake: Lake, out) -> 
         for n in r.notes:
             out.write(f"  note: {n}\n")
     totals, files = Counter(), Counter()
-    for r in results:
-        totals.update(r.rows)
-        files.update({t: len(f) for t, f in r.files.items() if t != "quarantine"})
+    for r in results:  # tables without a key are written per file, the keyed ones per run
+        totals.update({t: n for t, n in r.rows.items() if t in UNKEYED})
+        files.update({t: len(f) for t, f in r.files.items() if t in UNKEYED})
+    for run in runs:
+        totals.update(run.rows)
+        files.update({t: len(f) for t, f in run.files.items()})
     if totals:
-        out.write(f"written to {lake.uri}:\n")
+        out.write(f"written to {lake.uri} (rows the lake now holds for the runs and files ingested):\n")
         width = max(len(t) for t in totals)
         for t in LOADABLE:
             if t in totals:
                 out.write(f"  {t:<{width}}  {totals[t]:>7} rows  {files[t]:>3} files\n")
+    for run in runs:
+        if len(run.sources) > 1 or run.notes:
+            stored = ", ".join(f"{t} {n}" for t, n in run.rows.items()) or "nothing"
+            out.write(f"run {run.run_id} ({run.model}): {len(run.sources)} files, one row per key: {stored}; "
+                      f"most advanced file: {run.sources[0] if run.sources else '-'}\n")
+            for n in run.notes:
+                out.write(f"  note: {n}\n")
     rejects = [j for r in results for j in r.rejects]
     if rejects:
         out.write(f"rejected {len(rejects)} rows (kept in the quarantine table):\n")

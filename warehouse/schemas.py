@@ -22,6 +22,10 @@ class Table:
     time_column: str  # its UTC date is the `date` partition
     required: tuple[str, ...]  # a row without these is quarantined
     doc: str
+    # The columns that identify one fact: ingest keeps one row per key whatever files a run arrives
+    # in (checkpoint copies, re-exports). Empty: rows have no natural key (raw samples) and are kept
+    # as each file gives them.
+    key: tuple[str, ...] = ()
 
     @property
     def file_schema(self) -> pa.Schema:
@@ -69,6 +73,7 @@ RUNS = Table(
     time_column="started_at",
     required=("run_id", "model", "hardware", "started_at"),
     doc="One row per training or evaluation run. A run's row is rewritten as its status changes.",
+    key=("run_id",),
 )
 
 TRAIN_STEPS = Table(
@@ -99,6 +104,26 @@ TRAIN_STEPS = Table(
     time_column="ts",
     required=("run_id", "model", "hardware", "step", "ts"),
     doc="One row per optimizer step of a training run.",
+    key=("run_id", "step"),
+)
+
+STEP_METRICS = Table(
+    name="step_metrics",
+    schema=_fields(
+        ("run_id", pa.string(), "run the step belongs to"),
+        ("step", pa.int64(), "optimizer step (as in train_steps)"),
+        ("ts", TS, "UTC time of the step (as in train_steps)"),
+        ("precision", pa.string(), "fp32 | bf16 | fp16 (copied from the run)"),
+        ("metric", pa.string(), "name as the log writes it, e.g. mean_token_accuracy, num_tokens, rewards/margins"),
+        ("value", pa.float64(), "metric value; NaN and inf are kept as data"),
+        *_KEYS,
+    ),
+    partition_by=FACT_PARTITIONS,
+    time_column="ts",
+    required=("run_id", "model", "hardware", "step", "metric", "ts"),
+    doc="One row per (run, step, metric) for per-step numbers that have no train_steps column "
+        "(an importer's extra keys, tags or tracked stats), so nothing a log records is dropped.",
+    key=("run_id", "step", "metric"),
 )
 
 EVAL_RESULTS = Table(
@@ -120,6 +145,8 @@ EVAL_RESULTS = Table(
     time_column="ts",
     required=("run_id", "model", "hardware", "suite", "metric", "ts"),
     doc="One row per (checkpoint, suite, metric) measurement.",
+    # precision too: mhw eval's precision suite measures one checkpoint in several precisions
+    key=("run_id", "checkpoint_step", "suite", "metric", "precision"),
 )
 
 LATENCY_SAMPLES = Table(
@@ -158,6 +185,7 @@ SYSTEM_SAMPLES = Table(
     time_column="ts",
     required=("run_id", "model", "hardware", "device", "ts"),
     doc="Periodic per-device samples from a background sampler (psutil, NVML).",
+    key=("run_id", "device", "ts"),
 )
 
 QUARANTINE = Table(
@@ -210,7 +238,8 @@ ALERTS = Table(
 )
 
 TABLES: dict[str, Table] = {
-    t.name: t for t in (RUNS, TRAIN_STEPS, EVAL_RESULTS, LATENCY_SAMPLES, SYSTEM_SAMPLES, QUARANTINE, ALERTS)
+    t.name: t for t in (RUNS, TRAIN_STEPS, STEP_METRICS, EVAL_RESULTS, LATENCY_SAMPLES, SYSTEM_SAMPLES, QUARANTINE,
+                        ALERTS)
 }
 DERIVED_TABLES = ("alerts",)  # written by the pipelines, never ingested; not compacted or aged out
 FACT_TABLES = tuple(n for n, t in TABLES.items() if t.partition_by == FACT_PARTITIONS and n not in DERIVED_TABLES)

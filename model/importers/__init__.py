@@ -8,6 +8,14 @@ to ``warehouse.ingest``, which validates, writes and quarantines the rows of eve
     hf-trainer   Hugging Face Trainer ``trainer_state.json``             (model/importers/hf_trainer.py)
     tensorboard  TensorBoard event files, or a log dir of them           (model/importers/tensorboard.py)
     mlperf       ``:::MLLOG {json}`` lines of mlperf-logging             (model/importers/mlperf.py)
+    lm-eval      lm-evaluation-harness results JSON                      (model/importers/lm_eval.py)
+    mlflow       MLflow file store: ``mlruns/`` or one run folder of it  (model/importers/mlflow.py)
+
+Numbers a format logs per step that have no ``train_steps`` column go to ``step_metrics`` (one row
+per run, step and metric), so nothing numeric is dropped. Run ids are stable: the file's own id
+where it has one (MLflow), else a hash of what every copy of the run shares (a trainer state's
+first log entry and trainer arguments, an MLPerf log's benchmark, platform and start), so copies
+and checkpoints of one run land as one run; ``--run-id`` overrides.
 """
 from __future__ import annotations
 
@@ -15,13 +23,16 @@ import hashlib
 import importlib
 import json
 import os
+import re
 from dataclasses import dataclass, field, fields
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from warehouse.schemas import TABLES
 
-FORMATS = ("jsonl", "hf-trainer", "tensorboard", "mlperf")
-_MODULES = {"jsonl": "jsonl", "hf-trainer": "hf_trainer", "tensorboard": "tensorboard", "mlperf": "mlperf"}
+FORMATS = ("jsonl", "hf-trainer", "tensorboard", "mlperf", "lm-eval", "mlflow")
+_MODULES = {"jsonl": "jsonl", "hf-trainer": "hf_trainer", "tensorboard": "tensorboard", "mlperf": "mlperf",
+            "lm-eval": "lm_eval", "mlflow": "mlflow"}
+DIRECTORY_FORMATS = ("tensorboard", "mlflow")  # formats whose source may be a folder
 
 
 class SourceError(ValueError):
@@ -39,6 +50,29 @@ class Record:
     line: int | None = None  # 1-based line, or record index where the format has no lines
     raw: str | None = None  # the row as read, kept in quarantine for repair and replay
     error: tuple[str | None, str] | None = None  # (field, reason) found while decoding
+    file: str | None = None  # the file inside a folder source (an event file, an MLflow metric) ``line`` is in
+
+
+@dataclass(frozen=True)
+class StepClock:
+    """Derived time for formats that record none (a trainer state): ``ts = started_at + step /
+    max_steps * span_s``. Ingest re-stamps every row of a run with the clock of its most advanced
+    file, so rows of one run read from several checkpoint copies share one consistent series."""
+
+    started_at: datetime
+    span_s: float
+    max_steps: float
+
+    def at(self, step) -> datetime | None:
+        s = number(step)
+        if s is None:
+            return None
+        frac = s / self.max_steps if self.max_steps else 0.0
+        return self.started_at + timedelta(seconds=frac * self.span_s)
+
+    @property
+    def ended_at(self) -> datetime:
+        return self.started_at + timedelta(seconds=self.span_s)
 
 
 @dataclass
@@ -47,6 +81,7 @@ class Parsed:
     format: str
     records: list[Record] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # things skipped or assumed, shown to the user
+    clock: StepClock | None = None  # set when the rows' timestamps are derived, not read
 
 
 @dataclass
@@ -102,23 +137,65 @@ def default_run_id(prefix: str, path: str) -> str:
     return f"{prefix}-{hashlib.sha1(os.path.abspath(path).encode()).hexdigest()[:12]}"
 
 
+def content_run_id(prefix: str, shared: object) -> str:
+    """A run id from what every file of one run has in common (``shared``, JSON-serializable), so
+    checkpoint copies and re-exports of a run get the same id wherever they lie."""
+    blob = json.dumps(shared, sort_keys=True, default=str, allow_nan=True)
+    return f"{prefix}-{hashlib.sha1(blob.encode()).hexdigest()[:12]}"
+
+
 def is_event_file(name: str) -> bool:
     return "tfevents" in os.path.basename(name)
 
 
 def sources(path: str, fmt: str = "auto") -> list[tuple[str, str]]:
-    """Expand a command-line PATH into (source, format) pairs. A directory is a TensorBoard log dir:
-    each folder in it that holds event files is one source (one run)."""
+    """Expand a command-line PATH into (source, format) pairs. A directory is an MLflow file store
+    (each run folder in it, found by its ``meta.yaml``, is one source; runs under ``.trash`` are
+    deleted and skipped) or a TensorBoard log dir (each folder holding event files is one source).
+    With ``--format auto`` an MLflow store wins over the TensorBoard logs inside its runs' artifacts,
+    which would otherwise import the same run twice under two ids."""
     if not os.path.exists(path):
         raise SourceError(f"{path}: no such file or directory")
-    if os.path.isdir(path):
-        if fmt not in ("auto", "tensorboard"):
-            raise SourceError(f"{path}: is a directory; only --format tensorboard reads directories")
+    if not os.path.isdir(path):
+        return [(path, detect(path) if fmt == "auto" else fmt)]
+    if fmt not in ("auto", *DIRECTORY_FORMATS):
+        raise SourceError(f"{path}: is a directory; only --format {' or '.join(DIRECTORY_FORMATS)} read directories")
+    found: list[tuple[str, str]] = []
+    mlflow_runs = _mlflow_run_dirs(path) if fmt in ("auto", "mlflow") else []
+    found += [(d, "mlflow") for d in mlflow_runs]
+    if fmt in ("auto", "tensorboard"):
+        inside = tuple(os.path.join(d, "") for d in mlflow_runs)
         run_dirs = sorted({root for root, _, files in os.walk(path) if any(is_event_file(f) for f in files)})
-        if not run_dirs:
-            raise SourceError(f"{path}: directory holds no TensorBoard event files (*tfevents*)")
-        return [(d, "tensorboard") for d in run_dirs]
-    return [(path, detect(path) if fmt == "auto" else fmt)]
+        found += [(d, "tensorboard") for d in run_dirs if not os.path.join(d, "").startswith(inside)]
+    if not found:
+        wanted = {"auto": "no MLflow runs (*/meta.yaml with a run_id) and no TensorBoard event files (*tfevents*)",
+                  "mlflow": "no MLflow runs (*/meta.yaml with a run_id)",
+                  "tensorboard": "no TensorBoard event files (*tfevents*)"}[fmt]
+        raise SourceError(f"{path}: directory holds {wanted}")
+    return found
+
+
+def _mlflow_run_dirs(path: str) -> list[str]:
+    """Folders under ``path`` (itself included) that are MLflow file-store runs: a ``meta.yaml``
+    naming a ``run_id``/``run_uuid``."""
+    runs = []
+    for root, dirs, files in os.walk(path):
+        dirs[:] = [d for d in dirs if d not in (".trash", "artifacts")]
+        if "meta.yaml" in files:
+            try:
+                with open(os.path.join(root, "meta.yaml"), "rb") as f:
+                    head = f.read(1 << 14)
+            except OSError:
+                continue
+            if re.search(rb"^(run_uuid|run_id):", head, re.M):
+                runs.append(root)
+                dirs[:] = []  # a run's own folders (metrics/, params/, tags/) hold no runs
+    return sorted(runs)
+
+
+def is_trainer_state_name(path: str) -> bool:
+    name = os.path.basename(path).lower()
+    return "trainer_state" in name and name.endswith(".json")
 
 
 def detect(path: str) -> str:
@@ -133,29 +210,64 @@ def detect(path: str) -> str:
         raise SourceError(f"{path}: cannot read: {e.strerror or e}") from e
     if b":::MLLOG" in head:
         return "mlperf"
-    if name.endswith(".json"):  # a whole-file JSON document: a trainer_state.json has log_history
-        try:
-            with open(path, "rb") as f:
-                doc = json.load(f)
-            if isinstance(doc, dict) and "log_history" in doc:
-                return "hf-trainer"
-        except (ValueError, OSError):
-            pass  # not one document; may still be JSON lines
+    if is_trainer_state_name(name):
+        return "hf-trainer"  # named so: the importer says what is missing if it is not one
+    text = head.lstrip(b"\xef\xbb\xbf")
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    first = lines[0] if lines else b""
     if name.endswith((".jsonl", ".ndjson")):
         return "jsonl"
-    first = next((ln.strip() for ln in head.lstrip(b"\xef\xbb\xbf").splitlines() if ln.strip()), b"")
+    if (name.endswith(".json") or first.startswith(b"{")) and not _is_json_line(lines):  # one JSON document?
+        doc = _json_document(path)
+        if isinstance(doc, dict):
+            if isinstance(doc.get("log_history"), list):
+                return "hf-trainer"
+            if isinstance(doc.get("results"), dict) and any(k in doc for k in LM_EVAL_KEYS):
+                return "lm-eval"
+            if len(lines) > 1:  # pretty-printed: as JSON lines every line would be rejected
+                keys = ", ".join(sorted(map(str, doc))[:12])
+                raise SourceError(
+                    f"{path}: one JSON document (not JSON lines) of no known format: a trainer_state.json needs "
+                    f"'log_history', lm-eval results need 'results' with 'versions' or 'configs' (keys found: {keys})")
     if first.startswith(b"{"):
         return "jsonl"
+    if first.startswith((b"# HELP ", b"# TYPE ")):
+        raise SourceError(f"{path}: a Prometheus /metrics scrape (text exposition format): serving counters at one "
+                          f"instant, not a training or evaluation log; no importer reads it")
     raise SourceError(
-        f"{path}: cannot tell its format (not JSON lines, trainer_state.json, MLLOG or TensorBoard); "
-        f"pass --format"
+        f"{path}: cannot tell its format (not JSON lines, trainer_state.json, lm-eval results, MLLOG, MLflow or "
+        f"TensorBoard); pass --format"
     )
 
 
+LM_EVAL_KEYS = ("versions", "configs", "n-shot", "higher_is_better")  # beside 'results' in lm-eval output
+
+
+def _is_json_line(lines: list[bytes]) -> bool:
+    """The first line is a whole JSON object and more lines follow: JSON lines, not a document (which
+    saves parsing a large JSON-lines file whole)."""
+    if len(lines) < 2:
+        return False
+    try:
+        return isinstance(json.loads(lines[0]), dict)
+    except ValueError:
+        return False
+
+
+def _json_document(path: str):
+    """The file parsed as one JSON document, or None if it is not one (e.g. JSON lines)."""
+    try:
+        with open(path, "rb") as f:
+            return json.load(f)
+    except (ValueError, OSError):
+        return None
+
+
 def identity(path: str, meta: RunMeta, prefix: str, model: str | None = None,
-             hardware: str | None = None) -> dict:
+             hardware: str | None = None, run_id: str | None = None) -> dict:
     """run_id, model and hardware of an imported run: the flags win over what the file says; free-form
-    names become slugs (``distilbert/lora-imdb`` -> ``distilbert--lora-imdb``)."""
+    names become slugs (``distilbert/lora-imdb`` -> ``distilbert--lora-imdb``). ``run_id`` is the
+    file's own (or content-derived) id; without one the id is a hash of the path."""
     from warehouse.writer import slugify
 
     model, hardware = meta.model or model, meta.hardware or hardware
@@ -163,7 +275,7 @@ def identity(path: str, meta: RunMeta, prefix: str, model: str | None = None,
     if missing:
         raise SourceError(f"{path}: the file does not say its {' or '.join(m[2:] for m in missing)}; "
                           f"pass {' and '.join(missing)}")
-    return {"run_id": meta.run_id or default_run_id(prefix, path),
+    return {"run_id": meta.run_id or run_id or default_run_id(prefix, path),
             "model": slugify(str(model)), "hardware": slugify(str(hardware))}
 
 

@@ -10,7 +10,7 @@ from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.summary.writer.record_writer import RecordWriter
 
 from warehouse import cli, docs
-from warehouse.ingest import validate, write_key
+from warehouse.ingest import run_key, validate
 from warehouse.query import connect
 from warehouse.schemas import DERIVED_TABLES, TABLES
 
@@ -145,14 +145,14 @@ def test_reingest_replaces_its_own_rows(tmp_path, lake_root, capsys):
     assert not list(Path(lake_root, "train_steps").rglob("date=2024-05-01/*.parquet"))
 
 
-def test_flags_fill_missing_columns_and_files_are_keyed_by_path(tmp_path, lake_root):
+def test_flags_fill_missing_columns_and_files_are_keyed_by_run(tmp_path, lake_root):
     path = jsonl(tmp_path / "s.jsonl", {"step": 1, "ts": 1714564800, "loss": 2.0})
     assert ingest(path, "--table", "train_steps", "--model", "Org/GPT 2", "--hardware", "cpu",
                   "--run-id", "r9", "--precision", "fp32", "--lake", lake_root) == 0
     assert rows(lake_root, "select run_id, model, hardware, precision from train_steps") == [
         ("r9", "Org--GPT-2", "cpu", "fp32")]
     assert Path(lake_root, "train_steps", "model=Org--GPT-2", "hardware=cpu", "date=2024-05-01",
-                f"{write_key(str(path), 'train_steps')}.parquet").exists()
+                f"{run_key('r9')}.parquet").exists()
 
 
 def test_nothing_ingested_and_unreadable_files_fail_clearly(tmp_path, lake_root, capsys):
@@ -218,7 +218,7 @@ def test_mlperf_end_to_end(lake_root, capsys):
     for _ in range(2):
         assert ingest(MLPERF_LOG, "--lake", lake_root) == 0  # format detected from content
     out = capsys.readouterr().out
-    assert "[mlperf]: 7 rows (runs 1, train_steps 4, eval_results 2), 2 rejected" in out
+    assert "[mlperf]: 8 rows (runs 1, train_steps 4, step_metrics 1, eval_results 2), 2 rejected" in out
     assert rows(lake_root, "select model, hardware, status from runs") == [("bert", "8xH100-SXM5-80GB", "completed")]
     assert rows(lake_root, "select count(*), count(*) filter (where isnan(loss)) from train_steps") == [(4, 1)]
     q = rows(lake_root, "select line, field, split_part(reason, ':', 1) from quarantine order by line")
