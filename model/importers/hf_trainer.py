@@ -135,7 +135,7 @@ def parse(path: str, meta: RunMeta) -> Parsed:
         for suite, metric, key in eval_keys(e):
             base = {**ident, **precision, "train_run_id": ident["run_id"], "suite": suite,
                     "checkpoint_step": e.get("step"), "ts": clock.at(e.get("step"))}
-            samples = e.get("eval_samples" if suite == SUITE else f"eval_{suite[len(SUITE) + 1:]}_samples")
+            samples = e.get(key[: len(key) - len(metric)] + "samples")  # eval_<set>_samples of the same set
             if samples is not None:
                 base["n"] = samples
             if metric != "samples":
@@ -176,7 +176,9 @@ def eval_keys(entry: dict) -> list[tuple[str, str, str]]:
             continue
         rest = k[len("eval_"):]
         p = next((p for p in sets if rest.startswith(p + "_") and len(rest) > len(p) + 1), None)
-        out.append((f"{SUITE}-{p}", rest[len(p) + 1:], k) if p else (SUITE, rest, k))
+        # hf-eval-<set>, the set's own dashes made underscores: rules find a set's suite by the part
+        # before its last dash (sql/diagnostics/overfitting.sql)
+        out.append((f"{SUITE}-{p.replace('-', '_')}", rest[len(p) + 1:], k) if p else (SUITE, rest, k))
     return out
 
 

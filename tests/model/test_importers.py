@@ -657,3 +657,11 @@ def test_mlflow_store_wins_over_the_tensorboard_logs_in_its_artifacts(tmp_path):
         (str(run / "artifacts" / "tb"), "tensorboard"), (str(tmp_path / "mlruns" / "tb-elsewhere"), "tensorboard")]
     with pytest.raises(SourceError, match="no MLflow runs"):
         sources(str(tmp_path / "mlruns" / "tb-elsewhere"), "mlflow")
+
+
+def test_an_eval_set_with_dashes_keeps_its_suite_findable(tmp_path):
+    """``eval_dataset={"val-a": ...}`` logs eval_val-a_loss: its suite is hf-eval-val_a, so the part
+    before the suite's last dash is still hf-eval (what the overfitting rule reads)."""
+    from model.importers.hf_trainer import eval_keys
+    keys = eval_keys({"eval_val-a_loss": 1.0, "eval_val-a_samples": 10, "eval_loss": 2.0, "step": 5})
+    assert ("hf-eval-val_a", "loss", "eval_val-a_loss") in keys and ("hf-eval", "loss", "eval_loss") in keys

@@ -84,3 +84,15 @@ def test_runs_that_never_learn_are_underfitting(alerts):
     assert {"underfitting", "plateau"} <= rules(alerts, "yuanhuanghuang")
     # Odia OCR: loss 0.0 and grad_norm 0.0 in every log: nothing is learned, nothing flows back
     assert {"underfitting", "vanishing_gradients"} <= rules(alerts, "odia", "warning")
+
+
+def test_each_prefixed_eval_set_is_checked_for_overfitting(tmp_path):
+    """A 30-epoch Trainer log with one log per epoch and six eval sets (eval_g0_loss ... eval_g5_loss,
+    1.11 -> 1.9 while train loss falls to 0.07; built from the HF format, tests/fixtures/hf): each set
+    is its own suite and each overfits."""
+    root = str(tmp_path / "lake")
+    fixture = REPO / "tests" / "fixtures" / "hf" / "prefixed-eval-sets.trainer_state.json"
+    assert mhw(["ingest", str(fixture), "--lake", root, "--model", "prefixed", "--hardware", "gpu"]) == 0
+    over = [a for a in diagnose(root, notify_alerts=False).alerts if a["rule"] == "overfitting"]
+    assert sorted(a["suite"] for a in over) == [f"hf-eval-g{i}" for i in range(6)]
+    assert all(a["observed"] > 1.5 * a["expected"] for a in over)
