@@ -60,6 +60,21 @@ def test_audit_catches_a_corrupt_sketch_and_a_float_sum(built, tmp_path, capsys)
     assert f"system_totals: model={MODELS[0]}/hardware={HARDWARE[0]}/date={DAY0}: util_sum" in out
 
 
+def test_audit_catches_results_counted_under_the_wrong_run(built, tmp_path, capsys):
+    """Runs r0 and r1 share checkpoint steps: one run's results put under the other add up per
+    partition and per level, and only the per-run count tells."""
+    m, h, day = MODELS[0], HARDWARE[1], DAY0 + dt.timedelta(days=2)
+    bad = corrupt(f"{built}/serving.duckdb", str(tmp_path / "bad.duckdb"),
+                  f"update eval_health_daily set run_id = '{m}-{h}-r0' where grouping_id = 0 and model = '{m}' "
+                  f"and hardware = '{h}' and date = '{day}' and run_id = '{m}-{h}-r1'")
+    assert main(["audit", "--lake", f"{built}/lake", "--serving", bad]) == 1
+    out = capsys.readouterr().out
+    partition = f"model={m}/hardware={h}/date={day}"
+    assert f"eval_totals: {partition}: n_results run={m}-{h}-r0 lake=3.0 cube=6.0" in out
+    assert f"eval_totals: {partition}: n_results run={m}-{h}-r1 lake=3.0 cube=None" in out
+    assert len(out.strip().splitlines()) == 2
+
+
 def test_audit_catches_lake_rows_the_cube_has_not_seen(built, tmp_path, capsys):
     lake = copy_lake(f"{built}/lake", str(tmp_path / "lake"))
     Lake(lake).write("eval_results", pa.table({
