@@ -7,7 +7,8 @@ diagnostics (their rules read the cubes), then, side by side, notifies about new
 them (a second incremental build: only the alert cubes changed), and logs a short health summary.
 
 Engine and cluster come from `orchestration.engine` / `orchestration.spark_master` in the config;
-with `orchestration.fail_on: critical`, the `notify` task fails when a new critical alert fired.
+with `orchestration.fail_on: critical`, the `notify` task fails while a critical alert is open (after
+notifying; a retry or the next run fails again until the alert's cause is gone from the lake).
 """
 from __future__ import annotations
 

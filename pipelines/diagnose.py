@@ -525,6 +525,23 @@ def to_alerts(rule: Rule, rc: RuleConfig, result: pa.Table) -> list[dict]:
 
 # --- the job ----------------------------------------------------------------------------------------
 
+def at_or_above(alerts: list[dict], level: str | None) -> list[dict]:
+    """The alerts at or above ``level`` (None: none), worst first. Given the alerts table, these are
+    all still open: the table keeps only the alerts the latest computation of each subject (run, or
+    model × hardware pair) still produces, so one goes once its cause is gone."""
+    if level is None:
+        return []
+    chosen = [a for a in alerts if notify.rank(a["severity"]) >= notify.rank(level)]
+    return sorted(chosen, key=lambda a: (-notify.rank(a["severity"]), a["start_at"], a["alert_id"]))
+
+
+def describe(alerts: list[dict], limit: int = 10) -> str:
+    """``<id> <rule> <run or model/hardware>`` of each alert, for a failure message."""
+    parts = [f"{a['alert_id']} {a['rule']} {a.get('run_id') or a['model'] + '/' + a['hardware']}"
+             for a in alerts[:limit]]
+    return "; ".join(parts) + (f"; … and {len(alerts) - limit} more" if len(alerts) > limit else "")
+
+
 @dataclass
 class DiagnoseResult:
     engine: str
@@ -536,6 +553,7 @@ class DiagnoseResult:
     notified: int = 0  # alerts handed to the notifiers this run
     notify_errors: list[str] = field(default_factory=list)
     total: int = 0  # alerts in the table afterwards
+    current: list[dict] = field(default_factory=list)  # those alerts: every one still open
     seconds: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -546,11 +564,17 @@ class DiagnoseResult:
         return dict(sorted(out.items()))
 
     def worst(self) -> str | None:
-        return max((a["severity"] for a in self.alerts), key=notify.rank, default=None)
+        """The highest severity of the open alerts (this run's and those kept from earlier runs)."""
+        return max((a["severity"] for a in self.current), key=notify.rank, default=None)
+
+    def failing(self, level: str | None) -> list[dict]:
+        """The open alerts at or above ``level``, found by this run or kept from an earlier one: a re-run
+        that recomputes nothing (an Airflow retry) fails as long as the alert is open."""
+        return at_or_above(self.current, level)
 
     def fails(self, level: str | None) -> bool:
-        """True when this run found an alert at or above ``level`` (None: never)."""
-        return level is not None and any(notify.rank(a["severity"]) >= notify.rank(level) for a in self.alerts)
+        """True while an alert at or above ``level`` is open (None: never)."""
+        return bool(self.failing(level))
 
 
 def diagnose(lake_root: str | None = None, engine="duckdb", *, config_path: str | None = None,
@@ -631,6 +655,7 @@ def diagnose(lake_root: str | None = None, engine="duckdb", *, config_path: str 
         touched |= {name[: -len(".parquet")] for name in listing}
     write_alerts(lake, final, touched, listing)
     result.total = len(final)
+    result.current = final
     result.seconds["alerts"] = time.perf_counter() - t
 
     fs, root, local = lakefiles.resolve(lake_root)
@@ -643,8 +668,8 @@ def diagnose(lake_root: str | None = None, engine="duckdb", *, config_path: str 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--engine", choices=ENGINES, default="duckdb", help="engine that runs the rules' SQL")
-    p.add_argument("--fail-on", choices=SEVERITIES, help="exit 1 if an alert at or above this severity is "
-                                                           "found (default: fail_on in the rules config)")
+    p.add_argument("--fail-on", choices=SEVERITIES, help="exit 1 while an alert at or above this severity is "
+                                                           "open (default: fail_on in the rules config)")
     p.add_argument("--full", action="store_true", help="recompute every run and pair")
     p.add_argument("--no-notify", action="store_true", help="store alerts, notify nobody (they stay pending)")
     p.add_argument("--rules-config", help="diagnostics config laid over conf/diagnostics.yaml "
@@ -676,7 +701,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"mhw diagnose: notification failed, alerts stay pending: {'; '.join(r.notify_errors)}",
               file=sys.stderr)
     level = args.fail_on or cfg.fail_on
-    if r.fails(level):
-        print(f"mhw diagnose: failing: alerts at or above {level} ({r.worst()})", file=sys.stderr)
+    failing = r.failing(level)
+    if failing:
+        print(f"mhw diagnose: failing: {len(failing)} open alert(s) at or above {level}: {describe(failing)} "
+              f"(`mhw alerts --severity {level}`)", file=sys.stderr)
         return 1
     return 0

@@ -116,13 +116,14 @@ def diagnose() -> dict:
 
 
 def notify(diagnosed: dict) -> dict:
-    """Send every alert no notifier has taken yet, then mark them notified; fail the task when the
-    diagnose found a new alert at or above ``orchestration.fail_on``."""
+    """Send every alert no notifier has taken yet, then mark them notified; fail the task while the
+    alerts table holds an open alert at or above ``orchestration.fail_on`` (new or not: a retry, or
+    the next run over an unchanged lake, fails again until the alert's cause is gone)."""
     import datetime as dt
 
     from pipelines import notify as notifiers
     from pipelines.alerts import alert_key, read_alerts, write_alerts
-    from pipelines.diagnose import load_config
+    from pipelines.diagnose import at_or_above, describe, load_config
     from warehouse.writer import Lake
 
     settings = config.load()
@@ -137,6 +138,8 @@ def notify(diagnosed: dict) -> dict:
         a["notified_at"] = now
     write_alerts(lake, alerts, {alert_key(a["rule"], a["model"], a["hardware"]) for a in pending})
     fail_on = settings.section("orchestration").get("fail_on")
-    if fail_on and any(notifiers.rank(s) >= notifiers.rank(fail_on) for s in diagnosed.get("new_severities", [])):
-        raise RuntimeError(f"new {fail_on}+ alerts fired: see `mhw alerts --severity {fail_on}`")
+    failing = at_or_above(alerts, fail_on)  # notified first: the alerts go out even when the task fails
+    if failing:
+        raise RuntimeError(f"{len(failing)} open alert(s) at or above {fail_on}: {describe(failing)} "
+                           f"(`mhw alerts --severity {fail_on}`)")
     return {"notified": len(pending)}

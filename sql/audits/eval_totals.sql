@@ -1,7 +1,8 @@
 -- audit: eval_totals
 -- purpose: the served eval cube holds exactly the raw lake's eval_results: per lake partition the
---   checkpoint-level rows of eval_health add up to the raw results, finite-value count and sum and
---   examples; every aggregation level sums to the raw total.
+--   run-level rows of eval_health add up to the raw results, finite-value count and sum and
+--   examples, and to each run's results (training run, else eval run); every aggregation level sums
+--   to the raw total.
 -- grain: one row per (partition or level, measure) that differs; no rows = the audit passes.
 -- sources: eval_results (lake), eval_health (serving)
 -- tolerance: counts exact; float sums 1e-9 relative; a value on one side only is a difference
@@ -31,8 +32,46 @@ cube as (
         sum(value_sum) as value_sum,
         cast(sum(n_examples) as double) as n_examples
     from eval_health
-    where grouping_id = 0  -- suite × metric × checkpoint × day
+    where grouping_id = 0  -- suite × metric × run × checkpoint × day
     group by model, hardware, date
+),
+
+lake_runs as (
+    select
+        model,
+        hardware,
+        date,
+        coalesce(train_run_id, run_id) as run_id,
+        cast(count(*) as double) as n_results
+    from eval_results
+    group by model, hardware, date, coalesce(train_run_id, run_id)
+),
+
+cube_runs as (
+    select
+        model,
+        hardware,
+        date,
+        run_id,
+        cast(sum(n_results) as double) as n_results
+    from eval_health
+    where grouping_id = 0
+    group by model, hardware, date, run_id
+),
+
+-- results counted under the wrong run add up per partition: they differ only here
+per_run as (
+    select
+        'model=' || coalesce(lake_runs.model, cube_runs.model)
+            || '/hardware=' || coalesce(lake_runs.hardware, cube_runs.hardware)
+            || '/date=' || cast(coalesce(lake_runs.date, cube_runs.date) as varchar) as partition,
+        'n_results run=' || coalesce(lake_runs.run_id, cube_runs.run_id) as measure,
+        lake_runs.n_results as lake_value,
+        cube_runs.n_results as cube_value
+    from lake_runs
+    full outer join cube_runs
+        on cube_runs.model = lake_runs.model and cube_runs.hardware = lake_runs.hardware
+        and cube_runs.date = lake_runs.date and cube_runs.run_id = lake_runs.run_id
 ),
 
 partitions as (
@@ -56,6 +95,8 @@ compared as (
     select partition, 'value_sum', lake_value_sum, cube_value_sum from partitions
     union all
     select partition, 'n_examples', lake_n_examples, cube_n_examples from partitions
+    union all
+    select partition, measure, lake_value, cube_value from per_run
 ),
 
 levels as (

@@ -4,7 +4,8 @@
 --   successes, finite-latency count and sum; every aggregation level sums to the raw total.
 -- grain: one row per (partition or level, measure) that differs; no rows = the audit passes.
 -- sources: latency_samples (lake), latency_health and latency_sketch (serving)
--- tolerance: counts exact; float sums 1e-9 relative; a value on one side only is a difference
+-- tolerance: counts exact; float sums 1e-9 relative; a value on one side only is a difference, except
+--   that no sketch rows means zero sketched requests
 
 with
 
@@ -75,7 +76,10 @@ compared as (
     union all
     select partition, 'latency_ms_sum', lake_latency_ms_sum, cube_latency_ms_sum from partitions
     union all
-    select partition, 'latency_sketch_n', lake_n_sketched, cube_n_sketched from partitions
+    -- a sketch of zero values has no rows: no latencies on either side reads 0 = 0, as in
+    -- train_health_totals
+    select partition, 'latency_sketch_n', coalesce(lake_n_sketched, 0.0), coalesce(cube_n_sketched, 0.0)
+    from partitions
 ),
 
 levels as (

@@ -1,13 +1,17 @@
 -- model: eval_health_daily
--- purpose: the eval cube per day: every suite × metric per checkpoint, model and hardware (mean,
---   min, max, latest value, NaN/inf count), beside the latency of the same checkpoint and day from
---   latency_health_daily (requests, error rate, p50/p95/p99), for every daily aggregation level.
+-- purpose: the eval cube per day: every suite × metric per run's checkpoint, model and hardware
+--   (mean, min, max, latest value, NaN/inf count), beside the latency of the same checkpoint and day
+--   from latency_health_daily (requests, error rate, p50/p95/p99), for every daily aggregation level.
 -- grain: one row per suite × metric × daily aggregation level × its dimension values. suite and
---   metric are always kept (averaging accuracy with loss means nothing); levels: checkpoint × day
---   (model × hardware × precision × checkpoint_step); model × hardware × precision; model ×
---   hardware; model; hardware × precision; hardware; whole fleet (the levels of
---   latency_health_daily, so the latency columns join one to one). Rolled-up string dimensions read
---   'ALL', checkpoint_step is null when rolled up; grouping_id as in latency_health_daily.
+--   metric are always kept (averaging accuracy with loss means nothing); levels: run × checkpoint ×
+--   day (model × hardware × precision × checkpoint_step × run_id: one run's values, the finest);
+--   then the levels of latency_health_daily, where runs are merged: checkpoint × day (model ×
+--   hardware × precision × checkpoint_step); model × hardware × precision; model × hardware; model;
+--   hardware × precision; hardware; whole fleet. Rolled-up string dimensions read 'ALL',
+--   checkpoint_step is null when rolled up; grouping_id = grouping(model) * 32 + grouping(hardware)
+--   * 16 + grouping(precision) * 8 + grouping(checkpoint_step) * 4 + grouping(date) * 2 +
+--   grouping(run_id), so a level with the run rolled up is latency_health_daily's grouping_id * 2 + 1.
+--   The run level has no latency columns: latency_samples name no training run.
 -- time column: date
 -- partitions: date (rebuilt for the dates whose base partitions changed)
 -- sources: eval_results_base, latency_health_daily
@@ -35,14 +39,16 @@ rolled_up as (
         case when grouping(precision) = 1 then 'ALL' else precision end as precision,
         checkpoint_step,
         date,
-        grouping(model) * 16 + grouping(hardware) * 8 + grouping(precision) * 4
-            + grouping(checkpoint_step) * 2 + grouping(date) as grouping_id,
+        case when grouping(run_id) = 1 then 'ALL' else run_id end as run_id,
+        grouping(model) * 32 + grouping(hardware) * 16 + grouping(precision) * 8
+            + grouping(checkpoint_step) * 4 + grouping(date) * 2 + grouping(run_id) as grouping_id,
         concat_ws(',',
             case when grouping(model) = 0 then 'model' end,
             case when grouping(hardware) = 0 then 'hardware' end,
             case when grouping(precision) = 0 then 'precision' end,
             case when grouping(checkpoint_step) = 0 then 'checkpoint_step' end,
-            'date') as agg_level,
+            'date',
+            case when grouping(run_id) = 0 then 'run_id' end) as agg_level,
         sum(n_results) as n_results,
         sum(n_value) as n_value,
         sum(value_sum) as value_sum,
@@ -53,6 +59,7 @@ rolled_up as (
         max(struct_pack(ts := last_ts, run_id := last_run_id, value := last_value)) as last_point
     from base
     group by grouping sets (
+        (suite, metric, model, hardware, precision, checkpoint_step, date, run_id),
         (suite, metric, model, hardware, precision, checkpoint_step, date),
         (suite, metric, model, hardware, precision, date),
         (suite, metric, model, hardware, date),
@@ -72,8 +79,8 @@ with_latency as (
         latency.latency_p95_ms,
         latency.latency_p99_ms
     from rolled_up
-    left join latency
-        on latency.grouping_id = rolled_up.grouping_id
+    left join latency  -- latency's levels are those with the run rolled up (the last grouping bit)
+        on latency.grouping_id * 2 + 1 = rolled_up.grouping_id
         and latency.model is not distinct from rolled_up.model
         and latency.hardware is not distinct from rolled_up.hardware
         and latency.precision is not distinct from rolled_up.precision
@@ -90,7 +97,8 @@ final as (
         cast(precision as varchar) as precision,            -- precision or 'ALL'
         cast(checkpoint_step as bigint) as checkpoint_step, -- checkpoint (null when rolled up)
         cast(date as date) as date,                         -- UTC date
-        cast(grouping_id as integer) as grouping_id,        -- rolled-up dimensions, bitmask
+        cast(run_id as varchar) as run_id,                  -- training run of the checkpoint (else the eval run) or 'ALL'
+        cast(grouping_id as integer) as grouping_id,        -- rolled-up dimensions, bitmask (model = 32 … run_id = 1)
         cast(agg_level as varchar) as agg_level,            -- the dimensions kept (suite, metric always)
         cast(n_results as bigint) as n_results,             -- measurements
         cast(n_value as bigint) as n_value,                 -- measurements with a finite value
@@ -103,7 +111,7 @@ final as (
         cast(last_point.ts as timestamptz) as last_ts,      -- time of the latest measurement
         cast(last_point.run_id as varchar) as last_run_id,  -- eval run of the latest measurement
         cast(last_point.value as double) as last_value,     -- latest value (NaN kept)
-        cast(n_requests as bigint) as n_requests,           -- latency requests timed (same level)
+        cast(n_requests as bigint) as n_requests,           -- latency requests timed (same level; null on the run level)
         cast(error_rate as double) as error_rate,           -- failed share of those requests
         cast(latency_p50_ms as double) as latency_p50_ms,   -- median latency, ms
         cast(latency_p95_ms as double) as latency_p95_ms,   -- 95th percentile latency, ms

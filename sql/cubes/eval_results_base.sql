@@ -1,7 +1,9 @@
 -- model: eval_results_base
--- purpose: evaluation results of one checkpoint on one day per suite and metric: the finest grain,
---   read once from raw eval_results; the eval cube merges from it.
--- grain: model × hardware × precision × date × checkpoint_step × suite × metric
+-- purpose: evaluation results of one run's checkpoint on one day per suite and metric: the finest
+--   grain, read once from raw eval_results; the eval cube merges from it.
+-- grain: model × hardware × precision × date × checkpoint_step × run_id × suite × metric, where
+--   run_id is the training run the checkpoint came from (eval_results.train_run_id), else the eval
+--   run (imports of a bare checkpoint name no training run)
 -- time column: date (UTC date of eval_results.ts, the lake partition)
 -- partitions: model, hardware, date (one file per lake partition; rebuilt only when its raw files change)
 -- sources: eval_results
@@ -9,7 +11,9 @@
 -- audits: audits/eval_totals.sql
 --
 -- Values are split into finite (summed, min/max) and NaN/inf counts; the latest measurement keeps
--- its (ts, run_id) so rollups merge it exactly with max of a struct.
+-- its (ts, eval run_id) so rollups merge it exactly with max of a struct. The run is in the grain
+-- because runs share checkpoint steps (every run has a step 100, 200 …): without it two runs of one
+-- model × hardware evaluated on one day would be averaged into one checkpoint.
 
 with
 
@@ -20,6 +24,7 @@ results as (
         cast(precision as varchar) as precision,
         cast(date as date) as date,
         cast(checkpoint_step as bigint) as checkpoint_step,
+        cast(coalesce(train_run_id, run_id) as varchar) as checkpoint_run_id,
         cast(suite as varchar) as suite,
         cast(metric as varchar) as metric,
         cast(run_id as varchar) as run_id,
@@ -44,6 +49,7 @@ per_checkpoint_metric_day as (
         precision,
         date,
         checkpoint_step,
+        checkpoint_run_id,
         suite,
         metric,
         count(*) as n_results,
@@ -55,7 +61,7 @@ per_checkpoint_metric_day as (
         sum(n) as n_examples,
         max(struct_pack(ts := ts, run_id := run_id, value := value)) as last_point
     from classified
-    group by model, hardware, precision, date, checkpoint_step, suite, metric
+    group by model, hardware, precision, date, checkpoint_step, checkpoint_run_id, suite, metric
 ),
 
 final as (
@@ -65,6 +71,7 @@ final as (
         cast(precision as varchar) as precision,            -- precision evaluated in
         cast(date as date) as date,                         -- UTC date of the measurements
         cast(checkpoint_step as bigint) as checkpoint_step, -- training step of the checkpoint
+        cast(checkpoint_run_id as varchar) as run_id,       -- training run of the checkpoint, else the eval run
         cast(suite as varchar) as suite,                    -- quality | robustness | latency | …
         cast(metric as varchar) as metric,                  -- loss, accuracy, f1, …
         cast(n_results as bigint) as n_results,             -- measurements

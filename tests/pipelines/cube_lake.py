@@ -76,14 +76,19 @@ def latency_rows(rng, model: str, hw: str, day: dt.date, ckpt: int, n: int = 150
 
 
 def eval_rows(rng, model: str, hw: str, day: dt.date, ckpt: int) -> pa.Table:
+    """Checkpoint ``ckpt`` of runs r0 and r1 (runs share checkpoint steps), evaluated the same day
+    with different values; r1's quality evals on day 0 name no training run (a bare checkpoint)."""
     rows = []
-    for suite, metric in [("quality", "loss"), ("quality", "accuracy"), ("robustness", "accuracy")]:
-        value = float(rng.uniform(0.5, 2.0)) if not (ckpt == 200 and metric == "loss") else math.nan
-        rows.append({"run_id": f"{model}-{hw}-eval", "train_run_id": f"{model}-{hw}-r0",
-                     "checkpoint": f"ckpt-{ckpt}", "checkpoint_step": ckpt,
-                     "ts": dt.datetime.combine(day, dt.time(2), UTC), "precision": "bf16",
-                     "suite": suite, "metric": metric, "value": value, "n": 500,
-                     "model": model, "hardware": hw})
+    for train_run in ("r0", "r1"):
+        for suite, metric in [("quality", "loss"), ("quality", "accuracy"), ("robustness", "accuracy")]:
+            value = float(rng.uniform(0.5, 2.0)) if not (ckpt == 200 and metric == "loss") else math.nan
+            bare = train_run == "r1" and ckpt == 100 and suite == "quality"
+            rows.append({"run_id": f"{model}-{hw}-eval" + ("" if train_run == "r0" else "-r1"),
+                         "train_run_id": None if bare else f"{model}-{hw}-{train_run}",
+                         "checkpoint": f"ckpt-{ckpt}", "checkpoint_step": ckpt,
+                         "ts": dt.datetime.combine(day, dt.time(2 + (train_run == "r1")), UTC), "precision": "bf16",
+                         "suite": suite, "metric": metric, "value": value, "n": 500,
+                         "model": model, "hardware": hw})
     return pa.Table.from_pylist(rows)
 
 

@@ -1,8 +1,10 @@
 """mhw build on DuckDB: the cube's numbers against the raw rows, and incremental builds equal to a
 full rebuild after appends, rewrites and deletions in the lake."""
 import datetime as dt
+import json
 import math
 import os
+from pathlib import Path
 
 import duckdb
 import pytest
@@ -13,6 +15,8 @@ from pipelines import build as build_mod
 from pipelines.build import build
 from warehouse.cli import main
 from warehouse.writer import Lake
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -92,8 +96,52 @@ def test_grouping_levels_and_all_markers(lake, tmp_path):
     assert n_total == n_raw and model == "ALL" and gid == 31
     for level, n in served(serving, "select agg_level, sum(n_steps) from train_health group by all"):
         assert n == n_raw, level
-    # eval and latency share their levels, so every eval row of a checkpoint level has its latency
-    assert served(serving, "select count(*) from eval_health where latency_p95_ms is null") == [(0,)]
+    # eval's levels with the run rolled up are latency's, so every one of their rows has its latency;
+    # the run levels have none (latency samples name no training run)
+    (_, n_run_rows, n_run_latency), (_, n_rolled, n_rolled_latency) = served(
+        serving, "select run_id = 'ALL' as rolled, count(*), count(latency_p95_ms) from eval_health "
+                 "group by rolled order by rolled")
+    assert n_run_rows == 2 * 2 * 3 * 2 * 3 * 2  # models × hardware × days × runs × metrics × (daily, window)
+    assert n_run_latency == 0 and n_rolled_latency == n_rolled > n_run_rows
+    assert served(serving, "select grouping_id, agg_level from eval_health where run_id != 'ALL' "
+                           "group by all order by all") == [
+        (0, "model,hardware,precision,checkpoint_step,date,run_id"),
+        (2, "model,hardware,precision,checkpoint_step,run_id")]
+
+
+def test_eval_cube_keeps_each_run_of_a_checkpoint(lake, tmp_path):
+    """Runs r0 and r1 of one model × hardware are evaluated at the same checkpoint on the same day:
+    the run level holds each run's own value (a checkpoint naming no training run under its eval
+    run); the checkpoint level merges them, as every rolled-up level does."""
+    serving = str(tmp_path / "serving.duckdb")
+    build(lake, serving)
+    m, h, day = MODELS[0], HARDWARE[1], DAY0 + dt.timedelta(days=2)
+    con = duckdb.connect()
+    raw_rows = con.execute(
+        f"select coalesce(train_run_id, run_id), suite, metric, value from read_parquet("
+        f"'{lake}/eval_results/**/*.parquet', hive_partitioning = true) where model = '{m}' and hardware = '{h}' "
+        f"and date = '{day}' order by all").fetchall()
+    assert [r[0] for r in raw_rows] == [f"{m}-{h}-r0"] * 3 + [f"{m}-{h}-r1"] * 3
+    got = served(serving, "select run_id, suite, metric, value_mean from eval_health "
+                          "where agg_level = 'model,hardware,precision,checkpoint_step,date,run_id' "
+                          "and model = ? and hardware = ? and date = ? and checkpoint_step = 300 order by all",
+                 [m, h, day])
+    assert got == raw_rows
+    # the same runs over the whole window: one checkpoint each, so the same values
+    window = served(serving, "select run_id, suite, metric, value_mean, date from eval_health where agg_level = "
+                             "'model,hardware,precision,checkpoint_step,run_id' and model = ? and hardware = ? "
+                             "and checkpoint_step = 300 order by all", [m, h])
+    assert window == [r + (None,) for r in raw_rows]
+    merged = served(serving, "select suite, metric, n_results, value_mean, run_id, last_run_id from eval_health "
+                             "where agg_level = 'model,hardware,precision,checkpoint_step,date' and model = ? "
+                             "and hardware = ? and date = ? order by all", [m, h, day])
+    assert merged == [
+        (suite, metric, 2, pytest.approx((a + b) / 2, rel=1e-12), "ALL", f"{m}-{h}-eval-r1")
+        for (_, suite, metric, a), (_, _, _, b) in zip(raw_rows[:3], raw_rows[3:])]
+    # day 0: r1's quality evals name no training run, so they stand under their eval run
+    bare = served(serving, "select distinct run_id from eval_health where grouping_id = 0 and model = ? and "
+                           "hardware = ? and date = ? and suite = 'quality' order by 1", [m, h, DAY0])
+    assert bare == [(f"{m}-{h}-eval-r1",), (f"{m}-{h}-r0",)]
 
 
 def test_incremental_build_equals_full_rebuild(lake, tmp_path):
@@ -234,3 +282,45 @@ def test_scheduler_raises_the_first_failure_and_starts_nothing_after_it():
     with pytest.raises(ValueError, match="bad partition"):
         build_mod._run_dag(models, run, 1, {m.name: (0,) for m in models}, {"raw_a"})
     assert "a_daily" not in started
+
+
+def test_two_real_runs_of_one_model_on_one_day_stay_apart(tmp_path, capsys):
+    """Two real trainings of gpt2-tiny (seeds 1 and 2) on this machine, today: both validate at steps
+    0, 2 and 4. `mhw query` reads each run's own validation values at the run level, the checkpoint
+    level averages the two, and the audit holds."""
+    from model import train
+
+    lake, serving = str(tmp_path / "lake"), str(tmp_path / "serving.duckdb")
+    for run, seed in (("tiny-seed1", 1), ("tiny-seed2", 2)):
+        train.train(train.build_config(str(REPO / "configs" / "gpt2-tiny.yaml"), {
+            "trainer.max_steps": 4, "trainer.batch_size": 4, "trainer.eval_interval": 2, "trainer.eval_batches": 1,
+            "trainer.ckpt_interval": 0, "trainer.log_interval": 0, "trainer.seed": seed,
+            "trainer.out_dir": str(tmp_path / run), "data.n_examples": 200, "model.block_size": 32,
+            "telemetry.lake": lake, "telemetry.run_id": run, "telemetry.system_interval_s": 0}))
+    assert main(["build", "--lake", lake, "--serving", serving, "--quiet"]) == 0
+    assert main(["audit", "--lake", lake, "--serving", serving]) == 0
+    capsys.readouterr()
+
+    def query(sql: str) -> list[dict]:
+        assert main(["query", "--lake", lake, "--serving", serving, "--format", "json", sql]) == 0
+        return [json.loads(line) for line in capsys.readouterr().out.splitlines()]  # JSON lines
+
+    raw_evals = query("select train_run_id as run_id, checkpoint_step, date, metric, value from eval_results "
+                      "where suite = 'validation' order by all")
+    by_key: dict[tuple, list] = {}
+    for r in raw_evals:
+        by_key.setdefault((r["checkpoint_step"], r["date"], r["metric"]), []).append(r)
+    shared = {k: v for k, v in by_key.items() if len(v) == 2}
+    assert {k[0] for k in shared} == {0, 2, 4}  # both runs, the same checkpoints, one day
+    assert all(a["value"] != b["value"] for a, b in shared.values() if a["metric"] == "loss")
+
+    runs = query("select run_id, checkpoint_step, cast(date as varchar) as date, metric, value_mean as value "
+                 "from eval_health where agg_level = 'model,hardware,precision,checkpoint_step,date,run_id' "
+                 "and suite = 'validation' order by all")
+    assert runs == raw_evals
+    merged = query("select checkpoint_step, cast(date as varchar) as date, metric, n_results, value_mean "
+                   "from eval_health where agg_level = 'model,hardware,precision,checkpoint_step,date' "
+                   "and suite = 'validation' order by all")
+    for m in merged:
+        pair = shared[(m["checkpoint_step"], m["date"], m["metric"])]
+        assert m["n_results"] == 2 and m["value_mean"] == pytest.approx((pair[0]["value"] + pair[1]["value"]) / 2)

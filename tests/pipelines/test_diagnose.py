@@ -162,9 +162,9 @@ def test_a_failed_webhook_is_retried_on_the_next_run(lake, tmp_path, hook):
 def test_fail_on_exit_code(lake, monkeypatch, capsys):
     monkeypatch.setenv("MHW_LAKE", lake)
     assert cli.main(["diagnose", "--full", "--no-notify", "--quiet", "--fail-on", "critical"]) == 1
-    assert "failing: alerts at or above critical" in capsys.readouterr().err
+    assert "open alert(s) at or above critical" in capsys.readouterr().err
     assert "critical" in {a["severity"] for a in alerts_mod.read_alerts(Lake(lake))}
-    assert cli.main(["diagnose", "--no-notify", "--quiet", "--fail-on", "critical"]) == 0  # nothing new computed
+    assert cli.main(["diagnose", "--no-notify", "--quiet", "--fail-on", "critical"]) == 1  # nothing new, still open
     assert cli.main(["diagnose", "--full", "--no-notify", "--quiet"]) == 0  # fail_on: null by default
 
 
