@@ -262,3 +262,28 @@ def test_a_missing_or_malformed_config_is_a_config_error(tmp_path, monkeypatch, 
     monkeypatch.setenv("MHW_DIAGNOSTICS", str(tmp_path / "missing.yaml"))
     assert cli.main(["diagnose", "--lake", str(tmp_path / "lake")]) == 2
     assert "cannot read the diagnostics config" in capsys.readouterr().err
+
+
+def test_fail_on_fails_while_the_critical_alert_is_open_and_passes_once_its_cause_is_gone(tmp_path, capsys):
+    """A run logs a NaN loss: `mhw diagnose --fail-on critical` fails, a retry over the unchanged lake
+    fails again, and after the run's log is fixed and re-ingested (its own rows replaced) it passes."""
+    import json
+
+    lake_dir, log = str(tmp_path / "lake"), tmp_path / "run.jsonl"
+
+    def write_log(nan_at):
+        rows = [{"table": "train_steps", "run_id": "r1", "model": "m", "hardware": "cpu", "step": i,
+                 "ts": f"2026-03-02T10:{i // 60:02d}:{i % 60:02d}Z",
+                 "loss": "NaN" if i == nan_at else 3.0 * (1 + i) ** -0.2} for i in range(120)]
+        log.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    write_log(nan_at=80)
+    assert cli.main(["ingest", str(log), "--lake", lake_dir]) == 0
+    args = ["diagnose", "--lake", lake_dir, "--no-notify", "--quiet", "--fail-on", "critical"]
+    assert cli.main(args) == 1
+    assert "divergence r1" in capsys.readouterr().err
+    assert cli.main(args) == 1  # nothing changed: the alert is still open
+    write_log(nan_at=None)
+    assert cli.main(["ingest", str(log), "--lake", lake_dir]) == 0
+    assert cli.main(args) == 0
+    assert [a for a in alerts_mod.read_alerts(Lake(lake_dir)) if a["severity"] == "critical"] == []
