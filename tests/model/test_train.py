@@ -123,15 +123,25 @@ def test_stop_on_nan_ends_the_run_as_diverged(tmp_path, lake_root):
     assert status == "diverged" and steps == 3 and math.isnan(final)
 
 
-def test_bf16_autocast_on_cpu_when_asked_and_fp16_refused(tmp_path, lake_root):
+def test_bf16_autocast_on_cpu_when_asked(tmp_path, lake_root):
     s = train.train(tiny(tmp_path, lake_root, **{"trainer.max_steps": 4, "trainer.eval_interval": 0,
                                                  "trainer.precision": "bf16"}))
     assert s["precision"] == "bf16" and all(math.isfinite(x) for x in s["losses"])
     assert lake(lake_root).execute("select precision from runs").fetchone()[0] == "bf16"
     assert lake(lake_root).execute("select count(*) from train_steps where precision = 'bf16'").fetchone()[0] == 4
-    with pytest.raises(ValueError, match="fp16 needs a GPU"):
-        train.resolve_precision("fp16", "cpu")
     assert train.resolve_precision("auto", "cpu") == "fp32"
+
+
+def test_fp16_on_cpu_autocasts_to_float16_and_scales_the_loss(tmp_path, lake_root):
+    s = train.train(tiny(tmp_path, lake_root, **{"trainer.max_steps": 4, "trainer.eval_interval": 0,
+                                                 "trainer.precision": "fp16"}))
+    assert s["precision"] == "fp16" and all(math.isfinite(x) for x in s["losses"])
+    rows = lake(lake_root).execute("select precision, loss_scale from train_steps order by step").fetchall()
+    assert rows == [("fp16", 65536.0)] * 4  # GradScaler("cpu")'s initial scale, logged every step
+    with torch.autocast("cpu", dtype=torch.float16):  # what the trainer's autocast runs the matmuls in
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float16
+    ck = checkpoint.load(s["checkpoint"])
+    assert ck["scaler"]["scale"] == 65536.0  # the scaler's state resumes with the run
 
 
 def test_bert_classifier_fine_tunes_from_a_hf_folder(tmp_path, lake_root):
