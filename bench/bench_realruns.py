@@ -202,7 +202,8 @@ def train_run(run: dict, cache: Path, lake: str, runs_log: Path, log=print) -> d
             raise ValueError(f"run {run['name']}: source.via must be file or pipe")
         flags += ["--data.name=jsonl", "--data.streaming=true", f"--data.path={path}", f"--data.val_path={val_file}"]
     # one torch thread: the matrix shares the machine, and runs must not fight each other for cores
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(REPO),
+           "PYTHONUNBUFFERED": "1"}  # the console is read line by line (kill_at_step)
     t0 = time.time()
     killed = False
     with open(folder / "train.log", "w") as console:
