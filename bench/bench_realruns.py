@@ -285,9 +285,10 @@ def criteria(steps: list[dict], val: list[tuple[int, float]], params: dict, twin
     p = P["loss_spike"]
     spikes = []
     for i in range(p["min_prev"], len(finite)):
-        med = statistics.median(v for _, v in finite[max(0, i - p["window"]): i])
+        prev = [v for _, v in finite[max(0, i - p["window"]): i]]
+        med = statistics.median(prev)
         st, v = finite[i]
-        if v > p["ratio"] * med and v - med >= p["min_rise_of_first"] * abs(first):
+        if v > p["ratio"] * med and v > p["over_max"] * max(prev) and v - med >= p["min_rise_of_first"] * abs(first):
             spikes.append((st, v, med))
     top = max(spikes, key=lambda x: x[1] / x[2] if x[2] else math.inf) if spikes else None
     out["loss_spike"] = (bool(spikes), f"{len(spikes)} spikes; largest {top[1]:.4g} at step {top[0]} vs median "
@@ -301,16 +302,21 @@ def criteria(steps: list[dict], val: list[tuple[int, float]], params: dict, twin
     met, what = False, "no grad norm logged" if not gn else ""
     if head:
         base = statistics.median(head)
-        run, best, lowest = 0, 0, math.inf
+        run, best, lowest, start, recent = 0, 0, math.inf, None, []
         for st, g, lo in finite_gn:
-            hot = g > p["ratio"] * base and math.isfinite(lo) and lo > p["loss_ratio"] * lowest
+            if math.isfinite(lo):
+                recent = (recent + [lo])[-p["smooth"]:]
+            level = statistics.median(recent) if recent else math.inf  # the loss, smoothed over batch noise
+            undone = lowest < math.inf and level - lowest > p["undo"] * (start - lowest)
+            hot = g > p["ratio"] * base and undone
             run = run + 1 if hot else 0
             best = max(best, run)
-            if math.isfinite(lo):
-                lowest = min(lowest, lo)
+            if len(recent) == p["smooth"]:
+                start = level if start is None else start
+                lowest = min(lowest, level)
         met = best >= p["sustain"]
         what = (f"grad norm head median {base:.3g}, max {max(g for _, g, _ in finite_gn):.3g}; longest run of "
-                f"logs > {p['ratio']:g}x it with the loss > {p['loss_ratio']:g}x its low: {best}")
+                f"logs > {p['ratio']:g}x it while the loss undoes > {p['undo']:.0%} of its progress: {best}")
     nonfinite_gn = [st for st, g, lo in gn if not math.isfinite(g)]
     if nonfinite_gn and not fp16:
         what += f"; {len(nonfinite_gn)} non-finite grad norms"
@@ -585,18 +591,32 @@ def check_labels(labeled: list[dict], measured: dict[str, dict]) -> list[str]:
     return out
 
 
+# Step columns no rule or cube reads, left out of the fixtures to keep them small: the sampler's
+# process readings (cpu_util, host_mem_gb), samples_per_s (tokens_per_s / tokens per sample) and
+# epoch (step x batch / data set size).
+FIXTURE_DROP = {"train_steps": {"cpu_util", "host_mem_gb", "samples_per_s", "epoch"}}
+
+
 def export_fixtures(results: list[dict], lake: str, dest: Path = FIXTURES) -> list[tuple[str, int]]:
-    """Each matrix run's rows (runs, train_steps, eval_results), as `mhw ingest` reads JSONL: real values,
-    null columns (and the derived `date`) left out."""
+    """Each matrix run's rows (runs, train_steps, eval_results) as JSONL that `mhw ingest` reads: the
+    stored values as they are; null columns, the derived `date` and FIXTURE_DROP left out; step and
+    eval times as epoch seconds (the microseconds the lake keeps), to keep the files small."""
     dest.mkdir(parents=True, exist_ok=True)
     written = []
     for res in results:
         rid = res["run_id"]
         lines = []
         for table_name, order in (("runs", "run_id"), ("train_steps", "step"), ("eval_results", "checkpoint_step, metric")):
+            drop = FIXTURE_DROP.get(table_name, set())
             for row in lake_records(lake, f"select * exclude (date) from {table_name} where run_id = '{rid}' order by {order}"):
-                row = {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.items() if v is not None}
-                lines.append(json.dumps({"table": table_name, **row}))
+                out = {"table": table_name}
+                for k, v in row.items():
+                    if v is None or k in drop:
+                        continue
+                    if isinstance(v, dt.datetime):
+                        v = v.isoformat() if table_name == "runs" else round(v.timestamp(), 6)
+                    out[k] = v
+                lines.append(json.dumps(out, separators=(",", ":")))
         path = dest / f"{res['name']}.jsonl"
         path.write_text("\n".join(lines) + "\n")
         written.append((path.name, path.stat().st_size))
@@ -604,7 +624,7 @@ def export_fixtures(results: list[dict], lake: str, dest: Path = FIXTURES) -> li
 
 
 def evaluate(part: str, labeled: list[dict], lake: str, params: dict, fam_rules: dict, work: Path,
-             twins: dict | None = None, log=print) -> dict:
+             twins: dict | None = None, measured_families: tuple = (), log=print) -> dict:
     """Diagnose a copy of ``lake``, measure the criteria, score the part."""
     from pipelines.diagnose import diagnose
 
@@ -627,6 +647,12 @@ def evaluate(part: str, labeled: list[dict], lake: str, params: dict, fam_rules:
         warmup = (cfg.get("trainer") or {}).get("warmup_steps")
         measured[r["run_id"]] = criteria(steps[r["run_id"]], val[r["run_id"]], params,
                                          twin_val=val.get(twin) if twin else None, fp16=fp16, warmup_steps=warmup)
+    for r in labeled:  # families labeled by measurement (labels.yaml: measured_on_matrix)
+        m = measured.get(r["run_id"], {})
+        for fam in measured_families:
+            if fam in r["tolerated"] or fam not in m:
+                continue
+            r["families"] = sorted(set(r["families"]) - {fam} | ({fam} if m[fam][0] else set()))
     flags = flagged_families(alerts, fam_rules)
     result = score(labeled, flags, list(fam_rules))
     other = sorted({a["rule"] for a in alerts} - {x for v in fam_rules.values() for x in v})
@@ -645,8 +671,28 @@ def labeled_public(public: list[dict]) -> list[dict]:
              "tolerated": list(r.get("tolerated") or []), "cause": r.get("shows")} for r in public]
 
 
+def run_table(ev: dict, labeled: list[dict]) -> str:
+    """One line per run: its labels, the criteria it met, the families its alerts flagged, last losses."""
+    flags = flagged_families(ev["alerts"], FAMILY_RULES)
+    lines = ["| run | split | labeled | tolerated | criteria met | flagged | last loss | last validation |",
+             "|---|---|---|---|---|---|---:|---:|"]
+    for r in labeled:
+        m = ev["measured"].get(r["run_id"], {})
+        steps = [x["loss"] for x in ev["steps"].get(r["run_id"], []) if x.get("loss") is not None]
+        val = ev["val"].get(r["run_id"], [])
+        lines.append(f"| {r['name']} | {r['split']} | {', '.join(r['families']) or 'healthy'} | "
+                     f"{', '.join(r['tolerated'])} | {', '.join(f for f, (ok, _) in m.items() if ok)} | "
+                     f"{', '.join(sorted(flags.get(r['run_id'], {})))} | "
+                     f"{steps[-1]:.4g} | " .replace("nan", "NaN") if steps else f"| {r['name']} | {r['split']} | "
+                     f"{', '.join(r['families']) or 'healthy'} | {', '.join(r['tolerated'])} | "
+                     f"{', '.join(f for f, (ok, _) in m.items() if ok)} | {', '.join(sorted(flags.get(r['run_id'], {})))} | – | ")
+        lines[-1] += (f"{val[-1][1]:.4g} @{val[-1][0]} |" if val else "– |")
+    return "\n".join(lines)
+
+
 def report(part: str, ev: dict, labeled: list[dict], out) -> None:
     w = out.write
+    w(f"## {part}: runs\n\n{run_table(ev, labeled)}\n\n")
     w(table(ev["score"], f"## {part}: precision (P) and recall (R) per family") + "\n\n")
     if ev["rules_outside_families"]:
         w(f"alerts of rules in no family (not scored): {ev['rules_outside_families']}\n\n")
@@ -717,7 +763,8 @@ def main(argv: list[str] | None = None) -> int:
     say = lambda m: print(m, file=sys.stderr)  # noqa: E731
     matrix_labeled = labeled_matrix(done)
     twins = {r["name"]: run_id_of(next(x for x in runs if x["name"] == r["twin"])) for r in done if r.get("twin")}
-    ev_m = evaluate("matrix", matrix_labeled, lake, params, FAMILY_RULES, work, twins, log=say) if done else None
+    ev_m = evaluate("matrix", matrix_labeled, lake, params, FAMILY_RULES, work, twins,
+                    measured_families=tuple(labels.get("measured_on_matrix") or ()), log=say) if done else None
 
     public = load_yaml(PUBLIC)["runs"]
     plake = work / "public-lake"
