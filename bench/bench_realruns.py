@@ -267,11 +267,12 @@ def _rolling_medians(values: list[float], w: int) -> list[float]:
 
 
 def criteria(steps: list[dict], val: list[tuple[int, float]], params: dict, twin_val: list | None = None,
-             fp16: bool = False, warmup_steps: int | None = None) -> dict[str, tuple[bool, str]]:
+             fp16: bool = False, warmup_steps: int | None = None,
+             twin_steps: list | None = None) -> dict[str, tuple[bool, str]]:
     """Each family's criterion measured on one run: ``{family: (met, what was measured)}``.
 
     ``steps``: train_steps rows in step order; ``val``: (step, validation loss) in step order;
-    ``twin_val``: the healthy twin's validation losses; ``warmup_steps``: from the run's config where
+    ``twin_val``, ``twin_steps``: the healthy twin's validation losses and steps; ``warmup_steps``: from the run's config where
     it has one. Nothing here reads an alert."""
     P, out = params, {}
     logs = [r for r in steps if r.get("loss") is not None]
@@ -341,10 +342,16 @@ def criteria(steps: list[dict], val: list[tuple[int, float]], params: dict, twin
     if val and twin_val:
         st, v = val[-1]
         ref = [tv for ts, tv in twin_val if ts <= st]
+        mine = [lo for s_, lo in finite if s_ <= st][-p["smooth"]:]
+        theirs = [r["loss"] for r in (twin_steps or []) if r["step"] <= st and _finite(r.get("loss"))][-p["smooth"]:]
         if ref:
             ratio = v / ref[-1]
-            met |= ratio > p["twin_ratio"]
-            parts.append(f"last validation {v:.4g} at step {st} = {ratio:.2f}x the twin's {ref[-1]:.4g}")
+            # stuck, not memorizing: its training loss is no lower than the twin's either
+            not_lower = not (mine and theirs) or statistics.median(mine) >= statistics.median(theirs)
+            met |= ratio > p["twin_ratio"] and not_lower
+            parts.append(f"last validation {v:.4g} at step {st} = {ratio:.2f}x the twin's {ref[-1]:.4g}"
+                         + (f", training loss {statistics.median(mine):.4g} vs the twin's {statistics.median(theirs):.4g}"
+                            if mine and theirs else ""))
     out["underfitting"] = (met, "; ".join(parts) or "no loss logged")
 
     p = P["overfitting"]
@@ -623,6 +630,29 @@ def export_fixtures(results: list[dict], lake: str, dest: Path = FIXTURES) -> li
     return written
 
 
+def measure(labeled: list[dict], steps: dict, val: dict, runs: dict, params: dict, twin_ids: dict,
+            measured_families: tuple = ()) -> dict[str, dict]:
+    """The criteria of every labeled run ({run id: criteria()}); the families labeled by measurement
+    (labels.yaml: measured_on_matrix) are set on ``labeled`` from what was measured."""
+    measured = {}
+    for r in labeled:
+        if not steps.get(r["run_id"]) and not val.get(r["run_id"]):
+            continue
+        cfg = json.loads((runs.get(r["run_id"]) or {}).get("config_json") or "{}")
+        trainer = cfg.get("trainer") or {}
+        fp16 = trainer.get("precision") == "fp16" or any(s.get("precision") == "fp16" for s in steps[r["run_id"]][:1])
+        twin = twin_ids.get(r["run_id"])
+        m = measured[r["run_id"]] = criteria(steps[r["run_id"]], val[r["run_id"]], params,
+                                             twin_val=val.get(twin) if twin else None, fp16=fp16,
+                                             warmup_steps=trainer.get("warmup_steps"),
+                                             twin_steps=steps.get(twin) if twin else None)
+        for fam in measured_families:
+            if fam in r["tolerated"] or fam not in m:
+                continue
+            r["families"] = sorted(set(r["families"]) - {fam} | ({fam} if m[fam][0] else set()))
+    return measured
+
+
 def evaluate(part: str, labeled: list[dict], lake: str, params: dict, fam_rules: dict, work: Path,
              twins: dict | None = None, measured_families: tuple = (), log=print) -> dict:
     """Diagnose a copy of ``lake``, measure the criteria, score the part."""
@@ -637,22 +667,7 @@ def evaluate(part: str, labeled: list[dict], lake: str, params: dict, fam_rules:
         f"{time.time() - t0:.1f} s; by rule {res.by_rule}")
     twin_ids = {r["run_id"]: (twins or {}).get(r["name"]) for r in labeled}
     steps, val, runs = telemetry(copy, sorted(set(ids) | {t for t in twin_ids.values() if t}))
-    measured = {}
-    for r in labeled:
-        if not steps.get(r["run_id"]) and not val.get(r["run_id"]):
-            continue
-        fp16 = any(s.get("precision") == "fp16" for s in steps[r["run_id"]][:1])
-        twin = twin_ids.get(r["run_id"])
-        cfg = json.loads((runs.get(r["run_id"]) or {}).get("config_json") or "{}")
-        warmup = (cfg.get("trainer") or {}).get("warmup_steps")
-        measured[r["run_id"]] = criteria(steps[r["run_id"]], val[r["run_id"]], params,
-                                         twin_val=val.get(twin) if twin else None, fp16=fp16, warmup_steps=warmup)
-    for r in labeled:  # families labeled by measurement (labels.yaml: measured_on_matrix)
-        m = measured.get(r["run_id"], {})
-        for fam in measured_families:
-            if fam in r["tolerated"] or fam not in m:
-                continue
-            r["families"] = sorted(set(r["families"]) - {fam} | ({fam} if m[fam][0] else set()))
+    measured = measure(labeled, steps, val, runs, params, twin_ids, measured_families)
     flags = flagged_families(alerts, fam_rules)
     result = score(labeled, flags, list(fam_rules))
     other = sorted({a["rule"] for a in alerts} - {x for v in fam_rules.values() for x in v})

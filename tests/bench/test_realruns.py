@@ -78,19 +78,15 @@ def test_fixtures_ingest_cleanly(fixture_lake):
 
 def test_measured_criteria_agree_with_the_labels(fixture_lake):
     by_name = {r["name"]: r for r in RUNS}
-    labeled = bench.labeled_matrix([by_name[f.stem] for f in FIXTURES])
-    ids = [r["run_id"] for r in labeled]
-    twins = {r["name"]: bench.run_id_of(by_name[r["twin"]]) for r in map(by_name.get, (f.stem for f in FIXTURES))
-             if r.get("twin") and r["twin"] in {f.stem for f in FIXTURES}}
-    steps, val, runs = bench.telemetry(fixture_lake, sorted(set(ids) | set(twins.values())))
-    params = LABELS["criteria"]
-    measured = {}
-    for r in labeled:
-        cfg = json.loads(runs[r["run_id"]]["config_json"])
-        twin = twins.get(r["name"])
-        measured[r["run_id"]] = bench.criteria(
-            steps[r["run_id"]], val[r["run_id"]], params, twin_val=val.get(twin) if twin else None,
-            fp16=cfg["trainer"]["precision"] == "fp16", warmup_steps=cfg["trainer"]["warmup_steps"])
+    have = {f.stem for f in FIXTURES}
+    labeled = bench.labeled_matrix([by_name[n] for n in sorted(have)])
+    twin_ids = {bench.run_id_of(by_name[n]): bench.run_id_of(by_name[by_name[n]["twin"]])
+                for n in have if by_name[n].get("twin") in have}
+    steps, val, runs = bench.telemetry(fixture_lake, [bench.run_id_of(by_name[n]) for n in sorted(have)])
+    twin_ids = {k: v for k, v in twin_ids.items() if v in steps}
+    measured = bench.measure(labeled, steps, val, runs, LABELS["criteria"], twin_ids,
+                             tuple(LABELS.get("measured_on_matrix") or ()))
+    assert len(measured) == len(have)
     assert bench.check_labels(labeled, measured) == []
 
 
