@@ -9,9 +9,18 @@ Defaults (no download, seeded, learnable in seconds by a tiny model):
 
 A user's data: ``text`` (a .txt file or a folder of them), ``jsonl`` (``{"text": ..., "label": ...}``
 per line) or ``hf_disk`` (a ``datasets`` folder written by ``save_to_disk``).
+
+Streaming (``data.streaming=true``, for ``text`` and ``jsonl``): for corpora that do not fit in memory,
+or that arrive through a pipe or a network mount. The training split is read lazily, a batch at a
+time, in file order (shuffle the files beforehand: there is no shuffle buffer), tokenized on the fly;
+at the end of the source it starts again (a new pass). ``data.path`` may be a file, a folder, or a
+named pipe. Validation is ``data.val_path`` (read into memory), else the first ``data.val_examples``
+examples of the stream, which every pass then skips. The time a step waits for the source is the
+trainer's ``data_time_ms``.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import random
 from dataclasses import dataclass
@@ -33,6 +42,9 @@ def default_config() -> CfgNode:
         val_fraction=0.1,    # held-out share; its examples are never trained on
         seed=1337,           # generator and split seed (the data order has its own, trainer.seed)
         tokenizer="bytes",   # bytes | hf (the tokenizer saved in the --init-from folder)
+        streaming=False,     # text / jsonl: read data.path lazily, a batch at a time (big corpora, pipes, mounts)
+        val_path=None,       # streaming: validation file (same format); null = the stream's first val_examples
+        val_examples=200,    # streaming without val_path: examples (jsonl lines, text lines) held out from the head
     )
 
 
@@ -116,10 +128,19 @@ def sentiment_examples(n: int, rng: random.Random) -> tuple[list[str], list[int]
     return texts, labels
 
 
-def _read_jsonl(path: Path, text_field: str, label_field: str | None):
-    texts, labels = [], []
-    files = sorted(path.glob("*.jsonl")) if path.is_dir() else [path]
-    for f in files:
+def _files(path: Path, suffix: str) -> list[Path]:
+    """A folder's files of one kind (sorted), or the path itself (a file or a named pipe)."""
+    if path.is_dir():
+        files = sorted(path.glob(f"*{suffix}"))
+        if not files:
+            raise ValueError(f"no {suffix} files in {path}")
+        return files
+    return [path]
+
+
+def _iter_jsonl(path: Path, text_field: str, label_field: str | None):
+    """(text, label or None) per non-blank line, lazily: a pipe or a huge file is never read whole."""
+    for f in _files(path, ".jsonl"):
         with open(f) as fh:
             for i, line in enumerate(fh, 1):
                 if not line.strip():
@@ -127,19 +148,21 @@ def _read_jsonl(path: Path, text_field: str, label_field: str | None):
                 rec = json.loads(line)
                 if text_field not in rec:
                     raise ValueError(f"{f}:{i}: no {text_field!r} field")
-                texts.append(str(rec[text_field]))
-                if label_field:
-                    if label_field not in rec:
-                        raise ValueError(f"{f}:{i}: no {label_field!r} field")
-                    labels.append(rec[label_field])
+                if label_field and label_field not in rec:
+                    raise ValueError(f"{f}:{i}: no {label_field!r} field")
+                yield str(rec[text_field]), (rec[label_field] if label_field else None)
+
+
+def _read_jsonl(path: Path, text_field: str, label_field: str | None):
+    texts, labels = [], []
+    for text, label in _iter_jsonl(path, text_field, label_field):
+        texts.append(text)
+        labels.append(label)
     return texts, (labels if label_field else None)
 
 
 def _read_text(path: Path) -> list[str]:
-    files = sorted(path.glob("*.txt")) if path.is_dir() else [path]
-    if not files:
-        raise ValueError(f"no .txt files in {path}")
-    return [f.read_text(encoding="utf-8") for f in files]
+    return [f.read_text(encoding="utf-8") for f in _files(path, ".txt")]
 
 
 def _read_hf_disk(path: Path, text_field: str, label_field: str | None):
@@ -280,8 +303,123 @@ def cls_data(texts: list[str], labels: list, tok, block_size: int, label_names: 
     return ClsData(ids, mask, y, block_size, label_names)
 
 
+class StreamingData:
+    """Training samples read lazily from a source, in its order, tokenized as they are needed.
+
+    Sample ``i`` is the ``i``-th window of ``block_size + 1`` tokens of the packed token stream (LM:
+    examples are concatenated, each document ended by ``<eot>``, as ``lm_data`` does) or the ``i``-th
+    example (classifier). ``batch(positions)`` takes ascending sample numbers (``Sampler`` with
+    ``n=None`` gives them), reading forward and discarding what it skips (other DDP ranks' samples,
+    or what a resumed run already trained on); a stream cannot go back. ``open_examples()`` starts a
+    fresh pass over the source: ``(text, label, ends_document)`` tuples; the first ``skip`` of every
+    pass are validation and never trained on."""
+    n = None  # unknown until the source ends: the sampler reads it in order, not by permutation
+
+    def __init__(self, open_examples, task: str, tok, block_size: int, skip: int = 0, label_names: list | None = None):
+        self.open_examples, self.task, self.tok, self.block_size = open_examples, task, tok, block_size
+        self.skip, self.label_names = skip, label_names
+        self.tokens = block_size
+        self.position = 0  # the next sample the stream yields
+        self.passes = 0  # completed passes over the source
+        self._samples = None
+
+    def _examples(self):
+        while True:
+            seen = False
+            for ex in itertools.islice(self.open_examples(), self.skip, None):
+                seen = True
+                yield ex
+            if not seen:
+                raise ValueError("the streaming source has no training examples (after the validation head)")
+            self.passes += 1
+
+    def _lm_samples(self):
+        buf: list[int] = []
+        width = self.block_size + 1
+        for text, _, ends_document in self._examples():
+            buf += self.tok.encode(text)
+            if ends_document:
+                buf.append(self.tok.eot_id)
+            while len(buf) >= width:
+                # consecutive windows share one token, exactly as lm_data's windows do
+                yield {"input_ids": torch.tensor(buf[: width - 1]), "labels": torch.tensor(buf[1:width])}
+                del buf[: width - 1]
+
+    def _cls_samples(self):
+        index = {v: i for i, v in enumerate(self.label_names)}
+        for text, label, _ in self._examples():
+            if label not in index:
+                raise ValueError(f"label {label!r} of the streamed training data is not among the validation "
+                                 f"labels {self.label_names}")
+            row = [self.tok.cls_id, *self.tok.encode(text)][: self.block_size]
+            ids = torch.full((self.block_size,), self.tok.pad_id, dtype=torch.long)
+            mask = torch.zeros(self.block_size, dtype=torch.long)
+            ids[: len(row)], mask[: len(row)] = torch.tensor(row), 1
+            yield {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor(index[label])}
+
+    def batch(self, positions: torch.Tensor) -> dict:
+        if self._samples is None:  # opened on first use: building the datasets never blocks on a pipe
+            self._samples = self._lm_samples() if self.task == "lm" else self._cls_samples()
+        out = []
+        for p in positions.tolist():
+            if p < self.position:
+                raise ValueError(f"streaming data cannot go back to sample {p} (at {self.position})")
+            while self.position < p:  # not this rank's, or already trained on before a resume
+                next(self._samples)
+                self.position += 1
+            out.append(next(self._samples))
+            self.position += 1
+        return {k: torch.stack([o[k] for o in out]) for k in out[0]}
+
+
+def _stream_examples(cfg: CfgNode, path: Path, task: str):
+    """One pass over a text / jsonl source: ``(text, label or None, ends_document)`` per example. A
+    JSONL line is an example and a document; a text line (with its newline) is an example, and a
+    file is a document."""
+    if cfg.name == "jsonl":
+        for text, label in _iter_jsonl(path, cfg.text_field, cfg.label_field if task == "cls" else None):
+            yield text, label, True
+        return
+    for f in _files(path, ".txt"):
+        with open(f, encoding="utf-8") as fh:
+            prev = None
+            for line in fh:
+                if prev is not None:
+                    yield prev, None, False
+                prev = line
+            if prev is not None:
+                yield prev, None, True
+
+
+def build_streaming(cfg: CfgNode, task: str, tok, block_size: int):
+    """(streaming train, in-memory val) for ``data.streaming``: see the module docstring."""
+    if cfg.name not in ("text", "jsonl"):
+        raise ValueError(f"data.streaming reads text or jsonl sources, not data.name={cfg.name}")
+    if task == "cls" and cfg.name == "text":
+        raise ValueError("data.name=text has no labels; use jsonl with a label field for classifiers")
+    if not cfg.path:
+        raise ValueError(f"data.name={cfg.name} needs data.path")
+    path = Path(cfg.path).expanduser()
+    if cfg.val_path:
+        val, skip = list(_stream_examples(cfg, Path(cfg.val_path).expanduser(), task)), 0
+    else:
+        val, skip = list(itertools.islice(_stream_examples(cfg, path, task), cfg.val_examples)), cfg.val_examples
+    if not val:
+        raise ValueError("streaming data: no validation examples (set data.val_path or data.val_examples)")
+    texts, labels = [t for t, _, _ in val], [lb for _, lb, _ in val]
+    if task == "lm":
+        val_ds = lm_data(["".join(texts)] if cfg.name == "text" else texts, tok, block_size)
+    else:
+        val_ds = cls_data(texts, labels, tok, block_size)
+    train = StreamingData(lambda: _stream_examples(cfg, path, task), task, tok, block_size, skip=skip,
+                          label_names=getattr(val_ds, "label_names", None))
+    return train, val_ds
+
+
 def build(cfg: CfgNode, task: str, tok, block_size: int):
-    """(train, val) tensor datasets for ``task`` ('lm' or 'cls')."""
+    """(train, val) datasets for ``task`` ('lm' or 'cls'): tensors in memory, or a stream for training."""
+    if cfg.streaming:
+        return build_streaming(cfg, task, tok, block_size)
     splits = raw_splits(cfg, task)
     if task == "lm":
         return lm_data(splits["train"][0], tok, block_size), lm_data(splits["val"][0], tok, block_size)
@@ -292,6 +430,7 @@ def build(cfg: CfgNode, task: str, tok, block_size: int):
 # -----------------------------------------------------------------------------
 # sampling: the order is a function of (seed, step), so a resumed run sees exactly the batches the
 # uninterrupted run would have seen, and every DDP rank sees a disjoint slice of the same order.
+# A stream (n=None) is read in its own order: the indices are sample numbers, in the same slices.
 
 
 class Sampler:
@@ -315,11 +454,13 @@ class Sampler:
     def indices(self, step: int, micro: int) -> torch.Tensor:
         start = ((step * self.grad_accum + micro) * self.world + self.rank) * self.batch_size
         pos = torch.arange(start, start + self.batch_size)
+        if self.n is None:
+            return pos
         epochs, offs = pos // self.n, pos % self.n
         if bool((epochs == epochs[0]).all()):
             return self._perm(int(epochs[0]))[offs]
         return torch.stack([self._perm(int(e))[o] for e, o in zip(epochs, offs)])
 
-    def epoch(self, step: int) -> float:
-        """Fractional epoch after ``step`` (0-based) completes."""
-        return (step + 1) * self.global_batch / self.n
+    def epoch(self, step: int) -> float | None:
+        """Fractional epoch after ``step`` (0-based) completes (None for a stream of unknown length)."""
+        return (step + 1) * self.global_batch / self.n if self.n else None

@@ -1,11 +1,15 @@
 """
 Train a GPT-2-style causal LM or a BERT-style classifier and write its telemetry to the lake: one
-``runs`` row, one ``train_steps`` row per optimizer step, validation into ``eval_results`` and a
-background sampler into ``system_samples``.
+``runs`` row, one ``train_steps`` row per optimizer step (or per ``telemetry.every_steps``),
+validation into ``eval_results`` and a background sampler into ``system_samples``.
 
 On one device (CPU or one GPU):
     mhw train --config configs/gpt2-tiny.yaml
     mhw train --config configs/gpt2-tiny.yaml --trainer.max_steps=500 --trainer.batch_size=32
+    mhw train --config configs/gpt2-tiny.yaml --telemetry.every_steps=10     # a row per 10 steps
+Stream a corpus that does not fit in memory (a file, a folder, a named pipe), validating on a file:
+    mhw train --config configs/gpt2-tiny.yaml --data.name=jsonl --data.streaming=true \
+        --data.path=/mnt/corpus/train.jsonl --data.val_path=val.jsonl
 Resume an interrupted run (same run_id, same loss curve) or fine-tune from weights:
     mhw train --config configs/gpt2-tiny.yaml --resume out/<run_id>          # latest ckpt in the folder
     mhw train --config configs/bert-tiny-cls.yaml --init-from path/to/hf_dir  # or a ckpt-*.pt
@@ -53,6 +57,7 @@ def default_config() -> CfgNode:
         beta2=0.95,             # 0.95 rather than 0.999: steadier for transformers at large batch
         grad_clip=1.0,          # clip the global grad norm to this; 0 disables clipping
         precision="auto",       # auto (bf16 on GPUs that have it, else fp16; fp32 on CPU) | fp32 | bf16 | fp16
+                                # (bf16 and fp16 autocast work on CPU too, but run several times slower there)
         compile=False,          # torch.compile the model (PyTorch 2): faster on GPU, slow to start
         device="auto",          # auto | cpu | cuda | cuda:1
         seed=1337,              # model init and data order
@@ -63,7 +68,7 @@ def default_config() -> CfgNode:
         out_dir="out/{run_id}",  # checkpoints; {run_id} and {slug} are filled in
         init_from=None,         # fine-tune from a ckpt-*.pt of this project or a HF save_pretrained folder
         resume=None,            # continue a run from a ckpt-*.pt, or the latest one in a folder
-        log_interval=10,        # print to the console every this many steps (telemetry is every step)
+        log_interval=10,        # print to the console every this many steps (telemetry: telemetry.every_steps)
         stop_on_nan=False,      # stop at the first non-finite loss, status 'diverged'
         skip_nonfinite=True,    # skip the optimizer step when gradients are not finite (fp16 always does)
         inject_nan_at_step=None,    # test knob: make this step's loss NaN
@@ -73,6 +78,7 @@ def default_config() -> CfgNode:
         enabled=True,           # write runs / train_steps / eval_results / system_samples
         lake=None,              # lake root; null = conf/mhw.yaml (or $MHW_LAKE)
         run_id=None,            # null = <slug>-<utc time>-<random>; a resume keeps the checkpoint's
+        every_steps=1,          # one train_steps row per this many steps (HF's logging_steps): see log_row
         hardware=None,          # hardware partition key; null = fingerprint of this machine
         system_interval_s=5.0,  # system sampler period; 0 disables the sampler
         flush_rows=None,        # rows per block; null = conf/mhw.yaml (aligned to ckpt_interval)
@@ -84,7 +90,8 @@ def default_config() -> CfgNode:
 # Fields that name where a run writes, not what it computes: left out of config_hash, so the same
 # recipe hashes the same wherever and however often it ran.
 HASH_EXCLUDE = ("telemetry.lake", "telemetry.run_id", "telemetry.hardware", "telemetry.system_interval_s",
-                "telemetry.flush_rows", "telemetry.flush_seconds", "telemetry.enabled", "trainer.out_dir",
+                "telemetry.flush_rows", "telemetry.flush_seconds", "telemetry.enabled", "telemetry.every_steps",
+                "trainer.out_dir",
                 "trainer.resume", "trainer.log_interval", "trainer.inject_nan_at_step",
                 "trainer.inject_error_at_step", "trainer.keep_last")
 
@@ -105,9 +112,7 @@ def resolve_precision(precision: str, device_type: str) -> str:
         return "fp32"
     if precision not in ("fp32", "bf16", "fp16"):
         raise ValueError(f"unknown trainer.precision {precision!r} (auto | fp32 | bf16 | fp16)")
-    if precision == "fp16" and device_type != "cuda":
-        raise ValueError("fp16 needs a GPU (use bf16 or fp32 on CPU)")
-    return precision
+    return precision  # fp16 on CPU: autocast float16 with GradScaler("cpu"), as on a GPU
 
 
 def autocast_for(precision: str, device_type: str):
@@ -138,6 +143,25 @@ def configure_optimizer(model, tc: CfgNode, device_type: str) -> torch.optim.Ada
     # fused AdamW is one kernel per step on GPU; on CPU the default (foreach) is the fast one
     extra = {"fused": True} if device_type == "cuda" else {}
     return torch.optim.AdamW(groups, lr=tc.lr, betas=(tc.beta1, tc.beta2), **extra)
+
+
+class LogSpan:
+    """The steps since the last ``train_steps`` row. With ``telemetry.every_steps`` = N > 1 a row is
+    written every N steps, HF Trainer's ``logging_steps`` convention: stamped with the span's last
+    step, it carries the span's mean loss (NaN when any step's was: a divergence is never averaged
+    away), the last step's LR, grad norm and loss scale, and the span's mean step and data times
+    (so tokens/s and MFU are the span's). A span also ends at each checkpoint, so a resumed run
+    rewrites exactly the rows the interrupted one wrote (spans are counted from the last checkpoint
+    step), and at the last step."""
+
+    def __init__(self):
+        self.n, self.loss, self.seconds, self.data_seconds = 0, 0.0, 0.0, 0.0
+
+    def add(self, loss: float, seconds: float, data_seconds: float) -> None:
+        self.n += 1
+        self.loss += loss
+        self.seconds += seconds
+        self.data_seconds += data_seconds
 
 
 def new_run_id(slug: str) -> str:
@@ -281,6 +305,7 @@ def train(cfg: CfgNode, settings: mhw_config.Settings | None = None) -> dict:
 
     status, losses, nonfinite, last_val, last_ckpt = "failed", [], 0, {}, None
     step, loss_f = start_step, math.nan
+    every, span = max(1, int(cfg.telemetry.every_steps or 1)), LogSpan()
     iter_ms, t_prev = [], None  # wall time from one step's start to the next's: logging included
     try:
         model.train()
@@ -343,23 +368,30 @@ def train(cfg: CfgNode, settings: mhw_config.Settings | None = None) -> dict:
             # the loss is rank 0's share of the batch: averaging it would cost a collective per step.
             losses.append(loss_f)
             nonfinite += not finite_loss
-            if telemetry.enabled:
-                sysinfo = telemetry.system()
+            span.add(loss_f, dt, data_s)
+            stopping = tc.stop_on_nan and stop_agreed(ddp, not finite_loss, device)
+            span_start = (step // tc.ckpt_interval) * tc.ckpt_interval if tc.ckpt_interval else 0
+            span_ends = ((step + 1 - span_start) % every == 0 or step + 1 == tc.max_steps or stopping
+                         or bool(tc.ckpt_interval and (step + 1) % tc.ckpt_interval == 0))
+            if telemetry.enabled and span_ends:
+                sysinfo, n, span_s = telemetry.system(), span.n, span.seconds
                 telemetry.step(
-                    step, epoch=sampler.epoch(step), loss=loss_f, lr=lr, grad_norm=gn_f,
-                    tokens_per_s=tokens_per_step / dt, samples_per_s=sampler.global_batch / dt,
-                    step_time_ms=dt * 1e3, data_time_ms=data_s * 1e3,
+                    step, epoch=sampler.epoch(step), loss=span.loss / n, lr=lr, grad_norm=gn_f,
+                    tokens_per_s=tokens_per_step * n / span_s, samples_per_s=sampler.global_batch * n / span_s,
+                    step_time_ms=span_s / n * 1e3, data_time_ms=span.data_seconds / n * 1e3,
                     loss_scale=scale_f if scaler.is_enabled() else None,
-                    mfu=flops_per_token * tokens_per_step / dt / (peak * world) if peak else None,
+                    mfu=flops_per_token * tokens_per_step * n / span_s / (peak * world) if peak else None,
                     gpu_util=sysinfo.get("gpu_util"),
                     gpu_mem_gb=torch.cuda.max_memory_allocated(device) / 1e9 if use_cuda else None,
                     gpu_mem_total_gb=gpu_total, cpu_util=sysinfo.get("cpu_util"),
                     host_mem_gb=sysinfo.get("host_mem_gb"))
+            if span_ends:
+                span = LogSpan()
             if master and tc.log_interval and (step % tc.log_interval == 0 or not finite_loss):
                 print(f"step {step}: loss {loss_f:.4f}, lr {lr:.2e}, grad_norm {gn_f:.3f}, {dt * 1e3:.1f} ms"
                       + (f", mfu {100 * flops_per_token * tokens_per_step / dt / (peak * world):.1f}%" if peak else ""))
             step += 1
-            if tc.stop_on_nan and stop_agreed(ddp, not finite_loss, device):
+            if stopping:
                 status = "diverged"
                 break
         else:

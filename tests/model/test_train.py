@@ -123,15 +123,25 @@ def test_stop_on_nan_ends_the_run_as_diverged(tmp_path, lake_root):
     assert status == "diverged" and steps == 3 and math.isnan(final)
 
 
-def test_bf16_autocast_on_cpu_when_asked_and_fp16_refused(tmp_path, lake_root):
+def test_bf16_autocast_on_cpu_when_asked(tmp_path, lake_root):
     s = train.train(tiny(tmp_path, lake_root, **{"trainer.max_steps": 4, "trainer.eval_interval": 0,
                                                  "trainer.precision": "bf16"}))
     assert s["precision"] == "bf16" and all(math.isfinite(x) for x in s["losses"])
     assert lake(lake_root).execute("select precision from runs").fetchone()[0] == "bf16"
     assert lake(lake_root).execute("select count(*) from train_steps where precision = 'bf16'").fetchone()[0] == 4
-    with pytest.raises(ValueError, match="fp16 needs a GPU"):
-        train.resolve_precision("fp16", "cpu")
     assert train.resolve_precision("auto", "cpu") == "fp32"
+
+
+def test_fp16_on_cpu_autocasts_to_float16_and_scales_the_loss(tmp_path, lake_root):
+    s = train.train(tiny(tmp_path, lake_root, **{"trainer.max_steps": 4, "trainer.eval_interval": 0,
+                                                 "trainer.precision": "fp16"}))
+    assert s["precision"] == "fp16" and all(math.isfinite(x) for x in s["losses"])
+    rows = lake(lake_root).execute("select precision, loss_scale from train_steps order by step").fetchall()
+    assert rows == [("fp16", 65536.0)] * 4  # GradScaler("cpu")'s initial scale, logged every step
+    with torch.autocast("cpu", dtype=torch.float16):  # what the trainer's autocast runs the matmuls in
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float16
+    ck = checkpoint.load(s["checkpoint"])
+    assert ck["scaler"]["scale"] == 65536.0  # the scaler's state resumes with the run
 
 
 def test_bert_classifier_fine_tunes_from_a_hf_folder(tmp_path, lake_root):
@@ -257,3 +267,117 @@ def test_hardware_fingerprint_is_a_readable_slug(name, mem, count, want):
     assert hardware._gpu_slug(name, mem, count) == want
     assert hardware.fingerprint().startswith("cpu-" if not torch.cuda.is_available() else "")
     assert hardware.peak_flops(name) and hardware.peak_flops(None) is None
+
+
+# -----------------------------------------------------------------------------
+# streaming data and sparse telemetry
+
+
+def _arith_jsonl(path, n, seed):
+    import random
+    texts = data.arithmetic_texts(n, 3, random.Random(seed))
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    return texts
+
+
+def test_streamed_lm_windows_are_the_in_memory_windows_and_passes_repeat(tmp_path):
+    texts = _arith_jsonl(tmp_path / "train.jsonl", 300, 1)
+    cfg = data.default_config()
+    cfg.name, cfg.path, cfg.streaming, cfg.val_examples = "jsonl", str(tmp_path / "train.jsonl"), True, 40
+    tok = data.ByteTokenizer()
+    stream, val = data.build(cfg, "lm", tok, 16)
+    # validation is the stream's head; training starts after it, packed exactly as lm_data packs
+    assert torch.equal(val.windows, data.lm_data(texts[:40], tok, 16).windows)
+    ref = data.lm_data(texts[40:], tok, 16).windows
+    assert stream.n is None and data.Sampler(stream.n, 4, 1, 0).epoch(3) is None
+    got = stream.batch(torch.arange(0, 5))
+    assert torch.equal(got["input_ids"], ref[:5, :-1]) and torch.equal(got["labels"], ref[:5, 1:])
+    got = stream.batch(torch.arange(8, 10))  # a rank's slice: samples 5-7 are read and skipped
+    assert torch.equal(got["input_ids"], ref[8:10, :-1])
+    with pytest.raises(ValueError, match="cannot go back"):
+        stream.batch(torch.arange(0, 2))
+    stream.batch(torch.arange(10, 10 + 2 * len(ref)))  # past the end: a second pass over the source
+    assert stream.passes >= 1
+
+
+def test_streamed_classifier_examples_take_their_labels_from_validation(tmp_path):
+    rows = [{"text": f"sample {i}", "label": "pos" if i % 2 else "neg"} for i in range(30)]
+    (tmp_path / "cls.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "val.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:6]))
+    cfg = data.default_config()
+    cfg.name, cfg.path, cfg.val_path, cfg.streaming = "jsonl", str(tmp_path / "cls.jsonl"), str(tmp_path / "val.jsonl"), True
+    tok = data.ByteTokenizer()
+    stream, val = data.build(cfg, "cls", tok, 12)
+    assert val.n == 6 and stream.label_names == ["neg", "pos"]
+    ref = data.cls_data([r["text"] for r in rows], [r["label"] for r in rows], tok, 12)  # val_path: nothing skipped
+    got = stream.batch(torch.arange(0, 8))
+    for k in ("input_ids", "attention_mask", "labels"):
+        assert torch.equal(got[k], getattr(ref, k)[:8]), k
+    (tmp_path / "val.jsonl").write_text(json.dumps({"text": "x", "label": "neg"}) + "\n")
+    stream, _ = data.build(cfg, "cls", tok, 12)
+    with pytest.raises(ValueError, match="not among the validation labels"):
+        stream.batch(torch.arange(0, 4))
+    cfg.name = "arithmetic"
+    with pytest.raises(ValueError, match="text or jsonl"):
+        data.build(cfg, "lm", tok, 12)
+
+
+def test_training_streams_from_a_named_pipe_and_times_the_wait(tmp_path, lake_root):
+    """A producer process feeds a named pipe (as a slow mount would); the trainer reads it lazily."""
+    _arith_jsonl(tmp_path / "train.jsonl", 2000, 1)
+    _arith_jsonl(tmp_path / "val.jsonl", 100, 2)
+    fifo = tmp_path / "train.pipe"
+    os.mkfifo(fifo)
+    producer = subprocess.Popen([sys.executable, str(REPO / "bench" / "bench_realruns.py"), "produce",
+                                 str(tmp_path / "train.jsonl"), str(fifo), "--bytes-per-s", "200000"])
+    try:
+        s = train.train(tiny(tmp_path, lake_root, **{
+            "trainer.max_steps": 12, "trainer.eval_interval": 6, "data.name": "jsonl", "data.streaming": True,
+            "data.path": str(fifo), "data.val_path": str(tmp_path / "val.jsonl")}))
+    finally:
+        producer.kill()
+        producer.wait()
+    assert s["status"] == "completed" and all(math.isfinite(x) for x in s["losses"])
+    rows = records(lake_root, "select step, epoch, data_time_ms, step_time_ms from train_steps order by step")
+    assert [r["step"] for r in rows] == list(range(12))
+    assert all(r["epoch"] is None for r in rows)  # a stream's length is unknown
+    assert all(0 < r["data_time_ms"] <= r["step_time_ms"] for r in rows)  # the wait is part of the step
+    assert records(lake_root, "select dataset from runs")[0]["dataset"] == str(fifo)
+
+
+def test_streaming_run_resumes_where_it_left_the_stream(tmp_path, lake_root):
+    _arith_jsonl(tmp_path / "train.jsonl", 2000, 1)
+    _arith_jsonl(tmp_path / "val.jsonl", 100, 2)
+    stream = {"data.name": "jsonl", "data.streaming": True, "data.path": str(tmp_path / "train.jsonl"),
+              "data.val_path": str(tmp_path / "val.jsonl"), "trainer.max_steps": 20, "trainer.eval_interval": 0}
+    whole = train.train(tiny(tmp_path / "a", str(tmp_path / "lake_a"), **stream))
+    with pytest.raises(RuntimeError, match="injected failure"):
+        train.train(tiny(tmp_path / "b", lake_root, **stream, **{"trainer.inject_error_at_step": 15}))
+    out = next((tmp_path / "b" / "out").iterdir())
+    resumed = train.train(tiny(tmp_path / "b", lake_root, **stream, **{"trainer.resume": str(out)}))
+    assert resumed["losses"] == pytest.approx(whole["losses"][10:], rel=1e-5)  # skipped the 10 steps' samples
+
+
+def test_sparse_telemetry_logs_span_means_and_resumes_to_the_same_rows(tmp_path, lake_root):
+    sparse = {"telemetry.every_steps": 7, "trainer.max_steps": 30, "trainer.eval_interval": 10}
+    whole = train.train(tiny(tmp_path / "a", str(tmp_path / "lake_a"), **sparse))
+    rows = records(str(tmp_path / "lake_a"), "select * from train_steps order by step")
+    # spans of 7 counted from each checkpoint (every 10 steps), and one ending at each checkpoint
+    assert [r["step"] for r in rows] == [6, 9, 16, 19, 26, 29]
+    spans = [(0, 7), (7, 10), (10, 17), (17, 20), (20, 27), (27, 30)]
+    for r, (a, b) in zip(rows, spans):
+        assert r["loss"] == pytest.approx(sum(whole["losses"][a:b]) / (b - a), rel=1e-6)  # HF: the span's mean
+        assert r["data_time_ms"] <= r["step_time_ms"] and r["tokens_per_s"] > 0
+    assert rows[0]["lr"] < rows[1]["lr"]  # the last step's LR (warmup ends at step 10)
+    assert records(str(tmp_path / "lake_a"), "select count(*) as n from eval_results where metric = 'loss'")[0]["n"] == 4
+
+    # interrupted at 25 and resumed from the checkpoint at 10: the same rows, once each
+    with pytest.raises(RuntimeError, match="injected failure"):
+        train.train(tiny(tmp_path / "b", lake_root, **sparse, **{"trainer.inject_error_at_step": 25}))
+    ckpt = checkpoint.all_in(next((tmp_path / "b" / "out").iterdir()))[0]
+    train.train(tiny(tmp_path / "b", lake_root, **sparse, **{"trainer.resume": str(ckpt)}))
+    again = records(lake_root, "select step, loss from train_steps order by step")
+    assert [(r["step"], pytest.approx(r["loss"], rel=1e-5)) for r in again] == [(r["step"], r["loss"]) for r in rows]
+    # logging every N steps is how a run is watched, not what it computes
+    assert train.build_config("configs/gpt2-tiny.yaml", {"telemetry.every_steps": 7}).hash(train.HASH_EXCLUDE) == \
+        train.build_config("configs/gpt2-tiny.yaml").hash(train.HASH_EXCLUDE)
