@@ -354,6 +354,17 @@ def criteria(steps: list[dict], val: list[tuple[int, float]], params: dict, twin
                             if mine and theirs else ""))
     out["underfitting"] = (met, "; ".join(parts) or "no loss logged")
 
+    p = P["plateau"]
+    met, what = False, f"fewer than {p['min_logs']} logged losses"
+    if len(finite) >= p["min_logs"]:
+        tail = [v for _, v in finite][-max(p["min_logs"], int(p["tail_frac"] * len(finite))):]
+        third = max(1, len(tail) // 3)
+        before, after = statistics.median(tail[:third]), statistics.median(tail[-third:])
+        met = before - after < p["min_gain"] * abs(before)
+        what = (f"median loss {before:.4g} -> {after:.4g} over the last {len(tail)} logs "
+                f"({(before - after) / abs(before):.2%} better)" if before else f"median loss {before:.4g} -> {after:.4g}")
+    out["plateau"] = (met, what)
+
     p = P["overfitting"]
     met, what = False, "fewer than 2 validation losses"
     fval = [(st, v) for st, v in val if math.isfinite(v)]
@@ -550,8 +561,8 @@ def score(labeled: list[dict], flags: dict, families: list[str]) -> dict:
 
 
 def healthy_alarms(labeled: list[dict], alerts: list[dict]) -> list[dict]:
-    """Warning/critical alerts (any rule) on runs labeled healthy."""
-    healthy = {r["run_id"]: r for r in labeled if not r["families"]}
+    """Warning/critical alerts (any rule) on runs labeled healthy (no family but informational ones)."""
+    healthy = {r["run_id"]: r for r in labeled if not set(r["families"]) - set(INFORMATIONAL)}
     return [{"run": healthy[a["run_id"]]["name"], "split": healthy[a["run_id"]]["split"], "rule": a["rule"],
              "severity": a["severity"], "message": a["message"],
              "tolerated": a["rule"] in {x for f in healthy[a["run_id"]]["tolerated"] for x in FAMILY_RULES.get(f, [])}}
@@ -559,6 +570,7 @@ def healthy_alarms(labeled: list[dict], alerts: list[dict]) -> list[dict]:
 
 
 FAMILY_RULES: dict[str, list[str]] = {}
+INFORMATIONAL = ("plateau",)  # families a healthy run may show (a converged or killed run ends flat)
 
 
 def _fmt(x) -> str:

@@ -6,18 +6,20 @@
 --   to the last.
 -- scope: run (recomputed for the runs whose train_steps changed)
 -- subject: run_id
--- sources: train_steps, diagnose_runs
--- params: jump_ratio float > 1; warmup_frac float > 0 < 1
+-- sources: train_steps, runs, diagnose_runs
+-- params: jump_ratio float > 1
 -- audits: tests/pipelines/test_diagnose_rules.py (fires on a 10x jump after decay and on a NaN LR,
 --   quiet on warmup + cosine); tests/pipelines/test_diagnose_real.py (real CPU trainings whose LR was
 --   set below min_lr: the schedule climbs 3x and 3000x)
 --
 -- Warmup ramps up, so an increase is only suspect once the LR has decreased at least once; then an
 -- increase by more than jump_ratio between two logged steps is an anomaly (cyclic schedules with warm
--- restarts should raise jump_ratio or disable the rule). And past the first warmup_frac of the run's
--- logged steps (longer than any warmup worth the name), the LR may not rise above jump_ratio times the
--- lowest LR logged since then: a schedule that climbs step by step never jumps, but ends far above
--- where it started.
+-- restarts should raise jump_ratio or disable the rule). And after its warmup -- the one the job
+-- declared in its config (trainer.warmup_steps, MLPerf's opt_learning_rate_warmup_steps/_epochs), else
+-- from the LR's first decrease -- the LR may not rise above jump_ratio times the lowest LR logged since
+-- then: a schedule that climbs step by step never jumps, but ends far above where it started. A run
+-- whose LR only rises and that declares no warmup is not judged for a climb (a long warmup looks the
+-- same).
 
 with
 
@@ -39,23 +41,52 @@ steps as (
 with_previous as (
     select
         *,
-        lag(lr) over (partition by run_id order by step) as prev_lr,
-        row_number() over (partition by run_id order by step) - 1 as log_no,
-        count(*) over (partition by run_id) as n_logs
+        lag(lr) over (partition by run_id order by step) as prev_lr
     from steps
+),
+
+declared_warmups as (
+    -- the warmup a job declared in its config: this trainer's trainer.warmup_steps, MLPerf's
+    -- opt_learning_rate_warmup_steps / _epochs (in the unit its steps are logged in)
+    select
+        run_id,
+        max(coalesce(
+            cast(json_extract_string(config_json, '$.trainer.warmup_steps') as double),
+            cast(json_extract_string(config_json, '$.opt_learning_rate_warmup_steps') as double),
+            cast(json_extract_string(config_json, '$.opt_learning_rate_warmup_epochs') as double),
+            cast(json_extract_string(config_json, '$.lars_opt_learning_rate_warmup_epochs') as double),
+            cast(json_extract_string(config_json, '$.num_warmup_steps') as double))) as warmup
+    from runs
+    group by run_id
+),
+
+warmup_ends as (
+    -- declared, else the first step whose LR is below the one before (decay has begun); a run with
+    -- neither (its LR only ever rose, its warmup unknown) is not judged for a climb
+    select
+        with_previous.run_id,
+        coalesce(max(declared_warmups.warmup), min(case when with_previous.lr < with_previous.prev_lr
+            then with_previous.step end)) as warm_end
+    from with_previous
+    left join declared_warmups
+        on declared_warmups.run_id = with_previous.run_id
+    group by with_previous.run_id
 ),
 
 with_decay as (
     select
-        *,
-        max(case when lr < prev_lr then 1 else 0 end) over (
-            partition by run_id order by step
+        with_previous.*,
+        max(case when with_previous.lr < with_previous.prev_lr then 1 else 0 end) over (
+            partition by with_previous.run_id order by with_previous.step
             rows between unbounded preceding and 1 preceding) as has_decayed,
-        min(case when log_no >= {{ warmup_frac }} * n_logs and lr >= 0 and lr < cast('Infinity' as double)
-            then lr end) over (
-            partition by run_id order by step
-            rows between unbounded preceding and 1 preceding) as low_since_warmup
+        min(case when with_previous.step >= warmup_ends.warm_end and with_previous.lr >= 0
+            and with_previous.lr < cast('Infinity' as double) then with_previous.lr end) over (
+            partition by with_previous.run_id order by with_previous.step
+            rows between unbounded preceding and 1 preceding) as low_since_warmup,
+        warmup_ends.warm_end
     from with_previous
+    inner join warmup_ends
+        on warmup_ends.run_id = with_previous.run_id
 ),
 
 anomalies as (
@@ -63,7 +94,7 @@ anomalies as (
     from with_decay
     where not (lr >= 0 and lr < cast('Infinity' as double))
         or (has_decayed = 1 and lr > {{ jump_ratio }} * prev_lr)
-        or (log_no >= {{ warmup_frac }} * n_logs and lr > {{ jump_ratio }} * low_since_warmup)
+        or (step > warm_end and lr > {{ jump_ratio }} * low_since_warmup)
 ),
 
 per_run as (

@@ -7,16 +7,16 @@
 -- scope: run (recomputed for the runs whose train_steps changed)
 -- subject: run_id
 -- sources: train_steps, diagnose_runs
--- params: block_steps int >= 2; max_drop float > 0 < 1; window_blocks int >= 1; min_history_blocks int >= 1;
---   min_blocks int >= 1; min_block_points int >= 1
+-- params: target_blocks int >= 2; min_block_logs int >= 3; max_block_logs int >= 3; max_drop float > 0 < 1;
+--   window_blocks int >= 1; min_history_blocks int >= 1; min_blocks int >= 1
 -- audits: tests/pipelines/test_diagnose_rules.py (fires on a 2x slowdown, quiet on the clean twin and on
 --   a data stall)
 --
--- Per block of block_steps: the median tokens/s and the median compute tokens/s (the same tokens over
--- the step time minus the data wait). A block is slow when both are more than max_drop below the
--- median of the previous window_blocks blocks' medians.
--- Blocks hold block_steps logged steps: block_steps times the run's logging interval (a run that logs
--- every 10th step gets blocks of 10 x block_steps steps), so sparse logs still fill them.
+-- Blocks by log count as in exploding_gradients (about target_blocks a run, so a block is a tenth of
+-- the run: a drop that lasts it is sustained, one slow step is not). Per block: the median tokens/s
+-- and the median compute tokens/s (the same tokens over the step time minus the data wait). A block is
+-- slow when both are more than max_drop below the median of the previous window_blocks blocks'
+-- medians (after min_history_blocks of them).
 
 with
 
@@ -42,21 +42,21 @@ logged as (
         and s.step_time_ms < cast('Infinity' as double)
 ),
 
-logging_intervals as (
+numbered as (
     select
-        run_id,
-        greatest(1, round((max(step) - min(step)) / greatest(count(*) - 1, 1))) as step_interval
+        *,
+        row_number() over (partition by run_id order by step) - 1 as log_no,
+        count(*) over (partition by run_id) as n_logs
     from logged
-    group by run_id
 ),
 
 steps as (
     select
-        logged.*,
-        cast(floor(logged.step / ({{ block_steps }} * logging_intervals.step_interval)) as bigint) as block
-    from logged
-    inner join logging_intervals
-        on logging_intervals.run_id = logged.run_id
+        *,
+        cast(floor(log_no / greatest({{ min_block_logs }}, least({{ max_block_logs }},
+            floor(n_logs / {{ target_blocks }})))) as bigint) as block,
+        greatest({{ min_block_logs }}, least({{ max_block_logs }}, floor(n_logs / {{ target_blocks }}))) as block_logs
+    from numbered
 ),
 
 blocks as (
@@ -73,8 +73,8 @@ blocks as (
         min(ts) as first_ts,
         max(ts) as last_ts
     from steps
-    group by model, hardware, run_id, block
-    having count(*) >= {{ min_block_points }}
+    group by model, hardware, run_id, block, block_logs
+    having count(*) = block_logs
 ),
 
 compared as (

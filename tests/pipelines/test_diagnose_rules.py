@@ -286,8 +286,9 @@ def test_alert_details_say_where_and_what(alerts):
     assert 1050 <= grow["step_start"] <= 1150 and grow["severity"] == "warning" and grow["observed"] > 8 * grow["expected"]
     assert _one(alerts, "vanishing_gradients", "vanishing_gradients-bad")["step_start"] == 700
     assert _one(alerts, "lr_schedule_anomaly", "lr_schedule_anomaly-bad")["step_start"] == 900
-    climb = _one(alerts, "lr_schedule_anomaly", "lr_schedule_anomaly_climb-bad")  # 2x its low of step 375 at 1000
-    assert 950 <= climb["step_start"] <= 1050 and climb["baseline"] == "lowest lr logged since the warmup"
+    # warmup to 6e-4, down to 1e-4 at step 50 (the first decrease ends the warmup), then a climb: 2x at 340
+    climb = _one(alerts, "lr_schedule_anomaly", "lr_schedule_anomaly_climb-bad")
+    assert 330 <= climb["step_start"] <= 350 and climb["baseline"] == "lowest lr logged since the warmup"
     nan_lr = _one(alerts, "lr_schedule_anomaly", "lr_schedule_anomaly_nan-bad")
     assert nan_lr["step_start"] == 1000 and math.isnan(nan_lr["observed"])
     assert _one(alerts, "throughput_drop", "throughput_drop-bad")["step_start"] == 800
