@@ -12,7 +12,7 @@ import sys
 # name -> (module, one-line help). Modules are imported only when their command runs, so
 # `mhw query` never pays for importing torch or Spark.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "ingest": ("warehouse.ingest", "load JSONL, HF Trainer, TensorBoard or MLPerf logs into the lake"),
+    "ingest": ("warehouse.ingest", "load JSONL, HF Trainer, TensorBoard, MLPerf, lm-eval or MLflow logs into the lake"),
     "build": ("pipelines.build", "build the cubes (DuckDB or Spark, incremental) and swap in the serving file"),
     "audit": ("pipelines.audit", "check that the served cubes equal the raw lake, partition by partition"),
     "diagnose": ("pipelines.diagnose", "compute health alerts (training runs, fleet) incrementally and notify new ones"),
