@@ -588,7 +588,7 @@ def table(result: dict, title: str) -> str:
             cells += [_fmt(f["precision"]), _fmt(f["recall"])]
         a = result["all"]["families"][fam]
         lines.append(f"| {fam} | " + " | ".join(cells) + f" | {a['tp']}/{a['fp']}/{a['fn']} |")
-    lines.append(f"\nruns: " + ", ".join(f"{s} {result[s]['runs']}" for s in (*SPLITS, "all")))
+    lines.append("\nruns: " + ", ".join(f"{s} {result[s]['runs']}" for s in (*SPLITS, "all")))
     return "\n".join(lines)
 
 

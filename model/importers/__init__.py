@@ -254,6 +254,18 @@ def _is_json_line(lines: list[bytes]) -> bool:
         return False
 
 
+def read_json(path: str, what: str):
+    """The file parsed as one JSON document; SourceError naming the file and ``what`` it should have
+    been when it cannot be read or is not JSON."""
+    try:
+        with open(path, "rb") as f:
+            return json.load(f)
+    except OSError as e:
+        raise SourceError(f"{path}: cannot read: {e.strerror or e}") from e
+    except ValueError as e:
+        raise SourceError(f"{path}: not {what}: not valid JSON: {e}") from e
+
+
 def _json_document(path: str):
     """The file parsed as one JSON document, or None if it is not one (e.g. JSON lines)."""
     try:

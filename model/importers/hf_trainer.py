@@ -49,7 +49,7 @@ import os
 from datetime import datetime, timedelta, timezone
 
 from model.importers import (Parsed, Record, RunMeta, SourceError, StepClock, content_run_id, identity, json_type,
-                             number)
+                             number, read_json)
 
 SOURCE = "hf-trainer"
 SUITE = "hf-eval"
@@ -192,13 +192,7 @@ def run_id_of(doc: dict, model: str, hardware: str) -> str | None:
 
 
 def _load(path: str) -> dict:
-    try:
-        with open(path, "rb") as f:
-            doc = json.load(f)
-    except OSError as e:
-        raise SourceError(f"{path}: cannot read: {e.strerror or e}") from e
-    except ValueError as e:
-        raise SourceError(f"{path}: not a Hugging Face trainer_state.json: not valid JSON: {e}") from e
+    doc = read_json(path, "a Hugging Face trainer_state.json")
     if not isinstance(doc, dict):
         raise SourceError(f"{path}: not a Hugging Face trainer_state.json: a JSON {json_type(doc)}, "
                           f"not an object with a 'log_history' list")

@@ -34,7 +34,8 @@ import os
 import re
 from datetime import datetime, timedelta, timezone
 
-from model.importers import Parsed, Record, RunMeta, SourceError, content_run_id, identity, json_type, number
+from model.importers import (Parsed, Record, RunMeta, SourceError, content_run_id, identity, json_type, number,
+                             read_json)
 
 SOURCE = "lm-eval"
 SUITE = "lm-eval"
@@ -100,13 +101,7 @@ def parse(path: str, meta: RunMeta) -> Parsed:
 
 
 def _load(path: str) -> dict:
-    try:
-        with open(path, "rb") as f:
-            doc = json.load(f)
-    except OSError as e:
-        raise SourceError(f"{path}: cannot read: {e.strerror or e}") from e
-    except ValueError as e:
-        raise SourceError(f"{path}: not lm-eval results: not valid JSON: {e}") from e
+    doc = read_json(path, "lm-eval results")
     if not isinstance(doc, dict) or not isinstance(doc.get("results"), dict):
         raise SourceError(f"{path}: not lm-eval results: no 'results' object of task scores")
     return doc
