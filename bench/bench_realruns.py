@@ -53,7 +53,7 @@ HERE = Path(__file__).resolve().parent / "realruns"
 MATRIX, LABELS, PUBLIC = HERE / "matrix.yaml", HERE / "labels.yaml", HERE / "public.yaml"
 FIXTURES = REPO / "tests" / "fixtures" / "realruns"
 PUBLIC_DATA = REPO.parent / "shared" / "data" / "real"
-SPLITS = ("tuning", "held-out")
+SPLITS = ("tuning", "held-out", "fresh")  # fresh: a second held-out set, trained after the first was read
 SPEC_KEYS = ("config", "overrides", "source", "kill_at_step", "resume")  # what a run computes
 
 
