@@ -48,6 +48,7 @@ from pipelines.lakefiles import PartitionKey
 from pipelines.models import Model, definition_hash, load_models
 from warehouse import config
 from warehouse.schemas import TABLES
+from warehouse.writer import Lake
 
 MANIFEST = "_manifest.json"
 SCHEMA_FILE = "_schema.parquet"
@@ -185,6 +186,19 @@ class CubeStore:
     def manifest(self) -> dict:
         return lakefiles.read_json(self.fs, f"{self.root}/{MANIFEST}") or {}
 
+    def remove_leftovers(self) -> int:
+        """Delete the temp files of builds killed midway (``.<id>.tmp`` beside the files they were to
+        replace). Only under the build lock: then no other build is writing any."""
+        if not self.local or not os.path.isdir(self.root):
+            return 0
+        n = 0
+        for parent, _, files in os.walk(self.root):
+            for f in files:
+                if f.startswith(".") and f.endswith(".tmp"):
+                    os.unlink(os.path.join(parent, f))
+                    n += 1
+        return n
+
     def save_manifest(self, manifest: dict) -> None:
         lakefiles.write_text(self.fs, f"{self.root}/{MANIFEST}", json.dumps(manifest, indent=1), self.local)
 
@@ -209,8 +223,10 @@ def build(lake_root: str | None = None, serving_path: str | None = None, engine=
     t_start = time.perf_counter()
 
     store = CubeStore(cubes_root)
-    with _exclusive(store):  # a second build of the same cubes waits for the first
-        return _build(lake_root, serving_path, engine, full, master, conf, store, say, jobs, t_start, sql_dir)
+    with _exclusive(store), contextlib.ExitStack() as reading:  # a second build of the same cubes waits
+        store.remove_leftovers()
+        return _build(lake_root, serving_path, engine, full, master, conf, store, say, jobs, t_start, sql_dir,
+                      reading)
 
 
 @contextlib.contextmanager
@@ -227,7 +243,8 @@ def _exclusive(store: CubeStore):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _build(lake_root, serving_path, engine, full, master, conf, store, say, jobs, t_start, sql_dir) -> BuildResult:
+def _build(lake_root, serving_path, engine, full, master, conf, store, say, jobs, t_start, sql_dir,
+           reading: contextlib.ExitStack) -> BuildResult:
     models = load_models(Path(sql_dir)) if sql_dir else load_models()
     by_name = {m.name: m for m in models}
     lake_fs, lake_path, _ = lakefiles.resolve(lake_root)
@@ -238,9 +255,12 @@ def _build(lake_root, serving_path, engine, full, master, conf, store, say, jobs
     engine_name = engine if own_engine else engine.name
     result = BuildResult(engine=engine_name, full=full, build_id=uuid.uuid4().hex[:12])
 
-    # 1. What changed in the lake since the last build, per raw partition.
+    # 1. What changed in the lake since the last build, per raw partition. The build reads a snapshot
+    # (hard links taken under the lake lock, warehouse/commit.py): an ingest committing meanwhile
+    # replaces and deletes files the build listed without taking them from it.
     t = time.perf_counter()
     raw_tables = sorted({s for m in models for s in m.sources if s in TABLES})
+    lake_path = reading.enter_context(Lake(lake_root).snapshot(raw_tables))
     listings, prints, changed = {}, {}, {}
     for name in raw_tables:
         table_dir = f"{lake_path}/{name}"
@@ -301,6 +321,7 @@ def _build(lake_root, serving_path, engine, full, master, conf, store, say, jobs
     finally:
         if own_engine:
             eng.close()
+        reading.close()  # the snapshot goes as soon as no model reads raw rows
 
     # 3. Publish: the new serving file (already holding the served models) is completed and swapped in.
     t = time.perf_counter()

@@ -26,6 +26,7 @@ configuration makes the diagnose full. Airflow calls ``diagnose()``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import datetime as dt
 import hashlib
@@ -368,6 +369,7 @@ class Scope:
     pair_files: dict[str, list[str]]  # table -> files of the pairs in scope
     manifest: dict  # to save once the alerts are written
     peer_files: dict[str, list[str]] = field(default_factory=dict)  # PEER_TABLES -> files of the runs' models
+    data_root: str = ""  # where the listed files lie: the lake's snapshot (``<data_root>/<table>/…``)
 
 
 def _run_ids(fs, files: list[str], column: str) -> list[str]:
@@ -378,9 +380,12 @@ def _run_ids(fs, files: list[str], column: str) -> list[str]:
     return sorted(v for v in ids.to_pylist() if v is not None)
 
 
-def find_scope(lake_root: str, definition: str, full: bool) -> Scope:
-    fs, root, _ = lakefiles.resolve(lake_root)
-    old = lakefiles.read_json(fs, f"{root}/{MANIFEST}") or {}
+def find_scope(lake_root: str, definition: str, full: bool, data_root: str | None = None) -> Scope:
+    """What changed since the last diagnose; the files are listed under ``data_root`` (a snapshot
+    of the lake, ``Lake.snapshot``; default the lake itself)."""
+    fs, lake_path, _ = lakefiles.resolve(lake_root)
+    old = lakefiles.read_json(fs, f"{lake_path}/{MANIFEST}") or {}
+    root = data_root or lake_path
     full = bool(full or old.get("definition") != definition)
     old_sources = {} if full else old.get("sources", {})
     sources, runs, pairs = {}, set(), set()
@@ -427,7 +432,8 @@ def find_scope(lake_root: str, definition: str, full: bool) -> Scope:
             lakefiles.list_partitions(fs, f"{root}/{table}", TABLES[table].partition_by)
         peer_files[view] = sorted(f.path for key, files in listing.items() if key[0] in models for f in files)
     return Scope(full=full, runs=runs, pairs=pairs, run_files=run_files, pair_files=pair_files,
-                 peer_files=peer_files, manifest={"version": 1, "definition": definition, "sources": sources})
+                 peer_files=peer_files, manifest={"version": 1, "definition": definition, "sources": sources},
+                 data_root=root)
 
 
 # --- running the rules ------------------------------------------------------------------------------
@@ -449,7 +455,7 @@ def run_rules(eng, lake_root: str, rules: dict[str, Rule], cfg: DiagnosticsConfi
               log=None) -> tuple[dict[str, pa.Table], dict[str, float]]:
     """Each enabled rule's rows (CONTRACT columns) on ``eng``, and seconds per rule."""
     say = log or (lambda *_: None)
-    _, root, _ = lakefiles.resolve(lake_root)
+    root = scope.data_root or lakefiles.resolve(lake_root)[1]
     for name, table in _helper_tables(scope, cfg).items():
         eng.register_arrow(name, table)
     out, seconds = {}, {}
@@ -591,7 +597,21 @@ def diagnose(lake_root: str | None = None, engine="duckdb", *, config_path: str 
     now = now or dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
     rules = load_rules()
     cfg = load_config(config_path, rules)
-    scope = find_scope(lake_root, definition_hash(rules, cfg), full)
+    lake = Lake(lake_root)
+    # The rules read a snapshot (hard links taken under the lake lock): an ingest committing while
+    # they run cannot take files from them.
+    reading = contextlib.ExitStack()
+    try:
+        data_root = reading.enter_context(lake.snapshot(sorted({*WATCHED, *PEER_TABLES.values()})))
+        return _diagnose(lake, lake_root, rules, cfg, data_root, engine, full, notify_alerts, master, conf,
+                         notifiers, now, say, t0, reading)
+    finally:
+        reading.close()
+
+
+def _diagnose(lake, lake_root, rules, cfg, data_root, engine, full, notify_alerts, master, conf, notifiers, now,
+              say, t0, reading) -> DiagnoseResult:
+    scope = find_scope(lake_root, definition_hash(rules, cfg), full, data_root)
     result = DiagnoseResult(engine=getattr(engine, "name", engine), full=scope.full, runs_in_scope=len(scope.runs),
                             pairs_in_scope=len(scope.pairs))
     result.seconds["scope"] = time.perf_counter() - t0
@@ -610,10 +630,20 @@ def diagnose(lake_root: str | None = None, engine="duckdb", *, config_path: str 
             if own:
                 eng.close()
         result.seconds.update(per_rule)
+    reading.close()  # nothing reads the snapshot from here on
 
     # Merge with the alerts already stored: what was recomputed is replaced, the rest is kept.
     t = time.perf_counter()
-    lake = Lake(lake_root)
+    with lake.transaction():  # read, merge and rewrite the alerts as one commit
+        _store_alerts(lake, lake_root, rules, cfg, scope, rows, result, notify_alerts, notifiers, now)
+    result.seconds["alerts"] = time.perf_counter() - t
+    fs, root, local = lakefiles.resolve(lake_root)
+    lakefiles.write_text(fs, f"{root}/{MANIFEST}", json.dumps(scope.manifest), local)
+    result.seconds["total"] = time.perf_counter() - t0
+    return result
+
+
+def _store_alerts(lake, lake_root, rules, cfg, scope, rows, result, notify_alerts, notifiers, now) -> None:
     existing = read_alerts(lake)
     before = {a["alert_id"]: a for a in existing}
 
@@ -656,12 +686,6 @@ def diagnose(lake_root: str | None = None, engine="duckdb", *, config_path: str 
     write_alerts(lake, final, touched, listing)
     result.total = len(final)
     result.current = final
-    result.seconds["alerts"] = time.perf_counter() - t
-
-    fs, root, local = lakefiles.resolve(lake_root)
-    lakefiles.write_text(fs, f"{root}/{MANIFEST}", json.dumps(scope.manifest), local)
-    result.seconds["total"] = time.perf_counter() - t0
-    return result
 
 
 # --- command line -----------------------------------------------------------------------------------

@@ -3,9 +3,10 @@
 Compaction rewrites a partition's many small files (one per training block, per ingest…) as one file,
 and swaps the whole partition folder for the new one with ``renameat2(RENAME_EXCHANGE)``: a single
 atomic step, so a listing sees either all the old files or the one new file, never both (duplicates)
-or neither (a gap). The old folder goes to ``<root>/_trash/`` and is deleted by a later run. Limit: a
-raw-lake query that listed the old files just before the swap and opens them just after fails with
-"file not found" and must be re-run; dashboards read the serving file, which compaction never touches.
+or neither (a gap). The old folder goes to ``<root>/_trash/`` and is deleted by a later run. Each
+partition is compacted (and each expired one moved aside) holding the lake lock exclusively
+(warehouse/commit.py): ``mhw query`` and ``mhw audit`` hold it shared for their whole read, builds and
+diagnoses read hard-linked snapshots, so no reader loses files it listed.
 
 Only partitions whose files are all older than ``min_age_s`` are compacted, so the blocks of a run
 still being written (and retried) are left alone: a retry must find its own key's file to replace.
@@ -71,24 +72,37 @@ def compact(lake: Lake, tables=FACT_TABLES, min_files: int = 4, min_age_s: float
     for name in tables:
         table = TABLES[name]
         for part, files in list(_partitions(lake.table_dir(name))):
-            paths = [os.path.join(part, f) for f in files]
-            if len(files) < min_files or any(now - os.path.getmtime(p) < min_age_s for p in paths):
+            if len(files) < min_files:
                 continue
-            data = pa.concat_tables([pq.read_table(p, schema=table.file_schema) for p in paths])
-            digest = hashlib.sha1("\0".join(files).encode()).hexdigest()[:16]
-            staged = os.path.join(lake.root, "_tmp", f"compact-{uuid.uuid4().hex}")
-            os.makedirs(staged)
-            with open(os.path.join(staged, f"compacted-{digest}.parquet"), "wb") as f:
-                pq.write_table(data, f, **_parquet_options(data.schema))
-                f.flush()
-                os.fsync(f.fileno())
-            exchange(staged, part)  # staged now holds the old files
-            os.makedirs(trash, exist_ok=True)
-            os.rename(staged, os.path.join(trash, f"{name}-{uuid.uuid4().hex}"))
-            res.compacted_partitions += 1
-            res.files_before += len(files)
-            res.files_after += 1
+            with lake.transaction():  # a writer may have changed the partition since it was listed
+                n = _compact_one(table, lake.root, part, min_files, min_age_s, now, trash)
+            if n:
+                res.compacted_partitions += 1
+                res.files_before += n
+                res.files_after += 1
     return res
+
+
+def _compact_one(table, root: str, part: str, min_files: int, min_age_s: float, now: float, trash: str) -> int:
+    """Compact one partition (the caller holds the lake lock); returns the files folded, 0 if none."""
+    if not os.path.isdir(part):
+        return 0
+    files = sorted(f for f in os.listdir(part) if f.endswith(".parquet"))
+    paths = [os.path.join(part, f) for f in files]
+    if len(files) < min_files or any(now - os.path.getmtime(p) < min_age_s for p in paths):
+        return 0
+    data = pa.concat_tables([pq.read_table(p, schema=table.file_schema) for p in paths])
+    digest = hashlib.sha1("\0".join(files).encode()).hexdigest()[:16]
+    staged = os.path.join(root, "_tmp", f"compact-{uuid.uuid4().hex}")
+    os.makedirs(staged)
+    with open(os.path.join(staged, f"compacted-{digest}.parquet"), "wb") as f:
+        pq.write_table(data, f, **_parquet_options(data.schema))
+        f.flush()
+        os.fsync(f.fileno())
+    exchange(staged, part)  # staged now holds the old files
+    os.makedirs(trash, exist_ok=True)
+    os.rename(staged, os.path.join(trash, f"{table.name}-{uuid.uuid4().hex}"))
+    return len(files)
 
 
 def apply_retention(lake: Lake, retention_days: dict[str, int], today: dt.date | None = None) -> list[str]:
@@ -104,8 +118,9 @@ def apply_retention(lake: Lake, retention_days: dict[str, int], today: dt.date |
         for part, _ in list(_partitions(lake.table_dir(name))):
             date = dt.date.fromisoformat(os.path.basename(part).split("=", 1)[1])
             if date < cutoff:
-                os.makedirs(trash, exist_ok=True)
-                os.rename(part, os.path.join(trash, f"{name}-{uuid.uuid4().hex}"))  # atomic: gone at once
+                with lake.transaction():
+                    os.makedirs(trash, exist_ok=True)
+                    os.rename(part, os.path.join(trash, f"{name}-{uuid.uuid4().hex}"))  # atomic: gone at once
                 deleted.append(part)
     return deleted
 
@@ -122,5 +137,5 @@ def run_maintenance(lake_root: str, settings: dict, min_age_s: float = 3600) -> 
     res.deleted_partitions = apply_retention(lake, settings.get("retention_days") or {})
     c = compact(lake, min_files=int(settings.get("compact_min_files", 4)), min_age_s=min_age_s)
     res.compacted_partitions, res.files_before, res.files_after = c.compacted_partitions, c.files_before, c.files_after
-    lake.clean_tmp()
+    lake.recover()
     return res

@@ -56,8 +56,10 @@ import hashlib
 import json
 import math
 import os
+import shutil
+import stat
 import sys
-import uuid
+import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -259,11 +261,29 @@ class RunResult:
     notes: list[str] = field(default_factory=list)
 
 
-def write_key(source: str, table: str) -> str:
+def write_key(identity: str, table: str) -> str:
     """The Lake.write key of one source's rows in one table: stable across runs, so a re-ingest
-    replaces them. Used for tables without a natural key (latency_samples) and for quarantine."""
-    digest = hashlib.sha1(f"{os.path.abspath(source)}\0{table}".encode()).hexdigest()[:16]
+    replaces them. Used for tables without a natural key (latency_samples) and for quarantine.
+    ``identity`` is the source's (``Ingester.identify``)."""
+    digest = hashlib.sha1(f"{identity}\0{table}".encode()).hexdigest()[:16]
     return f"ingest-{digest}"
+
+
+def content_digest(path: str) -> str:
+    """sha1 of a file's bytes, or of a folder's files (relative paths and contents, in order)."""
+    h = hashlib.sha1()
+    if os.path.isdir(path):
+        for parent, dirs, files in os.walk(path):
+            dirs.sort()
+            for name in sorted(files):
+                full = os.path.join(parent, name)
+                h.update(os.path.relpath(full, path).encode() + b"\0")
+                with open(full, "rb") as f:
+                    h.update(hashlib.file_digest(f, "sha1").digest())
+    else:
+        with open(path, "rb") as f:
+            h.update(hashlib.file_digest(f, "sha1").digest())
+    return h.hexdigest()
 
 
 def run_key(run_id: str) -> str:
@@ -303,11 +323,7 @@ class _Listing:
         name = f"{key}.parquet"
         keep = {os.path.normpath(p) for p in written}
         stale = [p for p in self.of(table).get(name, []) if os.path.normpath(p) not in keep]
-        removed = []
-        for p in stale:
-            if self.lake.fs.get_file_info(p).type == pafs.FileType.File:  # Lake.write may have removed it
-                self.lake.fs.delete_file(p)
-                removed.append(p)
+        removed = [p for p in stale if self.lake.delete(p)]  # Lake.write may have removed some
         if written:
             self.of(table)[name] = list(written)
         else:
@@ -322,6 +338,11 @@ class _Store:
         sources/<source digest>/record.json    the file's path, format, clock and runs (with ranks)
         sources/<source digest>/<table>.parquet its validated rows, all runs
         runs/<run digest>.json                 the run id and the digests of every file of the run
+        content/<sha1 of the bytes>.json       the identity of the first source with these bytes
+        paths/<real path digest>.json          the identity a path was ingested as, when not the path
+
+    A source's digest is that of its identity (``Ingester.identify``): its real path, or the name
+    given with ``--source-name``, or the source whose bytes it repeats.
     """
 
     def __init__(self, lake: Lake):
@@ -338,23 +359,10 @@ class _Store:
             return None
 
     def _write(self, path: str, data: bytes) -> None:
-        parent = path.rsplit("/", 1)[0]
-        self.lake.fs.create_dir(parent, recursive=True)
-        if not self.lake.local:  # one PUT: atomic by the store's own rules
-            with self.lake.fs.open_output_stream(path) as f:
-                f.write(data)
-            return
-        os.makedirs(f"{self.lake.root}/_tmp", exist_ok=True)  # where Lake.clean_tmp finds what a kill leaves
-        tmp = f"{self.lake.root}/_tmp/{uuid.uuid4().hex}.json.tmp"
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        self.lake.put_bytes(path, data)
 
     def _delete(self, path: str) -> None:
-        if self.lake.fs.get_file_info(path).type == pafs.FileType.File:
-            self.lake.fs.delete_file(path)
+        self.lake.delete(path)
 
     def _json(self, path: str):
         data = self._read(path)
@@ -371,7 +379,7 @@ class _Store:
         base = f"{self.root}/sources/{skey}"
         for table, table_rows in rows.items():
             data = pa.Table.from_pylist(table_rows, schema=_input_schema(TABLES[table]))
-            self.lake._write_file(data, f"{base}/{table}.parquet")
+            self.lake.put_table(f"{base}/{table}.parquet", data)
         for table in set(old.get("tables", [])) - set(rows):
             self._delete(f"{base}/{table}.parquet")
         record = {**record, "tables": sorted(rows)}
@@ -393,6 +401,16 @@ class _Store:
                     by_run.setdefault(r["run_id"], []).append({k: v for k, v in r.items() if v is not None})
             self._rows[(skey, table)] = by_run
         return self._rows[(skey, table)].get(run_id, [])
+
+    # aliases: the source a file's bytes (content/<sha1>) or a real path (paths/<digest>) belong to
+    def alias(self, kind: str, digest: str) -> str | None:
+        found = self._json(f"{self.root}/{kind}/{digest}.json")
+        return found["identity"] if found else None
+
+    def set_alias(self, kind: str, digest: str, identity: str, replace: bool = True) -> None:
+        now = self.alias(kind, digest)
+        if now != identity and (replace or now is None):
+            self._write(f"{self.root}/{kind}/{digest}.json", json.dumps({"identity": identity}).encode())
 
     # runs
     def run_index(self, rkey: str) -> dict | None:
@@ -421,9 +439,31 @@ class Ingester:
         self.listing, self.store = _Listing(lake), _Store(lake)
         self.dirty: dict[str, str] = {}  # run digest -> run id
 
-    def add(self, parsed: Parsed, shown_as: str, fill: dict | None = None) -> SourceResult:
+    def identify(self, path: str, digest: str | None, name: str | None = None) -> str:
+        """The identity a source is recorded under, so that one file is one source however it is
+        reached: the name the user gave (``--source-name``); else the real path (a symlink is its
+        target) when that was ingested before; else the identity of an earlier source with the same
+        bytes (a hard link, a copy, a re-export, the same content through a pipe); else the real path
+        (or, for a pipe, ``content:<sha1>``)."""
+        if name:
+            return f"name:{name}"
+        real = os.path.realpath(path) if path is not None else None
+        if real is not None:
+            known = self.store.alias("paths", _digest(real))
+            if known is not None:
+                return known
+            if self.store.record(_digest(real)) is not None:
+                return real
+        owner = self.store.alias("content", digest) if digest else None
+        return owner or real or f"content:{digest}"
+
+    def add(self, parsed: Parsed, shown_as: str, fill: dict | None = None, identity: str | None = None,
+            digest: str | None = None, path: str | None = None) -> SourceResult:
         """Validate ``parsed``'s records, quarantine the bad ones and stage the good ones, replacing
-        whatever an earlier ingest of the same source gave."""
+        whatever an earlier ingest of the same source (``identity``: see ``identify``; default the
+        file's real path) gave. ``digest`` (the content's sha1) and ``path`` (where the file lies; None
+        for a pipe) are remembered for ``identify``."""
+        identity = identity or os.path.realpath(parsed.source)
         result = SourceResult(shown_as, parsed.format, notes=list(parsed.notes))
         good = self._validate(parsed, shown_as, fill, result)
         for name in KEYED:
@@ -432,20 +472,24 @@ class Ingester:
 
         # Tables without a natural key: the source's rows under the source's own key, as given.
         for name in UNKEYED:
-            rows, key, written = good.get(name, []), write_key(parsed.source, name), []
+            rows, key, written = good.get(name, []), write_key(identity, name), []
             if rows:
                 res = self.lake.write(name, pa.Table.from_pylist(rows, schema=_input_schema(TABLES[name])), key)
                 result.rows[name], result.files[name], written = res.rows, res.files, res.files
             result.removed += self.listing.replace(name, key, written)
 
         # Keyed tables: stage, then link the source to its runs (and unlink it from runs it left).
-        skey = _digest(os.path.abspath(parsed.source))
+        skey = _digest(identity)
         staged = {n: good[n] for n in KEYED if good.get(n)}
         ranks = _ranks(staged, parsed.clock)  # a JSONL file may hold several runs
         previous = (self.store.record(skey) or {}).get("runs", {})
-        record = {"source": parsed.source, "format": parsed.format, "clock": _clock_json(parsed.clock),
+        record = {"source": shown_as, "format": parsed.format, "clock": _clock_json(parsed.clock),
                   "runs": {_digest(r): {"run_id": r, "rank": ranks[r]} for r in sorted(ranks)}}
         self.store.stage(skey, record, staged)
+        if digest:
+            self.store.set_alias("content", digest, identity, replace=False)
+        if path is not None and os.path.realpath(path) != identity:
+            self.store.set_alias("paths", _digest(os.path.realpath(path)), identity)
         for rkey, info in record["runs"].items():
             self.store.link(rkey, info["run_id"], skey, present=True)
             self.dirty[rkey] = info["run_id"]
@@ -456,11 +500,11 @@ class Ingester:
         for name in KEYED:
             result.rows.update({name: len(good[name])} if good.get(name) else {})
             # files of the per-file keys an earlier version of ingest wrote: the run's key replaces them
-            result.removed += self.listing.replace(name, write_key(parsed.source, name), [])
+            result.removed += self.listing.replace(name, write_key(identity, name), [])
 
-        key, written = write_key(parsed.source, "quarantine"), []
+        key, written = write_key(identity, "quarantine"), []
         if result.rejects:
-            q = [{"target_table": r.target_table, "source": r.file or parsed.source, "line": r.line,
+            q = [{"target_table": r.target_table, "source": r.file or shown_as, "line": r.line,
                   "field": r.problems[0].field, "reason": r.reason, "raw": r.raw, "ingested_at": self.now}
                  for r in result.rejects]
             res = self.lake.write("quarantine", pa.Table.from_pylist(q, schema=_input_schema(TABLES["quarantine"])), key)
@@ -572,9 +616,9 @@ class Ingester:
                 if len(kept) == data.num_rows:
                     continue
                 if kept:
-                    self.lake._write_file(pa.Table.from_pylist(kept, schema=data.schema), p)
+                    self.lake.put_table(p, pa.Table.from_pylist(kept, schema=data.schema))
                 else:
-                    self.lake.fs.delete_file(p)
+                    self.lake.delete(p)
                     paths.remove(p)
                 removed, files = removed + data.num_rows - len(kept), files + 1
         return [f"{removed} {table} rows of the run were also in {files} compacted file(s): taken out there"] if files else []
@@ -666,6 +710,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "for JSONL they fill columns a line leaves out. Free-form names become slugs.")
     m.add_argument("--model", help="model name, e.g. distilbert/lora-imdb")
     m.add_argument("--hardware", help="hardware fingerprint, e.g. a100-40gb-x8")
+    p.add_argument("--source-name", help="the name this input is recorded under (default: its real path, or for a pipe "
+                                          "its content): ingesting the same name again replaces what it gave")
     m.add_argument("--run-id", help="run id (default: the file's own, else a hash of what every copy and checkpoint "
                                     "of the run shares; see the importers' docs)")
     m.add_argument("--precision", help="fp32 | bf16 | fp16 | int8")
@@ -709,25 +755,54 @@ def run(args: argparse.Namespace) -> int:
     meta, notes = _meta(args)
     for n in notes:
         print(f"note: {n}")
-    ingester = Ingester(lake)
-    results, errors, seen = [], [], set()
-    for path in args.paths:
-        try:
-            found = sources(path, args.format)
-        except SourceError as e:
-            errors.append(str(e))
-            continue
-        for source, fmt in found:
-            if os.path.abspath(source) in seen:
-                continue
-            seen.add(os.path.abspath(source))
-            try:
-                parsed = parse(source, fmt, meta, args.table)
-                fill = meta.given() if fmt == "jsonl" else None  # importers placed the flags themselves
-                results.append(ingester.add(parsed, source, fill))
-            except SourceError as e:
-                errors.append(str(e))
-    runs = ingester.finish()
+    results, runs, errors = [], [], []
+    spool = tempfile.mkdtemp(prefix="mhw-ingest-")
+    try:
+        # Pipes and FIFOs are read once, before the lake is locked: a slow writer holds up nobody.
+        inputs = []
+        for path in args.paths:
+            if path == "-" or _is_stream(path):
+                try:
+                    inputs.append((path, *_spool(path, spool)))
+                except OSError as e:
+                    errors.append(f"{path}: cannot read: {e.strerror or e}")
+            else:
+                inputs.append((path, path, None))
+        if args.source_name and len(inputs) > 1:
+            raise SystemExit("mhw ingest: --source-name names one input; give one PATH with it")
+        # One transaction: the whole call is seen at once by readers, or (killed) not at all.
+        with lake.transaction():
+            ingester = Ingester(lake)
+            seen: dict[str, str] = {}
+            for shown, path, digest in inputs:
+                try:
+                    found = sources(path, args.format)
+                except SourceError as e:
+                    errors.append(str(e).replace(path, shown))
+                    continue
+                for source, fmt in found:
+                    piped = digest is not None
+                    try:
+                        d = digest or content_digest(source)
+                    except OSError as e:
+                        errors.append(f"{source}: cannot read: {e.strerror or e}")
+                        continue
+                    ident = ingester.identify(None if piped else source, d, args.source_name)
+                    if ident in seen:
+                        print(f"note: {shown if piped else source} is {seen[ident]} again (same file or same "
+                              f"bytes): ingested once")
+                        continue
+                    seen[ident] = shown if piped else source
+                    try:
+                        parsed = parse(source, fmt, meta, args.table)
+                        fill = meta.given() if fmt == "jsonl" else None  # importers placed the flags themselves
+                        results.append(ingester.add(parsed, shown if piped else source, fill, ident, d,
+                                                    None if piped else source))
+                    except SourceError as e:
+                        errors.append(str(e).replace(source, shown) if piped else str(e))
+            runs = ingester.finish()
+    finally:
+        shutil.rmtree(spool, ignore_errors=True)
     _report(results, runs, errors, lake, sys.stdout)
     for e in errors:
         print(f"mhw ingest: error: {e}", file=sys.stderr)
@@ -737,6 +812,36 @@ def run(args: argparse.Namespace) -> int:
         print("mhw ingest: nothing ingested", file=sys.stderr)
         return 1
     return 0
+
+
+def _is_stream(path: str) -> bool:
+    """A pipe, FIFO, socket or character device (``<(cmd)``, ``/dev/stdin``, ``mkfifo``): bytes that
+    can be read only once."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISCHR(mode) or stat.S_ISSOCK(mode)
+
+
+def _spool(path: str, folder: str) -> tuple[str, str]:
+    """Copy a stream, read once and in blocks, to a file in ``folder``; (that file, sha1 of the bytes).
+    The file keeps the stream's name when it has an extension (format detection reads names)."""
+    name = os.path.basename(path)
+    name = name if "." in name else "stdin"
+    out = os.path.join(folder, f"{len(os.listdir(folder))}", name)
+    os.makedirs(os.path.dirname(out))
+    h = hashlib.sha1()
+    src = sys.stdin.buffer if path == "-" else open(path, "rb")
+    try:
+        with open(out, "wb") as f:
+            while block := src.read(1 << 20):
+                h.update(block)
+                f.write(block)
+    finally:
+        if src is not sys.stdin.buffer:
+            src.close()
+    return out, h.hexdigest()
 
 
 def _report(results: list[SourceResult], runs: list[RunResult], errors: list[str], lake: Lake, out) -> None:

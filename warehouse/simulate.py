@@ -480,7 +480,7 @@ def _fleet_tables(rng, seed, mi, model, hw, days, start_epoch, plan, m, n_reques
 
 def _write_truth(lake: Lake, truth: list[dict]) -> None:
     t = pa.Table.from_pylist(truth, schema=TRUTH_SCHEMA)
-    lake._write_file(t, f"{lake.root}/_ground_truth/incidents.parquet")
+    lake.put_table(f"{lake.root}/_ground_truth/incidents.parquet", t)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

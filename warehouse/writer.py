@@ -1,7 +1,10 @@
 """The lake writer: atomic, idempotent and buffered.
 
 - Atomic: a file is written aside (``<root>/_tmp/``) and renamed into its partition, so no reader ever
-  sees a partial file. On object stores a single PUT is already atomic, so files are written in place.
+  sees a partial file; every write is part of a transaction (warehouse/commit.py: a lake lock, a
+  rollback journal), so a write of several files is seen whole or not at all, and a killed one is
+  undone by the next process to take the lock. On object stores a single PUT is already atomic, so
+  files are written in place, one at a time.
 - Idempotent: every write carries a ``key``; the file it lands in is ``<partition>/<key>.parquet``.
   A retry with the same key replaces its own files instead of adding rows.
 - Buffered: ``BufferedWriter`` collects rows in memory and hands whole blocks to a background thread,
@@ -18,12 +21,15 @@ import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+import contextlib
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from warehouse import commit
 from warehouse.schemas import TABLES, Table
 
 # A partition value or file key is a slug: it can never name a path outside its partition.
@@ -107,25 +113,57 @@ class Lake:
             parts.append(f"{k}={check_slug(k, v)}")
         return "/".join([self.table_dir(table.name), *parts])
 
+    @contextlib.contextmanager
+    def transaction(self):
+        """Every write and delete in the block commits together, or not at all (warehouse/commit.py).
+        Nested blocks (and Lake.write inside one) join the outer transaction of this thread. Yields
+        the transaction (None on object stores, where each file is its own PUT)."""
+        if not self.local:
+            yield None
+            return
+        with commit.transaction(self.root, self.durable) as tx:
+            yield tx
+
+    @contextlib.contextmanager
+    def read_lock(self):
+        """Hold the lake still for the block: no writer commits while it runs (a short read)."""
+        if not self.local:
+            yield
+            return
+        with commit.locked(self.root, "shared"):
+            yield
+
+    @contextlib.contextmanager
+    def snapshot(self, tables):
+        """A root that holds hard links of every data file of ``tables`` as of now: a long read of
+        ``<it>/<table>`` sees one state of the lake whatever writers commit meanwhile."""
+        if not self.local:
+            yield self.root
+            return
+        with commit.snapshot(self.root, list(tables)) as root:
+            yield root
+
     def write(self, table_name: str, data: pa.Table, key: str) -> WriteResult:
         """Write ``data`` into its partitions as ``<key>.parquet``, replacing an earlier write of the
         same key: in the partitions written, and in the other date partitions of the same model and
         hardware (a run resumed, or a checkpoint re-evaluated, on a later day). Returns rows written
-        and the files' paths."""
+        and the files' paths. One transaction (or part of the caller's)."""
         table = TABLES[table_name]
         check_slug("key", key)
         data = conform(table, data)
         jobs = [(f"{self.partition_dir(table, values)}/{key}.parquet", part.select(table.file_schema.names), values)
                 for values, part in _split_by_partition(table, data)]
-        # Parquet encoding releases the GIL: partitions are written in parallel, one per core.
-        if len(jobs) > 1:
-            with ThreadPoolExecutor(min(len(jobs), os.cpu_count() or 1)) as pool:
-                list(pool.map(lambda j: self._write_file(j[1], j[0]), jobs))
-        elif jobs:
-            self._write_file(jobs[0][1], jobs[0][0])
-        written = [path for path, _, _ in jobs]
-        if table.partition_by[-1:] == ("date",) and len(table.partition_by) > 1:
-            self._drop_other_dates(table, key, {tuple(v[k] for k in table.partition_by[:-1]) for _, _, v in jobs}, written)
+        with self.transaction() as tx:
+            # Parquet encoding releases the GIL: partitions are written in parallel, one per core.
+            if len(jobs) > 1:
+                with ThreadPoolExecutor(min(len(jobs), os.cpu_count() or 1)) as pool:
+                    list(pool.map(lambda j: self._write_file(j[1], j[0], tx), jobs))
+            elif jobs:
+                self._write_file(jobs[0][1], jobs[0][0], tx)
+            written = [path for path, _, _ in jobs]
+            if table.partition_by[-1:] == ("date",) and len(table.partition_by) > 1:
+                self._drop_other_dates(table, key, {tuple(v[k] for k in table.partition_by[:-1]) for _, _, v in jobs},
+                                       written)
         return WriteResult(sum(p.num_rows for _, p, _ in jobs), written)
 
     def _drop_other_dates(self, table: Table, key: str, prefixes: set[tuple], written: list[str]) -> None:
@@ -135,26 +173,58 @@ class Lake:
             sel = pafs.FileSelector(parent, recursive=False, allow_not_found=True)
             for info in self.fs.get_file_info(sel):
                 path = f"{info.path}/{key}.parquet"
-                if info.type == pafs.FileType.Directory and os.path.normpath(path) not in keep \
-                        and self.fs.get_file_info(path).type == pafs.FileType.File:
-                    self.fs.delete_file(path)
+                if info.type == pafs.FileType.Directory and os.path.normpath(path) not in keep:
+                    self.delete(path)
 
-    def _write_file(self, data: pa.Table, path: str) -> None:
+    def put_table(self, path: str, data: pa.Table) -> None:
+        """Write one Parquet file at ``path`` (inside the lake root), atomically, in a transaction."""
+        with self.transaction() as tx:
+            self._write_file(data, path, tx)
+
+    def put_bytes(self, path: str, data: bytes) -> None:
+        """Write one file of bytes at ``path`` (inside the lake root), atomically, in a transaction."""
+        with self.transaction() as tx:
+            self._publish(path, lambda f: f.write(data), ".bytes", tx)
+
+    def delete(self, path: str) -> bool:
+        """Delete the file at ``path`` if it exists (in a transaction), and the folders it leaves
+        empty. Returns whether there was a file."""
+        with self.transaction() as tx:
+            if not self.local:
+                if self.fs.get_file_info(path).type != pafs.FileType.File:
+                    return False
+                self.fs.delete_file(path)
+                return True
+            if not os.path.isfile(path):
+                return False
+            tx.before_change(path)
+            os.unlink(path)
+            commit.prune_empty(os.path.dirname(path), self.root)
+            return True
+
+    def _write_file(self, data: pa.Table, path: str, tx: "commit.Transaction | None") -> None:
+        """Publish one Parquet file; ``tx`` is the caller's transaction (the writing thread may be a
+        pool worker, which has none of its own)."""
+        self._publish(path, lambda f: pq.write_table(data, f, **_parquet_options(data.schema)), ".parquet", tx)
+
+    def _publish(self, path: str, write, suffix: str, tx: "commit.Transaction | None") -> None:
         parent = path.rsplit("/", 1)[0]
         if not self.local:  # one PUT: atomic by the store's own rules
             self.fs.create_dir(parent, recursive=True)
-            pq.write_table(data, path, filesystem=self.fs, **_parquet_options(data.schema))
+            with self.fs.open_output_stream(path) as f:
+                write(f)
             return
-        tmp_dir = f"{self.root}/_tmp"
+        tmp_dir = f"{self.root}/{commit.STAGING}"
         os.makedirs(tmp_dir, exist_ok=True)
         os.makedirs(parent, exist_ok=True)
-        tmp = f"{tmp_dir}/{uuid.uuid4().hex}.parquet.tmp"
+        tmp = f"{tmp_dir}/{uuid.uuid4().hex}{suffix}.tmp"
         try:
             with open(tmp, "wb") as f:
-                pq.write_table(data, f, **_parquet_options(data.schema))
+                write(f)
                 if self.durable:  # the rename must not publish a file whose bytes are not on disk
                     f.flush()
                     os.fsync(f.fileno())
+            tx.before_change(path)
             os.replace(tmp, path)
         except BaseException:
             if os.path.exists(tmp):
@@ -182,13 +252,16 @@ class Lake:
         else:
             names = [n for n in listing if n.startswith(prefix)]
         stale = [p for n in names for p in listing.get(n, []) if os.path.normpath(p) not in keep]
-        for p in stale:
-            self.fs.delete_file(p)
-        return stale
+        with self.transaction():
+            return [p for p in stale if self.delete(p)]
 
-    def clean_tmp(self, older_than_s: float = 3600) -> int:
-        """Remove what writers (and compactions) killed mid-write left in ``_tmp``."""
-        return self.remove_old("_tmp", older_than_s)
+    def recover(self) -> dict[str, int]:
+        """Undo what killed writers left half done and remove their staged files (the next writer
+        or reader does this anyway; maintenance calls it to report)."""
+        if not self.local:
+            return {}
+        with commit.locked(self.root, "exclusive"):
+            return commit.recovered(self.root) or {}
 
     def remove_old(self, folder: str, older_than_s: float) -> int:
         """Delete the entries (files or folders) of ``<root>/<folder>`` older than ``older_than_s``."""

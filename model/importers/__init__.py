@@ -133,8 +133,9 @@ def json_type(v) -> str:
 
 
 def default_run_id(prefix: str, path: str) -> str:
-    """A stable run id for a file that names none: the same absolute path always gives the same id."""
-    return f"{prefix}-{hashlib.sha1(os.path.abspath(path).encode()).hexdigest()[:12]}"
+    """A stable run id for a file that names none: the same real path (a symlink's target) always gives
+    the same id."""
+    return f"{prefix}-{hashlib.sha1(os.path.realpath(path).encode()).hexdigest()[:12]}"
 
 
 def content_run_id(prefix: str, shared: object) -> str:

@@ -157,10 +157,10 @@ def test_an_mlperf_log_copied_twice_is_one_run(tmp_path, lake_root):
     assert q(lake_root, "select count(*) from runs") == [(1,)]
     assert q(lake_root, "select count(*), count(distinct step) from train_steps") == [(4, 4)]
     assert q(lake_root, "select metric, count(*) from eval_results group by all") == [("mlm_accuracy", 2)]
-    # quarantine stays per source file: each copy's bad lines are its own
-    assert q(lake_root, "select count(*), count(distinct source) from quarantine") == [(4, 2)]
-    assert ingest(tmp_path / "x" / "result_0.txt", "--lake", lake_root) == 0
-    assert q(lake_root, "select count(*), count(distinct source) from quarantine") == [(4, 2)]
+    # the same bytes are one source: its bad lines are quarantined once, whichever copy is ingested again
+    assert q(lake_root, "select count(*), count(distinct source) from quarantine") == [(2, 1)]
+    assert ingest(tmp_path / "y" / "result_0.txt", "--lake", lake_root) == 0
+    assert q(lake_root, "select count(*), count(distinct source) from quarantine") == [(2, 1)]
 
 
 @needs_real

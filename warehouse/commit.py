@@ -1,0 +1,306 @@
+"""Commits to a local lake: one writer at a time, readers that never see half of a write, and a
+write killed midway undone by whoever comes next.
+
+The lock. ``<root>/_lake.lock`` is an ``flock``: a writer holds it exclusively for a whole
+transaction (one ``mhw ingest`` call, one ``Lake.write`` of a training block, a diagnose's alerts);
+a short reader holds it shared for its whole read (``mhw query``, ``mhw audit``); a long reader
+(``mhw build``, ``mhw diagnose``) holds it only while it takes a snapshot: hard links, under
+``<root>/_snapshots/<id>/``, of every file it will read, which a writer replacing or deleting those
+paths afterwards cannot take from it. The lock is per process and thread (a thread that holds it
+may take it again; a thread holding it shared may not ask for it exclusively).
+
+The rollback journal. Before a transaction first replaces or deletes a path it hard-links the old
+file into ``<root>/_txn/<id>/`` (or notes that the path did not exist) and appends the path to
+``journal.jsonl``, fsynced. Commit is one unlink of the journal. A process killed mid-transaction
+leaves its journal behind; the next process to take the lock puts every noted path back as it
+was before reading or writing anything, so a killed ingest is seen whole or not at all.
+
+Leftovers. Every writer stages its files in ``<root>/_tmp`` while it holds the lock exclusively, so
+whatever lies there when the lock is next taken exclusively belongs to a dead process and goes.
+A snapshot keeps an flock on ``<root>/_snapshots/<id>.lock`` for its life; one whose lock can be
+taken belongs to a dead reader and goes too.
+
+Object-store lakes have none of this (no flock, no hard links): each file is one atomic PUT.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import threading
+import uuid
+
+LOCK = "_lake.lock"
+JOURNALS = "_txn"
+SNAPSHOTS = "_snapshots"
+STAGING = "_tmp"
+JOURNAL = "journal.jsonl"
+
+_local = threading.local()
+
+
+class Transaction:
+    """The rollback journal of one writer's changes to a local lake (see the module docstring)."""
+
+    def __init__(self, root: str, durable: bool = True):
+        self.root, self.durable = root, durable
+        self.dir = os.path.join(root, JOURNALS, uuid.uuid4().hex)
+        self._seen: set[str] = set()
+        self._journal = None
+        self._n = 0
+        self._mutex = threading.Lock()  # Lake.write changes partitions from several threads
+
+    def before_change(self, path: str) -> None:
+        """Keep what ``path`` is now, once per transaction, before it is replaced or deleted."""
+        path = os.path.abspath(path)
+        with self._mutex:
+            if path in self._seen:
+                return
+            if self._journal is None:
+                os.makedirs(self.dir)
+                self._journal = open(os.path.join(self.dir, JOURNAL), "a")
+            backup = None
+            if os.path.isfile(path):
+                backup = f"b{self._n}"
+                self._n += 1
+                try:
+                    os.link(path, os.path.join(self.dir, backup))
+                except OSError:  # a file system without hard links
+                    shutil.copy2(path, os.path.join(self.dir, backup))
+            self._journal.write(json.dumps({"path": path, "backup": backup}) + "\n")
+            self._journal.flush()
+            if self.durable:
+                os.fsync(self._journal.fileno())
+            self._seen.add(path)
+
+    def commit(self) -> None:
+        if self._journal is None:
+            return
+        self._journal.close()
+        os.unlink(os.path.join(self.dir, JOURNAL))  # the commit point
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def rollback(self) -> None:
+        if self._journal is not None:
+            self._journal.close()
+            roll_back(self.dir, self.root)
+
+
+def roll_back(journal_dir: str, root: str) -> int:
+    """Put every path a transaction's journal names back as it was; drop the journal. Returns the
+    paths restored. Idempotent: a recovery killed midway is finished by the next."""
+    entries = []
+    try:
+        with open(os.path.join(journal_dir, JOURNAL)) as f:
+            for line in f:
+                try:
+                    entries.append(json.loads(line))
+                except ValueError:  # the last line of a writer killed while writing it
+                    break
+    except FileNotFoundError:  # committed: only the backups are left to remove
+        pass
+    for e in reversed(entries):
+        path, backup = e["path"], e["backup"]
+        if backup is not None:
+            src = os.path.join(journal_dir, backup)
+            if os.path.exists(src):
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                os.replace(src, path)
+        elif os.path.lexists(path):
+            os.unlink(path)
+            prune_empty(os.path.dirname(path), root)
+    shutil.rmtree(journal_dir, ignore_errors=True)
+    return len(entries)
+
+
+def prune_empty(folder: str, root: str) -> None:
+    """Remove ``folder`` and its parents while they are empty, up to (not including) ``root``."""
+    root = os.path.abspath(root)
+    folder = os.path.abspath(folder)
+    while folder.startswith(root + os.sep) and folder != root:
+        try:
+            os.rmdir(folder)
+        except OSError:  # not empty (or already gone)
+            return
+        folder = os.path.dirname(folder)
+
+
+def recover(root: str) -> dict[str, int]:
+    """Undo the transactions of dead writers and remove what dead processes left. Call only while
+    holding the lock exclusively. Returns counts of what was done."""
+    done = {"rolled_back": 0, "staged_removed": 0, "snapshots_removed": 0}
+    journals = os.path.join(root, JOURNALS)
+    for name in sorted(_listdir(journals)):
+        roll_back(os.path.join(journals, name), root)
+        done["rolled_back"] += 1
+    staging = os.path.join(root, STAGING)
+    for name in _listdir(staging):
+        _remove(os.path.join(staging, name))
+        done["staged_removed"] += 1
+    done["snapshots_removed"] = remove_dead_snapshots(root)
+    return done
+
+
+def pending(root: str) -> bool:
+    """True when a dead writer's journal waits to be rolled back."""
+    return bool(_listdir(os.path.join(root, JOURNALS)))
+
+
+def remove_dead_snapshots(root: str) -> int:
+    where = os.path.join(root, SNAPSHOTS)
+    n = 0
+    for name in _listdir(where):
+        if name.startswith("."):  # a lock being created (snapshot() renames it once it holds it)
+            continue
+        if not name.endswith(".lock"):
+            if not os.path.exists(os.path.join(where, name + ".lock")):  # its owner died before locking
+                _remove(os.path.join(where, name))
+                n += 1
+            continue
+        lock_path = os.path.join(where, name)
+        try:
+            fd = os.open(lock_path, os.O_RDWR)
+        except FileNotFoundError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # a live reader's
+            os.close(fd)
+            continue
+        _remove(lock_path[: -len(".lock")])
+        os.unlink(lock_path)
+        os.close(fd)
+        n += 1
+    return n
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except FileNotFoundError:
+        return []
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    elif os.path.lexists(path):
+        os.unlink(path)
+
+
+def _held() -> dict:
+    if not hasattr(_local, "held"):
+        _local.held = {}
+    return _local.held
+
+
+def recovered(root: str) -> dict[str, int] | None:
+    """What taking the lock this thread holds on ``root`` undid and removed (``recover``'s counts)."""
+    h = _held().get(os.path.abspath(root))
+    return h["recovered"] if h else None
+
+
+@contextlib.contextmanager
+def locked(root: str, mode: str):
+    """Hold ``root``'s lake lock ("shared" or "exclusive") for the block; yields True when this call
+    took it, False when this thread already held it. Taking it exclusively first undoes what dead
+    writers left (``recover``); a shared holder that finds a dead writer's journal does that too."""
+    root = os.path.abspath(root)
+    held = _held()
+    h = held.get(root)
+    if h is not None:
+        if mode == "exclusive" and h["mode"] == "shared":
+            raise RuntimeError(f"{root}: this thread holds the lake lock shared and asks for it exclusively")
+        yield False
+        return
+    os.makedirs(root, exist_ok=True)
+    fd = os.open(os.path.join(root, LOCK), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        recovered = None
+        if mode == "exclusive":
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            recovered = recover(root)
+        else:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            if pending(root):
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                recovered = recover(root)
+                fcntl.flock(fd, fcntl.LOCK_SH)
+        held[root] = {"mode": mode, "tx": None, "recovered": recovered}
+        try:
+            yield True
+        finally:
+            del held[root]
+    finally:
+        os.close(fd)  # releases the flock
+
+
+@contextlib.contextmanager
+def transaction(root: str, durable: bool = True):
+    """An exclusive transaction on ``root`` (or the one this thread already has open): every change
+    made through it commits at the end of the outermost block, or is rolled back if it raises."""
+    root = os.path.abspath(root)
+    with locked(root, "exclusive") as fresh:
+        entry = _held()[root]
+        if not fresh:
+            if entry["tx"] is None:
+                raise RuntimeError(f"{root}: this thread holds the lake lock without a transaction")
+            yield entry["tx"]
+            return
+        tx = entry["tx"] = Transaction(root, durable)
+        try:
+            yield tx
+        except BaseException:
+            tx.rollback()
+            raise
+        tx.commit()
+
+
+@contextlib.contextmanager
+def snapshot(root: str, tables: list[str]):
+    """Hard links of every data file of ``tables`` under ``<root>/_snapshots/<id>/<table>/…`` (the
+    same relative paths, sizes and mtimes), taken under the shared lock. Yields the snapshot's root;
+    read ``<it>/<table>`` where you would read ``<root>/<table>``. Removed when the block ends."""
+    root = os.path.abspath(root)
+    where = os.path.join(root, SNAPSHOTS)
+    sid = uuid.uuid4().hex
+    snap = os.path.join(where, sid)
+    os.makedirs(where, exist_ok=True)
+    creating = os.path.join(where, f".{sid}.lock")
+    own = os.open(creating, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(own, fcntl.LOCK_EX)  # alive while held: recover() leaves this snapshot alone
+        os.rename(creating, f"{snap}.lock")  # seen under its name only once locked
+        with locked(root, "shared"):
+            remove_dead_snapshots(root)
+            os.makedirs(snap)
+            for table in tables:
+                _link_tree(os.path.join(root, table), os.path.join(snap, table))
+        try:
+            yield snap
+        finally:
+            shutil.rmtree(snap, ignore_errors=True)
+            os.unlink(f"{snap}.lock")
+    finally:
+        os.close(own)
+
+
+def _link_tree(src: str, dst: str) -> None:
+    """Hard-link every ``*.parquet`` under ``src`` to the same place under ``dst``; folders and
+    files whose names start with ``_`` or ``.`` are not data (pipelines/lakefiles.py) and are skipped."""
+    for parent, dirs, files in os.walk(src):
+        dirs[:] = [d for d in dirs if not d.startswith(("_", "."))]
+        names = [f for f in files if f.endswith(".parquet") and not f.startswith(("_", "."))]
+        if not names:
+            continue
+        target = os.path.join(dst, os.path.relpath(parent, src))
+        os.makedirs(target, exist_ok=True)
+        for f in names:
+            try:
+                os.link(os.path.join(parent, f), os.path.join(target, f))
+            except FileNotFoundError:  # cannot happen under the lock; a foreign process deleted it
+                continue
+            except OSError:  # a file system without hard links
+                shutil.copy2(os.path.join(parent, f), os.path.join(target, f))
