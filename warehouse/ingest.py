@@ -41,9 +41,15 @@ the cubes) stay as they are. The cost is a second copy of imported rows, which a
 
 Compaction (``pipelines/maintenance.py``) folds a run's files into ``compacted-*`` files its key no
 longer names; rebuilding the run also takes its keys out of those (local lakes), so a checkpoint
-that arrives after a compaction does not duplicate the steps before it. Limits: one ``mhw ingest``
-at a time per lake (the records are read, then written); on object-store lakes, which are never
-compacted here, that step is skipped.
+that arrives after a compaction does not duplicate the steps before it (on object-store lakes, which
+are never compacted here, that step is skipped).
+
+One ``mhw ingest`` call is one lake transaction (warehouse/commit.py): it holds the lake lock, so
+two ingests of one lake take turns (the records are read, then written), readers see all of the call
+or none of it, and a call killed midway is rolled back by the next process that takes the lock. A
+source is known by its identity (``Ingester.identify``), not the path it was named by: symlinks, hard
+links and copies of an ingested file are that file again. Pipes and FIFOs are read once, streamed to
+a temp file, before the lock is taken.
 
 Exit status: 0 when rows were written (even with rejects), 1 when nothing was, 2 when a file could
 not be read or parsed at all (the other files are still ingested).
