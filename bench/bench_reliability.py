@@ -61,19 +61,20 @@ def latency_file(path: Path, n: int, day: int = 0, run: str = "serve-1") -> Path
     return path
 
 
-def steps_file(path: Path, n: int, days: int, loss0: float = 5.0, run: str = "r1") -> Path:
+def steps_file(path: Path, n: int, days: int, loss0: float = 5.0, run: str = "r1", start_day: int = 0) -> Path:
     with open(path, "w") as f:
         f.write(json.dumps({"table": "runs", "run_id": run, "model": "m", "hardware": "h",
                             "started_at": T0.isoformat()}) + "\n")
         for i in range(n):
             f.write(json.dumps({"table": "train_steps", "run_id": run, "model": "m", "hardware": "h", "step": i,
-                                "ts": (T0 + dt.timedelta(seconds=i * days * 86_400 / n)).isoformat(),
+                                "ts": (T0 + dt.timedelta(days=start_day, seconds=i * days * 86_400 / n)).isoformat(),
                                 "loss": loss0 / (1 + i / 100)}) + "\n")
     return path
 
 
 def served_steps(p: Probe, lake: Path, serving: Path):
-    return p.count(lake, "select sum(n_steps) from train_health_daily where agg_level = 'model,date'", serving)
+    return p.count(lake, "select sum(n_steps) from train_health_daily where agg_level = 'model,date' and model = 'm'",
+                   serving)
 
 
 def row(probe, trials, failures, lost=0, dup=0, note=""):
@@ -83,31 +84,54 @@ def row(probe, trials, failures, lost=0, dup=0, note=""):
 
 # --- probes -----------------------------------------------------------------------------------------
 
-def build_during_reingest(p: Probe, trials: int) -> dict:
-    """Builds while one file is re-ingested with its rows on other dates (each re-ingest deletes files
-    of the other version)."""
+REINGEST = """
+import shutil, subprocess, sys
+src, a, b, lake, stop = sys.argv[1:6]
+n = 0
+while True:
+    shutil.copy((a, b)[n % 2], src)
+    subprocess.run([sys.executable, "-m", "warehouse.cli", "ingest", src, "--lake", lake], capture_output=True)
+    n += 1
+    try:
+        open(stop).close()
+        print(n)
+        break
+    except FileNotFoundError:
+        pass
+"""
+
+
+def build_during_reingest(p: Probe, trials: int, sim_rows: int) -> dict:
+    """Builds back to back while one file is re-ingested back to back, its two versions on disjoint
+    dates (20 days each): every re-ingest deletes the 20 files the other version wrote."""
     lake, serving = p.work / "race", p.work / "race.duckdb"
     src = p.work / "race-steps.jsonl"
-    versions = [steps_file(p.work / "race-a.jsonl", 3000, 6), steps_file(p.work / "race-b.jsonl", 2000, 3, 4.0)]
-    shutil.copy(versions[0], src)
+    a = steps_file(p.work / "race-a.jsonl", 4000, 20)
+    b = steps_file(p.work / "race-b.jsonl", 3000, 20, 4.0, start_day=20)
+    shutil.copy(a, src)
+    # beside it, a fleet's telemetry, so that a build reads raw rows for seconds, as in production
+    p.mhw("simulate", "--rows", sim_rows, "--out", lake, "--seed", 1)
     p.mhw("ingest", src, "--lake", lake)
-    b = p.build(lake, serving)
-    b.wait()
-    failures, wrong, errors, k = 0, 0, [], 0
+    p.build(lake, serving).wait()
+    stop = p.work / "race-stop"
+    script = p.work / "race-loop.py"
+    script.write_text(REINGEST)
+    loop = subprocess.Popen([sys.executable, str(script), src, a, b, lake, stop], cwd=p.repo, env=p.env,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    failures, wrong, errors = 0, 0, []
     for t in range(trials):
         proc = p.build(lake, serving, full=t % 2 == 0)
-        while proc.poll() is None:
-            k += 1
-            shutil.copy(versions[k % 2], src)
-            p.mhw("ingest", src, "--lake", lake)
+        proc.wait()
         if proc.returncode != 0:
             failures += 1
-            errors.append(proc.stderr.strip().splitlines()[-1][:100])
+            errors.append((proc.stderr.read().strip().splitlines() or ["?"])[-1][:120])
             continue
         served = served_steps(p, lake, serving)
-        if served not in (3000, 2000):
-            wrong += min(abs(served - 3000), abs(served - 2000))
-    note = f"{k} re-ingests during the builds" + (f"; e.g. {errors[0]}" if errors else "")
+        if served not in (4000, 3000):
+            wrong += min(abs(served - 4000), abs(served - 3000))
+    stop.touch()
+    n = int(loop.communicate(timeout=600)[0].strip() or 0)
+    note = f"{n} re-ingests during the builds" + (f"; e.g. `{errors[0]}`" if errors else "")
     return row("build while the same file is re-ingested", trials, failures, dup=wrong, note=note)
 
 
@@ -154,7 +178,7 @@ def fifos(p: Probe, trials: int) -> dict:
         writer = threading.Thread(target=lambda: fifo.write_bytes(src.read_bytes()), daemon=True)
         writer.start()
         try:
-            p.mhw("ingest", fifo, "--lake", lake, "--format", "jsonl", timeout=60)
+            p.mhw("ingest", fifo, "--lake", lake, timeout=60)
             got = p.count(lake, "select count(*) from latency_samples") if (lake / "latency_samples").exists() else 0
         except subprocess.TimeoutExpired:
             got = 0
@@ -178,17 +202,17 @@ def killed_ingest(p: Probe, trials: int, rows: int) -> dict:
     src = p.work / "killed-run.jsonl"
     shutil.copy(old, src)
     p.mhw("ingest", src, "--lake", lake)
-    shutil.copy(new, src)
-    t = time.perf_counter()
-    p.mhw("ingest", src, "--lake", p.work / "killed-probe")
-    whole = time.perf_counter() - t
     rng = random.Random(7)
     failures, partial, killed = 0, 0, 0
     for _ in range(trials):
         shutil.copy(new, src)
+        start = time.time_ns()
         proc = subprocess.Popen([sys.executable, "-m", "warehouse.cli", "ingest", str(src), "--lake", str(lake)],
                                 cwd=p.repo, env=p.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.3, 1.0) * whole)
+        # kill while the ingest publishes: just after its first new file appears in the partitions
+        while proc.poll() is None and not _newer_file(lake / "train_steps", start):
+            time.sleep(0.0005)
+        time.sleep(rng.uniform(0, 0.05))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         killed += proc.returncode == -signal.SIGKILL
@@ -203,14 +227,29 @@ def killed_ingest(p: Probe, trials: int, rows: int) -> dict:
                note=f"{killed} killed before they finished; rows: distance from a whole version")
 
 
+def _newer_file(folder: Path, since_ns: int) -> bool:
+    for parent, _, files in os.walk(folder):
+        for f in files:
+            try:
+                if os.stat(os.path.join(parent, f)).st_mtime_ns > since_ns:
+                    return True
+            except FileNotFoundError:
+                pass
+    return False
+
+
 def killed_build_leftovers(p: Probe, trials: int) -> dict:
     lake, serving = p.work / "kb", p.work / "kb.duckdb"
     p.mhw("ingest", steps_file(p.work / "kb.jsonl", 5000, 5), "--lake", lake)
     p.build(lake, serving).wait()
     rng = random.Random(3)
     for _ in range(trials):
-        proc = p.build(lake, serving)
-        time.sleep(rng.uniform(1.0, 4.0))
+        there = set(p.work.glob("kb.duckdb.*"))
+        proc = p.build(lake, serving, full=True)
+        # kill while it writes the next serving file (a new temp file exists), or after a random moment
+        deadline = time.monotonic() + rng.uniform(1.0, 6.0)
+        while proc.poll() is None and time.monotonic() < deadline and not set(p.work.glob("kb.duckdb.*")) - there:
+            time.sleep(0.001)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
 
@@ -282,6 +321,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repo", default=str(Path(__file__).resolve().parents[1]), help="code tree to probe")
     ap.add_argument("--quick", action="store_true", help="fewer trials")
+    ap.add_argument("--only", help="comma-separated probes: race, links, pipes, fifo, killed-ingest, killed-build, "
+                                   "query, oversized")
     args = ap.parse_args()
     repo = Path(args.repo).resolve()
     load = os.getloadavg()[0]
@@ -289,16 +330,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="mhw-reliability-") as tmp:
         p = Probe(repo, Path(tmp))
         quick = args.quick
-        rows = [
-            build_during_reingest(p, 3 if quick else 8),
-            links_and_copies(p),
-            pipes(p),
-            fifos(p, 1 if quick else 2),
-            killed_ingest(p, 4 if quick else 10, 100_000),
-            killed_build_leftovers(p, 3 if quick else 5),
-            hostile_query(p),
-            oversized_field(p, 20),
-        ]
+        probes = {
+            "race": lambda: build_during_reingest(p, 3 if quick else 8, 300_000),
+            "links": lambda: links_and_copies(p),
+            "pipes": lambda: pipes(p),
+            "fifo": lambda: fifos(p, 1 if quick else 2),
+            "killed-ingest": lambda: killed_ingest(p, 4 if quick else 10, 100_000),
+            "killed-build": lambda: killed_build_leftovers(p, 3 if quick else 5),
+            "query": lambda: hostile_query(p),
+            "oversized": lambda: oversized_field(p, 20),
+        }
+        chosen = args.only.split(",") if args.only else list(probes)
+        rows = [probes[name]() for name in chosen]
     commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True).stdout.strip()
     print(f"# Reliability probes on {repo.name} at {commit}, {dt.date.today()}; load average {load:.1f} at start, "

@@ -637,8 +637,7 @@ def _diagnose(lake, lake_root, rules, cfg, data_root, engine, full, notify_alert
     with lake.transaction():  # read, merge and rewrite the alerts as one commit
         _store_alerts(lake, lake_root, rules, cfg, scope, rows, result, notify_alerts, notifiers, now)
     result.seconds["alerts"] = time.perf_counter() - t
-    fs, root, local = lakefiles.resolve(lake_root)
-    lakefiles.write_text(fs, f"{root}/{MANIFEST}", json.dumps(scope.manifest), local)
+    lake.put_bytes(f"{lake.root}/{MANIFEST}", json.dumps(scope.manifest).encode())
     result.seconds["total"] = time.perf_counter() - t0
     return result
 

@@ -45,13 +45,13 @@ def latency_file(path: Path, n: int, day: int = 0, run: str = "serve-1") -> Path
     return path
 
 
-def steps_file(path: Path, n: int, days: int = 1, run: str = "r1", loss0: float = 5.0) -> Path:
+def steps_file(path: Path, n: int, days: int = 1, run: str = "r1", loss0: float = 5.0, start_day: int = 0) -> Path:
     """A run's ``n`` train_steps lines spread over ``days`` date partitions, and its runs row."""
     with open(path, "w") as f:
         f.write(json.dumps({"table": "runs", "run_id": run, "model": "m", "hardware": "h",
                             "started_at": T0.isoformat()}) + "\n")
         for i in range(n):
-            ts = T0 + dt.timedelta(seconds=i * days * 86_400 / n)
+            ts = T0 + dt.timedelta(days=start_day, seconds=i * days * 86_400 / n)
             f.write(json.dumps({"table": "train_steps", "run_id": run, "model": "m", "hardware": "h", "step": i,
                                 "ts": ts.isoformat(), "loss": loss0 / (1 + i / 100)}) + "\n")
     return path
@@ -139,11 +139,12 @@ while True:
 
 
 def test_builds_while_the_same_file_is_reingested_never_fail_nor_double(tmp_path):
-    """Two versions of one source alternate (their rows on different dates, so each re-ingest
-    deletes files the other wrote) while builds run: every build succeeds and sees one version."""
+    """Two versions of one source alternate back to back (their rows on disjoint dates, so each
+    re-ingest deletes the 20 files the other wrote) while builds run: every build succeeds and
+    serves one version whole."""
     lake, serving = tmp_path / "lake", tmp_path / "serving.duckdb"
-    a = steps_file(tmp_path / "a.jsonl", 3000, days=6)
-    b = steps_file(tmp_path / "b.jsonl", 2000, days=3, loss0=4.0)
+    a = steps_file(tmp_path / "a.jsonl", 3000, days=20)
+    b = steps_file(tmp_path / "b.jsonl", 2000, days=20, loss0=4.0, start_day=20)
     assert mhw("ingest", a, "--source-name", "steps", "--lake", lake).returncode == 0
     build(str(lake), str(serving), full=True)
     stop = tmp_path / "stop"
@@ -178,6 +179,17 @@ def test_builds_while_the_same_file_is_reingested_never_fail_nor_double(tmp_path
     assert leftovers(lake) == []
 
 
+def newer_file(folder: Path, since_ns: int) -> bool:
+    for parent, _, files in os.walk(folder):
+        for f in files:
+            try:
+                if os.stat(os.path.join(parent, f)).st_mtime_ns > since_ns:
+                    return True
+            except FileNotFoundError:
+                pass
+    return False
+
+
 KILLED_INGEST = """
 import sys
 from warehouse import cli
@@ -186,25 +198,24 @@ sys.exit(cli.main(["ingest", sys.argv[1], "--lake", sys.argv[2]]))
 
 
 def test_an_ingest_killed_mid_commit_is_seen_whole_or_not_at_all(tmp_path):
-    """SIGKILL at random moments of an ingest that replaces a run's rows over 40 date partitions:
-    a reader afterwards sees the old version or the new one, every row of it, and the next command
-    leaves no staged file, journal or snapshot behind."""
+    """SIGKILL while an ingest publishes (just after its first new file lands) a run's rows over 40
+    date partitions: a reader afterwards sees the old version or the new one, every row of it, and
+    the next command leaves no staged file, journal or snapshot behind."""
     lake = tmp_path / "lake"
     old = steps_file(tmp_path / "old.jsonl", 40_000, days=40)
     assert mhw("ingest", old, "--source-name", "run", "--lake", lake).returncode == 0
     new = steps_file(tmp_path / "run.jsonl", 60_000, days=40, loss0=3.0)
     script = tmp_path / "ingest.py"
     script.write_text(KILLED_INGEST)
-    t = time.perf_counter()
-    probe = subprocess.run([sys.executable, str(script), new, tmp_path / "probe-lake"], env=ENV, capture_output=True)
-    assert probe.returncode == 0
-    whole = time.perf_counter() - t
     rng = random.Random(13)
     outcomes = []
     for trial in range(6):
+        start = time.time_ns()
         proc = subprocess.Popen([sys.executable, str(script), new, lake], env=ENV, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.3, 1.0) * whole)
+        while proc.poll() is None and not newer_file(lake / "train_steps", start):
+            time.sleep(0.0005)
+        time.sleep(rng.uniform(0, 0.03))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         rows = q(lake, "select count(*), count(distinct step), round(max(loss), 3) from train_steps")[0]
