@@ -45,6 +45,7 @@ from pipelines.engines.duckdb_engine import DuckDBEngine  # noqa: E402
 from pipelines.models import load_models  # noqa: E402
 from warehouse import query  # noqa: E402
 from warehouse.schemas import TABLES  # noqa: E402
+from warehouse.sqltext import literal  # noqa: E402
 
 SQL = str(REPO / "sql")  # main() pins a copy: other engineers edit sql/ while a bench runs
 
@@ -191,8 +192,8 @@ def pct(values: list[float], p: float) -> float:
 def same_cubes(a: str, b: str) -> str:
     import duckdb
     con = duckdb.connect()
-    con.execute(f"attach '{a}' as a (read_only)")
-    con.execute(f"attach '{b}' as b (read_only)")
+    con.execute(f"attach {literal(a)} as a (read_only)")
+    con.execute(f"attach {literal(b)} as b (read_only)")
     names = [r[0] for r in con.execute("select table_name from information_schema.tables where table_catalog = 'a' "
                                        "and table_type = 'BASE TABLE' and table_name <> 'build_info'").fetchall()]
     bad = []

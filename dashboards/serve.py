@@ -2,9 +2,10 @@
 dashboards.serve``). Runs in .venv-bi.
 
 One process does the whole start: generate the SECRET_KEY on first start (into the ignored Superset
-home, .mhw/superset by default), migrate the SQLite metadata DB, sync roles, create or update the
-admin user, import the YAML bundle of dashboards/assets (rendered for this machine's serving file),
-then serve with gunicorn on 127.0.0.1 only, from the app already loaded (no second 15 s import).
+home, .mhw/superset by default), remove a ``<serving>.wal`` (read-only opens would replay it over the
+serving file; no one writes that file in place), migrate the SQLite metadata DB, sync roles, create or
+update the admin user, import the YAML bundle of dashboards/assets (rendered for this machine's serving
+file), then serve with gunicorn on 127.0.0.1 only, from the app already loaded (no second 15 s import).
 
     MHW_SUPERSET_HOME      Superset home (metadata DB, secret); default <repo>/.mhw/superset
     MHW_SUPERSET_PASSWORD  admin password; without it a password is generated and printed once,
@@ -113,6 +114,14 @@ def main(argv: list[str] | None = None) -> int:
     home = Path(args.home).resolve()
     prepare_home(home)
     configure_env(home)
+    if args.serving:  # superset_config's connection mutator allows this file and no other
+        os.environ["MHW_SERVING"] = os.path.abspath(args.serving)
+    from dashboards import bundle
+    from warehouse.readonly import remove_wal
+
+    serving = bundle.serving_path()
+    if remove_wal(serving):
+        print(f"Superset: removed {serving}.wal (no build writes one)", flush=True)
     from superset.app import create_app
 
     app = create_app()

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import duckdb
 
-from warehouse.query import DISABLED_OPTIMIZERS
 from pipelines.models import SQL_DIR
 from warehouse import config, query
 
@@ -38,8 +37,7 @@ def audit(lake_root: str | None = None, serving_path: str | None = None,
           audit_dir: Path = AUDIT_DIR) -> list[Finding]:
     settings = config.load()
     serving_path = serving_path or settings.serving_path
-    con = query.connect(lake_root, serving_path)
-    con.execute(f"set disabled_optimizers = '{DISABLED_OPTIMIZERS}'")  # see duckdb_engine.py
+    con = query.connect(lake_root, serving_path)  # sets disabled_optimizers (see query.py), then locks
     findings: list[Finding] = []
     try:
         for path in sorted(audit_dir.glob("*.sql")):

@@ -52,6 +52,7 @@ from pipelines.engines import ENGINES, open_engine
 from pipelines.models import SQL_DIR
 from warehouse import config
 from warehouse.schemas import TABLES
+from warehouse.sqltext import literal
 from warehouse.writer import SLUG, Lake
 
 DIAGNOSTICS_DIR = SQL_DIR / "diagnostics"
@@ -124,8 +125,8 @@ class Param:
         if self.kind == "float":
             return repr(float(value))
         if self.kind == "strings":
-            return ", ".join(f"'{v}'" for v in value)
-        return f"'{value}'"
+            return ", ".join(literal(v) for v in value)
+        return literal(value)
 
 
 _OPS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}

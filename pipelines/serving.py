@@ -6,11 +6,16 @@ A build never writes the live file: it writes ``<serving>.<build>.tmp`` beside i
 a copy of the live one with only the rebuilt partitions replaced) and swaps it in with ``os.replace``.
 A reader that opened the old file keeps reading the old inode to the end of its query; a reader that
 opens after the swap sees the new build whole. Nobody sees half a cube.
+
+Nothing writes the live file in place, so its side files are never ours: a ``<serving>.wal`` (read-only
+opens replay it over the file) is removed when a build starts and around every swap, and the temp
+files of crashed builds (``<serving>.<build>.tmp`` and their ``.tmp.wal``) when the next build starts.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 
@@ -18,6 +23,8 @@ import duckdb
 import pyarrow as pa
 
 from pipelines import sketch
+from warehouse.readonly import remove_wal
+from warehouse.sqltext import literal
 
 BUILD_INFO = "build_info"
 
@@ -31,7 +38,7 @@ def live_build_id(serving_path: str) -> str | None:
         return None
     con = duckdb.connect()
     try:
-        con.execute(f"attach '{serving_path}' as live (read_only)")
+        con.execute(f"attach {literal(serving_path)} as live (read_only)")
         return con.execute(f"select build_id from live.main.{BUILD_INFO}").fetchall()[0][0]
     except (duckdb.Error, IndexError):
         return None
@@ -50,9 +57,10 @@ class Publisher:
                  previous_build_id: str | None):
         self.path, self.store, self.full, self.build_id = serving_path, store, full, build_id
         self.served = [m for m in models if m.serve]
+        self.tmp = f"{serving_path}.{build_id}.tmp"
+        remove_leftovers(serving_path, keep=self.tmp)  # before the live file is read: no WAL replayed
         live_id = live_build_id(serving_path)
         self.patchable = not full and live_id is not None and live_id == previous_build_id
-        self.tmp = f"{serving_path}.{build_id}.tmp"
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mhw-serve")
         self._con: duckdb.DuckDBPyConnection | None = None
         self._pending: list = []
@@ -113,7 +121,9 @@ class Publisher:
         con.execute("checkpoint")
         con.close()
         self._con = None
+        remove_wal(self.path)  # the old file's WAL must not be replayed over the new file
         os.replace(self.tmp, self.path)
+        remove_wal(self.path)  # nor one written between the first removal and the swap
         return "patched" if self.patchable else "fresh"
 
     def abort(self) -> None:
@@ -131,6 +141,28 @@ class Publisher:
         except RuntimeError:  # pool already shut down
             close()
         self._pool.shutdown(wait=False)
+
+
+def remove_leftovers(serving_path: str, keep: str) -> list[str]:
+    """Remove ``<serving>.wal`` and every ``<serving>.<build>.tmp`` / ``.tmp.wal`` but ``keep``'s: the
+    files of builds killed mid-write. Called by a build holding the cube store's lock
+    (pipelines/build.py ``_exclusive``), so no other build of these cubes is writing one now."""
+    folder, name = os.path.split(os.path.abspath(serving_path))
+    temp = re.compile(re.escape(name) + r"\..+\.tmp(\.wal)?")
+    removed = [serving_path + ".wal"] if remove_wal(serving_path) else []
+    own = {os.path.basename(keep), os.path.basename(keep) + ".wal"}
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return removed
+    for n in names:
+        if temp.fullmatch(n) and n not in own:
+            try:
+                os.unlink(os.path.join(folder, n))
+                removed.append(os.path.join(folder, n))
+            except FileNotFoundError:
+                pass
+    return removed
 
 
 def _views(served) -> dict[str, list[str]]:

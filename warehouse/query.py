@@ -1,5 +1,7 @@
 """DuckDB over the lake: one view per lake table (hive partitions as columns), plus the cubes of the
-serving file when it exists, attached read-only. ``mhw query "SQL"`` runs SQL on that connection."""
+serving file when it exists, attached read-only. ``mhw query "SQL"`` runs SQL on that connection,
+locked down to reading (warehouse/readonly.py): no file outside the lake and the serving file, no
+setting changes, and only read statements."""
 from __future__ import annotations
 
 import argparse
@@ -12,8 +14,9 @@ import sys
 import duckdb
 import pyarrow as pa
 
-from warehouse import config
+from warehouse import config, readonly
 from warehouse.schemas import TABLES, Table
+from warehouse.sqltext import literal
 
 # DuckDB 2.0 folds expressions over Parquet min/max statistics, which leave NaN out: reading such a file
 # directly, max(x) of [1, NaN, 2] came out 2 and `abs(x) < 'inf'` true for all three rows (measured by the
@@ -52,10 +55,11 @@ def view_sql(lake_root: str, table: Table) -> str:
     if not _has_files(lake_root, table.name):
         nulls = ", ".join(f"cast(null as {duck_type(f.type)}) as {_q(f.name)}" for f in table.schema)
         return f"create or replace view {table.name} as select {nulls} where false"
-    hive_types = ", ".join(f"'{k}': '{duck_type(table.schema.field(k).type)}'" for k in table.partition_by)
+    hive_types = ", ".join(f"{literal(k)}: {literal(duck_type(table.schema.field(k).type))}"
+                           for k in table.partition_by)
     return (
         f"create or replace view {table.name} as select {cols} from read_parquet("
-        f"'{table_glob(lake_root, table.name)}', hive_partitioning = true, union_by_name = true, "
+        f"{literal(table_glob(lake_root, table.name))}, hive_partitioning = true, union_by_name = true, "
         f"hive_types = {{{hive_types}}})"
     )
 
@@ -65,29 +69,36 @@ def _q(name: str) -> str:
 
 
 def connect(lake_root: str | None = None, serving_path: str | None = None,
-            read_only_serving: bool = True) -> duckdb.DuckDBPyConnection:
+            read_only_serving: bool = True, locked: bool = True) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with a view per lake table and, if the serving file exists,
-    that file attached read-only as ``serving`` with a view per cube in the main schema."""
+    that file attached read-only as ``serving`` with a view per cube in the main schema. ``locked``
+    (the default): once the views exist, files outside the lake and the serving file cannot be
+    opened and no setting can change (readonly.lock_down)."""
     settings = config.load()
     lake_root = lake_root or settings.lake_root
     serving_path = serving_path if serving_path is not None else settings.serving_path
     con = duckdb.connect()
-    con.execute(f"set disabled_optimizers = '{DISABLED_OPTIMIZERS}'")
+    con.execute(f"set disabled_optimizers = {literal(DISABLED_OPTIMIZERS)}")
     for table in TABLES.values():
         con.execute(view_sql(lake_root, table))
     if serving_path and os.path.exists(serving_path):
         mode = " (read_only)" if read_only_serving else ""
-        con.execute(f"attach '{serving_path}' as serving{mode}")
+        con.execute(f"attach {literal(serving_path)} as serving{mode}")
         names = [r[0] for r in con.execute(
             "select table_name from information_schema.tables where table_catalog = 'serving'").fetchall()]
         for n in names:
             if n not in TABLES:
                 con.execute(f"create or replace view {_q(n)} as select * from serving.main.{_q(n)}")
+    if locked:
+        lake_dir = lake_root if "://" in lake_root else os.path.abspath(lake_root)
+        readonly.lock_down(con, directories=[lake_dir],
+                           paths=[os.path.abspath(serving_path)] if serving_path else [])
     return con
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("sql", help="SQL to run; lake tables and cubes are views by their names")
+    p.add_argument("sql", help="SQL to run; lake tables and cubes are views by their names; read "
+                   f"statements only ({readonly.READ_KINDS})")
     p.add_argument("--format", choices=["table", "csv", "json"], default="table")
     p.add_argument("--lake", help="lake root (default from config)")
     p.add_argument("--serving", help="serving DuckDB file (default from config)")
@@ -95,10 +106,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    con = connect(args.lake, args.serving)
     try:
+        readonly.check_read_only(args.sql)
+        con = connect(args.lake, args.serving)
         cur = con.execute(args.sql)
-    except duckdb.Error as e:
+    except (readonly.NotReadOnly, duckdb.Error) as e:
         print(f"mhw query: {e}", file=sys.stderr)
         return 2
     cols = [d[0] for d in cur.description] if cur.description else []

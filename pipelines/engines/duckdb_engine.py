@@ -9,12 +9,9 @@ import pyarrow.dataset as ds
 
 from pipelines.engines import normalize
 from warehouse.query import DISABLED_OPTIMIZERS, duck_type
+from warehouse.sqltext import literal as _lit
 
 _ids = itertools.count()
-
-
-def _lit(s: str) -> str:
-    return "'" + s.replace("'", "''") + "'"
 
 
 def _q(name: str) -> str:
@@ -37,7 +34,7 @@ class DuckDBEngine:
         # DuckDB 2.0 folds NaN-sensitive expressions from Parquet min/max statistics, which leave NaN
         # out: on a file holding [1, NaN, 2], max(x) returns 2 and `abs(x) < 'inf'` is true for all
         # three rows. Without this pass, DuckDB agrees with Spark (and with itself on Arrow input).
-        con.execute(f"set disabled_optimizers = '{DISABLED_OPTIMIZERS}'")
+        con.execute(f"set disabled_optimizers = {_lit(DISABLED_OPTIMIZERS)}")
         if self.threads:
             con.execute(f"set threads = {int(self.threads)}")
         return con

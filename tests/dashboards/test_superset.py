@@ -9,7 +9,10 @@ bundle imported at start) and a real browser (Debian's headless chromium via Pla
   screenshot (out/tests/dashboards/dashboard.png); the queries the frontend sends equal the
   query contexts committed in the bundle;
 - charts keep answering, with the new data, while a cube build swaps the serving file (os.replace);
-- SQL Lab on the serving database cannot read files, attach, copy or write.
+- SQL Lab on the serving database cannot read files, attach, copy or write: not the serving file's
+  WAL, nor the file itself, which DuckDB allows any connection (superset_config.SQL_QUERY_MUTATOR);
+- a database an admin adds is forced onto the serving file, read-only and locked, or refused
+  (superset_config.DB_CONNECTION_MUTATOR); Superset's start removes a WAL planted beside the file.
 """
 from __future__ import annotations
 
@@ -325,3 +328,163 @@ def test_sql_lab_reads_the_cubes(superset):
     con = duckdb.connect(str(superset.serving), read_only=True)
     assert r.json()["data"][0]["n"] == con.execute("select count(*) from train_health").fetchone()[0]
     con.close()
+
+
+def sha256(path: Path) -> str | None:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
+
+
+def sql_lab(superset, sql: str, database: str = "Model health serving"):
+    dbs = superset.get("/api/v1/database/").json()["result"]
+    db_id = next(d["id"] for d in dbs if d["database_name"] == database)
+    return superset.post("/api/v1/sqllab/execute/", json={
+        "database_id": db_id, "sql": sql, "runAsync": False, "schema": "main", "tab": "t",
+        "client_id": os.urandom(5).hex()[:10]})
+
+
+def succeeded(r) -> bool:
+    return r.status_code == 200 and r.json().get("status") == "success"
+
+
+# Writes DuckDB allows a read-only connection with external access off and the configuration locked
+# (the shipped URI): its own database's WAL and file are always writable. name -> (SQL, who refuses)
+SQL_LAB_WRITES = {
+    "copy into the serving file's WAL": ("copy (select 1) to '{serving}.wal'", "Refused: COPY statement"),
+    "copy over the serving file": ("copy (select 1) to '{serving}' (use_tmp_file false)",
+                                   "Refused: COPY statement"),
+    "a read, then a copy": ("select 1; copy (select 1) to '{serving}.wal'", "Refused: COPY statement"),
+    "a serialized copy": ("select * from json_execute_serialized_sql(json_serialize_sql("
+                          "'with w as (copy (select 1 as x) to ''{serving}.wal'') select 1'))",
+                          "Refused: json_execute_serialized_sql() refused"),
+    # Superset's own parser (sqlglot) does not read a COPY inside a WITH: refused before DuckDB sees it
+    "copy inside a WITH": ("with w as (copy (select 1 as x) to '{serving}.wal') select 1", "Error parsing"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SQL_LAB_WRITES))
+def test_sql_lab_cannot_write_the_serving_file_or_its_wal(superset, name):
+    serving = superset.serving
+    before = sha256(serving)
+    sql, refused_by = SQL_LAB_WRITES[name]
+    r = sql_lab(superset, sql.format(serving=serving))
+    assert not succeeded(r), r.text[:1000]
+    assert refused_by in r.text, r.text[:1000]
+    assert not Path(f"{serving}.wal").exists()
+    assert sha256(serving) == before
+
+
+def add_database(superset, name: str, uri: str, **extra):
+    return superset.post("/api/v1/database/", json={
+        "database_name": name, "sqlalchemy_uri": uri, "expose_in_sqllab": True, **extra})
+
+
+def import_database(superset, name: str, uri: str) -> None:
+    """A database imported from a bundle, as an admin may: no connection test on the way in."""
+    import io
+    import uuid
+    import zipfile
+
+    import yaml
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("db/metadata.yaml", yaml.safe_dump({
+            "version": "1.0.0", "type": "Database", "timestamp": "2026-11-23T00:00:00+00:00"}))
+        z.writestr("db/databases/scratch.yaml", yaml.safe_dump({
+            "database_name": name, "sqlalchemy_uri": uri, "expose_in_sqllab": True, "allow_dml": True,
+            "allow_ctas": False, "allow_cvas": False, "allow_csv_upload": False, "extra": {},
+            "uuid": str(uuid.uuid4()), "version": "1.0.0"}))
+    r = superset.http.post(f"{superset.url}/api/v1/database/import/", timeout=60,
+                           files={"formData": ("db.zip", buf.getvalue(), "application/zip")},
+                           data={"overwrite": "true", "passwords": "{}"})
+    assert r.status_code == 200, r.text[:1000]
+
+
+def drop_database(superset, name: str) -> None:
+    for d in superset.get("/api/v1/database/").json()["result"]:
+        if d["database_name"] == name:
+            superset.http.delete(f"{superset.url}/api/v1/database/{d['id']}", timeout=60)
+
+
+def test_an_admin_added_memory_connection_reads_no_host_file(superset):
+    """`duckdb:///:memory:` has external access on: through it SQL Lab read /etc/passwd. Added by the
+    form (connection tested) it is refused; imported (not tested) it answers nothing."""
+    before = sha256(superset.serving)
+    r = add_database(superset, "scratch (added)", "duckdb:///:memory:")
+    assert r.status_code >= 400, r.text[:1000]
+    try:
+        import_database(superset, "scratch (imported)", "duckdb:///:memory:")
+        r = sql_lab(superset, "select * from read_csv('/etc/passwd', header = false)", "scratch (imported)")
+        assert not succeeded(r) and "root:" not in r.text, r.text[:1000]
+        assert "only opens the model-health serving file" in r.text, r.text[:1000]
+    finally:
+        drop_database(superset, "scratch (added)")
+        drop_database(superset, "scratch (imported)")
+    assert sha256(superset.serving) == before
+
+
+def test_an_admin_added_serving_connection_is_forced_read_only_and_locked(superset):
+    """The serving file with external access on, read-write, DML allowed and a config in connect_args
+    asking for the same: the connection still gets the shipped restrictions."""
+    serving = superset.serving
+    before = sha256(serving)
+    name = "serving, unlocked"
+    r = add_database(superset, name, f"duckdb:///{serving}?access_mode=read_write&enable_external_access=true",
+                     allow_dml=True, extra=json.dumps({"engine_params": {"connect_args": {
+                         "config": {"enable_external_access": True, "lock_configuration": False}}}}))
+    assert r.status_code == 201, r.text[:1000]
+    try:
+        r = sql_lab(superset, "select count(*) as n from train_health", name)
+        assert succeeded(r), r.text[:1000]  # it reads the cubes
+        for sql in ["select * from read_csv('/etc/passwd', header = false)",
+                    "select * from read_text('/etc/passwd')",
+                    "set enable_external_access = true",
+                    "create table escape as select 1",
+                    "delete from train_health_daily",
+                    f"copy (select 1) to '{serving}.wal'"]:
+            r = sql_lab(superset, sql, name)
+            assert not succeeded(r) and "root:" not in r.text, (sql, r.text[:1000])
+        r = sql_lab(superset, "select current_setting('enable_external_access') as a, "
+                              "current_setting('access_mode') as m, current_setting('lock_configuration') as l",
+                    name)
+        assert succeeded(r) and r.json()["data"] == [{"a": False, "m": "read_only", "l": True}], r.text[:1000]
+    finally:
+        drop_database(superset, name)
+    assert not Path(f"{serving}.wal").exists()
+    assert sha256(serving) == before
+
+
+def test_superset_start_removes_a_wal_planted_beside_the_serving_file(superset, tmp_path):
+    """Read-only opens replay `<serving>.wal` over the file: Superset's start (dashboards/serve.py)
+    removes one, so the dashboards show the cubes the build wrote."""
+    import subprocess
+
+    serving = tmp_path / "serving.duckdb"
+    shutil.copy(superset.serving, serving)
+    copy = tmp_path / "copy.duckdb"
+    shutil.copy(serving, copy)
+    con = duckdb.connect(str(copy))
+    con.execute("set wal_autocheckpoint = '10GB'")
+    con.execute("pragma disable_checkpoint_on_shutdown")
+    con.execute("update train_health_daily set tokens = tokens * 2")
+    con.close()
+    os.replace(f"{copy}.wal", f"{serving}.wal")
+    con = duckdb.connect(str(serving), read_only=True)
+    tampered = con.execute("select sum(tokens) from train_health_daily").fetchone()[0]
+    con.close()
+    os.replace(f"{serving}.wal", tmp_path / "planted.wal")
+    con = duckdb.connect(str(serving), read_only=True)
+    truth = con.execute("select sum(tokens) from train_health_daily").fetchone()[0]
+    con.close()
+    assert tampered == 2 * truth  # the planted WAL is real: a reader sees its numbers
+    os.replace(tmp_path / "planted.wal", f"{serving}.wal")
+    before = sha256(serving)
+    env = {**os.environ, "MHW_SUPERSET_PASSWORD": superset.password, "MHW_SERVING": str(serving)}
+    p = subprocess.run([str(BI_PYTHON), "-m", "dashboards.serve", "--setup-only", "--home", str(tmp_path / "home"),
+                        "--serving", str(serving)], cwd=Path(__file__).resolve().parents[2], env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    assert f"removed {serving}.wal" in p.stdout
+    assert not Path(f"{serving}.wal").exists() and sha256(serving) == before
