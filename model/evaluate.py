@@ -87,7 +87,7 @@ def load(path: str, device: str, overrides: dict | None = None) -> Loaded:
         step = json.loads(state.read_text()).get("global_step", 0) if state.exists() else 0
         tok = data.build_tokenizer(cfg.data, str(p))
         return Loaded(model.to(device).eval(), family, models.task_of(family), tok, cfg, int(step), None,
-                      slugify(p.name), str(p.resolve()))
+                      slugify(p.resolve().name), str(p.resolve()))  # resolved: `mhw eval .` names its folder
     path = checkpoint.resolve(p)
     ck = checkpoint.load(path)
     cfg = CfgNode(**ck["config"])

@@ -33,7 +33,8 @@ from transformers import TrainerCallback
 from model import hardware, models
 from model.telemetry import Telemetry, checkpoint_block_rows, utcnow
 from warehouse import config as mhw_config
-from warehouse.writer import slugify
+from warehouse.schemas import RUN_ID_CHARS
+from warehouse.writer import PartitionError, slugify
 
 
 class MHWCallback(TrainerCallback):
@@ -64,9 +65,15 @@ class MHWCallback(TrainerCallback):
         if not state.is_world_process_zero:
             return
         settings = mhw_config.load()
-        name = getattr(getattr(model, "config", None), "name_or_path", "") or getattr(model.config, "model_type", "model")
-        slug = self.model_slug or slugify(name)
-        self.run_id = self.run_id or f"{slug}-{utcnow().strftime('%Y%m%dT%H%M%S')}-hf"
+        family = getattr(getattr(model, "config", None), "model_type", None) or "model"
+        name = getattr(getattr(model, "config", None), "name_or_path", "") or family
+        try:
+            slug = self.model_slug or slugify(name)
+        except PartitionError:  # a local folder saved as '.' or './': no name in it, the architecture names it
+            slug = slugify(family)
+        # through slugify: a long model slug leaves an id short enough for Telemetry's file keys
+        # (hash-suffixed, not cut)
+        self.run_id = self.run_id or slugify(f"{slug}-{utcnow().strftime('%Y%m%dT%H%M%S')}-hf", RUN_ID_CHARS)
         use_cuda = torch.cuda.is_available() and not getattr(args, "use_cpu", False)
         hw = hardware.fingerprint(self.hardware_key, args.world_size if use_cuda else 1)
         # blocks that start at every save, so a resume_from_checkpoint rewrites instead of duplicating

@@ -7,6 +7,12 @@ SQLite metadata, LocalExecutor, every server on 127.0.0.1.
 
 ``up`` starts the three processes separately rather than ``airflow standalone``, whose log server
 binds 0.0.0.0; the scheduler runs with ``--skip-serve-logs`` (LocalExecutor logs are local files).
+
+The home is private: the folder 0700, ``airflow.db``, ``airflow.cfg`` and ``passwords.json`` 0600
+(Airflow runs under umask 077), and the settings of ``environment()`` are written into the
+``airflow.cfg`` Airflow generates (whose defaults say ``host = 0.0.0.0``), so an ``airflow`` command
+run with only ``AIRFLOW_HOME`` set binds 127.0.0.1 too. (The worker log server's bind address is not
+a setting in Airflow 3: it is never started here.)
 """
 from __future__ import annotations
 
@@ -14,6 +20,7 @@ import argparse
 import importlib.util
 import json
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -46,6 +53,9 @@ def environment(home: str | os.PathLike, port: int = 8080) -> dict[str, str]:
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": f"{home}/passwords.json",
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
         "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
+        # off or not used here, but pinned to loopback so nothing in the home says 0.0.0.0
+        "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_HOST": "127.0.0.1",
+        "AIRFLOW__CELERY__FLOWER_HOST": "127.0.0.1",
         "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",  # Airflow re-invokes `airflow`
     }
 
@@ -56,21 +66,81 @@ def prepare(home: str | os.PathLike = DEFAULT_HOME, port: int = 8080) -> dict[st
     env = environment(home, port)
     os.environ.update(env)
     Path(home).mkdir(parents=True, exist_ok=True)
+    Path(home).chmod(0o700)  # the database holds the API's users and the cfg its secret keys
     pw = Path(home) / "passwords.json"
     if not pw.exists():  # generated here, never committed; Airflow reads it for the admin login
-        pw.write_text(json.dumps({"admin": os.environ.get("MHW_AIRFLOW_PASSWORD") or secrets.token_urlsafe(12)}))
-        pw.chmod(0o600)
+        fd = os.open(pw, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # never readable by others, not even briefly
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps({"admin": os.environ.get("MHW_AIRFLOW_PASSWORD") or secrets.token_urlsafe(12)}))
     marker = Path(home) / ".migrated"
     if not marker.exists():
         subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, env={**os.environ, **env},
-                       stdout=subprocess.DEVNULL)
+                       stdout=subprocess.DEVNULL, umask=0o077)
         marker.touch()
+    write_config(Path(home) / "airflow.cfg", env)
+    for name in ("airflow.db", "airflow.cfg", "passwords.json"):  # made before umask 077, or by an older version
+        if (Path(home) / name).exists():
+            (Path(home) / name).chmod(0o600)
     from airflow.models.pool import Pool
 
     slots = int(config.load().section("orchestration").get("gpu_slots", 1))
     Pool.create_or_update_pool("gpu", slots, "accelerators of a worker (orchestration.gpu_slots)",
                                include_deferred=False)
     return env
+
+
+def write_config(path: Path, env: dict[str, str]) -> None:
+    """Write the ``AIRFLOW__<SECTION>__<KEY>`` settings of ``env`` into the airflow.cfg at ``path``,
+    in place: a key's line is replaced, or added below its commented default (or at the end of its
+    section); Airflow's comments stay. Its generated defaults would otherwise bind 0.0.0.0 for any
+    command run without this environment."""
+    settings: dict[str, dict[str, str]] = {}
+    for name, value in env.items():
+        m = re.fullmatch(r"AIRFLOW__([A-Z0-9_]+?)__([A-Z0-9_]+)", name)
+        if m:  # '%' is interpolation in airflow.cfg
+            settings.setdefault(m[1].lower(), {})[m[2].lower()] = value.replace("%", "%%")
+    lines = path.read_text().splitlines() if path.exists() else []
+    out, section, done = [], None, set()
+
+    def close(section):  # keys of the section not found in it: at its end
+        for key, value in settings.get(section, {}).items():
+            if (section, key) not in done:
+                out.append(f"{key} = {value}")
+                done.add((section, key))
+
+    replaced = False  # the line before was a live line of a key written here: drop its continuation lines
+    for line in lines:
+        if replaced and line[:1] in (" ", "\t") and line.strip():
+            continue
+        replaced = False
+        head = re.match(r"\[([^\]]+)\]\s*$", line)
+        if head:
+            close(section)
+            section = head[1].strip()
+            out.append(line)
+            continue
+        item = re.match(r"(#\s*)?([A-Za-z0-9_]+)\s*=", line)
+        key = item[2].lower() if item else None
+        if key not in settings.get(section, {}):
+            out.append(line)
+            continue
+        if item[1]:
+            out.append(line)  # the commented default stays, as documentation
+        else:
+            replaced = True  # a live line: replaced (a second one dropped)
+        if (section, key) not in done:
+            out.append(f"{key} = {settings[section][key]}")
+            done.add((section, key))
+    close(section)
+    for section in settings:
+        if any((section, k) not in done for k in settings[section]):
+            out += ["", f"[{section}]"]
+            close(section)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write("\n".join(out) + "\n")
+    os.replace(tmp, path)
 
 
 def load_dag(dag_id: str):
@@ -98,7 +168,7 @@ def up(home: str | os.PathLike = DEFAULT_HOME, port: int = 8080) -> dict:
         args = [service] + (["--skip-serve-logs"] if service == "scheduler" else [])
         with open(logs / f"{service}.out", "ab") as out:
             p = subprocess.Popen([sys.executable, "-m", "airflow", *args], env={**os.environ, **env},
-                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True, umask=0o077)
         pids[service] = p.pid
     (Path(home) / "pids.json").write_text(json.dumps(pids))
     return pids

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from warehouse import config
 from warehouse.query import connect
+from warehouse.schemas import RUN_ID_CHARS
 from warehouse.writer import slugify
 
 REPO = config.REPO_ROOT
@@ -30,7 +31,7 @@ def train_run_id(config_path: str, precision: str, dag_run_id: str) -> str:
     """A run id stable across retries of one DAG run: a retry resumes the same run, so the lake keeps
     one row per step instead of two partial runs."""
     digest = hashlib.sha1(dag_run_id.encode()).hexdigest()[:10]
-    return slugify(f"{Path(config_path).stem}-{precision}-{digest}")
+    return slugify(f"{Path(config_path).stem}-{precision}-{digest}", RUN_ID_CHARS)  # a long stem: hashed, not cut
 
 
 def train_command(config_path: str, run_id: str, precision: str = "fp32", steps: int | None = None,

@@ -76,7 +76,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from model.importers import FORMATS, Parsed, RunMeta, SourceError, StepClock, json_type, parse, sources
-from warehouse.schemas import DERIVED_TABLES, TABLES, TS, Table
+from warehouse.schemas import DERIVED_TABLES, MAX_FIELDS, NAME_CHARS, TABLES, TS, Table
 from warehouse.writer import Lake, PartitionError, check_slug, slugify
 
 LOADABLE = tuple(n for n in TABLES if n != "quarantine" and n not in DERIVED_TABLES)  # quarantine: ingest writes it
@@ -89,11 +89,21 @@ _NONFINITE = {s: float(s.lstrip("+").replace("infinity", "inf")) for s in
 
 # --- validation -------------------------------------------------------------------------------------
 
+DETAIL_CHARS = 1024  # a problem's detail; a reason names what is wrong, it never repeats a huge value
+SHOWN_PROBLEMS = 16  # problems kept per row (the rest counted), so a quarantine reason stays bounded
+
+
 @dataclass(frozen=True)
 class Problem:
     field: str | None
     kind: str  # short and stable: the CLI counts rejects by it
     detail: str = ""
+
+    def __post_init__(self):  # bounded whatever an importer or a row put in them (a 1 MB field name)
+        if self.field is not None and len(self.field) > NAME_CHARS:
+            object.__setattr__(self, "field", self.field[:NAME_CHARS - 3] + "...")
+        if len(self.detail) > DETAIL_CHARS:
+            object.__setattr__(self, "detail", self.detail[:DETAIL_CHARS - 3] + "...")
 
     @property
     def reason(self) -> str:
@@ -107,6 +117,8 @@ class _Bad(Exception):
 
 
 def _show(v) -> str:
+    if isinstance(v, str) and len(v) > 60:
+        v = v[:60]  # cut before repr: a 200 MB value is never copied whole into a message
     s = repr(v)
     return s if len(s) <= 60 else s[:57] + "..."
 
@@ -115,9 +127,11 @@ def _wrong(expected: str, v) -> _Bad:
     return _Bad("wrong type", f"expected {expected}, got {json_type(v)} {_show(v)}")
 
 
-def _to_str(v):
+def _to_str(v, max_chars: int | None = None):
     if not isinstance(v, str):
         raise _wrong("a string", v)
+    if max_chars is not None and len(v) > max_chars:
+        raise _Bad("too long", f"{len(v):,} characters; the limit is {max_chars:,} (starts {_show(v)})")
     return v
 
 
@@ -177,9 +191,9 @@ def to_timestamp(v) -> datetime:
         raise _Bad("bad timestamp", f"{_show(v)} is out of the datetime range") from None
 
 
-def _converter(t: pa.DataType):
+def _converter(t: pa.DataType, max_chars: int | None = None):
     if pa.types.is_string(t):
-        return _to_str
+        return lambda v: _to_str(v, max_chars)
     if pa.types.is_integer(t):
         return lambda v: _to_int(v, t.bit_width)
     if pa.types.is_floating(t):
@@ -195,18 +209,21 @@ def validate(table: Table, values) -> tuple[dict | None, list[Problem]]:
     """Check one candidate row against ``table``'s schema. Returns (typed row, []) or (None, problems)."""
     if not isinstance(values, dict):
         return None, [Problem(None, "not a JSON object", f"got a JSON {json_type(values)}")]
-    row, problems = {}, []
     names = table.schema.names
+    if len(values) > MAX_FIELDS:  # not one problem per field: a 1 MiB line holds 100,000s of them
+        return None, [Problem(None, "too many fields", f"{len(values):,} fields; the limit is {MAX_FIELDS} "
+                                                       f"({table.name} has {len(names)} columns)")]
+    row, problems = {}, []
     for k, v in values.items():
         if k in table.partition_by and k == "date":
             problems.append(Problem(k, "derived field", f"'date' is derived from {table.time_column}; leave it out"))
         elif k not in names:
-            close = difflib.get_close_matches(str(k), names, n=1)
+            close = difflib.get_close_matches(str(k), names, n=1) if len(str(k)) <= NAME_CHARS else []
             hint = f" (did you mean '{close[0]}'?)" if close else ""
-            problems.append(Problem(str(k), "unknown field", f"{table.name} has no column {str(k)!r}{hint}"))
+            problems.append(Problem(str(k), "unknown field", f"{table.name} has no column {_show(str(k))}{hint}"))
         elif v is not None:
             try:
-                row[k] = _converter(table.schema.field(k).type)(v)
+                row[k] = _converter(table.schema.field(k).type, table.max_chars(k))(v)
             except _Bad as b:
                 problems.append(Problem(k, b.kind, b.detail))
     bad_fields = {p.field for p in problems}
@@ -219,6 +236,9 @@ def validate(table: Table, values) -> tuple[dict | None, list[Problem]]:
                 check_slug(k, row[k])
             except PartitionError as e:
                 problems.append(Problem(k, "not a slug", str(e)))
+    if len(problems) > SHOWN_PROBLEMS:
+        more = len(problems) - SHOWN_PROBLEMS + 1
+        problems = problems[:SHOWN_PROBLEMS - 1] + [Problem(None, "more problems", f"{more} more not listed")]
     return (None, problems) if problems else (row, [])
 
 

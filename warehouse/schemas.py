@@ -13,6 +13,23 @@ import pyarrow as pa
 
 TS = pa.timestamp("us", tz="UTC")
 
+# Bounds on what ingest accepts, so that one bad row costs bounded memory and time: without them a
+# JSONL row with a 200 MB run_id ingested, and every later build read it (93 s, a 23.5 GB peak).
+# A value, row or line over a bound is quarantined with the bound and the actual size in its reason
+# (warehouse/ingest.py, model/importers/); docs/jsonl-schema.md lists them.
+NAME_CHARS = 256  # a string column's default: ids, names and enums (run_id, metric, precision ...)
+PATH_CHARS = 4096  # a file path or URI (Linux PATH_MAX): dataset, checkpoint
+# Free text, a resolved config as JSON: one value per run, never a per-step key, so a large one costs a
+# build little; lm-eval keeps every task's config there (60 K characters for MMLU's 57 tasks).
+TEXT_CHARS = 1 << 20
+SLUG_CHARS = 128  # partition keys, model and hardware (warehouse/writer.py SLUG)
+# The longest run id the trainers make up (mhw train's DAG jobs, the HF callback): Telemetry's file
+# keys, slugs too, add up to 39 characters to it (-sys-<time>-<pid>, -b<block>).
+RUN_ID_CHARS = 88
+MAX_FIELDS = 256  # fields in one row; every table has fewer than 32 columns
+LINE_BYTES = 1 << 20  # one line of a line-based log (JSONL, MLLOG, MLflow metrics), checked before parsing
+RAW_HEAD = 4096  # what quarantine keeps of a raw row over LINE_BYTES: its first bytes and a note of its size
+
 
 @dataclass(frozen=True)
 class Table:
@@ -26,6 +43,16 @@ class Table:
     # in (checkpoint copies, re-exports). Empty: rows have no natural key (raw samples) and are kept
     # as each file gives them.
     key: tuple[str, ...] = ()
+    # String columns allowed past NAME_CHARS (paths, free text), with their bound in characters.
+    wide: tuple[tuple[str, int], ...] = ()
+
+    def max_chars(self, column: str) -> int | None:
+        """The longest value the string column ``column`` takes, in characters (None: not a string)."""
+        if not pa.types.is_string(self.schema.field(column).type):
+            return None
+        if column in self.partition_by:
+            return SLUG_CHARS
+        return dict(self.wide).get(column, NAME_CHARS)
 
     @property
     def file_schema(self) -> pa.Schema:
@@ -74,6 +101,7 @@ RUNS = Table(
     required=("run_id", "model", "hardware", "started_at"),
     doc="One row per training or evaluation run. A run's row is rewritten as its status changes.",
     key=("run_id",),
+    wide=(("dataset", PATH_CHARS), ("config_json", TEXT_CHARS)),
 )
 
 TRAIN_STEPS = Table(
@@ -147,6 +175,7 @@ EVAL_RESULTS = Table(
     doc="One row per (checkpoint, suite, metric) measurement.",
     # precision too: mhw eval's precision suite measures one checkpoint in several precisions
     key=("run_id", "checkpoint_step", "suite", "metric", "precision"),
+    wide=(("checkpoint", PATH_CHARS),),
 )
 
 LATENCY_SAMPLES = Table(
@@ -204,6 +233,8 @@ QUARANTINE = Table(
     time_column="ingested_at",
     required=(),
     doc="Rows rejected by ingest, with the reason. Nothing is silently dropped.",
+    # raw: the row as read up to LINE_BYTES; a longer one keeps its first RAW_HEAD bytes and a note
+    wide=(("source", PATH_CHARS), ("reason", TEXT_CHARS), ("raw", LINE_BYTES)),
 )
 
 ALERTS = Table(

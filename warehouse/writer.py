@@ -12,6 +12,7 @@
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -30,29 +31,47 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from warehouse import commit
-from warehouse.schemas import TABLES, Table
+from warehouse.schemas import SLUG_CHARS, TABLES, Table
 
 # A partition value or file key is a slug: it can never name a path outside its partition.
-SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
+SLUG = re.compile(rf"^[A-Za-z0-9][A-Za-z0-9._+-]{{0,{SLUG_CHARS - 1}}}$")
+# A free-form name longer than a slug keeps its head and a hash of the whole name, so two long names
+# that share their first characters stay two names (truncating them made them one).
+NAME_HASH_HEX = 16
 
 
 class PartitionError(ValueError):
     """A partition value or key that is not a safe slug (e.g. ``../../etc`` or ``a/b``)."""
 
 
+def _shown(value) -> str:
+    """``value`` for an error message: a long string is cut, never repeated whole."""
+    return repr(value[:60] + "...") if isinstance(value, str) and len(value) > 60 else repr(value)
+
+
 def check_slug(what: str, value) -> str:
-    if not isinstance(value, str) or not SLUG.match(value):
-        raise PartitionError(
-            f"{what}={value!r} is not allowed: use 1-128 letters, digits and . _ + -, starting with a "
-            f"letter or digit (no '/', '=', spaces or '..' paths)"
-        )
-    return value
+    if isinstance(value, str) and SLUG.match(value):
+        return value
+    if isinstance(value, str) and len(value) > SLUG_CHARS:
+        raise PartitionError(f"{what}={_shown(value)} is too long: {len(value):,} characters, at most {SLUG_CHARS}")
+    raise PartitionError(
+        f"{what}={_shown(value)} is not allowed: use 1-{SLUG_CHARS} letters, digits and . _ + -, starting with a "
+        f"letter or digit (no '/', '=', spaces or '..' paths)"
+    )
 
 
-def slugify(value: str) -> str:
-    """Turn a free-form name (``org/model name``) into a partition-safe slug (``org--model-name``)."""
+def slugify(value: str, limit: int = SLUG_CHARS) -> str:
+    """Turn a free-form name (``org/model name``) into a partition-safe slug (``org--model-name``).
+    A slug over ``limit`` keeps its first characters and a visible hash of all of it (``<111
+    chars>-<16 hex>``): distinct names stay distinct. A name with no letters or digits (``..``, ``/``)
+    is an error, never a made-up name. A smaller ``limit`` leaves room for what a caller appends."""
     s = re.sub(r"[^A-Za-z0-9._+-]+", "-", value.replace("/", "--")).strip("-._+")
-    return check_slug("name", s[:128] or "unknown")
+    if not s:
+        raise PartitionError(f"{_shown(value)} has no letters or digits to make a name of")
+    if len(s) > min(limit, SLUG_CHARS):
+        digest = hashlib.sha1(s.encode()).hexdigest()[:NAME_HASH_HEX]
+        s = f"{s[:min(limit, SLUG_CHARS) - NAME_HASH_HEX - 1]}-{digest}"
+    return check_slug("name", s)
 
 
 @dataclass

@@ -27,7 +27,7 @@ import re
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 
-from warehouse.schemas import TABLES
+from warehouse.schemas import LINE_BYTES, RAW_HEAD, TABLES
 
 FORMATS = ("jsonl", "hf-trainer", "tensorboard", "mlperf", "lm-eval", "mlflow")
 _MODULES = {"jsonl": "jsonl", "hf-trainer": "hf_trainer", "tensorboard": "tensorboard", "mlperf": "mlperf",
@@ -51,6 +51,68 @@ class Record:
     raw: str | None = None  # the row as read, kept in quarantine for repair and replay
     error: tuple[str | None, str] | None = None  # (field, reason) found while decoding
     file: str | None = None  # the file inside a folder source (an event file, an MLflow metric) ``line`` is in
+
+    def __post_init__(self):
+        # Quarantine keeps raw rows of every format bounded: verbatim up to LINE_BYTES characters
+        # (any line a line-based format accepts), else the head and a note of the size.
+        if isinstance(self.raw, str) and len(self.raw) > LINE_BYTES:
+            self.raw = cut_raw(self.raw[:RAW_HEAD], len(self.raw), "characters")
+
+
+def cut_raw(head: str, size: int, unit: str = "bytes") -> str:
+    """The raw row quarantine keeps for a row over the bounds: its first RAW_HEAD bytes or characters
+    (``head``) and a note of its size."""
+    return f"{head}... [cut: the row is {size:,} {unit}; quarantine keeps the first {RAW_HEAD:,}]"
+
+
+def line_too_long(size: int) -> str:
+    """The reason for rejecting a line over LINE_BYTES unparsed (kind 'line too long')."""
+    return f"line too long: {size:,} bytes, over the limit of {LINE_BYTES:,} (1 MiB); not parsed"
+
+
+_EOL = re.compile(rb"\r\n|\r|\n")
+
+
+def read_lines(f, limit: int = LINE_BYTES, chunk: int = 1 << 20):
+    """``(line number, line, size)`` for each line of the binary file ``f``, split where
+    ``bytes.splitlines`` splits (``\\n``, ``\\r\\n``, ``\\r``), read in chunks: memory stays bounded
+    whatever the file holds. ``size`` is None for a line within ``limit`` bytes; for a longer one it
+    is the line's length and ``line`` only its first RAW_HEAD bytes (the rest is read and dropped),
+    for the caller to reject unparsed."""
+    keep = min(RAW_HEAD, limit)
+    buf, lineno, eof = b"", 0, False
+    head, size = None, 0  # while inside a line over the limit: its first bytes and its length so far
+    while True:
+        data = f.read(chunk)
+        eof = not data
+        buf += data
+        start = 0
+        while True:
+            m = _EOL.search(buf, start)
+            if m is None or (m.end() == len(buf) and m.group() == b"\r" and not eof):
+                break  # no whole line left in the buffer (a final \r may be half of a \r\n)
+            line, start, lineno = buf[start:m.start()], m.end(), lineno + 1
+            if head is not None:
+                yield lineno, head, size + len(line)
+                head = None
+            elif len(line) > limit:
+                yield lineno, line[:keep], len(line)
+            else:
+                yield lineno, line, None
+        rest = buf[start:]
+        if eof:
+            if head is not None:
+                yield lineno + 1, head, size + len(rest)
+            elif rest:
+                yield (lineno + 1, rest, None) if len(rest) <= limit else (lineno + 1, rest[:keep], len(rest))
+            return
+        if head is None and len(rest) > limit:
+            head, size = rest[:keep], 0
+        if head is not None:  # drop what is read of the long line; keep a final \r (see above)
+            cr = int(rest.endswith(b"\r"))
+            size += len(rest) - cr
+            rest = rest[len(rest) - cr:]
+        buf = rest
 
 
 @dataclass(frozen=True)
@@ -281,15 +343,20 @@ def identity(path: str, meta: RunMeta, prefix: str, model: str | None = None,
     """run_id, model and hardware of an imported run: the flags win over what the file says; free-form
     names become slugs (``distilbert/lora-imdb`` -> ``distilbert--lora-imdb``). ``run_id`` is the
     file's own (or content-derived) id; without one the id is a hash of the path."""
-    from warehouse.writer import slugify
+    from warehouse.writer import PartitionError, slugify
 
     model, hardware = meta.model or model, meta.hardware or hardware
     missing = [flag for flag, v in (("--model", model), ("--hardware", hardware)) if not v]
     if missing:
         raise SourceError(f"{path}: the file does not say its {' or '.join(m[2:] for m in missing)}; "
                           f"pass {' and '.join(missing)}")
-    return {"run_id": meta.run_id or run_id or default_run_id(prefix, path),
-            "model": slugify(str(model)), "hardware": slugify(str(hardware))}
+    names = {}
+    for what, v in (("model", model), ("hardware", hardware)):
+        try:
+            names[what] = slugify(str(v))
+        except PartitionError as e:  # e.g. a benchmark named '..': no name to store it under
+            raise SourceError(f"{path}: the file's {what} {e}; pass --{what}") from None
+    return {"run_id": meta.run_id or run_id or default_run_id(prefix, path), **names}
 
 
 def number(v) -> float | None:

@@ -28,7 +28,8 @@ import json
 import os
 from datetime import datetime, timezone
 
-from model.importers import Parsed, Record, RunMeta, SourceError, identity, number
+from model.importers import (Parsed, Record, RunMeta, SourceError, cut_raw, identity, line_too_long, number,
+                             read_lines)
 from model.importers.names import eval_split, train_column
 
 SOURCE = "mlflow"
@@ -135,11 +136,20 @@ def _points(path: str, table: str, out: Parsed):
     """(line number, line, (timestamp ms, value, step)) per readable line; the others become
     quarantine records naming the metric file, line and field."""
     try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            lines = f.read().splitlines()
+        f = open(path, "rb")
     except OSError as e:
         raise SourceError(f"{path}: cannot read: {e.strerror or e}") from e
-    for lineno, line in enumerate(lines, start=1):
+    with f:
+        yield from _lines(path, f, table, out)
+
+
+def _lines(path: str, f, table: str, out: Parsed):
+    for lineno, bline, size in read_lines(f):  # a line over the bound is rejected unparsed
+        line = bline.decode("utf-8", errors="replace")
+        if size is not None:
+            raw = json.dumps({"metric": os.path.basename(path), "line": cut_raw(line, size)})
+            out.records.append(Record(table, None, lineno, raw, (None, line_too_long(size)), file=path))
+            continue
         if not line.strip():
             continue
         parts = line.split()

@@ -36,7 +36,8 @@ import json
 import os
 from datetime import datetime, timezone
 
-from model.importers import Parsed, Record, RunMeta, SourceError, content_run_id, identity, number
+from model.importers import (Parsed, Record, RunMeta, SourceError, content_run_id, cut_raw, identity,
+                             line_too_long, number, read_lines)
 
 SOURCE = "mlperf"
 SUITE = "mlperf"
@@ -206,28 +207,30 @@ def _run_id(events: list, info: dict) -> str | None:
 def _read(path: str, out: Parsed) -> tuple[list, int]:
     """(line, raw, record) for each well-formed MLLOG record; malformed ones go to ``out`` as
     quarantine records. Also returns the count of non-MLLOG lines."""
+    events, other, seen = [], 0, 0
     try:
         with open(path, "rb") as f:
-            data = f.read()
+            for lineno, bline, size in read_lines(f):
+                line = bline.decode("utf-8", errors="replace").rstrip()
+                at = line.find(MARKER)
+                if at < 0:
+                    other += bool(line.strip())
+                    continue
+                seen += 1
+                if size is not None:  # over the line bound (the marker in its head): rejected unparsed
+                    out.records.append(Record(None, None, lineno, cut_raw(line, size), (None, line_too_long(size))))
+                    continue
+                try:
+                    rec = json.loads(line[at + len(MARKER):])
+                except ValueError as e:
+                    out.records.append(Record(None, None, lineno, line, (None, f"invalid MLLOG JSON: {e}")))
+                    continue
+                if not isinstance(rec, dict) or not isinstance(rec.get("key"), str):
+                    out.records.append(Record(None, rec, lineno, line, ("key", "MLLOG record without a string 'key'")))
+                    continue
+                events.append((lineno, line, rec))
     except OSError as e:
         raise SourceError(f"{path}: cannot read: {e.strerror or e}") from e
-    events, other, seen = [], 0, 0
-    for lineno, bline in enumerate(data.splitlines(), start=1):
-        line = bline.decode("utf-8", errors="replace").rstrip()
-        at = line.find(MARKER)
-        if at < 0:
-            other += bool(line.strip())
-            continue
-        seen += 1
-        try:
-            rec = json.loads(line[at + len(MARKER):])
-        except ValueError as e:
-            out.records.append(Record(None, None, lineno, line, (None, f"invalid MLLOG JSON: {e}")))
-            continue
-        if not isinstance(rec, dict) or not isinstance(rec.get("key"), str):
-            out.records.append(Record(None, rec, lineno, line, ("key", "MLLOG record without a string 'key'")))
-            continue
-        events.append((lineno, line, rec))
     if not seen:
         raise SourceError(f"{path}: no {MARKER} lines: not an MLPerf log")
     return events, other

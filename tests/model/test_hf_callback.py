@@ -11,6 +11,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
 from model import data  # noqa: E402
 from model.hf_callback import MHWCallback  # noqa: E402
 from warehouse.query import connect  # noqa: E402
+from warehouse.schemas import RUN_ID_CHARS  # noqa: E402
 
 
 class Windows(torch.utils.data.Dataset):
@@ -26,7 +27,7 @@ class Windows(torch.utils.data.Dataset):
         return {"input_ids": self.w[i], "labels": self.w[i]}
 
 
-def run_trainer(tmp_path, lake_root, callback, **args):
+def run_trainer(tmp_path, lake_root, callback, name_or_path: str | None = None, **args):
     cfg = data.default_config()
     cfg.n_examples = 600
     tok = data.ByteTokenizer()
@@ -34,6 +35,8 @@ def run_trainer(tmp_path, lake_root, callback, **args):
     torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config(vocab_size=tok.vocab_size, n_positions=32, n_embd=32, n_layer=1, n_head=2,
                                        bos_token_id=tok.eot_id, eos_token_id=tok.eot_id))
+    if name_or_path is not None:  # what from_pretrained(<folder or hub name>) leaves there
+        model.config.name_or_path = name_or_path
     targs = TrainingArguments(
         output_dir=str(tmp_path / "hf-out"), max_steps=5, per_device_train_batch_size=4, per_device_eval_batch_size=4,
         learning_rate=3e-3, logging_steps=1, eval_strategy="steps", eval_steps=5, save_strategy="no",
@@ -67,6 +70,22 @@ def test_trainer_with_the_callback_writes_runs_steps_and_eval_rows(tmp_path, lak
         ("train", "hf-trainer", "completed", 5, "gpt2", "fp32", "arithmetic", 0)
     assert n_params > 10_000 and final == pytest.approx(steps[-1][1])
     assert con.execute("select count(*) from system_samples where run_id = 'hf-run'").fetchone()[0] >= 2
+
+
+@pytest.mark.parametrize("name_or_path, model", [
+    ("./", "gpt2"),  # a model saved in the current folder: no name in the path, the architecture names it
+    ("org/" + "x" * 300, "org--" + "x" * 106),  # a long one keeps a visible hash (checked below), not cut to collide
+])
+def test_the_model_name_comes_from_name_or_path_and_is_never_made_up_or_cut(tmp_path, lake_root, name_or_path, model):
+    run_trainer(tmp_path, lake_root, MHWCallback(system_interval_s=0.05), name_or_path=name_or_path)
+    con = connect(lake_root=lake_root, serving_path="")
+    ((got, run_id, steps),) = con.execute("select model, run_id, (select count(*) from train_steps) from runs").fetchall()
+    assert got.startswith(model) and steps == 5
+    if len(name_or_path) > 128:
+        assert len(got) == 128 and got[111] == "-"  # <111>-<16 hex>
+        assert len(run_id) == RUN_ID_CHARS and run_id.startswith("org--xxx")  # room for Telemetry's keys
+    else:
+        assert got == model and run_id.startswith("gpt2-") and run_id.endswith("-hf")
 
 
 CRASHING_SCRIPT = """
