@@ -244,17 +244,17 @@ def killed_build_leftovers(p: Probe, trials: int) -> dict:
     p.build(lake, serving).wait()
     rng = random.Random(3)
     for _ in range(trials):
-        there = set(p.work.glob("kb.duckdb.*"))
+        there = set(p.work.glob("kb.duckdb.*.tmp"))
         proc = p.build(lake, serving, full=True)
         # kill while it writes the next serving file (a new temp file exists), or after a random moment
         deadline = time.monotonic() + rng.uniform(1.0, 6.0)
-        while proc.poll() is None and time.monotonic() < deadline and not set(p.work.glob("kb.duckdb.*")) - there:
+        while proc.poll() is None and time.monotonic() < deadline and not set(p.work.glob("kb.duckdb.*.tmp")) - there:
             time.sleep(0.001)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
 
     def left() -> list[Path]:
-        found = [q for q in p.work.glob("kb.duckdb.*")]
+        found = [q for q in p.work.glob("kb.duckdb.*") if q.name != "kb.duckdb.lock"]
         found += [q for q in (lake / "cubes").rglob("*") if q.name.endswith(".tmp")]
         found += [q for d in ("_tmp", "_snapshots", "_txn") if (lake / d).exists() for q in (lake / d).iterdir()]
         return found

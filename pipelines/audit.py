@@ -16,6 +16,7 @@ import duckdb
 
 from pipelines.models import SQL_DIR
 from warehouse import config, query
+from warehouse.writer import Lake
 
 AUDIT_DIR = SQL_DIR / "audits"
 
@@ -37,6 +38,11 @@ def audit(lake_root: str | None = None, serving_path: str | None = None,
           audit_dir: Path = AUDIT_DIR) -> list[Finding]:
     settings = config.load()
     serving_path = serving_path or settings.serving_path
+    with Lake(lake_root or settings.lake_root).read_lock():  # no ingest commits mid-audit
+        return _audit(lake_root, serving_path, audit_dir)
+
+
+def _audit(lake_root: str | None, serving_path: str, audit_dir: Path) -> list[Finding]:
     con = query.connect(lake_root, serving_path)  # sets disabled_optimizers (see query.py), then locks
     findings: list[Finding] = []
     try:

@@ -223,7 +223,7 @@ def build(lake_root: str | None = None, serving_path: str | None = None, engine=
     t_start = time.perf_counter()
 
     store = CubeStore(cubes_root)
-    with _exclusive(store), contextlib.ExitStack() as reading:  # a second build of the same cubes waits
+    with _exclusive(store), _serving_lock(serving_path), contextlib.ExitStack() as reading:  # later builds wait
         store.remove_leftovers()
         return _build(lake_root, serving_path, engine, full, master, conf, store, say, jobs, t_start, sql_dir,
                       reading)
@@ -241,6 +241,16 @@ def _exclusive(store: CubeStore):
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _serving_lock(serving_path: str):
+    """One build at a time per serving file too (two cube stores may publish to one file): a build
+    removes the temp files of killed builds beside it, which must not be a live build's."""
+    os.makedirs(os.path.dirname(os.path.abspath(serving_path)), exist_ok=True)
+    with open(f"{serving_path}.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
 
 
 def _build(lake_root, serving_path, engine, full, master, conf, store, say, jobs, t_start, sql_dir,

@@ -145,8 +145,8 @@ class Publisher:
 
 def remove_leftovers(serving_path: str, keep: str) -> list[str]:
     """Remove ``<serving>.wal`` and every ``<serving>.<build>.tmp`` / ``.tmp.wal`` but ``keep``'s: the
-    files of builds killed mid-write. Called by a build holding the cube store's lock
-    (pipelines/build.py ``_exclusive``), so no other build of these cubes is writing one now."""
+    files of builds killed mid-write. Called by a build holding the serving file's lock
+    (pipelines/build.py ``_serving_lock``), so no other build is writing one now."""
     folder, name = os.path.split(os.path.abspath(serving_path))
     temp = re.compile(re.escape(name) + r"\..+\.tmp(\.wal)?")
     removed = [serving_path + ".wal"] if remove_wal(serving_path) else []

@@ -202,6 +202,21 @@ def recovered(root: str) -> dict[str, int] | None:
     return h["recovered"] if h else None
 
 
+def _open_lock(root: str, mode: str) -> int | None:
+    if mode == "shared" and not os.path.isdir(root):
+        return None
+    os.makedirs(root, exist_ok=True)
+    try:
+        return os.open(os.path.join(root, LOCK), os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        if mode == "exclusive":
+            raise
+    try:
+        return os.open(os.path.join(root, LOCK), os.O_RDONLY)
+    except OSError:
+        return None
+
+
 @contextlib.contextmanager
 def locked(root: str, mode: str):
     """Hold ``root``'s lake lock ("shared" or "exclusive") for the block; yields True when this call
@@ -215,8 +230,14 @@ def locked(root: str, mode: str):
             raise RuntimeError(f"{root}: this thread holds the lake lock shared and asks for it exclusively")
         yield False
         return
-    os.makedirs(root, exist_ok=True)
-    fd = os.open(os.path.join(root, LOCK), os.O_RDWR | os.O_CREAT, 0o644)
+    fd = _open_lock(root, mode)
+    if fd is None:  # a reader of a lake that does not exist, or that it may not write: no writer to wait for
+        held[root] = {"mode": mode, "tx": None, "recovered": None}
+        try:
+            yield True
+        finally:
+            del held[root]
+        return
     try:
         recovered = None
         if mode == "exclusive":

@@ -17,6 +17,7 @@ import pyarrow as pa
 from warehouse import config, readonly
 from warehouse.schemas import TABLES, Table
 from warehouse.sqltext import literal
+from warehouse.writer import Lake
 
 # DuckDB 2.0 folds expressions over Parquet min/max statistics, which leave NaN out: reading such a file
 # directly, max(x) of [1, NaN, 2] came out 2 and `abs(x) < 'inf'` true for all three rows (measured by the
@@ -108,13 +109,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         readonly.check_read_only(args.sql)
-        con = connect(args.lake, args.serving)
-        cur = con.execute(args.sql)
-    except (readonly.NotReadOnly, duckdb.Error) as e:
+    except readonly.NotReadOnly as e:
         print(f"mhw query: {e}", file=sys.stderr)
         return 2
-    cols = [d[0] for d in cur.description] if cur.description else []
-    rows = cur.fetchall() if cols else []
+    # The lake lock, shared, for the whole read: no ingest commits while the query lists and reads
+    # files, and the query never sees half of a killed one (warehouse/commit.py).
+    with Lake(args.lake or config.load().lake_root).read_lock():
+        try:
+            con = connect(args.lake, args.serving)
+            cur = con.execute(args.sql)
+            cols = [d[0] for d in cur.description] if cur.description else []
+            rows = cur.fetchall() if cols else []
+        except duckdb.Error as e:
+            print(f"mhw query: {e}", file=sys.stderr)
+            return 2
     write_rows(cols, rows, args.format, sys.stdout, args.max_rows)
     return 0
 

@@ -280,7 +280,9 @@ def detect(path: str) -> str:
     first = lines[0] if lines else b""
     if name.endswith((".jsonl", ".ndjson")):
         return "jsonl"
-    if (name.endswith(".json") or first.startswith(b"{")) and not _is_json_line(lines):  # one JSON document?
+    # One JSON document? Parsed whole only when named .json or when its first 64 KiB hold a line break:
+    # a file whose first line alone is larger is JSON lines with a giant line, read line by line.
+    if (name.endswith(".json") or first.startswith(b"{") and b"\n" in head) and not _is_json_line(lines):
         doc = _json_document(path)
         if isinstance(doc, dict):
             if isinstance(doc.get("log_history"), list):
