@@ -297,3 +297,15 @@ def test_rollback_puts_back_what_a_killed_transaction_changed(tmp_path, kind):
     after = sorted(p.read_bytes() for p in (tmp_path / "lake" / "train_steps").rglob("*.parquet"))
     assert after == before
     assert leftovers(tmp_path / "lake") == []
+
+
+def test_a_reingest_that_moves_rows_to_other_dates_leaves_no_empty_folders(tmp_path):
+    lake = tmp_path / "lake"
+    for start in (0, 5):
+        f = steps_file(tmp_path / f"v{start}.jsonl", 500, days=3, start_day=start)
+        assert mhw("ingest", f, "--source-name", "run", "--lake", lake).returncode == 0
+    dates = sorted(p.name for p in (lake / "train_steps" / "model=m" / "hardware=h").iterdir())
+    assert dates == ["date=2026-11-07", "date=2026-11-08", "date=2026-11-09"]
+    tables = [d for d in lake.iterdir() if d.is_dir() and not d.name.startswith("_")]
+    assert [str(d) for t in tables for d in t.rglob("*") if d.is_dir() and not any(d.iterdir())] == []
+    assert q(lake, "select count(*) from train_steps") == [(500,)]
