@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import io
 import json
 import os
 import re
@@ -106,13 +107,77 @@ def read_lines(f, limit: int = LINE_BYTES, chunk: int = 1 << 20):
             elif rest:
                 yield (lineno + 1, rest, None) if len(rest) <= limit else (lineno + 1, rest[:keep], len(rest))
             return
-        if head is None and len(rest) > limit:
+        if head is None and len(rest) - rest.endswith(b"\r") > limit:  # a final \r is a break, not the line
             head, size = rest[:keep], 0
         if head is not None:  # drop what is read of the long line; keep a final \r (see above)
             cr = int(rest.endswith(b"\r"))
             size += len(rest) - cr
             rest = rest[len(rest) - cr:]
         buf = rest
+
+
+BLOCK_BYTES = 1 << 23  # what read_blocks reads at a time: 8 MiB, ~25,000 lines of a trainer's log
+
+
+def line_breaks(data: bytes) -> int:
+    """How many line breaks ``data`` holds, as read_lines counts them (``\\r\\n`` is one)."""
+    n = data.count(b"\n")
+    cr = data.count(b"\r")
+    return n + cr - data.count(b"\r\n") if cr else n
+
+
+def read_blocks(f, size: int = BLOCK_BYTES, limit: int = LINE_BYTES):
+    """``(first line number, block, size)`` for the binary file ``f`` read in blocks of about ``size``
+    bytes, each holding whole lines as read_lines splits them: a block ends just after a line break
+    (or at the end of the file), so ``read_lines`` of a block gives exactly the lines read_lines of the
+    file gives there, numbered from the block's first. ``size`` is None for a block; a line over
+    ``limit`` that does not end within a block comes as read_lines gives it (its first RAW_HEAD bytes
+    and its length, the rest read and dropped), so memory stays bounded whatever the file holds."""
+    keep = min(RAW_HEAD, limit)
+    lineno, buf = 1, b""
+    while True:
+        data = f.read(size)
+        buf = buf + data if buf else data
+        if not data:  # the end: what is left is whole lines, the last one without its break
+            if buf:
+                yield lineno, buf, None
+            return
+        # after the last break whose end is known (a final \r may be half of a \r\n)
+        cut = max(buf.rfind(b"\n"), buf.rfind(b"\r", 0, len(buf) - 1)) + 1
+        if cut:
+            block, buf = (buf, b"") if cut == len(buf) else (buf[:cut], buf[cut:])
+            yield lineno, block, None
+            lineno += line_breaks(block)
+            del block
+        if len(buf) - buf.endswith(b"\r") > limit:  # a line over the limit, not ended: read through it
+            head = buf[:keep]
+            if buf.endswith(b"\r"):  # it ends at that \r (a \n read next is the same break)
+                length, rest, pending_cr = len(buf) - 1, b"", True
+            else:
+                length, rest, pending_cr = len(buf), None, False
+                while rest is None:
+                    data = f.read(size)
+                    if not data:
+                        yield lineno, head, length
+                        return
+                    m = _EOL.search(data)
+                    if m is None:
+                        length += len(data)
+                        continue
+                    length, rest = length + m.start(), data[m.end():]
+                    pending_cr = m.group() == b"\r" and not rest
+            if pending_cr:
+                data = f.read(size)
+                rest = data[1:] if data.startswith(b"\n") else data
+            buf = rest
+            yield lineno, head, length
+            lineno += 1
+
+
+def block_lines(lineno: int, block: bytes, limit: int = LINE_BYTES):
+    """read_lines of one block from read_blocks, numbered as in the file."""
+    for n, line, size in read_lines(io.BytesIO(block), limit):
+        yield lineno + n - 1, line, size
 
 
 @dataclass(frozen=True)

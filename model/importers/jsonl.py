@@ -14,39 +14,40 @@ from model.importers import Parsed, Record, RunMeta, SourceError, cut_raw, json_
 
 
 def parse(path: str, meta: RunMeta, table: str | None = None) -> Parsed:
+    """Every line as a Record, one at a time (the row path; ``warehouse.ingest`` reads big files in
+    blocks and comes here only for the lines its columns cannot vouch for)."""
     out = Parsed(source=os.path.abspath(path), format="jsonl")
     try:
         with open(path, "rb") as f:
             for lineno, line, size in read_lines(f):
-                _line(out, table, lineno, line, size)
+                rec = record(table, lineno, line, size)
+                if rec is not None:
+                    out.records.append(rec)
     except OSError as e:
         raise SourceError(f"{path}: cannot read: {e.strerror or e}") from e
     return out
 
 
-def _line(out: Parsed, table: str | None, lineno: int, line: bytes, size: int | None) -> None:
+def record(table: str | None, lineno: int, line: bytes, size: int | None) -> Record | None:
+    """The candidate row of one line as read_lines gives it (None for a blank line): ``table`` is the
+    table of a line without a ``table`` field."""
     if lineno == 1:
         line = line.removeprefix(b"\xef\xbb\xbf")  # a BOM left by some editors
     if size is not None:  # over the line bound: rejected unparsed, quarantine keeps its head
         raw = cut_raw(line.decode("utf-8", errors="replace"), size)
-        out.records.append(Record(table, None, lineno, raw, (None, line_too_long(size))))
-        return
+        return Record(table, None, lineno, raw, (None, line_too_long(size)))
     if not line.strip():
-        return
+        return None
     try:
         text = line.decode("utf-8")
     except UnicodeDecodeError as e:
         raw = line.decode("utf-8", errors="replace")
-        out.records.append(Record(table, None, lineno, raw, (None, f"not UTF-8: {e.reason} at byte {e.start}")))
-        return
+        return Record(table, None, lineno, raw, (None, f"not UTF-8: {e.reason} at byte {e.start}"))
     try:
         obj = json.loads(text)
     except ValueError as e:
-        out.records.append(Record(table, None, lineno, text, (None, f"invalid JSON: {e}")))
-        return
+        return Record(table, None, lineno, text, (None, f"invalid JSON: {e}"))
     if not isinstance(obj, dict):
-        out.records.append(
-            Record(table, obj, lineno, text, (None, f"not a JSON object: got a JSON {json_type(obj)}")))
-        return
+        return Record(table, obj, lineno, text, (None, f"not a JSON object: got a JSON {json_type(obj)}"))
     row_table = obj.pop("table", table)
-    out.records.append(Record(row_table, obj, lineno, text))
+    return Record(row_table, obj, lineno, text)
