@@ -67,17 +67,21 @@ import stat
 import sys
 import tempfile
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from model.importers import FORMATS, Parsed, RunMeta, SourceError, StepClock, json_type, parse, sources
+from model.importers import FORMATS, Parsed, Record, RunMeta, SourceError, StepClock, json_type, parse, sources
+from model.importers.jsonl import record as jsonl_record
+from warehouse import jsonl_columns
 from warehouse.schemas import DERIVED_TABLES, MAX_FIELDS, NAME_CHARS, TABLES, TS, Table
-from warehouse.writer import Lake, PartitionError, check_slug, slugify
+from warehouse.writer import Lake, PartitionError, WriteResult, check_slug, conform, slugify
 
 LOADABLE = tuple(n for n in TABLES if n != "quarantine" and n not in DERIVED_TABLES)  # quarantine: ingest writes it
 SHOWN_REJECTS = 10  # reject lines printed before the count by reason
@@ -329,6 +333,7 @@ KEYED = tuple(n for n in LOADABLE if TABLES[n].key)  # one row per key: merged p
 UNKEYED = tuple(n for n in LOADABLE if not TABLES[n].key)  # raw samples: kept per source file
 ENDED = ("completed", "failed", "diverged", "killed")
 STAMPED_BY = {"train_steps": "step", "step_metrics": "step", "eval_results": "checkpoint_step"}
+STAGE_ROWS = 1 << 18  # rows of one table gathered before they are staged as one part
 
 
 class _Listing:
@@ -361,20 +366,27 @@ class _Store:
     """``<lake>/_ingest/``: what each source file gave, kept so that a run's rows can be rebuilt from
     all of its files in any order (see the module docstring). No reader lists this folder.
 
-        sources/<source digest>/record.json    the file's path, format, clock and runs (with ranks)
-        sources/<source digest>/<table>.parquet its validated rows, all runs
-        runs/<run digest>.json                 the run id and the digests of every file of the run
-        content/<sha1 of the bytes>.json       the identity of the first source with these bytes
-        paths/<real path digest>.json          the identity a path was ingested as, when not the path
+        sources/<source digest>/record.json         the file's path, format, clock and runs: each run's
+                                                    rank and, per table, where its rows lie, how many
+                                                    there are and whether they come in partition order
+        sources/<source digest>/<table>-<g>-<n>.arrow  its validated rows, all runs, in parts (Arrow IPC,
+                                                    lz4): one record batch per run and part, file order
+        sources/<source digest>/<table>.parquet     the same as an earlier version kept it (one file, one
+                                                    row per key), still read
+        runs/<run digest>.json                      the run id and the digests of every file of the run
+        content/<sha1 of the bytes>.json            the identity of the first source with these bytes
+        paths/<real path digest>.json               the identity a path was ingested as, when not the path
 
     A source's digest is that of its identity (``Ingester.identify``): its real path, or the name
-    given with ``--source-name``, or the source whose bytes it repeats.
+    given with ``--source-name``, or the source whose bytes it repeats. Rows are kept as Arrow, not
+    Python objects, and read back one run's record batches at a time: a 2 M-row log is not 12 times
+    its size in memory.
     """
 
     def __init__(self, lake: Lake):
         self.lake, self.root = lake, f"{lake.root}/_ingest"
         self._records: dict[str, dict | None] = {}
-        self._rows: dict[tuple[str, str], dict[str, list[dict]]] = {}
+        self._old: dict[tuple[str, str], pa.Table] = {}  # records of an earlier version: read once
 
     # files
     def _read(self, path: str) -> bytes | None:
@@ -400,33 +412,52 @@ class _Store:
             self._records[skey] = self._json(f"{self.root}/sources/{skey}/record.json")
         return self._records[skey]
 
-    def stage(self, skey: str, record: dict, rows: dict[str, list[dict]]) -> None:
+    def part_path(self, skey: str, table: str, gen: int, n: int) -> str:
+        return f"{self.root}/sources/{skey}/{table}-{gen}-{n:05d}.arrow"
+
+    def put_part(self, path: str, batches: list[pa.RecordBatch]) -> None:
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_file(sink, batches[0].schema, options=pa.ipc.IpcWriteOptions(compression="lz4")) as w:
+            for b in batches:
+                w.write_batch(b)
+        self._write(path, sink.getvalue())
+
+    def commit(self, skey: str, record: dict, parts: dict[str, int]) -> None:
+        """Record what the source gave (its parts are written) and delete what an earlier ingest of it
+        staged that this one does not name."""
         old = self.record(skey) or {}
         base = f"{self.root}/sources/{skey}"
-        for table, table_rows in rows.items():
-            data = pa.Table.from_pylist(table_rows, schema=_input_schema(TABLES[table]))
-            self.lake.put_table(f"{base}/{table}.parquet", data)
-        for table in set(old.get("tables", [])) - set(rows):
-            self._delete(f"{base}/{table}.parquet")
-        record = {**record, "tables": sorted(rows)}
+        keep = {self.part_path(skey, t, record["gen"], n) for t, k in parts.items() for n in range(k)}
+        for t in old.get("tables", []):
+            if "gen" not in old:
+                self._delete(f"{base}/{t}.parquet")
+            for n in range(old.get("parts", {}).get(t, 0)):
+                if (p := self.part_path(skey, t, old["gen"], n)) not in keep:
+                    self._delete(p)
+        record = {**record, "tables": sorted(parts), "parts": dict(sorted(parts.items()))}
         self._write(f"{base}/record.json", json.dumps(record, sort_keys=True, indent=1).encode())
         self._records[skey] = record
-        for table, table_rows in rows.items():
-            by_run: dict[str, list[dict]] = {}
-            for r in table_rows:
-                by_run.setdefault(r["run_id"], []).append(r)
-            self._rows[(skey, table)] = by_run
 
-    def rows(self, skey: str, table: str, run_id: str) -> list[dict]:
-        if (skey, table) not in self._rows:
-            rec = self.record(skey) or {}
-            by_run: dict[str, list[dict]] = {}
-            if table in rec.get("tables", []):
+    def rows(self, skey: str, table: str, run_id: str, rec: dict | None = None) -> Iterator[pa.Table]:
+        """The source's rows of ``run_id`` in ``table`` (ingest's input schema), a record batch at a
+        time, in file order; ``rec``: a record not committed yet."""
+        rec = rec if rec is not None else self.record(skey) or {}
+        if "gen" not in rec:  # kept by an earlier version: one Parquet file of the source's rows
+            if table not in rec.get("tables", []):
+                return
+            if (skey, table) not in self._old:
                 path = f"{self.root}/sources/{skey}/{table}.parquet"
-                for r in pq.read_table(path, filesystem=self.lake.fs, schema=_input_schema(TABLES[table])).to_pylist():
-                    by_run.setdefault(r["run_id"], []).append({k: v for k, v in r.items() if v is not None})
-            self._rows[(skey, table)] = by_run
-        return self._rows[(skey, table)].get(run_id, [])
+                self._old[(skey, table)] = pq.read_table(path, filesystem=self.lake.fs,
+                                                         schema=_input_schema(TABLES[table]))
+            data = self._old[(skey, table)]
+            yield data.filter(pc.equal(data.column("run_id"), run_id))
+            return
+        where = rec["runs"].get(_digest(run_id), {}).get("tables", {}).get(table, {}).get("batches", [])
+        files: dict[int, pa.ipc.RecordBatchFileReader] = {}
+        for part, batch in where:
+            if part not in files:
+                files[part] = pa.ipc.open_file(self.lake.fs.open_input_file(self.part_path(skey, table, rec["gen"], part)))
+            yield pa.Table.from_batches([files[part].get_batch(batch)])
 
     # aliases: the source a file's bytes (content/<sha1>) or a real path (paths/<digest>) belong to
     def alias(self, kind: str, digest: str) -> str | None:
@@ -456,9 +487,71 @@ class _Store:
             self._delete(path)
 
 
+class _Facts:
+    """What the merge and the ranks need to know of one table's rows of one source, gathered part by
+    part as the rows are staged, so nothing holds all of them: per run (per source for a table
+    without a key) the rows, the furthest step, whether the rows come in partition order (one
+    model/hardware, dates never going back: then they can be written as they are read), whether the
+    key only grows (then no key repeats; else the keys are counted at the end)."""
+
+    def __init__(self, table: str, by_run: bool = True):
+        self.table, self.by_run = TABLES[table], by_run
+        key = self.table.key
+        self.step = key[1] if len(key) == 2 and pa.types.is_integer(self.table.schema.field(key[1]).type) else None
+        self.rows: dict[str, int] = {}
+        self.furthest: dict[str, int] = {}
+        self.in_order: dict[str, bool] = {}
+        self.growing: dict[str, bool] = {}
+        self.place: dict[str, tuple] = {}
+        self._last: dict[str, tuple] = {}  # run -> (last key value, last date)
+
+    def groups(self, part: pa.Table) -> list[tuple[str, np.ndarray]]:
+        """(run id, row positions) per run in ``part``, positions ascending; one group without runs."""
+        if not self.by_run:
+            return [("", np.arange(part.num_rows))]
+        enc = pc.dictionary_encode(part.column("run_id")).combine_chunks()
+        codes = enc.indices.to_numpy(zero_copy_only=False)
+        names = enc.dictionary.to_pylist()
+        if len(names) == 1:
+            return [(names[0], np.arange(part.num_rows))]
+        order = np.argsort(codes, kind="stable")
+        cuts = np.flatnonzero(np.diff(codes[order])) + 1
+        return [(names[codes[g[0]]], g) for g in np.split(order, cuts)]
+
+    def update(self, part: pa.Table, groups: list[tuple[str, np.ndarray]]) -> None:
+        t = self.table
+        days = pc.cast(part.column(t.time_column), pa.date32()).cast(pa.int32()).to_numpy(zero_copy_only=False)
+        model, hardware = part.column("model"), part.column("hardware")
+        step = part.column(self.step).to_numpy(zero_copy_only=False) if self.step else None
+        stamped = STAMPED_BY.get(t.name)
+        col = part.column(stamped).to_numpy(zero_copy_only=False) if stamped else None
+        for run, pos in groups:
+            d = days[pos]
+            place = (model[int(pos[0])].as_py(), hardware[int(pos[0])].as_py())
+            last = self._last.get(run)
+            ordered = bool((np.diff(d) >= 0).all()) and self.place.get(run, place) == place and (
+                last is None or d[0] >= last[1]) and self.in_order.get(run, True)
+            if ordered and len(pos) > 1:  # one model/hardware in the group too
+                ordered = pc.count_distinct(model.take(pos)).as_py() == 1 and \
+                    pc.count_distinct(hardware.take(pos)).as_py() == 1
+            grows = False
+            if step is not None:
+                s = step[pos]
+                grows = bool((np.diff(s) > 0).all()) and (last is None or s[0] > last[0]) and \
+                    self.growing.get(run, True)
+            self.in_order[run], self.growing[run] = ordered, grows
+            self.place.setdefault(run, place)
+            self._last[run] = (int(step[pos[-1]]) if step is not None else None, int(d[-1]))
+            self.rows[run] = self.rows.get(run, 0) + len(pos)
+            if col is not None:
+                valid = col[pos][~np.isnan(col[pos].astype(np.float64))] if col.dtype.kind == "f" else col[pos]
+                if len(valid):
+                    self.furthest[run] = max(self.furthest.get(run, -1), int(valid.max()))
+
+
 class Ingester:
-    """One ``mhw ingest`` call: ``add`` each parsed source (validate, quarantine, stage its rows),
-    then ``finish`` to rebuild every run the sources touched from all of that run's files."""
+    """One ``mhw ingest`` call: ``add`` (or ``add_jsonl``) each source (validate, quarantine, stage its
+    rows), then ``finish`` to rebuild every run the sources touched from all of that run's files."""
 
     def __init__(self, lake: Lake, now: datetime | None = None):
         self.lake, self.now = lake, now or datetime.now(timezone.utc)
@@ -485,33 +578,79 @@ class Ingester:
 
     def add(self, parsed: Parsed, shown_as: str, fill: dict | None = None, identity: str | None = None,
             digest: str | None = None, path: str | None = None) -> SourceResult:
-        """Validate ``parsed``'s records, quarantine the bad ones and stage the good ones, replacing
-        whatever an earlier ingest of the same source (``identity``: see ``identify``; default the
-        file's real path) gave. ``digest`` (the content's sha1) and ``path`` (where the file lies; None
-        for a pipe) are remembered for ``identify``."""
-        identity = identity or os.path.realpath(parsed.source)
+        """Validate ``parsed``'s records row by row, quarantine the bad ones and stage the good ones,
+        replacing whatever an earlier ingest of the same source (``identity``: see ``identify``;
+        default the file's real path) gave. ``digest`` (the content's sha1) and ``path`` (where the
+        file lies; None for a pipe) are remembered for ``identify``."""
         result = SourceResult(shown_as, parsed.format, notes=list(parsed.notes))
         good = self._validate(parsed, shown_as, fill, result)
-        for name in KEYED:
-            if good.get(name):
-                good[name] = _dedupe(name, good[name], result)
+        parts = ((name, pa.Table.from_pylist(rows, schema=_input_schema(TABLES[name]))) for name, rows in good.items())
+        return self._add(parts, result, parsed.clock, identity or os.path.realpath(parsed.source), digest, path)
 
-        # Tables without a natural key: the source's rows under the source's own key, as given.
-        for name in UNKEYED:
-            rows, key, written = good.get(name, []), write_key(identity, name), []
-            if rows:
-                res = self.lake.write(name, pa.Table.from_pylist(rows, schema=_input_schema(TABLES[name])), key)
-                result.rows[name], result.files[name], written = res.rows, res.files, res.files
-            result.removed += self.listing.replace(name, key, written)
+    def add_jsonl(self, source: str, table: str | None, shown_as: str, fill: dict | None = None,
+                  identity: str | None = None, digest: str | None = None, path: str | None = None) -> SourceResult:
+        """``add`` for a JSON-lines file, read in blocks and validated in columns
+        (warehouse/jsonl_columns.py): the same rows and rejects as ``add(parse(source))``, in memory
+        that does not grow with the file."""
+        result = SourceResult(shown_as, "jsonl")
 
-        # Keyed tables: stage, then link the source to its runs (and unlink it from runs it left).
+        def row_path(lineno, line, size):
+            rec = jsonl_record(table, lineno, line, size)
+            return None if rec is None else self._check(rec, shown_as, fill)
+
+        reader = jsonl_columns.Reader(table, _fills(fill), row_path)
+
+        def parts():
+            try:
+                with open(source, "rb") as f:
+                    for block in reader.blocks(f):
+                        result.rejects += block.rejects
+                        yield from block.rows.items()
+            except OSError as e:
+                raise SourceError(f"{source}: cannot read: {e.strerror or e}") from e
+
+        return self._add(parts(), result, None, identity or os.path.realpath(source), digest, path)
+
+    def _add(self, parts, result: SourceResult, clock: StepClock | None, identity: str, digest: str | None,
+             path: str | None) -> SourceResult:
+        """Stage validated rows (``(table, Arrow rows)`` in file order) as they come, then record the
+        source, link it to its runs and write its quarantine rows and its tables without a key."""
         skey = _digest(identity)
-        staged = {n: good[n] for n in KEYED if good.get(n)}
-        ranks = _ranks(staged, parsed.clock)  # a JSONL file may hold several runs
         previous = (self.store.record(skey) or {}).get("runs", {})
-        record = {"source": shown_as, "format": parsed.format, "clock": _clock_json(parsed.clock),
-                  "runs": {_digest(r): {"run_id": r, "rank": ranks[r]} for r in sorted(ranks)}}
-        self.store.stage(skey, record, staged)
+        stage = _Staging(self.store, skey, (self.store.record(skey) or {}).get("gen", 0) + 1)
+        spool = tempfile.mkdtemp(prefix="mhw-ingest-rows-")
+        try:
+            try:
+                for name, rows in parts:
+                    stage.add(name, rows, spool)
+                stage.flush()
+            except BaseException:
+                stage.abandon()  # parts of a source never recorded: nothing names them
+                raise
+
+            # Tables without a natural key: the source's rows under the source's own key, as given.
+            for name in UNKEYED:
+                key, written = write_key(identity, name), []
+                if name in stage.spooled:
+                    res = self._write_rows(name, key, stage.spooled_rows(name), stage.facts[name].in_order.get("", False))
+                    result.rows[name], result.files[name], written = res.rows, res.files, res.files
+                result.removed += self.listing.replace(name, key, written)
+        finally:
+            shutil.rmtree(spool, ignore_errors=True)
+
+        # Keyed tables: record the source, then link it to its runs (and unlink it from runs it left).
+        counts = stage.keys()
+        for name in KEYED:
+            if name in counts:
+                total, kept = sum(stage.facts[name].rows.values()), sum(counts[name].values())
+                if kept < total:
+                    result.notes.append(f"{total - kept} {name} rows repeat an earlier ({', '.join(TABLES[name].key)}) "
+                                        f"of this source; the later one is kept")
+        ranks = _ranks(stage, counts, clock)
+        record = {"source": result.source, "format": result.format, "clock": _clock_json(clock), "gen": stage.gen,
+                  "runs": {_digest(r): {"run_id": r, "rank": ranks[r], "tables": stage.where(r, counts)}
+                           for r in sorted(ranks)}}
+        self.store.commit(skey, record, stage.parts)
         if digest:
             self.store.set_alias("content", digest, identity, replace=False)
         if path is not None and os.path.realpath(path) != identity:
@@ -524,13 +663,14 @@ class Ingester:
                 self.store.link(rkey, info["run_id"], skey, present=False)
                 self.dirty[rkey] = info["run_id"]
         for name in KEYED:
-            result.rows.update({name: len(good[name])} if good.get(name) else {})
+            if name in counts:
+                result.rows[name] = sum(counts[name].values())
             # files of the per-file keys an earlier version of ingest wrote: the run's key replaces them
             result.removed += self.listing.replace(name, write_key(identity, name), [])
 
         key, written = write_key(identity, "quarantine"), []
         if result.rejects:
-            q = [{"target_table": r.target_table, "source": r.file or shown_as, "line": r.line,
+            q = [{"target_table": r.target_table, "source": r.file or result.source, "line": r.line,
                   "field": r.problems[0].field, "reason": r.reason, "raw": r.raw, "ingested_at": self.now}
                  for r in result.rejects]
             res = self.lake.write("quarantine", pa.Table.from_pylist(q, schema=_input_schema(TABLES["quarantine"])), key)
@@ -541,25 +681,64 @@ class Ingester:
     def _validate(self, parsed: Parsed, shown_as: str, fill: dict | None, result: SourceResult) -> dict[str, list]:
         good: dict[str, list[dict]] = {}
         for rec in parsed.records:
-            target = rec.table if isinstance(rec.table, str) and rec.table in LOADABLE else None
-            if rec.error:
-                problems = [_problem_from(rec.error)]
-            elif rec.table is None:
-                problems = [Problem("table", "missing table", "no 'table' field on the line and no --table")]
-            elif target is None:
-                problems = [Problem("table", "unknown table",
-                                    f"{_show(rec.table)} is not one of {', '.join(LOADABLE)}")]
+            got = self._check(rec, shown_as, fill)
+            if isinstance(got, Reject):
+                result.rejects.append(got)
             else:
-                values = rec.values
-                if fill and isinstance(values, dict):
-                    names = TABLES[target].schema.names
-                    values = {**{k: v for k, v in fill.items() if k in names}, **values}
-                row, problems = validate(TABLES[target], values)
-                if row is not None:
-                    good.setdefault(target, []).append(row)
-                    continue
-            result.rejects.append(Reject(rec.file or shown_as, rec.line, target, problems, rec.raw, rec.file))
+                good.setdefault(got[0], []).append(got[1])
         return good
+
+    def _check(self, rec: Record, shown_as: str, fill: dict | None) -> tuple[str, dict] | Reject:
+        """One candidate row: (its table, the typed row), or why it is rejected."""
+        target = rec.table if isinstance(rec.table, str) and rec.table in LOADABLE else None
+        if rec.error:
+            problems = [_problem_from(rec.error)]
+        elif rec.table is None:
+            problems = [Problem("table", "missing table", "no 'table' field on the line and no --table")]
+        elif target is None:
+            problems = [Problem("table", "unknown table", f"{_show(rec.table)} is not one of {', '.join(LOADABLE)}")]
+        else:
+            values = rec.values
+            if fill and isinstance(values, dict):
+                names = TABLES[target].schema.names
+                values = {**{k: v for k, v in fill.items() if k in names}, **values}
+            row, problems = validate(TABLES[target], values)
+            if row is not None:
+                return target, row
+        return Reject(rec.file or shown_as, rec.line, target, problems, rec.raw, rec.file)
+
+    def _write_rows(self, name: str, key: str, parts, in_order: bool) -> WriteResult:
+        """Write rows under ``key`` as Lake.write would. Rows that come in partition order are written
+        a partition at a time as they are read (memory: one partition); others are gathered and
+        handed to Lake.write whole."""
+        if not in_order:
+            data = pa.concat_tables(list(parts))
+            return self.lake.write(name, data, key) if data.num_rows else WriteResult()
+        table, res = TABLES[name], WriteResult()
+        pending, where, done = [], None, set()
+        for part in parts:
+            if not part.num_rows:
+                continue
+            data = conform(table, part)
+            for values, piece in _partition_runs(table, data):
+                if values != where:
+                    self._put(table, key, where, pending, res)
+                    if values in done:  # the staging checked the order; a failure here is a bug, not data
+                        raise RuntimeError(f"{name} rows of {key} are not in partition order")
+                    pending, where = [], values
+                    done.add(values)
+                pending.append(piece)
+        self._put(table, key, where, pending, res)
+        return res
+
+    def _put(self, table: Table, key: str, values: tuple | None, pending: list, res: WriteResult) -> None:
+        if not pending:
+            return
+        data = pa.concat_tables(pending)
+        path = f"{self.lake.partition_dir(table, dict(zip(table.partition_by, values)))}/{key}.parquet"
+        self.lake.put_table(path, data.select(table.file_schema.names))
+        res.rows += data.num_rows
+        res.files.append(path)
 
     def finish(self) -> list[RunResult]:
         """Rebuild each touched run from all of its files: one row per key, the most advanced file's
@@ -578,58 +757,78 @@ class Ingester:
         clock = next((_clock(rec["clock"]) for _, rec in ranked if rec.get("clock")), None)
         out = RunResult(run_id, None, [rec["source"] for _, rec in ranked])
 
-        merged: dict[str, list[dict]] = {}
+        # Per table: one source whose rows come in partition order with no key twice is streamed as
+        # it is read (a big log: memory one partition); any other mix is merged in Arrow.
+        merged: dict[str, pa.Table | tuple] = {}
         for name in KEYED:
-            seen, rows = set(), []
-            cols = TABLES[name].key
-            for skey, rec in ranked:
-                restamp = clock is not None and rec.get("clock") is not None and name in STAMPED_BY
-                for r in self.store.rows(skey, name, run_id):
-                    k = tuple(r.get(c) for c in cols)
-                    if k in seen:
-                        continue
-                    seen.add(k)
-                    if restamp and r.get(STAMPED_BY[name]) is not None:
-                        r = {**r, "ts": clock.at(r[STAMPED_BY[name]])}
-                    rows.append(r)
-            if name == "runs" and rows:
-                rows = [_merge_run_rows([r for skey, rec in ranked for r in self.store.rows(skey, name, run_id)], rows[0])]
-            merged[name] = rows
+            having = [(i, skey, rec) for i, (skey, rec) in enumerate(ranked) if _may_have(rec, rkey, name)]
+            if not having:
+                continue
+            if name == "runs":
+                rows = [r for _, skey, rec in having for r in _last_per_run(self.store.rows(skey, name, run_id))]
+                if rows:
+                    merged[name] = pa.Table.from_pylist([_merge_run_rows(rows, rows[0])],
+                                                        schema=_input_schema(TABLES[name]))
+                continue
+            facts = having[0][2]["runs"][rkey].get("tables", {}).get(name)
+            restamp = clock is not None and having[0][2].get("clock") is not None and name in STAMPED_BY
+            if len(having) == 1 and facts and facts["in_order"] and facts["keys"] == facts["rows"] and not restamp:
+                merged[name] = (having[0][1], facts)
+            else:
+                pieces = [(i, pa.concat_tables([*self.store.rows(skey, name, run_id), _input_schema(TABLES[name]).empty_table()]))
+                          for i, skey, rec in having]
+                data = _winners(name, pieces, {i for i, _, rec in having if rec.get("clock")}, clock)
+                if data.num_rows:
+                    merged[name] = data
 
         # One run lives in one model/hardware partition: its runs row says which.
-        if merged.get("runs"):
-            where = {k: merged["runs"][0][k] for k in ("model", "hardware")}
+        where = None
+        if "runs" in merged:
+            where = {k: merged["runs"].column(k)[0].as_py() for k in ("model", "hardware")}
             out.model = where["model"]
-            for name, rows in merged.items():
-                moved = sum(1 for r in rows if any(r.get(k) != v for k, v in where.items()))
+            for name, data in merged.items():
+                moved = _moved(data, where)
                 if moved:
                     out.notes.append(f"{moved} {name} rows named another model/hardware; stored under the run's "
                                      f"{where['model']}/{where['hardware']}")
-                    merged[name] = [{**r, **where} for r in rows]
-        elif any(merged.values()):
-            out.model = next(r["model"] for rows in merged.values() for r in rows)
+        elif merged:
+            first = merged[next(n for n in KEYED if n in merged)]
+            out.model = first[1]["place"][0] if isinstance(first, tuple) else first.column("model")[0].as_py()
 
         key = run_key(run_id)
         for name in KEYED:
-            rows, written = merged.get(name, []), []
-            if rows:
-                res = self.lake.write(name, pa.Table.from_pylist(rows, schema=_input_schema(TABLES[name])), key)
+            data, written = merged.get(name), []
+            if isinstance(data, tuple):  # streamed from its one source
+                skey, facts = data
+                parts = (_placed(t, where) for t in self.store.rows(skey, name, run_id))
+                res = self._write_rows(name, key, parts, in_order=True)
+            elif data is not None:
+                res = self.lake.write(name, _placed(data, where), key)
+            if data is not None:
                 out.rows[name], out.files[name], written = res.rows, res.files, res.files
             self.listing.replace(name, key, written)
-            if rows and self.lake.local:
-                out.notes += self._strip_compacted(name, run_id, rows)
+            if data is not None and self.lake.local:
+                keys = (lambda d=data, n=name: self._keys_of(n, run_id, d))
+                out.notes += self._strip_compacted(name, run_id, keys, _places(data, where))
         return out
 
-    def _strip_compacted(self, table: str, run_id: str, rows: list[dict]) -> list[str]:
+    def _keys_of(self, name: str, run_id: str, data) -> set[tuple]:
+        cols = list(TABLES[name].key)
+        if isinstance(data, tuple):
+            parts = [t.select(cols) for t in self.store.rows(data[0], name, run_id)]
+            data = pa.concat_tables(parts)
+        return set(zip(*(data.column(c).to_pylist() for c in cols)))
+
+    def _strip_compacted(self, table: str, run_id: str, keys, wheres: set[str]) -> list[str]:
         """Take the run's keys out of compacted files of its partitions. Compaction
         (``pipelines/maintenance.py``) folds the run's own files into ``compacted-*`` files, which the
         run's key no longer replaces; without this a file of the run ingested afterwards would store
         those keys twice. Only keys the run now holds are removed (rows of the same run id written by
-        something else, e.g. a live training, stay). Each file is rewritten in place, one rename."""
+        something else, e.g. a live training, stay). Each file is rewritten in place, one rename.
+        ``keys()`` gives the run's keys, read only when a compacted file holds the run."""
         cols = TABLES[table].key
-        keys = {tuple(r.get(c) for c in cols) for r in rows}
-        wheres = {f"/model={r['model']}/hardware={r['hardware']}/" for r in rows}
         removed = files = 0
+        held = None
         for name, paths in list(self.listing.of(table).items()):
             if not name.startswith("compacted-"):
                 continue
@@ -637,52 +836,247 @@ class Ingester:
                 ids = pq.read_table(p, columns=["run_id"], filesystem=self.lake.fs).column("run_id")
                 if not pc.any(pc.equal(ids, run_id)).as_py():
                     continue
+                held = keys() if held is None else held
                 data = pq.read_table(p, filesystem=self.lake.fs, schema=TABLES[table].file_schema)
-                kept = [r for r in data.to_pylist() if r["run_id"] != run_id or tuple(r.get(c) for c in cols) not in keys]
-                if len(kept) == data.num_rows:
+                mine = pc.equal(data.column("run_id"), run_id).to_numpy(zero_copy_only=False)
+                drop = np.zeros(data.num_rows, bool)
+                at = np.flatnonzero(mine)
+                if len(at):
+                    sub = data.take(at)
+                    found = [k in held for k in zip(*(sub.column(c).to_pylist() for c in cols))]
+                    drop[at[np.array(found, bool)]] = True
+                if not drop.any():
                     continue
-                if kept:
-                    self.lake.put_table(p, pa.Table.from_pylist(kept, schema=data.schema))
-                else:
+                if drop.all():
                     self.lake.delete(p)
                     paths.remove(p)
-                removed, files = removed + data.num_rows - len(kept), files + 1
+                else:
+                    self.lake.put_table(p, data.filter(pa.array(~drop)))
+                removed, files = removed + int(drop.sum()), files + 1
         return [f"{removed} {table} rows of the run were also in {files} compacted file(s): taken out there"] if files else []
 
 
-def _dedupe(table: str, rows: list[dict], result: SourceResult) -> list[dict]:
-    """One row per key within one file: a key logged twice (a resumed run's repeated steps, an eval
-    re-reported at the end) keeps the later row, as the log's final word."""
-    cols = TABLES[table].key
-    by_key: dict[tuple, dict] = {}
-    for r in rows:
-        by_key[tuple(r.get(c) for c in cols)] = r
-    if len(by_key) < len(rows):
-        result.notes.append(f"{len(rows) - len(by_key)} {table} rows repeat an earlier ({', '.join(cols)}) of this "
-                            f"source; the later one is kept")
-    return list(by_key.values())
+class _Staging:
+    """One source's validated rows on their way to its ingest record: gathered per table up to
+    STAGE_ROWS, then written as one part (a record batch per run), with the facts of each run."""
+
+    def __init__(self, store: _Store, skey: str, gen: int):
+        self.store, self.skey, self.gen = store, skey, gen
+        self.facts = {name: _Facts(name, by_run=name in KEYED) for name in LOADABLE}
+        self.parts: dict[str, int] = {}  # table -> parts written
+        self.batches: dict[tuple[str, str], list] = {}  # (table, run) -> [[part, batch], ...]
+        self.spooled: dict[str, list[str]] = {}  # table without a key -> files of its rows (temporary)
+        self.runs: dict[str, dict] = {}  # run -> its last runs row
+        self._pending: dict[str, list[pa.Table]] = {}
+        self._written: list[str] = []
+
+    def add(self, name: str, rows: pa.Table, spool: str) -> None:
+        if not rows.num_rows:
+            return
+        if name in UNKEYED:
+            self.facts[name].update(rows, self.facts[name].groups(rows))
+            path = os.path.join(spool, f"{name}-{len(self.spooled.get(name, []))}.arrow")
+            with pa.ipc.new_file(path, rows.schema) as w:
+                w.write_table(rows)
+            self.spooled.setdefault(name, []).append(path)
+            return
+        self._pending.setdefault(name, []).append(rows)
+        if sum(t.num_rows for t in self._pending[name]) >= STAGE_ROWS:
+            self._flush(name)
+
+    def flush(self) -> None:
+        for name in list(self._pending):
+            self._flush(name)
+
+    def _flush(self, name: str) -> None:
+        data = pa.concat_tables(self._pending.pop(name))
+        facts = self.facts[name]
+        groups = facts.groups(data)
+        facts.update(data, groups)
+        n = self.parts.get(name, 0)
+        batches = []
+        for run, pos in groups:  # one record batch per run: the merge reads only its run's rows
+            self.batches.setdefault((name, run), []).append([n, len(batches)])
+            batches.append((data.take(pos) if len(groups) > 1 else data).combine_chunks().to_batches()[0])
+        if name == "runs":
+            for r in data.to_pylist():
+                self.runs[r["run_id"]] = {k: v for k, v in r.items() if v is not None}
+        path = self.store.part_path(self.skey, name, self.gen, n)
+        self.store.put_part(path, batches)
+        self._written.append(path)
+        self.parts[name] = n + 1
+
+    def abandon(self) -> None:
+        for p in self._written:
+            self.store._delete(p)
+
+    def spooled_rows(self, name: str):
+        for path in self.spooled[name]:
+            with pa.memory_map(path) as f:
+                yield pa.ipc.open_file(f).read_all()
+
+    def keys(self) -> dict[str, dict[str, int]]:
+        """Distinct keys per keyed table and run: the row count where the key only grew, else counted
+        from the staged rows of that run (key columns only)."""
+        out: dict[str, dict[str, int]] = {}
+        for name in KEYED:
+            facts = self.facts[name]
+            for run, n in facts.rows.items():
+                if name == "runs":
+                    k = 1
+                elif facts.growing.get(run):
+                    k = n
+                else:
+                    cols = list(TABLES[name].key)
+                    rec = {"gen": self.gen, "runs": {_digest(run): {"tables": {name: {"batches": self.batches[(name, run)]}}}}}
+                    data = pa.concat_tables([t.select(cols) for t in self.store.rows(self.skey, name, run, rec)])
+                    k = data.group_by(cols, use_threads=False).aggregate([]).num_rows
+                out.setdefault(name, {})[run] = k
+        return out
+
+    def where(self, run: str, counts: dict[str, dict[str, int]]) -> dict:
+        """What the record keeps of one run's rows per table: where they lie and what the merge needs."""
+        out = {}
+        for name in KEYED:
+            facts = self.facts[name]
+            if run in facts.rows:
+                out[name] = {"batches": self.batches[(name, run)], "rows": facts.rows[run], "keys": counts[name][run],
+                             "in_order": facts.in_order[run], "place": list(facts.place[run])}
+        return out
 
 
-def _ranks(staged: dict[str, list[dict]], clock: StepClock | None) -> dict[str, list]:
+def _fills(fill: dict | None) -> dict[str, dict[str, tuple[bool, object]]]:
+    """The run-metadata flags per table, converted once as the row path converts them: (True, value),
+    or (False, None) for a value that does not fit (rows that need it then take the row path)."""
+    out = {}
+    for name in LOADABLE:
+        t, cols = TABLES[name], {}
+        for k, v in (fill or {}).items():
+            if k in t.schema.names and v is not None:
+                try:
+                    cols[k] = (True, _converter(t.schema.field(k).type, t.max_chars(k))(v))
+                except _Bad:
+                    cols[k] = (False, None)
+        out[name] = cols
+    return out
+
+
+def _ranks(stage: "_Staging", counts: dict[str, dict[str, int]], clock: StepClock | None) -> dict[str, list]:
     """How far a source got in each of its runs: (furthest step, has ended, knows its timing, rows).
     Timing: a derived clock with no run time (a checkpoint saved before the Trainer's summary) stamps
     every row alike, so of two copies at the same step the one that knows the run time is better."""
     steps: dict[str, int] = {}
     rows: dict[str, int] = {}
-    for name, table_rows in staged.items():
-        col = STAMPED_BY.get(name)
-        for r in table_rows:
-            rid = r["run_id"]
-            rows[rid] = rows.get(rid, 0) + 1
-            if col and r.get(col) is not None:
-                steps[rid] = max(steps.get(rid, -1), r[col])
+    for name in KEYED:
+        for rid, k in counts.get(name, {}).items():
+            rows[rid] = rows.get(rid, 0) + k
+        if name in STAMPED_BY:
+            for rid, s in stage.facts[name].furthest.items():
+                steps[rid] = max(steps.get(rid, -1), s)
     ended = {}
-    for r in staged.get("runs", []):
+    for r in stage.runs.values():
         if r.get("steps") is not None:
             steps[r["run_id"]] = r["steps"]
         ended[r["run_id"]] = int(r.get("status") in ENDED or (r.get("ended_at") is not None and r.get("status") is None))
     timed = int(clock is None or clock.span_s > 0)
     return {rid: [int(steps.get(rid, -1)), ended.get(rid, 0), timed, n] for rid, n in rows.items()}
+
+
+def _may_have(rec: dict, rkey: str, table: str) -> bool:
+    """Whether a source's record may hold rows of the run in ``table`` (an earlier version's record
+    does not say which tables a run has)."""
+    if "gen" in rec:
+        return table in rec["runs"][rkey].get("tables", {})
+    return table in rec.get("tables", [])
+
+
+def _last_per_run(parts) -> list[dict]:
+    """A source's runs rows of one run as dicts without nulls, the later one where it repeats."""
+    last: dict[str, dict] = {}
+    for t in parts:
+        for r in t.to_pylist():
+            last[r["run_id"]] = {k: v for k, v in r.items() if v is not None}
+    return list(last.values())
+
+
+def _starts(t: pa.Table, cols) -> np.ndarray:
+    """Rows of ``t`` where ``cols`` differ from the row before (nulls equal to nulls); the first row."""
+    n = t.num_rows
+    out = np.zeros(n, bool)
+    if n:
+        out[0] = True
+    for c in cols:
+        a = t.column(c).combine_chunks()
+        x, y = a.slice(1), a.slice(0, n - 1)
+        same = pc.or_(pc.fill_null(pc.equal(x, y), False), pc.and_(x.is_null(), y.is_null()))
+        out[1:] |= ~same.to_numpy(zero_copy_only=False)
+    return out
+
+
+def _winners(name: str, pieces: list[tuple[int, pa.Table]], clocked: set[int], clock: StepClock | None) -> pa.Table:
+    """One row per key of a run from the rows of each of its sources (``pieces``: the source's rank,
+    its rows in file order): the best-ranked source's row and, of its rows with that key, the later
+    one (the log's final word), placed where the key first came in that source; ranks in
+    ``clocked`` read time off a derived clock and are re-stamped with ``clock``."""
+    schema, cols = _input_schema(TABLES[name]), list(TABLES[name].key)
+    data = pa.concat_tables([t.append_column("_src", pa.array(np.full(t.num_rows, rank, np.int32)))
+                             .append_column("_pos", pa.array(np.arange(t.num_rows, dtype=np.int64)))
+                             for rank, t in pieces])
+    if not data.num_rows:
+        return schema.empty_table()
+    order = pc.sort_indices(data, sort_keys=[(c, "ascending", "at_end") for c in cols] +
+                            [("_src", "ascending", "at_end"), ("_pos", "descending", "at_end")])
+    data = data.take(order)
+    new_key = _starts(data, cols)
+    groups = np.flatnonzero(new_key | _starts(data, ["_src"]))  # (key, source) groups
+    ends = np.concatenate([groups[1:], [data.num_rows]]) - 1
+    win = np.flatnonzero(new_key)
+    first = data.column("_pos").to_numpy()[ends[np.searchsorted(groups, win)]]
+    src = data.column("_src").to_numpy()[win]
+    out = data.take(win[np.lexsort((first, src))])
+    if clock is not None and clocked and name in STAMPED_BY:
+        stamped = out.column(STAMPED_BY[name]).to_pylist()
+        ts = [clock.at(s) if r in clocked and s is not None else t
+              for r, s, t in zip(out.column("_src").to_pylist(), stamped, out.column("ts").to_pylist())]
+        out = out.set_column(out.schema.get_field_index("ts"), "ts", pa.array(ts, TS))
+    return out.select(schema.names).cast(schema)
+
+
+def _moved(data, where: dict) -> int:
+    """Rows of a run's table that name another model/hardware than its runs row."""
+    if isinstance(data, tuple):  # streamed: the facts say its one place
+        _, facts = data
+        return facts["rows"] if tuple(facts["place"]) != (where["model"], where["hardware"]) else 0
+    other = pc.or_(pc.not_equal(data.column("model"), where["model"]),
+                   pc.not_equal(data.column("hardware"), where["hardware"]))
+    return int(pc.sum(other).as_py() or 0)
+
+
+def _placed(data: pa.Table, where: dict | None) -> pa.Table:
+    """The rows under the run's model/hardware."""
+    if where is None or not _moved(data, where):
+        return data
+    for k in ("model", "hardware"):
+        data = data.set_column(data.schema.get_field_index(k), k, pa.nulls(data.num_rows, pa.string()).fill_null(where[k]))
+    return data
+
+
+def _places(data, where: dict | None) -> set[str]:
+    """The ``/model=<m>/hardware=<h>/`` folders a run's rows are written under."""
+    if where is not None:
+        return {f"/model={where['model']}/hardware={where['hardware']}/"}
+    if isinstance(data, tuple):
+        m, h = data[1]["place"]
+        return {f"/model={m}/hardware={h}/"}
+    pairs = data.group_by(["model", "hardware"]).aggregate([])
+    return {f"/model={m}/hardware={h}/" for m, h in zip(pairs.column("model").to_pylist(), pairs.column("hardware").to_pylist())}
+
+
+def _partition_runs(table: Table, data: pa.Table):
+    """(partition values, rows) for each stretch of ``data`` (conformed) in one partition."""
+    starts = np.flatnonzero(_starts(data, table.partition_by))
+    for a, b in zip(starts, np.concatenate([starts[1:], [data.num_rows]])):
+        yield tuple(data.column(c)[int(a)].as_py() for c in table.partition_by), data.slice(int(a), int(b - a))
 
 
 # The progress of a run comes from its most advanced file as a whole; descriptive fields any file
@@ -820,10 +1214,13 @@ def run(args: argparse.Namespace) -> int:
                         continue
                     seen[ident] = shown if piped else source
                     try:
-                        parsed = parse(source, fmt, meta, args.table)
-                        fill = meta.given() if fmt == "jsonl" else None  # importers placed the flags themselves
-                        results.append(ingester.add(parsed, shown if piped else source, fill, ident, d,
-                                                    None if piped else source))
+                        where = None if piped else source
+                        if fmt == "jsonl":  # read in blocks, validated in columns; the flags fill what lines leave out
+                            results.append(ingester.add_jsonl(source, args.table, shown if piped else source,
+                                                              meta.given(), ident, d, where))
+                        else:  # importers placed the flags themselves
+                            parsed = parse(source, fmt, meta, args.table)
+                            results.append(ingester.add(parsed, shown if piped else source, None, ident, d, where))
                     except SourceError as e:
                         errors.append(str(e).replace(source, shown) if piped else str(e))
             runs = ingester.finish()
