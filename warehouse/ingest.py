@@ -525,15 +525,16 @@ class _Facts:
         step = part.column(self.step).to_numpy(zero_copy_only=False) if self.step else None
         stamped = STAMPED_BY.get(t.name)
         col = part.column(stamped).to_numpy(zero_copy_only=False) if stamped else None
+        whole = len(groups) == 1
         for run, pos in groups:
-            d = days[pos]
+            d = days if whole else days[pos]
             place = (model[int(pos[0])].as_py(), hardware[int(pos[0])].as_py())
             last = self._last.get(run)
             ordered = bool((np.diff(d) >= 0).all()) and self.place.get(run, place) == place and (
                 last is None or d[0] >= last[1]) and self.in_order.get(run, True)
             if ordered and len(pos) > 1:  # one model/hardware in the group too
-                ordered = pc.count_distinct(model.take(pos)).as_py() == 1 and \
-                    pc.count_distinct(hardware.take(pos)).as_py() == 1
+                ordered = all(pc.all(pc.equal(c if whole else c.take(pos), v)).as_py()
+                              for c, v in ((model, place[0]), (hardware, place[1])))
             grows = False
             if step is not None:
                 s = step[pos]
@@ -895,9 +896,11 @@ class _Staging:
         facts.update(data, groups)
         n = self.parts.get(name, 0)
         batches = []
-        for run, pos in groups:  # one record batch per run: the merge reads only its run's rows
-            self.batches.setdefault((name, run), []).append([n, len(batches)])
-            batches.append((data.take(pos) if len(groups) > 1 else data).combine_chunks().to_batches()[0])
+        for run, pos in groups:  # record batches of one run each: the merge reads only its run's rows
+            piece = data.take(pos) if len(groups) > 1 else data
+            for b in piece.to_batches():
+                self.batches.setdefault((name, run), []).append([n, len(batches)])
+                batches.append(b)
         if name == "runs":
             for r in data.to_pylist():
                 self.runs[r["run_id"]] = {k: v for k, v in r.items() if v is not None}

@@ -22,6 +22,9 @@ from __future__ import annotations
 
 import json
 import re
+import os
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -37,7 +40,7 @@ LEAF_LINES = 8  # a failing range this small takes the row path whole
 FAILURES_PER_UNIT = 16  # parse errors in one unit before the rest of it takes the row path
 MAX_NAMES = 16  # distinct `table` values looked for in one block (more: the row path sorts them out)
 BOM = b"\xef\xbb\xbf"
-_DATE = r"(?:[1-8]\d{3}|9[0-8]\d\d|99[0-8]\d)-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])"  # years 1000-9998
+_DATE = r"(?:[1-8]\d{3}|9[0-8]\d\d|99[0-8]\d)-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])"  # years 1000-9989
 _TIME = r"(?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d(?:\.\d{1,6})?"
 ISO_ZONED = rf"^{_DATE}[T ]{_TIME}(?:Z|[+-](?:[01]\d|2[0-3]):[0-5]\d)$"  # the plain forms both paths read alike
 ISO_NAIVE = rf"^{_DATE}[T ]{_TIME}$"  # no offset: UTC
@@ -75,13 +78,21 @@ class Reader:
         self.loadable = tuple(fill)
 
     def blocks(self, f):
-        for lineno, data, size in read_blocks(f):
-            if size is not None:  # one line over the bound, read through: the row path rejects it
-                yield self._slow([(lineno, data, size)])
-            elif data.count(b"\r") != data.count(b"\r\n"):  # a lone \r breaks lines too: as read_lines
-                yield self._slow(block_lines(lineno, data))
-            else:
-                yield self._block(lineno, data)
+        """The file's blocks in order. A block's units are parsed on a thread pool (the reader lets
+        go of the GIL) while the block before it is checked."""
+        ahead: deque = deque()
+        with ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="mhw-jsonl") as pool:
+            for lineno, data, size in read_blocks(f):
+                if size is not None:  # one line over the bound, read through: the row path rejects it
+                    ahead.append(self._slow([(lineno, data, size)]))
+                elif b"\r" in data and data.count(b"\r") != data.count(b"\r\n"):  # a lone \r breaks lines too
+                    ahead.append(self._slow(block_lines(lineno, data)))
+                else:
+                    ahead.append(self._start(lineno, data, pool))
+                if len(ahead) > 1:
+                    yield self._finish(ahead.popleft())
+            while ahead:
+                yield self._finish(ahead.popleft())
 
     # --- the row path --------------------------------------------------------------------------
 
@@ -93,7 +104,8 @@ class Reader:
 
     # --- one block of plain lines ----------------------------------------------------------------
 
-    def _block(self, lineno: int, data: bytes) -> Block:
+    def _start(self, lineno: int, data: bytes, pool) -> "_Started | Block":
+        """Split a block into lines, route them to tables and start parsing its units."""
         buf = np.frombuffer(data, np.uint8)
         nl = np.flatnonzero(buf == 10)
         starts = np.concatenate([[0], nl + 1])
@@ -113,13 +125,36 @@ class Reader:
             plain[0] = False
         lines = _Lines(data, buf, starts, ends, lineno)
         table_of, named = self._route(lines, plain)
-        out = _Collect()
+        units = []
         for t in self.loadable:
             idx = np.flatnonzero(table_of == self.loadable.index(t))
-            if len(idx):
-                self._table(t, lines, idx, named[idx], out)
-        for i in np.flatnonzero(table_of < 0):  # the row path: odd lines, unnamed tables
-            out.row_path(lineno + int(i), self.row_path(lineno + int(i), *lines.raw(int(i))))
+            if not len(idx):
+                continue
+            size = np.cumsum(lines.ends[idx] - lines.starts[idx] + 1)
+            cuts = np.unique(np.searchsorted(size, np.arange(UNIT_BYTES, int(size[-1]), UNIT_BYTES)))
+            for a, b in zip(np.concatenate([[0], cuts]), np.concatenate([cuts, [len(idx)]])):
+                if b > a:
+                    table, unit = TABLES[t], idx[a:b]
+                    first = _object(lines.line(int(unit[0])))
+                    cols = [c for c in table.schema.names if c in first and c != "date"]
+                    kind = "epoch" if any(isinstance(first.get(c), (int, float)) and not isinstance(first.get(c), bool)
+                                          for c in _ts_columns(table)) else "iso"
+                    schema = _schema(table, cols, kind)  # the columns the unit's first line has: fewer parse faster
+                    units.append((table, unit, named[a:b], kind, pool.submit(_parse, lines.buffer(unit), schema, b - a)))
+        return _Started(lines, np.flatnonzero(table_of < 0), units)
+
+    def _finish(self, job: "_Started | Block") -> Block:
+        """Check a started block's parsed units; the row path for the rest."""
+        if isinstance(job, Block):
+            return job
+        lines, out, slow = job.lines, _Collect(), job.odd.tolist()  # odd lines, unnamed tables
+        for table, idx, named, kind, parsed in job.units:
+            for pos, piece in self._parsed(table, lines, idx, kind, parsed, slow):
+                ok, rows = self._check(table, lines, idx[pos], named[pos], piece)
+                out.fast(table.name, lines.lineno + idx[pos][ok], rows)
+                slow += idx[pos][~ok].tolist()
+        for i in slow:
+            out.row_path(lines.lineno + i, self.row_path(lines.lineno + i, *lines.raw(i)))
         return out.block()
 
     def _route(self, lines: "_Lines", plain: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -161,35 +196,15 @@ class Reader:
             table_of[rest] = self.loadable.index(self.default)
         return table_of, named
 
-    # --- one table's lines of a block ----------------------------------------------------------------
+    # --- one unit of one table's lines ---------------------------------------------------------------
 
-    def _table(self, t: str, lines: "_Lines", idx: np.ndarray, named: np.ndarray, out: "_Collect") -> None:
-        table = TABLES[t]
-        size = np.cumsum(lines.ends[idx] - lines.starts[idx] + 1)
-        cuts = np.unique(np.searchsorted(size, np.arange(UNIT_BYTES, int(size[-1]), UNIT_BYTES)))
-        slow: list[int] = []
-        for a, b in zip(np.concatenate([[0], cuts]), np.concatenate([cuts, [len(idx)]])):
-            if b <= a:
-                continue
-            for pos, piece in self._parse_unit(table, lines, idx[a:b], slow):
-                ok, rows = self._check(table, lines, idx[a:b][pos], named[a:b][pos], piece)
-                out.fast(t, lines.lineno + idx[a:b][pos][ok], rows)
-                slow += idx[a:b][pos][~ok].tolist()
-        for i in sorted(slow):
-            out.row_path(lines.lineno + i, self.row_path(lines.lineno + i, *lines.raw(i)))
-
-    def _parse_unit(self, table: Table, lines: "_Lines", idx: np.ndarray, slow: list[int]):
+    def _parsed(self, table: Table, lines: "_Lines", idx: np.ndarray, kind: str, parsed, slow: list[int]):
         """(positions in ``idx``, parsed table) for the lines of one unit that parse; the others are
-        added to ``slow``. The first try reads the columns the unit's first line has (fewer columns
-        parse faster); a parse error retries once with more columns when the error may be theirs,
-        then localizes: the reader names the row it failed in, or the range is halved."""
-        first = _object(lines.line(int(idx[0])))
-        cols = [c for c in table.schema.names if c in first and c != "date"]
-        kind = "epoch" if any(isinstance(first.get(c), (int, float)) and not isinstance(first.get(c), bool)
-                              for c in _ts_columns(table)) else "iso"
-        schema = _schema(table, cols, kind)
+        added to ``slow``. After a parse error the unit is read again with every column (the error
+        may be a column its first line lacks) or the other timestamp kind, then localized: the
+        reader names the row it failed in, or the range is halved."""
         try:
-            return [(np.arange(len(idx)), _parse(lines.buffer(idx), schema, len(idx)))]
+            return [(np.arange(len(idx)), parsed.result())]
         except (pa.ArrowInvalid, UnicodeDecodeError) as e:
             msg = str(e)
         full = _schema(table, [c for c in table.schema.names if c != "date"], kind)
@@ -269,17 +284,25 @@ class Reader:
             ok &= valid.to_numpy(zero_copy_only=False)
         for name, col in cols.items():
             if pa.types.is_string(col.type):
-                short = pc.fill_null(pc.less_equal(pc.utf8_length(col), table.max_chars(name)), True)
-                ok &= short.to_numpy(zero_copy_only=False)
-                if name in table.partition_by:
-                    ok &= pc.fill_null(pc.match_substring_regex(col, SLUG_RE2), True).to_numpy(zero_copy_only=False)
-        keep = pa.array(ok)
+                ok &= _strings_fit(table, name, col)
         names = input_schema(table)
-        arrays = [cols[f.name].filter(keep) if f.name in cols else pa.nulls(int(ok.sum()), f.type) for f in names]
+        keep = None if ok.all() else pa.array(ok)
+        arrays = [(cols[f.name] if keep is None else cols[f.name].filter(keep)) if f.name in cols
+                  else pa.nulls(int(ok.sum()), f.type) for f in names]
         return ok, pa.Table.from_arrays(arrays, schema=names)
 
 
 # --- helpers ---------------------------------------------------------------------------------------
+
+@dataclass
+class _Started:
+    """A block whose units are being parsed: its lines, the lines for the row path, and per unit
+    (table, line indices, named flags, timestamp kind, the parse's future)."""
+
+    lines: "_Lines"
+    odd: np.ndarray
+    units: list
+
 
 class _Lines:
     """The lines of one block: offsets into its bytes, numbered from ``lineno``."""
@@ -385,19 +408,92 @@ def _timestamps(col: pa.Array) -> tuple[pa.Array, np.ndarray]:
     pass: the required check sees them)."""
     null = col.is_null().to_numpy(zero_copy_only=False)
     if pa.types.is_string(col.type):
-        zoned = pc.fill_null(pc.match_substring_regex(col, ISO_ZONED), False)
-        naive = pc.fill_null(pc.match_substring_regex(col, ISO_NAIVE), False)
-        good = pc.or_(zoned, naive)
-        if not pc.all(good).as_py():
-            col = pc.if_else(good, col, pa.scalar(None, pa.string()))
-        out, cast = _cast_iso(col, naive)
-        return out, null | (good.to_numpy(zero_copy_only=False) & cast)
+        zoned, naive = _iso_forms(col)
+        good = zoned | naive
+        if not good.all():
+            col = pc.if_else(pa.array(good), col, pa.scalar(None, pa.string()))
+        out, cast = _cast_iso(col, pa.array(naive))
+        return out, null | (good & cast)
     # epoch seconds as datetime.fromtimestamp reads a float: microseconds rounded half to even
     v = col.to_numpy(zero_copy_only=False).astype(np.float64)  # nulls come as NaN
     good = ~null & np.isfinite(v) & (v >= EPOCH_MIN) & (v < EPOCH_MAX)
     frac, whole = np.modf(np.where(good, v, 0.0))
     us = whole.astype(np.int64) * US + np.rint(frac * US).astype(np.int64)
     return pa.array(us, pa.int64(), mask=~good).cast(TS), null | good
+
+
+def _strings_fit(table: Table, name: str, col: pa.Array) -> np.ndarray:
+    """Rows whose string in ``name`` is within its bound and, for a partition column, a slug (nulls
+    pass). Checked once per distinct value: ids and names repeat on every line."""
+    if col.null_count == 0 and len(col) and pc.all(pc.equal(col, col[0])).as_py():  # one value: check it once
+        values, enc = col.slice(0, 1), None
+    else:
+        enc = pc.dictionary_encode(col)
+        values = enc.dictionary
+    fits = pc.less_equal(pc.utf8_length(values), table.max_chars(name))
+    if name in table.partition_by:
+        fits = pc.and_(fits, pc.match_substring_regex(values, SLUG_RE2))
+    if pc.all(fits).as_py() is not False:
+        return np.ones(len(col), bool)
+    if enc is None:
+        return np.zeros(len(col), bool)
+    return pc.fill_null(pc.take(fits, enc.indices), True).to_numpy(zero_copy_only=False)
+
+
+def _iso_forms(col: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(zoned, naive): the rows in one of the plain forms ISO_ZONED / ISO_NAIVE, read off the string
+    bytes by position (a regular expression costs ~200 ns a row; this ~20): for each length a string
+    of those forms can have, every split of its tail into fraction and zone."""
+    n = len(col)
+    zoned, naive = np.zeros(n, bool), np.zeros(n, bool)
+    if col.null_count == n:
+        return zoned, naive
+    off = np.frombuffer(col.buffers()[1], np.int32, n + 1, col.offset * 4)
+    data = np.frombuffer(col.buffers()[2], np.uint8)
+    length = np.diff(off)
+    valid = col.is_valid().to_numpy(zero_copy_only=False) if col.null_count else np.ones(n, bool)
+    for size in np.unique(length[valid]):
+        if not 19 <= size <= 19 + 7 + 6:  # no plain form is that long
+            continue
+        if col.null_count == 0 and length[0] == size and (length == size).all():  # one length: a view
+            rows, m = slice(None), data[off[0]:off[0] + n * size].reshape(n, size)
+        else:
+            rows = np.flatnonzero(valid & (length == size))
+            m = data[off[rows][:, None] + np.arange(size)]
+        base = _iso_base(m)
+        for frac in (0, 2, 3, 4, 5, 6, 7):  # '.' and 1-6 digits
+            zone = size - 19 - frac
+            if zone not in (0, 1, 6):
+                continue
+            f = base.copy()
+            if frac:
+                f &= (m[:, 19] == ord(".")) & _digits(m[:, 20:19 + frac])
+            e = 19 + frac
+            if zone == 0:
+                naive[rows] |= f
+            elif zone == 1:
+                zoned[rows] |= f & (m[:, e] == ord("Z"))
+            else:  # +hh:mm
+                z = m[:, [e + 1, e + 2, e + 4, e + 5]] - np.uint8(48)
+                zoned[rows] |= f & ((m[:, e] == ord("+")) | (m[:, e] == ord("-"))) & (m[:, e + 3] == ord(":")) & \
+                    (z <= 9).all(axis=1) & (z[:, 0] * 10 + z[:, 1] <= 23) & (z[:, 2] * 10 + z[:, 3] <= 59)
+    return zoned, naive
+
+
+def _digits(m: np.ndarray) -> np.ndarray:
+    return ((m - np.uint8(48)) <= 9).all(axis=1)  # below '0' wraps round to > 9
+
+
+def _iso_base(m: np.ndarray) -> np.ndarray:
+    """YYYY-MM-DD[T ]hh:mm:ss with the ranges of _DATE and _TIME (``m``: the strings' bytes)."""
+    d = (m[:, [0, 1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18]] - np.uint8(48)).astype(np.int16)
+    ok = ((d >= 0) & (d <= 9)).all(axis=1) & (m[:, 4] == ord("-")) & (m[:, 7] == ord("-"))
+    ok &= ((m[:, 10] == ord("T")) | (m[:, 10] == ord(" "))) & (m[:, 13] == ord(":")) & (m[:, 16] == ord(":"))
+    year = d[:, 0] * 1000 + d[:, 1] * 100 + d[:, 2] * 10 + d[:, 3]
+    month, day = d[:, 4] * 10 + d[:, 5], d[:, 6] * 10 + d[:, 7]
+    hour, minute, second = d[:, 8] * 10 + d[:, 9], d[:, 10] * 10 + d[:, 11], d[:, 12] * 10 + d[:, 13]
+    return ok & (year >= 1000) & (year <= 9989) & (month >= 1) & (month <= 12) & (day >= 1) & (day <= 31) & \
+        (hour <= 23) & (minute <= 59) & (second <= 59)
 
 
 def _cast_iso(col: pa.Array, naive) -> tuple[pa.Array, np.ndarray]:

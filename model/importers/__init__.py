@@ -122,8 +122,7 @@ BLOCK_BYTES = 1 << 23  # what read_blocks reads at a time: 8 MiB, ~25,000 lines 
 def line_breaks(data: bytes) -> int:
     """How many line breaks ``data`` holds, as read_lines counts them (``\\r\\n`` is one)."""
     n = data.count(b"\n")
-    cr = data.count(b"\r")
-    return n + cr - data.count(b"\r\n") if cr else n
+    return n + data.count(b"\r") - data.count(b"\r\n") if b"\r" in data else n
 
 
 def read_blocks(f, size: int = BLOCK_BYTES, limit: int = LINE_BYTES):
