@@ -471,10 +471,6 @@ def run_rules(eng, lake_root: str, rules: dict[str, Rule], cfg: DiagnosticsConfi
             for view, table in PEER_TABLES.items():
                 eng.register_files(view, scope.peer_files.get(view, []), TABLES[table].schema,
                                    TABLES[table].partition_by, f"{root}/{table}")
-        # One pass over the raw step rows: most rules read them, each once; they scan this copy.
-        t = time.perf_counter()
-        eng.materialize("train_steps")
-        seconds[f"read train_steps ({kind} rules)"] = time.perf_counter() - t
         for rule in chosen:
             t = time.perf_counter()
             result = eng.query(render(rule, cfg.rules[rule.name].params))

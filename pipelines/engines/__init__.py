@@ -4,7 +4,6 @@ else differs between them.
 
     engine.register_files(name, files, schema, partition_cols)  # a view over Parquet files
     engine.register_arrow(name, table)                           # a small table (sketch bounds)
-    engine.materialize(name)                                     # read a view once; later queries scan that
     engine.query(sql) -> pyarrow.Table                           # DuckDB SQL
     engine.session() -> engine                                   # own temp views, shared resources
 """

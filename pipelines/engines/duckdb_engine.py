@@ -77,14 +77,6 @@ class DuckDBEngine:
                 source = f"read_parquet({listed}, hive_partitioning = false, union_by_name = true)"
         self.con.execute(f"create or replace temp view {_q(name)} as select {cols} from {source}")
 
-    def materialize(self, name: str) -> None:
-        """Read view ``name`` once into a temp table (DuckDB's compressed columns, spilled to its
-        temp directory past the memory limit) and point the name at it: the queries that follow scan
-        it instead of decoding the Parquet files again."""
-        hidden = f"__table_{next(_ids)}"
-        self.con.execute(f"create temp table {_q(hidden)} as select * from {_q(name)}")
-        self.con.execute(f"create or replace temp view {_q(name)} as select * from {_q(hidden)}")
-
     def query(self, sql: str) -> pa.Table:
         return normalize(self.con.sql(sql).to_arrow_table())
 

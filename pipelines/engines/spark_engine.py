@@ -92,10 +92,6 @@ class SparkEngine:
         other.spark, other.local_cores = self.spark.newSession(), self.local_cores
         return other
 
-    def materialize(self, name: str) -> None:
-        """Cache view ``name`` (memory, then disk) once, eagerly: the queries that follow scan it."""
-        self.spark.sql(f"CACHE TABLE `{name}`")
-
     def register_arrow(self, name: str, table: pa.Table) -> None:
         # straight from Arrow: nulls stay nulls and NaN stays NaN (a pandas hop would merge them)
         df = self.spark.createDataFrame(table) if table.num_rows \
