@@ -111,20 +111,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        readonly.check_read_only(args.sql)
-    except readonly.NotReadOnly as e:
-        print(f"mhw query: {e}", file=sys.stderr)
-        return 2
     # The lake lock, shared, for the whole read: no ingest commits while the query lists and reads
     # files, and the query never sees half of a killed one (warehouse/commit.py).
     with _read_lock(args.lake or config.load().lake_root):
         try:
             con = connect(args.lake, args.serving)
+            readonly.check_read_only(args.sql, con)  # parsed on the connection it runs on: one database
             cur = con.execute(args.sql)
             cols = [d[0] for d in cur.description] if cur.description else []
             rows = cur.fetchall() if cols else []
-        except duckdb.Error as e:
+        except (readonly.NotReadOnly, duckdb.Error) as e:  # a syntax error too (it was a traceback)
             print(f"mhw query: {e}", file=sys.stderr)
             return 2
     write_rows(cols, rows, args.format, sys.stdout, args.max_rows)
