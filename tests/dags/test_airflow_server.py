@@ -14,6 +14,8 @@ import pytest
 from pipelines.localhost import free_port
 from warehouse.simulate import simulate
 
+pytestmark = pytest.mark.airflow_server
+
 
 def call(method, url, body=None, token=None, timeout=10):
     req = urllib.request.Request(url, method=method, data=json.dumps(body).encode() if body is not None else None)

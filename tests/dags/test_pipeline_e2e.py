@@ -1,9 +1,12 @@
 """The chain the scheduler runs, for real, through dag.test(): train -> evaluate -> build -> diagnose,
 on CPU into a temporary lake; then the catch-up/retry property of evaluate_models."""
 import duckdb
+import pytest
 
 from pipelines.airflow_local import run_dag_test
 from warehouse.query import connect
+
+pytestmark = pytest.mark.airflow_server  # every DAG run end to end, through Airflow
 
 
 def test_train_evaluate_build_diagnose(lake_root, tmp_path, monkeypatch, airflow_db):
