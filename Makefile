@@ -1,6 +1,8 @@
 # Model Health Warehouse: set-up, main job, tests.
 #   make demo   - create .venv if needed, then run the main job end to end on the embedded defaults
 #   make test   - create .venv if needed, then run the test suite
+#   make test-fast - the suite without the real-service tests (Spark, Superset, Airflow server, torchrun)
+#                 and the other slow ones: the loop to run while changing code (README: Set-up)
 # Everything else here is plumbing those two commands need.
 
 PY      ?= python3
@@ -12,7 +14,7 @@ WHEELS  := $(shell pip config get global.find-links 2>/dev/null || echo /opt/whe
 FL      := $(if $(wildcard $(WHEELS)/torch-*),--find-links $(WHEELS),)
 UV      := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 
-.PHONY: setup demo test bench lock clean setup-bi lock-bi superset chromium
+.PHONY: setup demo test test-fast bench lock clean setup-bi lock-bi superset chromium
 
 setup: $(BIN)/.installed
 
@@ -21,11 +23,18 @@ $(UV):
 
 # The core lock is compiled on Linux x86-64 / CPython 3.11 with the torch line left out: torch is
 # installed on its own so that its CPU wheel (here) or its CUDA wheels (on GPU machines) both resolve.
+# --compile-bytecode (sync: the whole venv; install: what it installs): uv writes no .pyc by default, and where Python may
+# not write them either (PYTHONDONTWRITEBYTECODE, a read-only venv) every process compiled every module
+# it imported from source: 0.7 s of `mhw query`'s start-up, seconds for Airflow's (bench/RESULTS.md).
+# editable_mode=compat: the repo is one path in a .pth; setuptools' default puts an import hook there that
+# every Python process of the venv imports first (~25 ms: most of `python -c pass`). compileall: the
+# repo's own modules, for the same reason as --compile-bytecode (~20 ms of `mhw query`).
 $(BIN)/.installed: requirements/core.lock pyproject.toml | $(UV)
 	$(UV) venv --quiet --allow-existing --python $(PY) $(VENV)
-	$(UV) pip sync --quiet --python $(BIN)/python requirements/core.lock
-	$(UV) pip install --quiet --python $(BIN)/python $(FL) "torch==2.13.0"
-	$(UV) pip install --quiet --python $(BIN)/python --no-deps -e .
+	$(UV) pip sync --quiet --python $(BIN)/python --compile-bytecode requirements/core.lock
+	$(UV) pip install --quiet --python $(BIN)/python --compile-bytecode $(FL) "torch==2.13.0"
+	$(UV) pip install --quiet --python $(BIN)/python --no-deps -e . --config-settings editable_mode=compat
+	$(BIN)/python -m compileall -q mhw model warehouse pipelines
 	touch $@
 
 lock: | $(UV)
@@ -37,6 +46,13 @@ demo: setup setup-bi
 
 test: setup setup-bi
 	$(BIN)/python -m pytest -q
+
+# The markers are registered in pyproject.toml ([tool.pytest.ini_options]); tests/ marks by module.
+# -n auto: one pytest-xdist worker per core (the fast tests share nothing but the venv).
+FAST := not spark and not superset and not airflow_server and not ddp and not slow
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n auto -m "$(FAST)"
 
 clean:
 	rm -rf $(VENV) .venv-bi .mhw
@@ -52,7 +68,7 @@ setup-bi: $(BI_BIN)/.installed chromium
 
 $(BI_BIN)/.installed: requirements/bi.lock | $(UV)
 	$(UV) venv --quiet --allow-existing --python $(PY) $(BI_VENV)
-	$(UV) pip sync --quiet --python $(BI_BIN)/python requirements/bi.lock
+	$(UV) pip sync --quiet --python $(BI_BIN)/python --compile-bytecode requirements/bi.lock
 	touch $@
 
 # Debian's headless chromium for Playwright (never `playwright install`, which downloads a browser).

@@ -124,7 +124,8 @@ def build_during_reingest(p: Probe, trials: int, sim_rows: int) -> dict:
         proc.wait()
         if proc.returncode != 0:
             failures += 1
-            errors.append((proc.stderr.read().strip().splitlines() or ["?"])[-1][:120])
+            lines = proc.stderr.read().strip().splitlines()
+            errors.append(next((ln for ln in reversed(lines) if "Error" in ln), "?").strip()[:140])
             continue
         served = served_steps(p, lake, serving)
         if served not in (4000, 3000):
@@ -246,10 +247,10 @@ def killed_build_leftovers(p: Probe, trials: int) -> dict:
     for _ in range(trials):
         there = set(p.work.glob("kb.duckdb.*.tmp"))
         proc = p.build(lake, serving, full=True)
-        # kill while it writes the next serving file (a new temp file exists), or after a random moment
-        deadline = time.monotonic() + rng.uniform(1.0, 6.0)
-        while proc.poll() is None and time.monotonic() < deadline and not set(p.work.glob("kb.duckdb.*.tmp")) - there:
+        # kill while it writes the next serving file: as soon as its temp file exists
+        while proc.poll() is None and not set(p.work.glob("kb.duckdb.*.tmp")) - there:
             time.sleep(0.001)
+        time.sleep(rng.uniform(0, 0.05))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
 

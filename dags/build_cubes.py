@@ -1,10 +1,10 @@
 """
-### Build cubes, diagnose, notify
+### Diagnose, build cubes, notify
 
-Runs whenever a job updates the lake (scheduled on the lake's Assets): brings the cubes and the
-serving file up to date (incrementally: only the partitions that changed), computes the health
-diagnostics (their rules read the cubes), then, side by side, notifies about new alerts and serves
-them (a second incremental build: only the alert cubes changed), and logs a short health summary.
+Runs whenever a job updates the lake (scheduled on the lake's Assets), in data order: computes the
+health diagnostics of what changed (the rules read the lake, not the cubes), then brings the cubes
+and the serving file up to date in one incremental build (only the partitions that changed, the
+alerts among them), then notifies about new alerts and logs a short health summary.
 
 Engine and cluster come from `orchestration.engine` / `orchestration.spark_master` in the config;
 with `orchestration.fail_on: critical`, the `notify` task fails while a critical alert is open (after
@@ -27,40 +27,33 @@ from pipelines.assets import CUBES, LAKE
     doc_md=__doc__,
 )
 def build_cubes():
-    @task(outlets=[CUBES])
-    def build() -> dict:
-        from pipelines import jobs
-
-        return jobs.build_cubes()
-
     @task
-    def diagnose(built: dict) -> dict:
+    def diagnose() -> dict:
         from pipelines import jobs
 
         return jobs.diagnose()
 
-    @task
-    def notify(diagnosed: dict) -> dict:
-        from pipelines import jobs
-
-        return jobs.notify(diagnosed)
-
     @task(outlets=[CUBES])
-    def serve_alerts(diagnosed: dict) -> dict:
+    def build(diagnosed: dict) -> dict:
         from pipelines import jobs
 
-        return jobs.build_cubes()
+        return {**jobs.build_cubes(), "diagnosed": diagnosed}
 
     @task
-    def summarize(notified: dict, served: dict) -> str:
+    def notify(built: dict) -> dict:
+        from pipelines import jobs
+
+        return jobs.notify(built["diagnosed"])
+
+    @task
+    def summarize(notified: dict) -> str:
         from pipelines.summary import health_summary
 
         text = health_summary()
         print(text)
         return text
 
-    diagnosed = diagnose(build())
-    summarize(notify(diagnosed), serve_alerts(diagnosed))
+    summarize(notify(build(diagnose())))
 
 
 dag = build_cubes()

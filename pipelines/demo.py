@@ -7,7 +7,7 @@ scheduler needed). ``make demo`` runs this.
 2. import a real Hugging Face Trainer log, as a team would bring one;
 3. train_model: two tiny models (GPT-2 LM, BERT classifier) at two precisions (fp32, bf16), on CPU;
 4. evaluate_models: every new checkpoint through the eval suites;
-5. build_cubes: incremental cube build, diagnostics, notifications, and the health summary;
+5. build_cubes: diagnostics, incremental cube build (alerts served), notifications, and the health summary;
 6. the "Model health" Superset dashboard, opened in headless Chromium: every chart checked for errors
    and a screenshot saved to ``.mhw/dashboard/dashboard.png`` (``make superset`` serves it live).
 
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     secs = dag_test("evaluate_models", None, logs / "evaluate_models.log")
     print(f"[4/6] evaluate_models: success ({secs:.0f} s)")
     secs = dag_test("build_cubes", None, logs / "build_cubes.log")
-    print(f"[5/6] build_cubes (build → diagnose → notify → summarize): success ({secs:.0f} s)\n")
+    print(f"[5/6] build_cubes (diagnose → build → notify → summarize): success ({secs:.0f} s)\n")
 
     from pipelines.summary import health_summary
 

@@ -93,7 +93,7 @@ def build_cubes(full: bool = False) -> dict:
     orch = config.load().section("orchestration")
     engine, master = orch.get("engine", "duckdb"), orch.get("spark_master")
     if engine == "spark":
-        cmd = [sys.executable, "-m", "warehouse.cli", "build", "--engine", "spark"]
+        cmd = [sys.executable, "-m", "mhw", "build", "--engine", "spark"]
         cmd += ["--master", master] if master else []
         cmd += ["--full"] if full else []
         _run(cmd)

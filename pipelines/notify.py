@@ -19,7 +19,6 @@ import logging
 import math
 import os
 import re
-import urllib.request
 from typing import Protocol
 
 SEVERITIES = ("info", "warning", "critical")
@@ -80,6 +79,8 @@ class WebhookNotifier:
                         **{str(k): str(v) for k, v in (headers or {}).items()}}
 
     def send(self, alerts: list[dict]) -> None:
+        import urllib.request  # here, not at the top: `mhw alerts` imports this module (~30 ms of start-up)
+
         by_severity: dict[str, int] = {}
         for a in alerts:
             by_severity[a.get("severity")] = by_severity.get(a.get("severity"), 0) + 1

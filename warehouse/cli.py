@@ -1,45 +1,10 @@
-"""``mhw``: the command line of the Model Health Warehouse.
-
-Each subcommand lives in the module that owns its job; that module exposes ``add_arguments(parser)``
-and ``run(args) -> int``. This file only wires them together.
-"""
+"""Where ``mhw``'s command line used to live, kept for ``python -m warehouse.cli`` and ``from warehouse
+import cli``: the command line is mhw/cli.py, on top of the layers it composes, not in this one."""
 from __future__ import annotations
 
-import argparse
-import importlib
 import sys
 
-# name -> (module, one-line help). Modules are imported only when their command runs, so
-# `mhw query` never pays for importing torch or Spark.
-COMMANDS: dict[str, tuple[str, str]] = {
-    "ingest": ("warehouse.ingest", "load JSONL, HF Trainer, TensorBoard, MLPerf, lm-eval or MLflow logs into the lake"),
-    "build": ("pipelines.build", "build the cubes (DuckDB or Spark, incremental) and swap in the serving file"),
-    "audit": ("pipelines.audit", "check that the served cubes equal the raw lake, partition by partition"),
-    "diagnose": ("pipelines.diagnose", "compute health alerts (training runs, fleet) incrementally and notify new ones"),
-    "alerts": ("pipelines.alerts", "list health alerts (--since, --rule, --severity; table or json)"),
-    "query": ("warehouse.query", "run SQL over the lake (and the serving file) with DuckDB"),
-    "simulate": ("warehouse.simulate", "generate realistic fleet telemetry with planted incidents"),
-    "train": ("model.train", "train a GPT-2 / BERT model from configs/*.yaml, with telemetry into the lake"),
-    "eval": ("model.evaluate", "evaluate a checkpoint (quality, robustness, latency, errors, precision)"),
-}
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(prog="mhw", description="Model Health Warehouse")
-    parser.add_argument("--config", help="config file (default: conf/mhw.yaml or $MHW_CONFIG)")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    # Only the chosen command's module is imported; the rest are listed by name and help alone.
-    chosen = next((a for a in argv if a in COMMANDS), None)
-    for name, (module, help_) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_, description=help_)
-        if name == chosen:
-            mod = importlib.import_module(module)
-            mod.add_arguments(p)
-            p.set_defaults(_run=mod.run)
-    args = parser.parse_args(argv)
-    return int(args._run(args) or 0)
-
+from mhw.cli import COMMANDS, main  # noqa: F401
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -2,6 +2,7 @@
 overrides (MHW_CONFIG picks another file; MHW_LAKE and MHW_SERVING override single keys)."""
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,10 +32,21 @@ def _resolve(path: str, base: Path) -> str:
     return str((base / path).resolve())
 
 
+_PARSED: dict[tuple, dict] = {}  # (path, mtime, size) -> the file's parse: a command loads it more than once
+
+
+def _parse(path: Path) -> dict:
+    st = os.stat(path)
+    key = (str(path), st.st_mtime_ns, st.st_size)
+    if key not in _PARSED:
+        with open(path) as f:  # libyaml's loader where the wheel has it: a tenth of the pure-Python one
+            _PARSED[key] = yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}
+    return copy.deepcopy(_PARSED[key])
+
+
 def load(config_path: str | os.PathLike | None = None) -> Settings:
     path = Path(config_path or os.environ.get("MHW_CONFIG") or DEFAULT_CONFIG)
-    with open(path) as f:
-        raw = yaml.safe_load(f) or {}
+    raw = _parse(path)
     # Relative paths in the default config are relative to the repo; in a user's file, to that file;
     # in an environment variable, to the current directory.
     base = REPO_ROOT if path.resolve() == DEFAULT_CONFIG else path.resolve().parent

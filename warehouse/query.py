@@ -5,19 +5,17 @@ setting changes, and only read statements."""
 from __future__ import annotations
 
 import argparse
-import csv
-import json
-import math
+import contextlib
+import functools
 import os
 import sys
 
 import duckdb
-import pyarrow as pa
 
-from warehouse import config, readonly
-from warehouse.schemas import TABLES, Table
+from warehouse import commit, config, readonly
+from warehouse.output import write_rows
+from warehouse.schemas import BOOL, DATE, FLOAT64, INT32, INT64, STRING, TABLES, TIMESTAMP, Table, arrow_type
 from warehouse.sqltext import literal
-from warehouse.writer import Lake
 
 # DuckDB 2.0 folds expressions over Parquet min/max statistics, which leave NaN out: reading such a file
 # directly, max(x) of [1, NaN, 2] came out 2 and `abs(x) < 'inf'` true for all three rows (measured by the
@@ -27,13 +25,19 @@ from warehouse.writer import Lake
 DISABLED_OPTIMIZERS = "statistics_propagation"
 
 _DUCK_TYPES = {
-    pa.string(): "VARCHAR", pa.int64(): "BIGINT", pa.int32(): "INTEGER", pa.float64(): "DOUBLE",
-    pa.bool_(): "BOOLEAN", pa.date32(): "DATE", pa.timestamp("us", tz="UTC"): "TIMESTAMPTZ",
+    STRING: "VARCHAR", INT64: "BIGINT", INT32: "INTEGER", FLOAT64: "DOUBLE", BOOL: "BOOLEAN", DATE: "DATE",
+    TIMESTAMP: "TIMESTAMPTZ",
 }
 
 
-def duck_type(t: pa.DataType) -> str:
-    return _DUCK_TYPES[t]
+def duck_type(t) -> str:
+    """DuckDB's type for a column type of warehouse/schemas.py, given by name or as pyarrow's type."""
+    return _DUCK_TYPES[t] if isinstance(t, str) else _arrow_duck_types()[t]
+
+
+@functools.cache
+def _arrow_duck_types() -> dict:
+    return {arrow_type(name): duck for name, duck in _DUCK_TYPES.items()}
 
 
 def table_glob(lake_root: str, name: str) -> str:
@@ -52,11 +56,11 @@ def _has_files(lake_root: str, name: str) -> bool:
 
 def view_sql(lake_root: str, table: Table) -> str:
     """A view whose columns and types are exactly the table's schema, empty if no file exists yet."""
-    cols = ", ".join(f"cast({_q(f.name)} as {duck_type(f.type)}) as {_q(f.name)}" for f in table.schema)
+    cols = ", ".join(f"cast({_q(c.name)} as {duck_type(c.type)}) as {_q(c.name)}" for c in table.columns)
     if not _has_files(lake_root, table.name):
-        nulls = ", ".join(f"cast(null as {duck_type(f.type)}) as {_q(f.name)}" for f in table.schema)
+        nulls = ", ".join(f"cast(null as {duck_type(c.type)}) as {_q(c.name)}" for c in table.columns)
         return f"create or replace view {table.name} as select {nulls} where false"
-    hive_types = ", ".join(f"{literal(k)}: {literal(duck_type(table.schema.field(k).type))}"
+    hive_types = ", ".join(f"{literal(k)}: {literal(duck_type(table.column(k).type))}"
                            for k in table.partition_by)
     return (
         f"create or replace view {table.name} as select {cols} from read_parquet("
@@ -70,15 +74,17 @@ def _q(name: str) -> str:
 
 
 def connect(lake_root: str | None = None, serving_path: str | None = None,
-            read_only_serving: bool = True, locked: bool = True) -> duckdb.DuckDBPyConnection:
+            read_only_serving: bool = True, locked: bool = True,
+            con: duckdb.DuckDBPyConnection | None = None) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with a view per lake table and, if the serving file exists,
     that file attached read-only as ``serving`` with a view per cube in the main schema. ``locked``
     (the default): once the views exist, files outside the lake and the serving file cannot be
-    opened and no setting can change (readonly.lock_down)."""
+    opened and no setting can change (readonly.lock_down). ``con``: a fresh in-memory connection to
+    set up so (default: a new one)."""
     settings = config.load()
     lake_root = lake_root or settings.lake_root
     serving_path = serving_path if serving_path is not None else settings.serving_path
-    con = duckdb.connect()
+    con = duckdb.connect() if con is None else con
     con.execute(f"set disabled_optimizers = {literal(DISABLED_OPTIMIZERS)}")
     for table in TABLES.values():
         con.execute(view_sql(lake_root, table))
@@ -107,16 +113,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # One database for the check and the query: each more costs ~30 ms, a tenth of the start-up. The
+    # check only parses, before any view exists, so a refused statement never lists the lake.
+    con = duckdb.connect()
     try:
-        readonly.check_read_only(args.sql)
-    except readonly.NotReadOnly as e:
+        readonly.check_read_only(args.sql, con)
+    except (readonly.NotReadOnly, duckdb.Error) as e:  # a syntax error too (it was a traceback)
         print(f"mhw query: {e}", file=sys.stderr)
         return 2
     # The lake lock, shared, for the whole read: no ingest commits while the query lists and reads
     # files, and the query never sees half of a killed one (warehouse/commit.py).
-    with Lake(args.lake or config.load().lake_root).read_lock():
+    with _read_lock(args.lake or config.load().lake_root):
         try:
-            con = connect(args.lake, args.serving)
+            connect(args.lake, args.serving, con=con)
             cur = con.execute(args.sql)
             cols = [d[0] for d in cur.description] if cur.description else []
             rows = cur.fetchall() if cols else []
@@ -127,28 +136,10 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _jsonable(v):
-    if isinstance(v, float) and not math.isfinite(v):
-        return str(v)  # JSON has no NaN/inf; keep them visible rather than dropping them
-    if hasattr(v, "isoformat"):
-        return v.isoformat()
-    return v
-
-
-def write_rows(cols, rows, fmt: str, out, max_rows: int = 200) -> None:
-    if fmt == "csv":
-        w = csv.writer(out)
-        w.writerow(cols)
-        w.writerows(rows)
-    elif fmt == "json":
-        for r in rows:
-            out.write(json.dumps({c: _jsonable(v) for c, v in zip(cols, r)}) + "\n")
-    else:
-        shown = [["" if v is None else str(v) for v in r] for r in rows[:max_rows]]
-        widths = [max([len(c)] + [len(r[i]) for r in shown]) for i, c in enumerate(cols)]
-        out.write(" | ".join(c.ljust(w) for c, w in zip(cols, widths)) + "\n")
-        out.write("-+-".join("-" * w for w in widths) + "\n")
-        for r in shown:
-            out.write(" | ".join(v.ljust(w) for v, w in zip(r, widths)) + "\n")
-        more = f", {len(rows) - max_rows} not shown" if len(rows) > max_rows else ""
-        out.write(f"({len(rows)} rows{more})\n")
+def _read_lock(lake_root: str):
+    """``Lake(lake_root).read_lock()`` without building a Lake, whose pyarrow filesystem would cost
+    this command more start-up than all the rest (bench/bench_startup.py): the lake lock, shared, on a
+    local lake; nothing on an object store."""
+    if "://" in lake_root:
+        return contextlib.nullcontext()
+    return commit.locked(os.path.abspath(lake_root), "shared")

@@ -8,10 +8,32 @@ are part of the logical schema below but are not stored inside the Parquet files
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
+from typing import TYPE_CHECKING, NamedTuple
 
-import pyarrow as pa
+if TYPE_CHECKING:
+    import pyarrow as pa
 
-TS = pa.timestamp("us", tz="UTC")
+# Column types, by name. The pyarrow types (``Table.schema``, ``arrow_type``, ``TS``) are built on
+# first use: a command that only needs names and types (mhw query's DuckDB views) never imports
+# pyarrow and numpy, ~0.5 s of its start-up (bench/bench_startup.py).
+STRING, INT64, INT32, FLOAT64, BOOL, DATE, TIMESTAMP = "string", "int64", "int32", "float64", "bool", "date32", "timestamp"
+
+
+def arrow_type(name: str) -> pa.DataType:
+    """The pyarrow type of a column type name (TIMESTAMP: microseconds, UTC)."""
+    import pyarrow as pa
+
+    return {STRING: pa.string(), INT64: pa.int64(), INT32: pa.int32(), FLOAT64: pa.float64(), BOOL: pa.bool_(),
+            DATE: pa.date32(), TIMESTAMP: pa.timestamp("us", tz="UTC")}[name]
+
+
+def __getattr__(name: str):
+    if name == "TS":  # pyarrow's type of every time column, built (and kept) when first asked for
+        globals()["TS"] = ts = arrow_type(TIMESTAMP)
+        return ts
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 # Bounds on what ingest accepts, so that one bad row costs bounded memory and time: without them a
 # JSONL row with a 200 MB run_id ingested, and every later build read it (93 s, a 23.5 GB peak).
@@ -31,10 +53,16 @@ LINE_BYTES = 1 << 20  # one line of a line-based log (JSONL, MLLOG, MLflow metri
 RAW_HEAD = 4096  # what quarantine keeps of a raw row over LINE_BYTES: its first bytes and a note of its size
 
 
+class Column(NamedTuple):
+    name: str
+    type: str  # STRING, INT64, INT32, FLOAT64, BOOL, DATE or TIMESTAMP
+    doc: str
+
+
 @dataclass(frozen=True)
 class Table:
     name: str
-    schema: pa.Schema  # logical schema, partition columns included
+    columns: tuple[Column, ...]  # logical schema, partition columns included
     partition_by: tuple[str, ...]
     time_column: str  # its UTC date is the `date` partition
     required: tuple[str, ...]  # a row without these is quarantined
@@ -46,54 +74,71 @@ class Table:
     # String columns allowed past NAME_CHARS (paths, free text), with their bound in characters.
     wide: tuple[tuple[str, int], ...] = ()
 
+    def column(self, name: str) -> Column:
+        """The column called ``name`` (KeyError if there is none)."""
+        return self._by_name[name]
+
+    @cached_property
+    def _by_name(self) -> dict[str, Column]:
+        return {c.name: c for c in self.columns}
+
     def max_chars(self, column: str) -> int | None:
         """The longest value the string column ``column`` takes, in characters (None: not a string)."""
-        if not pa.types.is_string(self.schema.field(column).type):
+        if self.column(column).type != STRING:
             return None
         if column in self.partition_by:
             return SLUG_CHARS
         return dict(self.wide).get(column, NAME_CHARS)
 
-    @property
+    @cached_property
+    def schema(self) -> pa.Schema:
+        """The logical schema as pyarrow's, each field's doc in its metadata."""
+        import pyarrow as pa
+
+        return pa.schema([pa.field(c.name, arrow_type(c.type), metadata={"doc": c.doc}) for c in self.columns])
+
+    @cached_property
     def file_schema(self) -> pa.Schema:
         """The columns stored inside each Parquet file (partition columns live in the path)."""
+        import pyarrow as pa
+
         return pa.schema([f for f in self.schema if f.name not in self.partition_by])
 
 
 FACT_PARTITIONS = ("model", "hardware", "date")
 
 
-def _fields(*pairs: tuple[str, pa.DataType, str]) -> pa.Schema:
-    return pa.schema([pa.field(n, t, metadata={"doc": d}) for n, t, d in pairs])
+def _fields(*triples: tuple[str, str, str]) -> tuple[Column, ...]:
+    return tuple(Column(*t) for t in triples)
 
 
 _KEYS = (
-    ("model", pa.string(), "model slug: letters, digits and . _ + - (partition key)"),
-    ("hardware", pa.string(), "hardware fingerprint, e.g. h100-sxm-80gb-x8 (partition key)"),
-    ("date", pa.date32(), "UTC date of the row's time column (partition key; derived, not supplied)"),
+    ("model", STRING, "model slug: letters, digits and . _ + - (partition key)"),
+    ("hardware", STRING, "hardware fingerprint, e.g. h100-sxm-80gb-x8 (partition key)"),
+    ("date", DATE, "UTC date of the row's time column (partition key; derived, not supplied)"),
 )
 
 RUNS = Table(
     name="runs",
-    schema=_fields(
-        ("run_id", pa.string(), "unique id of a training or evaluation run"),
-        ("kind", pa.string(), "train | eval | import"),
-        ("model_family", pa.string(), "architecture family, e.g. gpt2, bert"),
-        ("n_params", pa.int64(), "trainable parameters"),
-        ("gpu_name", pa.string(), "device name as the driver reports it"),
-        ("gpu_count", pa.int32(), "accelerators used by the run (0 on CPU)"),
-        ("precision", pa.string(), "fp32 | bf16 | fp16 | int8"),
-        ("dataset", pa.string(), "data set name or path"),
-        ("config_hash", pa.string(), "sha256 prefix of the resolved config"),
-        ("code_version", pa.string(), "git commit or package version of the code that ran"),
-        ("started_at", TS, "UTC start time"),
-        ("ended_at", TS, "UTC end time (null while running)"),
-        ("status", pa.string(), "running | completed | failed | diverged"),
-        ("source", pa.string(), "trainer | hf-trainer | tensorboard | mlperf | jsonl | synthetic"),
-        ("final_loss", pa.float64(), "last training loss (NaN if diverged)"),
-        ("steps", pa.int64(), "optimizer steps completed"),
-        ("parent_run_id", pa.string(), "training run an eval run belongs to"),
-        ("config_json", pa.string(), "resolved config as JSON"),
+    columns=_fields(
+        ("run_id", STRING, "unique id of a training or evaluation run"),
+        ("kind", STRING, "train | eval | import"),
+        ("model_family", STRING, "architecture family, e.g. gpt2, bert"),
+        ("n_params", INT64, "trainable parameters"),
+        ("gpu_name", STRING, "device name as the driver reports it"),
+        ("gpu_count", INT32, "accelerators used by the run (0 on CPU)"),
+        ("precision", STRING, "fp32 | bf16 | fp16 | int8"),
+        ("dataset", STRING, "data set name or path"),
+        ("config_hash", STRING, "sha256 prefix of the resolved config"),
+        ("code_version", STRING, "git commit or package version of the code that ran"),
+        ("started_at", TIMESTAMP, "UTC start time"),
+        ("ended_at", TIMESTAMP, "UTC end time (null while running)"),
+        ("status", STRING, "running | completed | failed | diverged"),
+        ("source", STRING, "trainer | hf-trainer | tensorboard | mlperf | jsonl | synthetic"),
+        ("final_loss", FLOAT64, "last training loss (NaN if diverged)"),
+        ("steps", INT64, "optimizer steps completed"),
+        ("parent_run_id", STRING, "training run an eval run belongs to"),
+        ("config_json", STRING, "resolved config as JSON"),
         *_KEYS,
     ),
     partition_by=FACT_PARTITIONS,
@@ -106,26 +151,26 @@ RUNS = Table(
 
 TRAIN_STEPS = Table(
     name="train_steps",
-    schema=_fields(
-        ("run_id", pa.string(), "run the step belongs to"),
-        ("step", pa.int64(), "optimizer step (global, 0-based or as logged)"),
-        ("ts", TS, "UTC time the step ended"),
-        ("precision", pa.string(), "fp32 | bf16 | fp16 (copied from the run for cube grain)"),
-        ("epoch", pa.float64(), "fractional epoch"),
-        ("loss", pa.float64(), "training loss; NaN and inf are kept as data"),
-        ("lr", pa.float64(), "learning rate used for the step"),
-        ("grad_norm", pa.float64(), "global L2 norm of gradients before clipping"),
-        ("tokens_per_s", pa.float64(), "tokens processed per second in this step"),
-        ("samples_per_s", pa.float64(), "samples processed per second in this step"),
-        ("step_time_ms", pa.float64(), "wall time of the whole step"),
-        ("data_time_ms", pa.float64(), "part of step_time_ms spent waiting for data"),
-        ("loss_scale", pa.float64(), "fp16 GradScaler scale (null otherwise)"),
-        ("mfu", pa.float64(), "model FLOPs utilization, 0..1 (null if peak unknown)"),
-        ("gpu_util", pa.float64(), "mean accelerator utilization, percent"),
-        ("gpu_mem_gb", pa.float64(), "peak accelerator memory allocated, GB"),
-        ("gpu_mem_total_gb", pa.float64(), "accelerator memory capacity, GB"),
-        ("cpu_util", pa.float64(), "process CPU utilization, percent"),
-        ("host_mem_gb", pa.float64(), "process resident memory, GB"),
+    columns=_fields(
+        ("run_id", STRING, "run the step belongs to"),
+        ("step", INT64, "optimizer step (global, 0-based or as logged)"),
+        ("ts", TIMESTAMP, "UTC time the step ended"),
+        ("precision", STRING, "fp32 | bf16 | fp16 (copied from the run for cube grain)"),
+        ("epoch", FLOAT64, "fractional epoch"),
+        ("loss", FLOAT64, "training loss; NaN and inf are kept as data"),
+        ("lr", FLOAT64, "learning rate used for the step"),
+        ("grad_norm", FLOAT64, "global L2 norm of gradients before clipping"),
+        ("tokens_per_s", FLOAT64, "tokens processed per second in this step"),
+        ("samples_per_s", FLOAT64, "samples processed per second in this step"),
+        ("step_time_ms", FLOAT64, "wall time of the whole step"),
+        ("data_time_ms", FLOAT64, "part of step_time_ms spent waiting for data"),
+        ("loss_scale", FLOAT64, "fp16 GradScaler scale (null otherwise)"),
+        ("mfu", FLOAT64, "model FLOPs utilization, 0..1 (null if peak unknown)"),
+        ("gpu_util", FLOAT64, "mean accelerator utilization, percent"),
+        ("gpu_mem_gb", FLOAT64, "peak accelerator memory allocated, GB"),
+        ("gpu_mem_total_gb", FLOAT64, "accelerator memory capacity, GB"),
+        ("cpu_util", FLOAT64, "process CPU utilization, percent"),
+        ("host_mem_gb", FLOAT64, "process resident memory, GB"),
         *_KEYS,
     ),
     partition_by=FACT_PARTITIONS,
@@ -137,13 +182,13 @@ TRAIN_STEPS = Table(
 
 STEP_METRICS = Table(
     name="step_metrics",
-    schema=_fields(
-        ("run_id", pa.string(), "run the step belongs to"),
-        ("step", pa.int64(), "optimizer step (as in train_steps)"),
-        ("ts", TS, "UTC time of the step (as in train_steps)"),
-        ("precision", pa.string(), "fp32 | bf16 | fp16 (copied from the run)"),
-        ("metric", pa.string(), "name as the log writes it, e.g. mean_token_accuracy, num_tokens, rewards/margins"),
-        ("value", pa.float64(), "metric value; NaN and inf are kept as data"),
+    columns=_fields(
+        ("run_id", STRING, "run the step belongs to"),
+        ("step", INT64, "optimizer step (as in train_steps)"),
+        ("ts", TIMESTAMP, "UTC time of the step (as in train_steps)"),
+        ("precision", STRING, "fp32 | bf16 | fp16 (copied from the run)"),
+        ("metric", STRING, "name as the log writes it, e.g. mean_token_accuracy, num_tokens, rewards/margins"),
+        ("value", FLOAT64, "metric value; NaN and inf are kept as data"),
         *_KEYS,
     ),
     partition_by=FACT_PARTITIONS,
@@ -156,17 +201,17 @@ STEP_METRICS = Table(
 
 EVAL_RESULTS = Table(
     name="eval_results",
-    schema=_fields(
-        ("run_id", pa.string(), "evaluation run id"),
-        ("train_run_id", pa.string(), "training run the checkpoint came from"),
-        ("checkpoint", pa.string(), "checkpoint path or name"),
-        ("checkpoint_step", pa.int64(), "training step of the checkpoint"),
-        ("ts", TS, "UTC time of the measurement"),
-        ("precision", pa.string(), "precision the model was evaluated in"),
-        ("suite", pa.string(), "quality | robustness | latency | errors | precision | …"),
-        ("metric", pa.string(), "metric name, e.g. loss, perplexity, accuracy, f1, p95_ms"),
-        ("value", pa.float64(), "metric value; NaN and inf are kept as data"),
-        ("n", pa.int64(), "examples or requests behind the value"),
+    columns=_fields(
+        ("run_id", STRING, "evaluation run id"),
+        ("train_run_id", STRING, "training run the checkpoint came from"),
+        ("checkpoint", STRING, "checkpoint path or name"),
+        ("checkpoint_step", INT64, "training step of the checkpoint"),
+        ("ts", TIMESTAMP, "UTC time of the measurement"),
+        ("precision", STRING, "precision the model was evaluated in"),
+        ("suite", STRING, "quality | robustness | latency | errors | precision | …"),
+        ("metric", STRING, "metric name, e.g. loss, perplexity, accuracy, f1, p95_ms"),
+        ("value", FLOAT64, "metric value; NaN and inf are kept as data"),
+        ("n", INT64, "examples or requests behind the value"),
         *_KEYS,
     ),
     partition_by=FACT_PARTITIONS,
@@ -180,15 +225,15 @@ EVAL_RESULTS = Table(
 
 LATENCY_SAMPLES = Table(
     name="latency_samples",
-    schema=_fields(
-        ("run_id", pa.string(), "evaluation run id"),
-        ("checkpoint_step", pa.int64(), "training step of the checkpoint"),
-        ("ts", TS, "UTC time the request finished"),
-        ("precision", pa.string(), "precision the model served in"),
-        ("batch_size", pa.int32(), "requests in the batch"),
-        ("seq_len", pa.int32(), "tokens per request"),
-        ("latency_ms", pa.float64(), "request latency in milliseconds"),
-        ("ok", pa.bool_(), "false for exceptions, NaN/inf outputs and timeouts"),
+    columns=_fields(
+        ("run_id", STRING, "evaluation run id"),
+        ("checkpoint_step", INT64, "training step of the checkpoint"),
+        ("ts", TIMESTAMP, "UTC time the request finished"),
+        ("precision", STRING, "precision the model served in"),
+        ("batch_size", INT32, "requests in the batch"),
+        ("seq_len", INT32, "tokens per request"),
+        ("latency_ms", FLOAT64, "request latency in milliseconds"),
+        ("ok", BOOL, "false for exceptions, NaN/inf outputs and timeouts"),
         *_KEYS,
     ),
     partition_by=FACT_PARTITIONS,
@@ -199,15 +244,15 @@ LATENCY_SAMPLES = Table(
 
 SYSTEM_SAMPLES = Table(
     name="system_samples",
-    schema=_fields(
-        ("run_id", pa.string(), "run the sample was taken during"),
-        ("ts", TS, "UTC sample time"),
-        ("device", pa.string(), "cpu | cuda:0 | cuda:1 | …"),
-        ("util", pa.float64(), "utilization, percent"),
-        ("mem_used_gb", pa.float64(), "memory in use, GB (RSS for cpu)"),
-        ("mem_total_gb", pa.float64(), "memory capacity, GB"),
-        ("power_w", pa.float64(), "power draw, watts (null where unknown)"),
-        ("temperature_c", pa.float64(), "temperature, Celsius (null where unknown)"),
+    columns=_fields(
+        ("run_id", STRING, "run the sample was taken during"),
+        ("ts", TIMESTAMP, "UTC sample time"),
+        ("device", STRING, "cpu | cuda:0 | cuda:1 | …"),
+        ("util", FLOAT64, "utilization, percent"),
+        ("mem_used_gb", FLOAT64, "memory in use, GB (RSS for cpu)"),
+        ("mem_total_gb", FLOAT64, "memory capacity, GB"),
+        ("power_w", FLOAT64, "power draw, watts (null where unknown)"),
+        ("temperature_c", FLOAT64, "temperature, Celsius (null where unknown)"),
         *_KEYS,
     ),
     partition_by=FACT_PARTITIONS,
@@ -219,15 +264,15 @@ SYSTEM_SAMPLES = Table(
 
 QUARANTINE = Table(
     name="quarantine",
-    schema=_fields(
-        ("target_table", pa.string(), "table the row was meant for"),
-        ("source", pa.string(), "file the row came from"),
-        ("line", pa.int64(), "1-based line (or record index) in that file"),
-        ("field", pa.string(), "offending field (null if the whole row is bad)"),
-        ("reason", pa.string(), "why the row was rejected"),
-        ("raw", pa.string(), "the row as read, for repair and replay"),
-        ("ingested_at", TS, "UTC time the row was rejected"),
-        ("date", pa.date32(), "UTC date of ingested_at (partition key)"),
+    columns=_fields(
+        ("target_table", STRING, "table the row was meant for"),
+        ("source", STRING, "file the row came from"),
+        ("line", INT64, "1-based line (or record index) in that file"),
+        ("field", STRING, "offending field (null if the whole row is bad)"),
+        ("reason", STRING, "why the row was rejected"),
+        ("raw", STRING, "the row as read, for repair and replay"),
+        ("ingested_at", TIMESTAMP, "UTC time the row was rejected"),
+        ("date", DATE, "UTC date of ingested_at (partition key)"),
     ),
     partition_by=("date",),
     time_column="ingested_at",
@@ -239,27 +284,27 @@ QUARANTINE = Table(
 
 ALERTS = Table(
     name="alerts",
-    schema=_fields(
-        ("alert_id", pa.string(), "stable id: hash of rule and subject, so re-running never duplicates"),
-        ("rule", pa.string(), "diagnostic rule that fired (sql/diagnostics/<rule>.sql)"),
-        ("severity", pa.string(), "info | warning | critical"),
-        ("scope", pa.string(), "run (one training run) | fleet (model × hardware × precision over days)"),
-        ("run_id", pa.string(), "training run (run-level rules; null for fleet rules)"),
-        ("precision", pa.string(), "precision of the run or of the served variant"),
-        ("suite", pa.string(), "eval suite (eval rules)"),
-        ("metric", pa.string(), "metric the rule compares, e.g. loss, grad_norm, accuracy, p95_ms"),
-        ("step_start", pa.int64(), "first anomalous step (run-level rules)"),
-        ("step_end", pa.int64(), "last anomalous step seen (run-level rules)"),
-        ("start_at", TS, "UTC time the anomaly starts"),
-        ("end_at", TS, "UTC time of the last anomalous point seen"),
-        ("observed", pa.float64(), "value observed at the start (NaN and inf kept)"),
-        ("expected", pa.float64(), "baseline or threshold it is compared with"),
-        ("baseline", pa.string(), "what `expected` is: previous window, trailing median, checkpoint, SLO…"),
-        ("n_points", pa.int64(), "anomalous points (steps, blocks, checkpoints or days) behind the alert"),
-        ("message", pa.string(), "one line: what happened"),
-        ("action", pa.string(), "suggested next step"),
-        ("detected_at", TS, "UTC time the alert was first computed (kept on re-runs)"),
-        ("notified_at", TS, "UTC time the notifiers took it (null: not yet, retried next run)"),
+    columns=_fields(
+        ("alert_id", STRING, "stable id: hash of rule and subject, so re-running never duplicates"),
+        ("rule", STRING, "diagnostic rule that fired (sql/diagnostics/<rule>.sql)"),
+        ("severity", STRING, "info | warning | critical"),
+        ("scope", STRING, "run (one training run) | fleet (model × hardware × precision over days)"),
+        ("run_id", STRING, "training run (run-level rules; null for fleet rules)"),
+        ("precision", STRING, "precision of the run or of the served variant"),
+        ("suite", STRING, "eval suite (eval rules)"),
+        ("metric", STRING, "metric the rule compares, e.g. loss, grad_norm, accuracy, p95_ms"),
+        ("step_start", INT64, "first anomalous step (run-level rules)"),
+        ("step_end", INT64, "last anomalous step seen (run-level rules)"),
+        ("start_at", TIMESTAMP, "UTC time the anomaly starts"),
+        ("end_at", TIMESTAMP, "UTC time of the last anomalous point seen"),
+        ("observed", FLOAT64, "value observed at the start (NaN and inf kept)"),
+        ("expected", FLOAT64, "baseline or threshold it is compared with"),
+        ("baseline", STRING, "what `expected` is: previous window, trailing median, checkpoint, SLO…"),
+        ("n_points", INT64, "anomalous points (steps, blocks, checkpoints or days) behind the alert"),
+        ("message", STRING, "one line: what happened"),
+        ("action", STRING, "suggested next step"),
+        ("detected_at", TIMESTAMP, "UTC time the alert was first computed (kept on re-runs)"),
+        ("notified_at", TIMESTAMP, "UTC time the notifiers took it (null: not yet, retried next run)"),
         *_KEYS,
     ),
     partition_by=FACT_PARTITIONS,

@@ -63,6 +63,7 @@ def fixture_lake(tmp_path_factory):
     return lake
 
 
+@pytest.mark.slow  # every real-run fixture ingested (`fixture_lake`)
 def test_fixtures_ingest_cleanly(fixture_lake):
     con = connect(lake_root=fixture_lake, serving_path="")
     lines = [json.loads(line) for f in FIXTURES for line in f.read_text().splitlines()]
@@ -76,6 +77,7 @@ def test_fixtures_ingest_cleanly(fixture_lake):
                        "having count(*) > 1)").fetchone()[0] == 0
 
 
+@pytest.mark.slow  # every real-run fixture ingested (`fixture_lake`)
 def test_measured_criteria_agree_with_the_labels(fixture_lake):
     by_name = {r["name"]: r for r in RUNS}
     have = {f.stem for f in FIXTURES}

@@ -7,6 +7,8 @@ import stat
 import subprocess
 import sys
 
+import pytest
+
 from pipelines.airflow_local import write_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -31,6 +33,7 @@ def _cfg(home) -> configparser.ConfigParser:
     return cp
 
 
+@pytest.mark.slow  # an Airflow metadata DB migrated from scratch, twice, each in its own process
 def test_prepare_writes_a_private_home_bound_to_loopback(tmp_path):
     home = tmp_path / "airflow"
     _prepare(home)

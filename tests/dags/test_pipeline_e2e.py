@@ -1,9 +1,12 @@
 """The chain the scheduler runs, for real, through dag.test(): train -> evaluate -> build -> diagnose,
 on CPU into a temporary lake; then the catch-up/retry property of evaluate_models."""
 import duckdb
+import pytest
 
 from pipelines.airflow_local import run_dag_test
 from warehouse.query import connect
+
+pytestmark = pytest.mark.airflow_server  # every DAG run end to end, through Airflow
 
 
 def test_train_evaluate_build_diagnose(lake_root, tmp_path, monkeypatch, airflow_db):
@@ -34,7 +37,7 @@ def test_train_evaluate_build_diagnose(lake_root, tmp_path, monkeypatch, airflow
     alerts = con.execute("select rule, severity, run_id, step_start, notified_at is not null from alerts "
                          "where run_id = ?", [run_id]).fetchall()
     assert ("divergence", "critical", run_id, 25, True) in alerts  # diagnosed, then notified
-    # and served by the same DAG run (serve_alerts), for the dashboard's Alerts chart
+    # and served by the same DAG run (its one build runs after diagnose), for the dashboard's Alerts chart
     assert ("divergence", "critical", 25) in con.execute(
         "select rule, severity, step_start from alert_list where run_id = ?", [run_id]).fetchall()
 

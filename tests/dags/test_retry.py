@@ -6,10 +6,13 @@ import subprocess
 import time
 
 import duckdb
+import pytest
 
 from pipelines import jobs
 from warehouse.query import connect
 from warehouse.simulate import simulate
+
+pytestmark = pytest.mark.slow  # a real training, killed and retried
 
 TINY = ["--trainer.ckpt_interval=20", "--trainer.eval_interval=20", "--trainer.batch_size=8",
         "--telemetry.system_interval_s=0.5", "--trainer.log_interval=5"]

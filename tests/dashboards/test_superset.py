@@ -33,7 +33,7 @@ from dashboards.query_contexts import normalize
 
 BI_PYTHON = Path(__file__).resolve().parents[2] / ".venv-bi" / "bin" / "python"
 pytestmark = [pytest.mark.skipif(not BI_PYTHON.exists(), reason=".venv-bi is absent: run `make setup-bi` (make test does)"),
-              pytest.mark.timeout(600)]
+              pytest.mark.superset, pytest.mark.timeout(600)]
 
 ASSETS = bundle.load()
 CHARTS = {Path(name).stem: doc for name, doc in ASSETS.items() if name.startswith("charts/")}

@@ -114,6 +114,7 @@ run_trainer(Path({tmp!r}), {lake!r}, MHWCallback(lake_root={lake!r}, model_slug=
 """
 
 
+@pytest.mark.slow  # a real Trainer, crashed
 def test_a_crashed_trainer_run_is_marked_failed_at_its_last_step(tmp_path, lake_root):
     """Trainer calls no callback on a crash: the exit hook marks the run 'failed' and flushes its rows."""
     import subprocess

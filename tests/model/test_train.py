@@ -38,6 +38,7 @@ def records(root, sql) -> list[dict]:
     return lake(root).sql(sql).arrow().read_all().to_pylist()  # via Arrow: timestamps stay tz-aware
 
 
+@pytest.mark.slow  # a real training run
 def test_loss_falls_and_every_table_gets_its_rows(tmp_path, lake_root):
     s = train.train(tiny(tmp_path, lake_root, **{"trainer.max_steps": 40}))
     first, last = sum(s["losses"][:5]) / 5, sum(s["losses"][-5:]) / 5
@@ -75,6 +76,7 @@ def test_loss_falls_and_every_table_gets_its_rows(tmp_path, lake_root):
     assert len(sysrows) >= 2 and all(d == "cpu" and m > 0 for d, _, m in sysrows)
 
 
+@pytest.mark.slow  # two real training runs
 def test_resume_from_mid_run_checkpoint_continues_the_same_curve_without_duplicate_rows(tmp_path, lake_root):
     whole = train.train(tiny(tmp_path / "a", str(tmp_path / "lake_a")))
 
@@ -187,6 +189,7 @@ def test_cli_train_with_dotted_overrides(tmp_path, lake_root):
         train.build_config(None, {"trainer.nope": "1"})
 
 
+@pytest.mark.ddp
 def test_ddp_two_gloo_processes_write_from_rank_0_only(tmp_path, lake_root):
     marker = f"mhw-ddp-test-{os.getpid()}-{tmp_path.name}"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "MHW_TEST_MARKER": marker}
@@ -345,6 +348,7 @@ def test_training_streams_from_a_named_pipe_and_times_the_wait(tmp_path, lake_ro
     assert records(lake_root, "select dataset from runs")[0]["dataset"] == str(fifo)
 
 
+@pytest.mark.slow  # two real training runs
 def test_streaming_run_resumes_where_it_left_the_stream(tmp_path, lake_root):
     _arith_jsonl(tmp_path / "train.jsonl", 2000, 1)
     _arith_jsonl(tmp_path / "val.jsonl", 100, 2)
@@ -358,6 +362,7 @@ def test_streaming_run_resumes_where_it_left_the_stream(tmp_path, lake_root):
     assert resumed["losses"] == pytest.approx(whole["losses"][10:], rel=1e-5)  # skipped the 10 steps' samples
 
 
+@pytest.mark.slow  # real training runs
 def test_sparse_telemetry_logs_span_means_and_resumes_to_the_same_rows(tmp_path, lake_root):
     sparse = {"telemetry.every_steps": 7, "trainer.max_steps": 30, "trainer.eval_interval": 10}
     whole = train.train(tiny(tmp_path / "a", str(tmp_path / "lake_a"), **sparse))

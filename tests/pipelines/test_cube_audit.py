@@ -112,6 +112,7 @@ def imported(tmp_path_factory):
 
 
 @needs_real
+@pytest.mark.slow  # real logs ingested and built (`imported`)
 def test_audit_passes_on_real_imports_without_step_times(imported, capsys):
     lake, serving = imported
     con = duckdb.connect()
@@ -128,6 +129,7 @@ def test_audit_passes_on_real_imports_without_step_times(imported, capsys):
 
 
 @needs_real
+@pytest.mark.slow  # real logs ingested and built (`imported`)
 def test_audit_still_catches_sketch_rows_missing_or_invented(imported, tmp_path, capsys):
     lake, serving = imported
     con = duckdb.connect(serving, read_only=True)

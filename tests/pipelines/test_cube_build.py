@@ -144,6 +144,7 @@ def test_eval_cube_keeps_each_run_of_a_checkpoint(lake, tmp_path):
     assert bare == [(f"{m}-{h}-eval-r1",), (f"{m}-{h}-r0",)]
 
 
+@pytest.mark.slow  # a full build, an incremental one and a full rebuild to compare
 def test_incremental_build_equals_full_rebuild(lake, tmp_path):
     serving = str(tmp_path / "serving.duckdb")
     first = build(lake, serving)
@@ -176,6 +177,7 @@ def test_nothing_changed_rebuilds_nothing_and_keeps_the_file(lake, tmp_path):
     assert os.stat(serving).st_ino == inode
 
 
+@pytest.mark.slow  # two builds, the second full
 def test_a_changed_sql_definition_makes_the_build_full(lake, tmp_path, monkeypatch):
     serving = str(tmp_path / "serving.duckdb")
     build(lake, serving)
@@ -183,6 +185,7 @@ def test_a_changed_sql_definition_makes_the_build_full(lake, tmp_path, monkeypat
     assert build(lake, serving).full
 
 
+@pytest.mark.slow  # several builds
 def test_a_serving_file_from_another_build_is_rebuilt_fresh(lake, tmp_path):
     serving = str(tmp_path / "serving.duckdb")
     build(lake, serving)
@@ -206,6 +209,7 @@ def test_an_empty_lake_builds_empty_cubes(tmp_path):
     assert main(["audit", "--lake", lake, "--serving", serving]) == 0
 
 
+@pytest.mark.slow  # builds racing each other
 def test_concurrent_builds_take_turns(lake, tmp_path):
     import threading
     serving = str(tmp_path / "serving.duckdb")

@@ -1,6 +1,8 @@
 """Readers of the serving file while builds swap it: no error, never half a cube."""
 import threading
 
+import pytest
+
 from cube_lake import copy_lake, make_lake, write_day
 from pipelines.build import build
 from warehouse import query
@@ -17,6 +19,7 @@ select
 """
 
 
+@pytest.mark.slow  # builds racing reader threads
 def test_readers_never_fail_while_builds_swap_the_file(tmp_path):
     lake = make_lake(str(tmp_path / "lake"))
     serving = str(tmp_path / "serving.duckdb")
@@ -57,6 +60,7 @@ def test_readers_never_fail_while_builds_swap_the_file(tmp_path):
     assert reads[0] >= 10 and len(builds_seen) >= 3, (reads[0], builds_seen)
 
 
+@pytest.mark.slow  # builds beside a held reader
 def test_a_reader_holding_the_old_file_finishes_on_it(tmp_path):
     lake = make_lake(str(tmp_path / "lake"))
     serving = str(tmp_path / "serving.duckdb")
@@ -73,6 +77,7 @@ def test_a_reader_holding_the_old_file_finishes_on_it(tmp_path):
     assert after[0][0] > before[0][0]
 
 
+@pytest.mark.slow  # two builds, the second made to fail
 def test_a_failed_build_leaves_the_live_file_and_no_temp_file(tmp_path):
     """Served models are loaded into the next file while later models still run: when one of those
     fails, the half-written file is dropped and readers keep the last good build."""
@@ -140,6 +145,7 @@ def served_steps(lake: str, serving: str) -> int:
         con.close()
 
 
+@pytest.mark.slow  # several builds
 def test_a_planted_wal_is_never_replayed_over_the_served_cubes(tmp_path):
     """Read-only opens replay ``<serving>.wal``: a WAL planted beside the live file changes what every
     reader sees. Every build removes it when it starts (even one with nothing to rebuild) and around its
@@ -173,6 +179,7 @@ def test_a_planted_wal_is_never_replayed_over_the_served_cubes(tmp_path):
     assert audit(lake, serving) == []
 
 
+@pytest.mark.slow  # `mhw build` processes, killed mid-write
 def test_the_next_build_removes_a_killed_builds_temp_files(tmp_path):
     """`mhw build` SIGKILLed while it writes ``<serving>.<build>.tmp`` leaves that file (and maybe its
     WAL); the next build removes every one of them, and only them."""
@@ -212,6 +219,7 @@ def test_the_next_build_removes_a_killed_builds_temp_files(tmp_path):
     assert audit(lake, serving) == []
 
 
+@pytest.mark.slow  # several builds
 def test_a_serving_path_with_a_quote_is_patched_not_rebuilt(tmp_path):
     """The live build id is read by attaching the serving file: with the path pasted into SQL, a `'` in
     it failed that read silently and every incremental build wrote a fresh file."""

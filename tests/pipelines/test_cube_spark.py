@@ -6,7 +6,7 @@ from cube_lake import assert_tables_equal, make_lake, mutate, serving_tables
 from pipelines.build import CubeStore, build
 from pipelines.models import load_models
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.spark, pytest.mark.timeout(600)]
 # Small test data, busy cores: the JVM's quick C1 compiler alone starts and finishes sooner.
 QUICK_JVM = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
 

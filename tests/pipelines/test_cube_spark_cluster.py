@@ -13,7 +13,7 @@ from cube_lake import assert_tables_equal, make_lake, serving_tables
 from pipelines.build import build
 from pipelines.localhost import free_port
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.spark, pytest.mark.timeout(600)]
 QUICK_JVM = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"  # small data: C1 alone finishes sooner
 # one executor core on each of the two workers, small JVMs: the build as a cluster application
 CLUSTER_CONF = {"spark.executor.memory": "512m", "spark.executor.cores": "1", "spark.cores.max": "2",

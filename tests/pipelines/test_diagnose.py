@@ -54,6 +54,7 @@ def overlay(tmp_path, conf: dict) -> str:
     return str(path)
 
 
+@pytest.mark.slow  # three full diagnoses
 def test_rerun_never_duplicates_nor_renotifies(lake):
     rec = Recorder()
     first = diagnose(lake, notifiers=[rec])
@@ -74,6 +75,7 @@ def test_rerun_never_duplicates_nor_renotifies(lake):
     assert con.execute("select count(*), count(distinct alert_id) from alerts").fetchall() == [(len(stored),) * 2]
 
 
+@pytest.mark.slow  # two diagnoses, one of them full
 def test_only_what_changed_is_recomputed(lake):
     first = diagnose(lake, notify_alerts=False)
     runs_total = first.runs_in_scope
@@ -128,6 +130,7 @@ def hook():
     server.server_close()
 
 
+@pytest.mark.slow  # three diagnoses notifying a local HTTP server
 def test_webhook_posts_new_alerts_once(lake, tmp_path, hook, monkeypatch):
     monkeypatch.setenv("TEST_HOOK", hook)
     conf = overlay(tmp_path, {"notify": [{"type": "webhook", "url": "${TEST_HOOK}", "min_severity": "info"}]})
@@ -144,6 +147,7 @@ def test_webhook_posts_new_alerts_once(lake, tmp_path, hook, monkeypatch):
     assert len(Hook.bodies) == 1  # never re-sent
 
 
+@pytest.mark.slow  # three diagnoses notifying a local HTTP server
 def test_a_failed_webhook_is_retried_on_the_next_run(lake, tmp_path, hook):
     conf = overlay(tmp_path, {"notify": [{"type": "webhook", "url": hook, "min_severity": "warning", "timeout_s": 5}]})
     Hook.fail_next = 1
@@ -159,6 +163,7 @@ def test_a_failed_webhook_is_retried_on_the_next_run(lake, tmp_path, hook):
     assert len(Hook.bodies) == 1
 
 
+@pytest.mark.slow  # three diagnoses through the CLI
 def test_fail_on_exit_code(lake, monkeypatch, capsys):
     monkeypatch.setenv("MHW_LAKE", lake)
     assert cli.main(["diagnose", "--full", "--no-notify", "--quiet", "--fail-on", "critical"]) == 1
@@ -239,6 +244,7 @@ def test_rule_sql_style(rule):
     sqlglot.parse_one(to_spark(text), read="spark")
 
 
+@pytest.mark.slow  # a diagnose and a build
 def test_alert_health_cube_counts_the_alerts(lake, tmp_path):
     from pipelines.build import build
     found = diagnose(lake, notify_alerts=False)

@@ -56,6 +56,7 @@ def critical(lake: str) -> list[dict]:
     return [a for a in read_alerts(Lake(lake)) if a["severity"] == "critical"]
 
 
+@pytest.mark.slow  # diagnoses through the CLI, before and after the fix
 def test_fail_on_fails_while_the_alert_is_open_and_passes_once_its_cause_is_gone(diverged, capsys):
     lake, state = diverged
     assert diagnose(lake, "--fail-on", "critical") == 1
@@ -91,6 +92,7 @@ def test_fail_on_from_the_rules_config(diverged, tmp_path):
     assert diagnose(lake, "--rules-config", str(conf)) == 1
 
 
+@pytest.mark.slow  # the build_cubes DAG's diagnose and notify jobs, run after run
 def test_build_cubes_notify_job_fails_while_the_alert_is_open(diverged, tmp_path, monkeypatch):
     """jobs.notify is the build_cubes DAG's notify task: it notifies, then fails on an open alert, in
     the run that found it, in a retry and in the next run over an unchanged lake."""

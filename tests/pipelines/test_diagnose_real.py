@@ -11,7 +11,8 @@ from warehouse.cli import main as mhw
 REPO = Path(__file__).resolve().parents[2]
 HF = REPO.parent / "shared" / "data" / "real" / "hf_trainer_state"
 
-pytestmark = pytest.mark.skipif(not HF.is_dir(), reason="shared/data/real is not beside the repo")
+pytestmark = [pytest.mark.skipif(not HF.is_dir(), reason="shared/data/real is not beside the repo"),
+              pytest.mark.slow]  # a lake of every real log and one of real trainings, diagnosed
 
 # run id -> the files of one run (a checkpoint series is one run)
 RUNS = {

@@ -8,7 +8,7 @@ import pytest
 from pipelines.diagnose import diagnose
 from test_diagnose_rules import build_lake
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.spark, pytest.mark.timeout(600)]
 QUICK_JVM = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"  # small data, busy cores: C1 alone is sooner done
 
 

@@ -4,6 +4,7 @@ import threading
 
 import duckdb
 import pyarrow as pa
+import pytest
 
 from pipelines.maintenance import apply_retention, compact, empty_trash, run_maintenance
 from warehouse.writer import Lake
@@ -45,6 +46,7 @@ def test_compaction_keeps_every_row_in_one_file_and_is_idempotent(tmp_path):
     assert empty_trash(lake, older_than_s=0) == 2
 
 
+@pytest.mark.slow  # readers racing compaction
 def test_readers_never_see_duplicates_or_gaps_while_compacting(tmp_path):
     lake = Lake(tmp_path)
     days = 40

@@ -107,6 +107,7 @@ def _peak_rss(cmd: list[str], env: dict, out: Path) -> tuple[int, int]:
     return int(rc), int(rss)
 
 
+@pytest.mark.slow  # a 200 MB row
 def test_a_200_mb_run_id_is_quarantined_and_ingest_and_build_stay_small(tmp_path):
     size = 200 * 1024 * 1024
     path = tmp_path / "steps.jsonl"

@@ -65,6 +65,7 @@ def leftovers(lake: Path) -> list[str]:
 
 # --- one file, one source ---------------------------------------------------------------------------
 
+@pytest.mark.slow  # six ingest processes
 def test_links_and_copies_of_an_ingested_file_are_not_ingested_again(tmp_path):
     lake = tmp_path / "lake"
     f = latency_file(tmp_path / "lat.jsonl", 8000)
@@ -84,6 +85,7 @@ def test_links_and_copies_of_an_ingested_file_are_not_ingested_again(tmp_path):
     assert q(lake, "select count(*) from latency_samples") == [(5000,)]
 
 
+@pytest.mark.slow  # five ingest processes, fed through pipes
 def test_pipes_are_read_once_whole_and_keyed_by_content_or_name(tmp_path):
     lake = tmp_path / "lake"
     a = latency_file(tmp_path / "a.jsonl", 8000)  # > 64 KiB: more than format detection reads
@@ -138,6 +140,7 @@ while True:
 """
 
 
+@pytest.mark.slow  # six builds racing a re-ingest loop
 def test_builds_while_the_same_file_is_reingested_never_fail_nor_double(tmp_path):
     """Two versions of one source alternate back to back (their rows on disjoint dates, so each
     re-ingest deletes the 20 files the other wrote) while builds run: every build succeeds and
@@ -197,6 +200,7 @@ sys.exit(cli.main(["ingest", sys.argv[1], "--lake", sys.argv[2]]))
 """
 
 
+@pytest.mark.slow  # six ingests of 60,000 rows, killed mid-commit
 def test_an_ingest_killed_mid_commit_is_seen_whole_or_not_at_all(tmp_path):
     """SIGKILL while an ingest publishes (just after its first new file lands) a run's rows over 40
     date partitions: a reader afterwards sees the old version or the new one, every row of it, and
@@ -235,6 +239,7 @@ build(sys.argv[1], sys.argv[2], full=True)
 """
 
 
+@pytest.mark.slow  # three builds killed after 1, 2 and 3 s
 def test_a_killed_build_leaves_nothing_the_next_build_keeps(tmp_path):
     lake, serving = tmp_path / "lake", tmp_path / "serving.duckdb"
     assert mhw("ingest", steps_file(tmp_path / "a.jsonl", 5000, days=5), "--lake", lake).returncode == 0
@@ -259,6 +264,7 @@ def test_a_killed_build_leaves_nothing_the_next_build_keeps(tmp_path):
         "select sum(n_steps) from train_health_daily where agg_level = 'model,date'").fetchall() == [(5000,)]
 
 
+@pytest.mark.slow  # a writer process waiting on a reader
 def test_a_reader_holds_the_lake_still_and_a_writer_waits(tmp_path):
     """``Lake.read_lock``: a writer that starts during a read commits after it, so the read sees one
     state; the lock is per process, so the writer is another process."""

@@ -208,6 +208,7 @@ def test_a_checkpoint_ingested_after_compaction_does_not_duplicate_the_steps_bef
 
 
 @needs_real
+@pytest.mark.slow  # every real public log, ingested
 def test_every_real_log_imports(lake_root, capsys):
     paths = [p for d in ("hf_trainer_state", "mlperf", "lm_eval", "tensorboard") for p in sorted((REAL / d).iterdir())]
     assert ingest(*paths, REAL / "mlflow", "--model", "m", "--hardware", "h", "--lake", lake_root) == 0

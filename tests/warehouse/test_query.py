@@ -23,6 +23,8 @@ def test_query_formats_and_errors(lake_root, capsys):
     assert capsys.readouterr().out.splitlines()[-1] == "(1 rows)"
     assert cli.main(["query", "select * from no_such_table"]) == 2
     assert "no_such_table" in capsys.readouterr().err
+    assert cli.main(["query", "selec 1"]) == 2  # a syntax error is a message and exit 2, not a traceback
+    assert "syntax error" in capsys.readouterr().err
 
 
 def test_serving_file_is_attached_read_only(lake_root, tmp_path):

@@ -1,11 +1,13 @@
 import duckdb
 import pyarrow.parquet as pq
+import pytest
 
 from warehouse import cli
 from warehouse.query import connect
 from warehouse.simulate import INCIDENTS, MODELS, simulate
 
 
+@pytest.mark.slow  # two simulations of 60,000 rows
 def test_simulate_is_seeded_partitioned_and_plants_incidents(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     totals = simulate(str(a), 60_000, seed=7, days=5, incident_rate=0.5)
@@ -45,6 +47,7 @@ def test_cli_simulate_then_query(lake_root, capsys):
     assert {l.split(",")[0] for l in out[1:]} <= {m[0] for m in MODELS}
 
 
+@pytest.mark.slow  # two simulations, one of 40,000 rows
 def test_resimulating_replaces_the_last_simulation_whole(tmp_path):
     root = str(tmp_path / "lake")
     simulate(root, 40_000, seed=1, days=6)
@@ -56,8 +59,6 @@ def test_resimulating_replaces_the_last_simulation_whole(tmp_path):
 # --- planted incidents: one type per diagnostic rule, with ground truth -------------------------------
 
 import math  # noqa: E402
-
-import pytest  # noqa: E402
 
 from warehouse.simulate import FLEET_INCIDENTS, RUN_INCIDENTS  # noqa: E402
 
@@ -75,6 +76,7 @@ def planted(tmp_path_factory):
     return con, truth
 
 
+@pytest.mark.slow  # a simulation of 120,000 rows (`planted`)
 def test_every_incident_type_is_planted_with_its_ground_truth(planted):
     con, truth = planted
     assert {t["incident"] for t in truth} == set(INCIDENTS) == set(RUN_INCIDENTS) | set(FLEET_INCIDENTS)
@@ -97,6 +99,7 @@ def _runs_of(truth, incident):
     return [t for t in truth if t["incident"] == incident]
 
 
+@pytest.mark.slow  # a simulation of 120,000 rows (`planted`)
 def test_run_incidents_show_in_the_data_from_their_onset(planted):
     con, truth = planted
 
@@ -141,6 +144,7 @@ def test_run_incidents_show_in_the_data_from_their_onset(planted):
         assert late == pytest.approx(at, rel=0.01)
 
 
+@pytest.mark.slow  # a simulation of 120,000 rows (`planted`)
 def test_runs_without_an_incident_are_clean(planted):
     con, truth = planted
     hit = ", ".join(f"'{t['run_id']}'" for t in truth if t["level"] == "run")
@@ -165,6 +169,7 @@ def test_runs_without_an_incident_are_clean(planted):
     assert con.execute(f"select count(distinct run_id) from train_steps where run_id not in ({hit})").fetchall()[0][0] > 5
 
 
+@pytest.mark.slow  # a simulation of 30,000 rows per magnitude
 def test_magnitude_scales_the_incidents(tmp_path):
     jumps = {}
     for m in (0.4, 2.0):
@@ -181,6 +186,7 @@ def test_magnitude_scales_the_incidents(tmp_path):
     assert jumps[0.4] == pytest.approx(4.6, rel=0.01) and jumps[2.0] == pytest.approx(19, rel=0.01)
 
 
+@pytest.mark.slow  # a simulation of 120,000 rows (`planted`)
 def test_fleet_incidents_show_in_the_serving_data(planted):
     con, truth = planted
     fleet = {t["incident"]: t for t in truth if t["level"] == "fleet"}

@@ -124,6 +124,7 @@ KILLED_WRITER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # a writer process, killed mid-file, and its retry
 def test_sigkill_mid_write_leaves_no_partial_file_and_retry_no_duplicate(tmp_path):
     script = tmp_path / "w.py"
     script.write_text(KILLED_WRITER)

@@ -1,0 +1,1 @@
+"""The ``mhw`` command line, on top of the layers it composes (warehouse/, pipelines/, model/)."""

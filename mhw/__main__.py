@@ -1,0 +1,5 @@
+import sys
+
+from mhw.cli import main
+
+sys.exit(main())
