@@ -9,7 +9,9 @@ gpu_util; a ``runs`` line first; a few bad lines of several kinds spread through
 ``ru_maxrss``, read by a small wrapper process that runs nothing else: a child of this process would
 report this process's own peak). It checks what the lake holds afterwards (every good row once, every
 bad line in quarantine) so a fast wrong ingest does not pass. The floor printed beside it is
-``Lake.write`` of the same rows as one Arrow table: what ingest costs at least. The fixed cost of a
+``Lake.write`` of the same rows as one Arrow table: what ingest costs at least; beside it, parsing
+the file alone (no checks, nothing stored) with pyarrow's JSON reader, which ingest uses, and with
+DuckDB's read_json on every core. The fixed cost of a
 call (start-up, imports, the lock, the small files) is measured as the ingest of a two-line file and
 printed; "net rows/s" is rows / (wall - that). The machine's load average is printed with the figures.
 """
@@ -124,6 +126,39 @@ def writer_floor(cols: dict[str, np.ndarray], root: str) -> float:
     return n / best
 
 
+def parse_floors(path: Path) -> tuple[float, float]:
+    """rows/s of parsing the file alone, no checks, nothing stored: (pyarrow's JSON reader, which the
+    column path uses, one 2 MiB unit at a time as it does; DuckDB's read_json on every core). Units
+    holding a bad line fail whole and are not counted."""
+    import duckdb
+    import pyarrow.json as pj
+
+    types = {"table": pa.string(), "run_id": pa.string(), "model": pa.string(), "hardware": pa.string(),
+             "step": pa.int64(), "ts": pa.string(), **{c: pa.float64() for c in
+             ("loss", "lr", "grad_norm", "tokens_per_s", "step_time_ms", "data_time_ms", "gpu_util")}}
+    opts = pj.ParseOptions(explicit_schema=pa.schema(types), unexpected_field_behavior="ignore")
+    rows, t0 = 0, time.perf_counter()
+    with open(path, "rb") as f:
+        f.readline()  # the runs line
+        while True:
+            unit = f.read(1 << 21)
+            if not unit:
+                break
+            unit += f.readline()
+            try:
+                rows += pj.read_json(pa.BufferReader(unit), parse_options=opts).num_rows
+            except pa.ArrowInvalid:
+                pass
+    arrow = rows / (time.perf_counter() - t0)
+    con = duckdb.connect()
+    cols = "{" + ", ".join(f"'{k}': '{'BIGINT' if v == pa.int64() else 'DOUBLE' if v == pa.float64() else 'VARCHAR'}'"
+                           for k, v in types.items()) + "}"
+    t0 = time.perf_counter()
+    n = con.sql(f"select count(*) from (select * from read_json('{path}', format = 'newline_delimited', "
+                f"columns = {cols}, ignore_errors = true) where step is not null)").fetchall()[0][0]
+    return arrow, n / (time.perf_counter() - t0)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", default="500000,2000000", help="comma-separated file sizes in rows")
@@ -145,7 +180,7 @@ def main() -> None:
         fixed, peak, _ = mhw("ingest", tiny, "--lake", work / "lake-tiny", env=env)
         print(f"fixed cost (mhw ingest of a two-line file): {fixed:.2f} s, peak RSS {peak / 2**20:,.0f} MB\n")
         print(f"{'rows':>10} {'file MB':>8} {'ingest s':>9} {'rows/s':>11} {'net rows/s':>11} {'peak RSS MB':>12} "
-              f"{'RSS/file':>9} {'Lake.write rows/s':>18}  load")
+              f"{'RSS/file':>9} {'Lake.write rows/s':>18} {'pyarrow parse rows/s':>21} {'duckdb parse rows/s':>20}  load")
         for n in (int(x) for x in a.rows.split(",")):
             cols = steps(n)
             path = work / f"steps-{n}.jsonl"
@@ -166,9 +201,10 @@ def main() -> None:
             finally:
                 shutil.rmtree(floor_root, ignore_errors=True)
             shutil.rmtree(lake, ignore_errors=True)
+            arrow, duck = parse_floors(path)
             print(f"{n:>10,} {size / 2**20:>8,.0f} {secs:>9.2f} {n / secs:>11,.0f} {n / max(secs - fixed, 1e-3):>11,.0f} "
                   f"{peak / 2**20:>12,.0f} "
-                  f"{peak / size:>8.2f}x {floor:>18,.0f}  {os.getloadavg()[0]:.1f}", flush=True)
+                  f"{peak / size:>8.2f}x {floor:>18,.0f} {arrow:>21,.0f} {duck:>20,.0f}  {os.getloadavg()[0]:.1f}", flush=True)
     finally:
         if not a.keep:
             shutil.rmtree(work, ignore_errors=True)
