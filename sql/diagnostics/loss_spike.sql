@@ -61,17 +61,37 @@ windows as (
     from differenced
 ),
 
+-- Each window's medians from ranks: (lo + hi) / 2 of its middle value(s), which is what median()
+-- returns on both engines, bit for bit. DuckDB's median aggregate keeps a sort per group: over the
+-- million windows of 10 M steps it took ~100 s of this rule's 110 s; one partitioned sort of all the
+-- rows takes a few seconds (bench/RESULTS.md, issue 14).
+ranked as (
+    select
+        run_id,
+        window_no,
+        step,
+        loss,
+        step_change,
+        row_number() over (partition by run_id, window_no order by loss) as loss_rank,
+        row_number() over (partition by run_id, window_no order by step_change nulls last) as change_rank,
+        count(*) over (partition by run_id, window_no) as n_window,
+        count(step_change) over (partition by run_id, window_no) as n_changes
+    from windows
+),
+
 window_levels as (
     select
         run_id,
         window_no,
-        median(loss) as loss_median,
-        median(step_change) as change_median,
+        (min(loss) filter (where loss_rank = floor((n_window + 1) / 2))
+            + min(loss) filter (where loss_rank = floor(n_window / 2) + 1)) / 2 as loss_median,
+        (min(step_change) filter (where change_rank = floor((n_changes + 1) / 2))
+            + min(step_change) filter (where change_rank = floor(n_changes / 2) + 1)) / 2 as change_median,
         max(loss) as loss_max,
         count(*) as n_logs,
         min(step) as first_step,
         max(step) as last_step
-    from windows
+    from ranked
     group by run_id, window_no
 ),
 
