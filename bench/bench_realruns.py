@@ -488,7 +488,7 @@ def ingest_public(public: list[dict], lake: str, data_root: Path, log=print) -> 
     import contextlib
     import io
 
-    from model.importers import FORMATS
+    from warehouse.importers import FORMATS
     from warehouse import cli
 
     status = {}

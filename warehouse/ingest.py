@@ -7,7 +7,7 @@
     mhw ingest mlruns/ --hardware a100-40gb-x1    # an MLflow file store: one source per run folder
     mhw ingest bert_mlperf.log                    # model/hardware from submission_benchmark/_platform
 
-The importers in ``model/importers/`` turn each file into candidate rows; this module is the one
+The importers in ``warehouse/importers/`` turn each file into candidate rows; this module is the one
 place that checks them against ``warehouse.schemas`` and writes them, the same way for every format:
 
 - a row that does not fit its table (wrong type, missing required column, unparseable timestamp,
@@ -77,8 +77,8 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from model.importers import FORMATS, Parsed, Record, RunMeta, SourceError, StepClock, json_type, parse, sources
-from model.importers.jsonl import record as jsonl_record
+from warehouse.importers import FORMATS, Parsed, Record, RunMeta, SourceError, StepClock, json_type, parse, sources
+from warehouse.importers.jsonl import record as jsonl_record
 from warehouse import jsonl_columns
 from warehouse.schemas import DERIVED_TABLES, MAX_FIELDS, NAME_CHARS, TABLES, TS, Table
 from warehouse.writer import Lake, PartitionError, WriteResult, check_slug, conform, slugify

@@ -6,7 +6,7 @@ Why: the row path (``json.loads``, then ``warehouse.ingest.validate`` one value 
 7-30 k rows/s and holds every row as Python objects; a trainer's log has millions of lines.
 
 How it stays exact. The columns only ever *accept* a line. A line goes to the row path (the
-``row_path`` callback: ``model.importers.jsonl.record`` then ingest's checks), which decides and words
+``row_path`` callback: ``warehouse.importers.jsonl.record`` then ingest's checks), which decides and words
 every reject, when anything about it is unusual: not a plain ``{...}`` line (blank, BOM, over
 LINE_BYTES, a lone ``\\r`` in its block: line numbers as read_lines counts them), its ``table`` not
 plainly named, a parse error in its unit (pyarrow's reader is strict: an unknown or repeated field,
@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pj
 
-from model.importers import block_lines, read_blocks
+from warehouse.importers import block_lines, read_blocks
 from warehouse.schemas import LINE_BYTES, RAW_HEAD, TABLES, TS, Table
 
 UNIT_BYTES = 1 << 21  # one read_json call: a line it cannot parse costs re-reading about this much

@@ -38,7 +38,7 @@ def __getattr__(name: str):
 # Bounds on what ingest accepts, so that one bad row costs bounded memory and time: without them a
 # JSONL row with a 200 MB run_id ingested, and every later build read it (93 s, a 23.5 GB peak).
 # A value, row or line over a bound is quarantined with the bound and the actual size in its reason
-# (warehouse/ingest.py, model/importers/); docs/jsonl-schema.md lists them.
+# (warehouse/ingest.py, warehouse/importers/); docs/jsonl-schema.md lists them.
 NAME_CHARS = 256  # a string column's default: ids, names and enums (run_id, metric, precision ...)
 PATH_CHARS = 4096  # a file path or URI (Linux PATH_MAX): dataset, checkpoint
 # Free text, a resolved config as JSON: one value per run, never a per-step key, so a large one costs a

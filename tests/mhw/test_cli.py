@@ -101,3 +101,21 @@ def test_no_layer_imports_the_command_line():
                     [node.module or ""] if isinstance(node, ast.ImportFrom) else []
                 found += [f"{path.relative_to(REPO)}: {n}" for n in names if n == "mhw" or n.startswith("mhw.")]
     assert found == []
+
+
+def test_the_layers_import_downwards_only():
+    """warehouse/ (schemas, writer, ingest and its importers, query) is the ground floor: it imports
+    neither model/ (the jobs) nor pipelines/ (builds, diagnostics), nor importlib's way round them."""
+    found = []
+    for path in sorted((REPO / "warehouse").rglob("*.py")):
+        if path == REPO / "warehouse" / "cli.py":  # the old path's shim onto mhw.cli
+            continue
+        text = path.read_text()
+        for node in ast.walk(ast.parse(text, str(path))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "import_module" and node.args \
+                    and isinstance(node.args[0], (ast.Constant, ast.JoinedStr)):
+                names.append(ast.unparse(node.args[0]).strip("'\"f"))
+            found += [f"{path.relative_to(REPO)}: {n}" for n in names if n.split(".")[0] in ("model", "pipelines")]
+    assert found == []

@@ -10,7 +10,7 @@ import random
 
 import pytest
 
-from model.importers import RunMeta, parse
+from warehouse.importers import RunMeta, parse
 from warehouse import cli, ingest, jsonl_columns
 from warehouse.query import connect
 from warehouse.schemas import TABLES

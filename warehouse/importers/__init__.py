@@ -4,12 +4,12 @@ Each format module exposes ``parse(path, meta) -> Parsed``. An importer only *re
 format's fields onto the lake's column names and leaves every check (types, required columns, slugs)
 to ``warehouse.ingest``, which validates, writes and quarantines the rows of every format alike.
 
-    jsonl        one JSON object per line, field names = column names   (model/importers/jsonl.py)
-    hf-trainer   Hugging Face Trainer ``trainer_state.json``             (model/importers/hf_trainer.py)
-    tensorboard  TensorBoard event files, or a log dir of them           (model/importers/tensorboard.py)
-    mlperf       ``:::MLLOG {json}`` lines of mlperf-logging             (model/importers/mlperf.py)
-    lm-eval      lm-evaluation-harness results JSON                      (model/importers/lm_eval.py)
-    mlflow       MLflow file store: ``mlruns/`` or one run folder of it  (model/importers/mlflow.py)
+    jsonl        one JSON object per line, field names = column names   (warehouse/importers/jsonl.py)
+    hf-trainer   Hugging Face Trainer ``trainer_state.json``             (warehouse/importers/hf_trainer.py)
+    tensorboard  TensorBoard event files, or a log dir of them           (warehouse/importers/tensorboard.py)
+    mlperf       ``:::MLLOG {json}`` lines of mlperf-logging             (warehouse/importers/mlperf.py)
+    lm-eval      lm-evaluation-harness results JSON                      (warehouse/importers/lm_eval.py)
+    mlflow       MLflow file store: ``mlruns/`` or one run folder of it  (warehouse/importers/mlflow.py)
 
 Numbers a format logs per step that have no ``train_steps`` column go to ``step_metrics`` (one row
 per run, step and metric), so nothing numeric is dropped. Run ids are stable: the file's own id
@@ -241,7 +241,7 @@ def parse(path: str, fmt: str, meta: RunMeta, table: str | None = None) -> Parse
     """Parse one source. ``table`` is the default target table of JSONL lines without one."""
     if fmt not in _MODULES:
         raise SourceError(f"{path}: unknown format {fmt!r} (known: {', '.join(FORMATS)})")
-    module = importlib.import_module(f"model.importers.{_MODULES[fmt]}")
+    module = importlib.import_module(f"warehouse.importers.{_MODULES[fmt]}")
     return module.parse(path, meta, table) if fmt == "jsonl" else module.parse(path, meta)
 
 

@@ -34,7 +34,7 @@ import os
 import re
 from datetime import datetime, timedelta, timezone
 
-from model.importers import (Parsed, Record, RunMeta, SourceError, content_run_id, identity, json_type, number,
+from warehouse.importers import (Parsed, Record, RunMeta, SourceError, content_run_id, identity, json_type, number,
                              read_json)
 
 SOURCE = "lm-eval"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 
-from model.importers import Parsed, Record, RunMeta, SourceError, cut_raw, json_type, line_too_long, read_lines
+from warehouse.importers import Parsed, Record, RunMeta, SourceError, cut_raw, json_type, line_too_long, read_lines
 
 
 def parse(path: str, meta: RunMeta, table: str | None = None) -> Parsed:

@@ -10,7 +10,7 @@ import pytest
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.summary.writer.record_writer import RecordWriter
 
-from model.importers import Parsed, RunMeta, SourceError, default_run_id, detect, hf_trainer, parse, sources
+from warehouse.importers import Parsed, RunMeta, SourceError, default_run_id, detect, hf_trainer, parse, sources
 
 REPO = Path(__file__).resolve().parents[2]
 HF_STATE = REPO.parent / "shared" / "data" / "hf_trainer_state" / "lora-imdb-distilbert.trainer_state.json"
@@ -662,6 +662,6 @@ def test_mlflow_store_wins_over_the_tensorboard_logs_in_its_artifacts(tmp_path):
 def test_an_eval_set_with_dashes_keeps_its_suite_findable(tmp_path):
     """``eval_dataset={"val-a": ...}`` logs eval_val-a_loss: its suite is hf-eval-val_a, so the part
     before the suite's last dash is still hf-eval (what the overfitting rule reads)."""
-    from model.importers.hf_trainer import eval_keys
+    from warehouse.importers.hf_trainer import eval_keys
     keys = eval_keys({"eval_val-a_loss": 1.0, "eval_val-a_samples": 10, "eval_loss": 2.0, "step": 5})
     assert ("hf-eval-val_a", "loss", "eval_val-a_loss") in keys and ("hf-eval", "loss", "eval_loss") in keys

@@ -48,7 +48,7 @@ import json
 import os
 from datetime import datetime, timedelta, timezone
 
-from model.importers import (Parsed, Record, RunMeta, SourceError, StepClock, content_run_id, identity, json_type,
+from warehouse.importers import (Parsed, Record, RunMeta, SourceError, StepClock, content_run_id, identity, json_type,
                              number, read_json)
 
 SOURCE = "hf-trainer"

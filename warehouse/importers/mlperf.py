@@ -36,7 +36,7 @@ import json
 import os
 from datetime import datetime, timezone
 
-from model.importers import (Parsed, Record, RunMeta, SourceError, content_run_id, cut_raw, identity,
+from warehouse.importers import (Parsed, Record, RunMeta, SourceError, content_run_id, cut_raw, identity,
                              line_too_long, number, read_lines)
 
 SOURCE = "mlperf"

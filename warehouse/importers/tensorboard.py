@@ -4,7 +4,7 @@ A source is one event file, or one folder of them (a run; ``mhw ingest LOGDIR`` 
 under LOGDIR that holds event files a source). Events are read with tensorboard's own
 ``EventFileLoader``, which also upgrades old ``simple_value`` scalars to the tensor form.
 
-Mapping, by tag (compared lower-case; the names are shared with MLflow, ``model/importers/names.py``):
+Mapping, by tag (compared lower-case; the names are shared with MLflow, ``warehouse/importers/names.py``):
 
 - a tag in ``TRAIN_ALIASES`` sets that ``train_steps`` column at the event's step (one row per step;
   ``ts`` = the latest wall time among the step's events);
@@ -32,8 +32,8 @@ import json
 import os
 from datetime import datetime, timezone
 
-from model.importers import Parsed, Record, RunMeta, SourceError, content_run_id, identity, is_event_file
-from model.importers.names import EVAL_PREFIXES, TRAIN_ALIASES, eval_split  # noqa: F401 (docs read them here)
+from warehouse.importers import Parsed, Record, RunMeta, SourceError, content_run_id, identity, is_event_file
+from warehouse.importers.names import EVAL_PREFIXES, TRAIN_ALIASES, eval_split  # noqa: F401 (docs read them here)
 
 SOURCE = "tensorboard"
 SUITE = "tb-eval"

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from model.importers import Record, RunMeta, parse, read_lines
+from warehouse.importers import Record, RunMeta, parse, read_lines
 from warehouse.schemas import LINE_BYTES, RAW_HEAD
 
 

@@ -1,6 +1,6 @@
 """MLflow's file store: one run folder of ``mlruns/<experiment_id>/<run_id>/`` is one source.
 
-``mhw ingest mlruns/`` finds every run folder in the store (``model/importers/__init__.sources``);
+``mhw ingest mlruns/`` finds every run folder in the store (``warehouse/importers/__init__.sources``);
 a run folder or an experiment folder works too. A run folder holds:
 
 - ``meta.yaml``: ``run_id``, ``status`` (1 RUNNING, 2 SCHEDULED, 3 FINISHED, 4 FAILED, 5 KILLED,
@@ -8,7 +8,7 @@ a run folder or an experiment folder works too. A run folder holds:
   ``start_time``/``end_time`` (epoch ms) -> ``started_at``/``ended_at``; ``lifecycle_stage``
   (``deleted`` runs are imported, and a note says so).
 - ``metrics/<name>``: one line per point, ``<timestamp ms> <value> <step>`` (files of MLflow < 1.0
-  have no step: 0). Names may hold ``/`` (nested folders). By name (``model/importers/names.py``,
+  have no step: 0). Names may hold ``/`` (nested folders). By name (``warehouse/importers/names.py``,
   shared with TensorBoard): train-loss-like names (``loss``, ``train_loss``, ``train/loss`` ...) and the
   other ``train_steps`` aliases (``lr``, ``grad_norm`` ...) -> ``train_steps`` at the point's step
   (``ts`` = the step's latest timestamp); ``val_*``, ``validation_*``, ``eval_*`` (and ``/`` forms) ->
@@ -28,9 +28,9 @@ import json
 import os
 from datetime import datetime, timezone
 
-from model.importers import (Parsed, Record, RunMeta, SourceError, cut_raw, identity, line_too_long, number,
+from warehouse.importers import (Parsed, Record, RunMeta, SourceError, cut_raw, identity, line_too_long, number,
                              read_lines)
-from model.importers.names import eval_split, train_column
+from warehouse.importers.names import eval_split, train_column
 
 SOURCE = "mlflow"
 SUITES = {"eval": "mlflow-eval", "test": "mlflow-test"}
