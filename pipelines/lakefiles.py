@@ -1,16 +1,17 @@
 """Files of the lake and of the cube store, local or on an object store, through one pyarrow
 filesystem: listing partitions with their files' sizes and mtimes (what the build manifest compares),
-and atomic Parquet writes (written aside, then renamed; one PUT on object stores)."""
+and atomic Parquet writes (warehouse.writer.publish, the one atomic writer: written aside, then
+renamed; one PUT on object stores)."""
 from __future__ import annotations
 
 import json
 import os
-import uuid
 from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
+
+from warehouse.writer import parquet_bytes, publish
 
 PartitionKey = tuple[str, ...]  # partition values in partition-column order, dates as YYYY-MM-DD
 
@@ -65,34 +66,13 @@ def fingerprint(files: list[FileEntry], table_dir: str) -> list:
 
 
 def write_parquet(fs: pafs.FileSystem, path: str, table: pa.Table, local: bool) -> None:
-    parent = path.rsplit("/", 1)[0]
-    fs.create_dir(parent, recursive=True)
-    if not local:  # one PUT is atomic by the store's own rules
-        pq.write_table(table, path, filesystem=fs, compression="zstd")
-        return
-    tmp = f"{parent}/.{uuid.uuid4().hex}.tmp"
-    try:
-        pq.write_table(table, tmp, compression="zstd")
-        os.replace(tmp, path)  # readers see the old file or the new one, never half of one
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """A cube file, by the lake's own atomic writer and Parquet options (warehouse.writer.publish)."""
+    publish(fs, path, parquet_bytes(table), local)
 
 
 def write_text(fs: pafs.FileSystem, path: str, text: str, local: bool) -> None:
-    parent = path.rsplit("/", 1)[0]
-    fs.create_dir(parent, recursive=True)
-    if not local:
-        with fs.open_output_stream(path) as f:
-            f.write(text.encode())
-        return
-    tmp = f"{parent}/.{uuid.uuid4().hex}.tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """A small text file (the build manifest), atomically and on disk before it is renamed in."""
+    publish(fs, path, lambda f: f.write(text.encode()), local, suffix=".json", durable=True)
 
 
 def read_json(fs: pafs.FileSystem, path: str) -> dict | None:

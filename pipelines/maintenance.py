@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 import pyarrow as pa
 
 from warehouse.schemas import FACT_TABLES, TABLES
-from warehouse.writer import Lake, _parquet_options
+from warehouse.writer import Lake, parquet_options
 
 _RENAME_EXCHANGE = 2
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -96,7 +96,7 @@ def _compact_one(table, root: str, part: str, min_files: int, min_age_s: float, 
     staged = os.path.join(root, "_tmp", f"compact-{uuid.uuid4().hex}")
     os.makedirs(staged)
     with open(os.path.join(staged, f"compacted-{digest}.parquet"), "wb") as f:
-        pq.write_table(data, f, **_parquet_options(data.schema))
+        pq.write_table(data, f, **parquet_options(data.schema))
         f.flush()
         os.fsync(f.fileno())
     exchange(staged, part)  # staged now holds the old files

@@ -224,31 +224,13 @@ class Lake:
     def _write_file(self, data: pa.Table, path: str, tx: "commit.Transaction | None") -> None:
         """Publish one Parquet file; ``tx`` is the caller's transaction (the writing thread may be a
         pool worker, which has none of its own)."""
-        self._publish(path, lambda f: pq.write_table(data, f, **_parquet_options(data.schema)), ".parquet", tx)
+        self._publish(path, parquet_bytes(data), ".parquet", tx)
 
     def _publish(self, path: str, write, suffix: str, tx: "commit.Transaction | None") -> None:
-        parent = path.rsplit("/", 1)[0]
-        if not self.local:  # one PUT: atomic by the store's own rules
-            self.fs.create_dir(parent, recursive=True)
-            with self.fs.open_output_stream(path) as f:
-                write(f)
-            return
-        tmp_dir = f"{self.root}/{commit.STAGING}"
-        os.makedirs(tmp_dir, exist_ok=True)
-        os.makedirs(parent, exist_ok=True)
-        tmp = f"{tmp_dir}/{uuid.uuid4().hex}{suffix}.tmp"
-        try:
-            with open(tmp, "wb") as f:
-                write(f)
-                if self.durable:  # the rename must not publish a file whose bytes are not on disk
-                    f.flush()
-                    os.fsync(f.fileno())
-            tx.before_change(path)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        """publish() into this lake: staged under ``_tmp/`` (emptied by the next exclusive lock holder
+        if this process dies), the replaced file journaled by ``tx`` first."""
+        publish(self.fs, path, write, self.local, staging=f"{self.root}/{commit.STAGING}", suffix=suffix,
+                durable=self.durable, before=tx.before_change if tx is not None else None)
 
     def list_files(self, table: str) -> dict[str, list[str]]:
         """Every file of ``table``, by file name (``<key>.parquet``), from one recursive listing."""
@@ -296,7 +278,46 @@ class Lake:
         return n
 
 
-def _parquet_options(schema: pa.Schema) -> dict:
+def publish(fs: pafs.FileSystem, path: str, write, local: bool, *, staging: str | None = None,
+            suffix: str = ".parquet", durable: bool = False, before=None) -> None:
+    """The project's one atomic file write: readers see the old file or the new one, never half of
+    one. ``write(f)`` writes the bytes to a binary file. Local: written aside (in ``staging``, else as
+    ``.<id><suffix>.tmp`` beside ``path``, which the owner's clean-up removes), fsynced if ``durable``,
+    ``before(path)`` called (a journal saving the old file), then renamed over ``path``. Object
+    store: one PUT, atomic by the store's own rules."""
+    parent = path.rsplit("/", 1)[0]
+    if not local:
+        fs.create_dir(parent, recursive=True)
+        with fs.open_output_stream(path) as f:
+            write(f)
+        return
+    os.makedirs(parent, exist_ok=True)
+    if staging:
+        os.makedirs(staging, exist_ok=True)
+        tmp = f"{staging}/{uuid.uuid4().hex}{suffix}.tmp"
+    else:
+        tmp = f"{parent}/.{uuid.uuid4().hex}{suffix}.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            if durable:  # the rename must not publish a file whose bytes are not on disk
+                f.flush()
+                os.fsync(f.fileno())
+        if before is not None:
+            before(path)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def parquet_bytes(data: pa.Table):
+    """``write`` for publish(): ``data`` as Parquet, with the lake's options."""
+    return lambda f: pq.write_table(data, f, **parquet_options(data.schema))
+
+
+def parquet_options(schema: pa.Schema) -> dict:
     # Dictionary-encode only strings: on float metrics it costs 40 % of write time and saves nothing.
     # No min/max statistics on floats: Parquet leaves NaN out of them, and DuckDB 2.0 then folds
     # `isnan(x)` to false for the whole row group -- NaN losses are the signal this lake must keep.
