@@ -157,3 +157,30 @@ def test_rewrite_of_a_key_on_a_later_day_replaces_it_there_too(tmp_path):
     assert {p.parent.name for p in (tmp_path / "train_steps").rglob("*.parquet")} == {"date=2026-11-04"}
     lake.write("train_steps", steps(5, model="other"), "r1-b0")  # another model's partitions are not touched
     assert count(tmp_path) == 15
+
+
+def test_publish_replaces_whole_or_not_at_all(tmp_path):
+    """warehouse.writer.publish, the one atomic writer (lake files, cube files, the build manifest):
+    a write that fails leaves the old file and no temp file; ``before`` sees the old file in place."""
+    import pyarrow.fs as pafs
+
+    from warehouse.writer import parquet_bytes, publish
+
+    path = str(tmp_path / "d" / "f.parquet")
+    fs = pafs.LocalFileSystem()
+    publish(fs, path, parquet_bytes(pa.table({"x": [1.0, float("nan")]})), True)
+    assert pq.read_table(path).column("x").to_pylist()[0] == 1.0
+    assert pq.ParquetFile(path).metadata.row_group(0).column(0).statistics is None  # NaN-safe: no float min/max
+
+    def broken(f):
+        f.write(b"PAR1 half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        publish(fs, path, broken, True)
+    assert pq.read_table(path).num_rows == 2 and sorted(os.listdir(tmp_path / "d")) == ["f.parquet"]
+
+    seen = []
+    publish(fs, path, lambda f: f.write(b"new"), True, staging=str(tmp_path / "_tmp"), durable=True,
+            before=lambda p: seen.append(open(p, "rb").read(4)))
+    assert seen == [b"PAR1"] and open(path, "rb").read() == b"new" and os.listdir(tmp_path / "_tmp") == []
