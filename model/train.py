@@ -299,9 +299,10 @@ def train(cfg: CfgNode, settings: mhw_config.Settings | None = None) -> dict:
                  "rng": rngs, "config": cfg.to_dict(), "hf_config": hf_conf, "family": mc.family,
                  "tokenizer": tok.name, "run_id": run_id, "started_at": started_at, "model_slug": mc.slug,
                  "hardware": hw, "precision": precision}
-        path = checkpoint.save(checkpoint.path_for(out_dir, step), state, keep_last=tc.keep_last)
-        telemetry.flush()  # the rows this checkpoint covers go to disk with it
-        return path
+        # The rows this checkpoint covers are on disk before it is: a kill between the two then
+        # loses only rows the resume rewrites, never rows it skips.
+        telemetry.flush(wait=True)
+        return checkpoint.save(checkpoint.path_for(out_dir, step), state, keep_last=tc.keep_last)
 
     status, losses, nonfinite, last_val, last_ckpt = "failed", [], 0, {}, None
     step, loss_f = start_step, math.nan
