@@ -37,7 +37,9 @@ $(BIN)/.installed: requirements/core.lock pyproject.toml | $(UV)
 	$(BIN)/python -m compileall -q mhw model warehouse pipelines
 	touch $@
 
+# Seeded with the current lock, so adding a package moves no other pin (uv prefers the output file's versions).
 lock: | $(UV)
+	cp requirements/core.lock requirements/core.lock.tmp
 	$(UV) pip compile --quiet --python-version 3.11 $(FL) requirements/core.in -o requirements/core.lock.tmp
 	grep -v '^torch==' requirements/core.lock.tmp > requirements/core.lock && rm requirements/core.lock.tmp
 
