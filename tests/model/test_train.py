@@ -12,9 +12,9 @@ import psutil
 import pytest
 import torch
 
-from model import checkpoint, data, hardware, train
+from model import checkpoint, data, train
 from model.config import CfgNode
-from warehouse import cli
+from warehouse import cli, hardware
 from warehouse.query import connect
 
 REPO = Path(__file__).resolve().parents[2]

@@ -1,23 +1,51 @@
-"""What a job writes to the lake: its ``runs`` row, one ``train_steps`` row per step, validation
-results, and ``system_samples`` from a background sampler thread. Used by the trainer, the
-evaluator and the HF callback alike; when disabled (or on a rank other than 0) every call is a no-op.
+"""What a job writes to the lake: its ``runs`` row, one ``train_steps`` row per step (with the
+numbers that have no column of their own as ``step_metrics`` rows), validation results, and
+``system_samples`` from a background sampler thread. Used by this project's trainer and evaluator,
+the telemetry client (``mhw.start_run``) and its HF / Lightning integrations alike; when disabled
+(a rank other than 0) every call is a no-op.
+
+Where the rows go is a sink (warehouse/sinks.py): the lake itself, or a collector over HTTP.
 
 Idempotence across resumes: step rows go into blocks of ``block_rows`` steps (file key
 ``<run_id>-steps-b<block>``). The trainer picks ``block_rows`` so that every checkpoint step starts a
 block; a run resumed from a checkpoint therefore rewrites exactly the blocks it logs again, and the
 lake keeps one row per step however often the run was interrupted.
+
+A value that is not a number (a string, a tensor of many elements) never reaches a writer, where it
+would fail a whole block: it is left out of its row and kept in ``quarantine`` with the step, the
+name and the reason.
 """
 from __future__ import annotations
 
+import json
+import logging
 import math
 import os
 import threading
 from datetime import datetime, timezone
 
 import psutil
-import pyarrow as pa
 
-from warehouse.writer import BufferedWriter, Lake, check_slug
+from warehouse.keys import check_slug
+from warehouse.schemas import NAME_CHARS, TRAIN_STEPS
+from warehouse.sinks import LakeSink
+
+log = logging.getLogger("mhw")
+
+# train_steps' own measurements: a metric of another name is a step_metrics row
+STEP_COLUMNS = frozenset(c.name for c in TRAIN_STEPS.columns) - {
+    "run_id", "step", "ts", "precision", "model", "hardware", "date"}
+
+
+def process_rank() -> int:
+    """This process's rank in a distributed job (RANK, else LOCAL_RANK, as torchrun, Lightning and
+    accelerate set them; 0 alone). Telemetry is written by rank 0 unless per-rank telemetry is asked
+    for (the seam issue 16 fills)."""
+    for name in ("RANK", "LOCAL_RANK"):
+        v = os.environ.get(name, "").strip()
+        if v.lstrip("-").isdigit():
+            return int(v)
+    return 0
 
 
 def utcnow() -> datetime:
@@ -38,7 +66,7 @@ class SystemSampler:
     """Samples the process's CPU and memory (psutil) and every GPU (NVML) every ``interval_s`` on a
     daemon thread. ``latest`` is what the step rows copy, so the training loop never calls NVML."""
 
-    def __init__(self, interval_s: float = 5.0, writer: BufferedWriter | None = None, const: dict | None = None):
+    def __init__(self, interval_s: float = 5.0, writer=None, const: dict | None = None):
         self.interval_s, self.writer, self.const = interval_s, writer, const or {}
         self.latest: dict = {}
         self._proc = psutil.Process(os.getpid())
@@ -109,9 +137,10 @@ class SystemSampler:
 
 
 class Telemetry:
-    """One run's writers. Create with ``enabled=False`` on ranks other than 0: every call is a no-op."""
+    """One run's writers. Create with ``enabled=False`` on ranks other than 0: every call is a no-op.
+    ``sink`` is a lake root (a folder or an object-store URI) or a sink of warehouse/sinks.py."""
 
-    def __init__(self, lake_root: str, run_id: str, model: str, hardware: str, precision: str | None = None,
+    def __init__(self, sink, run_id: str, model: str, hardware: str, precision: str | None = None,
                  enabled: bool = True, block_rows: int = 2000, flush_seconds: float = 30.0,
                  system_interval_s: float | None = 5.0):
         self.enabled = enabled
@@ -120,23 +149,31 @@ class Telemetry:
         self.precision = precision
         self.run_row: dict = {}
         self.sampler: SystemSampler | None = None
+        self.rejected = 0  # values quarantined instead of written
         if not enabled:
             return
-        self.lake = Lake(lake_root)
+        if isinstance(sink, (str, os.PathLike)):
+            sink = LakeSink(str(sink), flush_seconds=flush_seconds, batch_rows=max(block_rows, 1000))
+        self.sink, self.block_rows, self.flush_seconds = sink, block_rows, flush_seconds
         self._const = {"run_id": run_id, "model": model, "hardware": hardware}
-        self._steps = BufferedWriter(self.lake, "train_steps", f"{run_id}-steps", flush_rows=block_rows,
-                                     flush_seconds=flush_seconds)
-        self._evals = BufferedWriter(self.lake, "eval_results", f"{run_id}-val", flush_rows=block_rows,
-                                     flush_seconds=flush_seconds)
-        self.block_rows = block_rows
         self._step_const = {**self._const, "precision": precision}
+        self._steps = self._writer("train_steps", f"{run_id}-steps")
+        self._evals = self._writer("eval_results", f"{run_id}-val")
+        self._metrics = self._rejects = None  # made when first needed
+        self._warned: set[str] = set()
+        self._writers_lock = threading.Lock()
+        # Facts of this process's lifetime (system samples, rejected values) are keyed by its start, so a
+        # resumed run adds its own beside the interrupted one's instead of replacing them.
+        self._attempt = utcnow().strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}"
         if system_interval_s:
-            # System samples are facts of this process's lifetime, keyed by its start, so a resumed
-            # run adds its own samples beside the interrupted one's instead of replacing them.
-            attempt = utcnow().strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}"
-            self._system = BufferedWriter(self.lake, "system_samples", f"{run_id}-sys-{attempt}",
-                                          flush_rows=block_rows, flush_seconds=flush_seconds)
+            self._system = self._writer("system_samples", f"{run_id}-sys-{self._attempt}")
             self.sampler = SystemSampler(system_interval_s, self._system, self._const).start()
+
+    def _writer(self, table: str, prefix: str):
+        return self.sink.writer(table, prefix, self.block_rows, self.flush_seconds)
+
+    def _writers(self) -> list:
+        return [w for w in (self._steps, self._evals, self._metrics, self._rejects) if w is not None]
 
     # -- runs ------------------------------------------------------------------------------------------
 
@@ -146,7 +183,7 @@ class Telemetry:
             return
         self.run_row.update(fields)
         self.run_row.update(self._const)
-        self.lake.write("runs", pa.Table.from_pylist([self.run_row]), key=self.run_id)
+        self.sink.put("runs", [dict(self.run_row)], key=self.run_id)
 
     # -- per step --------------------------------------------------------------------------------------
 
@@ -155,9 +192,33 @@ class Telemetry:
         return self.sampler.latest if self.sampler is not None else {}
 
     def step(self, step: int, **metrics) -> None:
+        """One ``train_steps`` row: the metrics named as its columns (``STEP_COLUMNS``) in it, any
+        other name as a ``step_metrics`` row of the same step. None means "not measured"."""
         if not self.enabled:
             return
-        self._steps.append({**self._step_const, "step": step, "ts": utcnow(), **metrics})
+        ts = utcnow()
+        row = {**self._step_const, "step": step, "ts": ts}
+        extra = None
+        for name, v in metrics.items():
+            if v is not None and type(v) is not float:
+                v = self._number(v, "train_steps" if name in STEP_COLUMNS else "step_metrics", step, name, ts)
+            if name in STEP_COLUMNS:
+                row[name] = v
+            elif v is not None:
+                if len(name) > NAME_CHARS:
+                    self._reject("step_metrics", step, name[:NAME_CHARS], ts, v,
+                                 f"too long: metric name of {len(name):,} characters; the limit is {NAME_CHARS:,}")
+                    continue
+                if extra is None:
+                    extra = []
+                extra.append((name, v))
+        self._steps.append(row)
+        if extra:
+            if self._metrics is None:
+                with self._writers_lock:
+                    self._metrics = self._metrics or self._writer("step_metrics", f"{self.run_id}-metrics")
+            for name, v in extra:
+                self._metrics.append({**self._step_const, "step": step, "ts": ts, "metric": name, "value": v})
 
     def evaluation(self, step: int, suite: str, metrics: dict[str, float], n: int | None = None,
                    checkpoint: str | None = None) -> None:
@@ -167,17 +228,47 @@ class Telemetry:
             return
         ts = utcnow()
         for metric, value in metrics.items():
+            if value is None:
+                value = math.nan
+            elif type(value) is not float:
+                value = self._number(value, "eval_results", step, metric, ts)
+                if value is None:
+                    continue
             self._evals.append({**self._const, "train_run_id": self.run_id, "checkpoint": checkpoint,
                                 "checkpoint_step": step, "ts": ts, "precision": self.precision,
-                                "suite": suite, "metric": metric,
-                                "value": float(value) if value is not None else math.nan, "n": n},
+                                "suite": suite, "metric": metric, "value": value, "n": n},
                                block=step // self.block_rows)
+
+    def _number(self, v, table: str, step: int, name: str, ts: datetime) -> float | None:
+        """``v`` as a float (ints, bools, numpy and one-element torch values), else None, the value
+        quarantined."""
+        if not isinstance(v, (str, bytes)):
+            try:
+                return float(v)
+            except (TypeError, ValueError, OverflowError, RuntimeError):
+                pass
+        self._reject(table, step, name, ts, v, f"wrong type: expected a number, got {type(v).__name__} {_shown(v)}")
+        return None
+
+    def _reject(self, table: str, step: int, name: str, ts: datetime, v, reason: str) -> None:
+        self.rejected += 1
+        if name not in self._warned:
+            self._warned.add(name)
+            log.warning("mhw: run %s step %s: %s: %s (kept in quarantine; warned once per name)",
+                        self.run_id, step, name[:80], reason)
+        with self._writers_lock:
+            if self._rejects is None:
+                self._rejects = self._writer("quarantine", f"{self.run_id}-rejects-{self._attempt}")
+        self._rejects.append({"target_table": table, "source": f"mhw client: run {self.run_id}", "line": step,
+                              "field": name, "reason": reason, "raw": json.dumps({"step": step, name: _shown(v)}),
+                              "ingested_at": ts})
 
     def flush(self, wait: bool = False) -> None:
         """Hand buffered rows to the writer thread (at checkpoints: what the checkpoint covers is on disk)."""
         if self.enabled:
-            self._steps.flush(wait=wait)
-            self._evals.flush(wait=wait)
+            for w in self._writers():
+                w.flush(wait=wait)
+            self.sink.flush(wait=wait)
 
     def close(self) -> None:
         if not self.enabled:
@@ -185,6 +276,12 @@ class Telemetry:
         if self.sampler is not None:
             self.sampler.stop()
             self._system.close()
-        self._steps.close()
-        self._evals.close()
+        for w in self._writers():
+            w.close()
+        self.sink.close()
 
+
+def _shown(v) -> str:
+    """A value for a message or quarantine: its repr, cut (a tensor or a huge string is never copied whole)."""
+    s = repr(v[:200] if isinstance(v, (str, bytes)) else v)
+    return s if len(s) <= 200 else s[:197] + "..."
