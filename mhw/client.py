@@ -131,8 +131,13 @@ class Run:
             status = "diverged" if final is not None and not math.isfinite(final) else "completed"
         if steps is None and self._last_step is not None:
             steps = self._last_step + 1
+        fields = {"ended_at": utcnow(), "status": status}
+        if steps is not None:  # unknown: what the row says stays
+            fields["steps"] = steps
+        if final is not None:
+            fields["final_loss"] = final
         try:
-            self.telemetry.write_run(ended_at=utcnow(), status=status, steps=steps, final_loss=final)
+            self.telemetry.write_run(**fields)
         finally:
             self.telemetry.close()
 
@@ -178,19 +183,26 @@ def start_run(model: str, *, run_id: str | None = None, hardware: str | None = N
     telemetry = Telemetry(sink, run_id, model, hw, precision, block_rows=block_rows or settings.flush_rows,
                           flush_seconds=flush_seconds or default_flush, system_interval_s=system_interval_s)
     gpu = host.gpu_name()
-    config_json = json.dumps(config, sort_keys=True, default=str) if config is not None else None
     script = Path(sys.argv[0]).resolve().parent if sys.argv and sys.argv[0] and Path(sys.argv[0]).exists() \
         else Path.cwd()
     telemetry.write_run(**{
         "kind": "train", "model_family": model_family, "n_params": n_params, "gpu_name": gpu,
         "gpu_count": (max(world, 1) if world > 1 else host.gpu_count()) if gpu else 0, "precision": precision,
-        "dataset": dataset, "config_hash": hashlib.sha256(config_json.encode()).hexdigest()[:16] if config_json else None,
-        "code_version": host.code_version(str(script)), "started_at": utcnow(), "ended_at": None, "status": "running",
-        "source": source, "steps": 0, "config_json": config_json, **(run_fields or {})})
+        "dataset": dataset, **config_fields(config), "code_version": host.code_version(str(script)),
+        "started_at": utcnow(), "ended_at": None, "status": "running", "source": source, "steps": 0,
+        **(run_fields or {})})
     return Run(telemetry, run_id, model, hw)
 
 
 init = start_run  # the name W&B and others use
+
+
+def config_fields(config: dict | None) -> dict:
+    """A run's settings as the ``runs`` row keeps them: JSON (sorted keys) and its hash."""
+    if config is None:
+        return {"config_json": None, "config_hash": None}
+    text = json.dumps(config, sort_keys=True, default=str)
+    return {"config_json": text, "config_hash": hashlib.sha256(text.encode()).hexdigest()[:16]}
 
 
 def _sink(settings: mhw_config.Settings, lake: str | None, collector: str | None, token: str | None):
