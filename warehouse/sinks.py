@@ -85,6 +85,7 @@ class QueueSink:
         self._wake, self._closing = threading.Event(), threading.Event()
         self._deadline = math.inf  # set by close(): past it, nothing more is retried
         self._seq = 0
+        self._lost = False  # a batch since the last flush marker was given up
         self.stored = self.dropped = self.given_up = self.rejected = 0  # rows
         self.last_error: str | None = None
         self._thread = threading.Thread(target=self._loop, name=f"mhw-{type(self).__name__}", daemon=True)
@@ -121,7 +122,7 @@ class QueueSink:
         self._wake.set()
         if not wait:
             return True
-        ok = done.wait(self.close_timeout_s if timeout is None else timeout)
+        ok = done.wait(self.close_timeout_s if timeout is None else timeout) and not getattr(done, "lost", False)
         if not ok:
             log.warning("mhw: %r has not stored the rows flushed %.0f s ago (%s)", self,
                         self.close_timeout_s if timeout is None else timeout, self.last_error or "no answer")
@@ -174,14 +175,16 @@ class QueueSink:
                 break
             items.append(item)
             n += item[0] != "put"
+        stored = False
         try:
-            if items:
-                self._store(items, n)
+            stored = not items or self._store(items, n)
         finally:
-            for m in markers:
+            for m in markers:  # a flush waiting on rows given up is told so
+                m.lost, self._lost = not stored or self._lost, False
                 m.set()
 
-    def _store(self, items: list, n: int) -> None:
+    def _store(self, items: list, n: int) -> bool:
+        """Deliver one batch until stored (True) or given up (False)."""
         writes, groups = [], {}
         for item in items:
             if item[0] == "put":
@@ -201,17 +204,19 @@ class QueueSink:
                 self.rejected += self._deliver(batch, writes)
                 self.stored += n
                 self.last_error = None
-                return
+                return True
             except Refused as e:
                 self.last_error = str(e)
                 self.given_up += n
+                self._lost = True
                 log.error("mhw: %r refused batch %s for good (%s): its %d rows are not stored", self, batch, e, n)
-                return
+                return False
             except Exception as e:  # unreachable, reset, timed out, a full disk: retried
                 self.last_error = f"{type(e).__name__}: {e}"
             if self._closing.is_set() and time.monotonic() > self._deadline:
                 self.given_up += n
-                return
+                self._lost = True
+                return False
             pause = delay * (0.5 + random.random())  # jitter: clients that lost the collector together
             if self._deadline < math.inf:             # do not all come back in the same instant
                 pause = min(pause, max(0.0, self._deadline - time.monotonic()))
