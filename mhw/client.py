@@ -47,7 +47,6 @@ from warehouse.sinks import HttpSink, LakeSink
 from warehouse.telemetry import Telemetry, process_rank, utcnow
 
 ENDED = ("completed", "failed", "diverged", "killed")
-SYSTEM_FILLED = ("cpu_util", "host_mem_gb", "gpu_util")  # from the sampler unless the caller logs them
 
 
 class Run:
@@ -81,14 +80,9 @@ class Run:
         self._last_step = step
         loss = metrics.get("loss")
         if loss is not None:
-            self._last_loss = loss
+            self._last_loss = loss if type(loss) is float else _float(loss)  # a tensor's value now
         sampler = tel.sampler
-        if sampler is not None and sampler.latest:
-            latest = sampler.latest
-            for k in SYSTEM_FILLED:
-                if k not in metrics:
-                    metrics[k] = latest.get(k)
-        tel.step(step, **metrics)
+        tel.log_step(step, metrics, sampler.latest if sampler is not None else None)
 
     def log_eval(self, step: int, metrics: dict, suite: str = "validation", n: int | None = None,
                  checkpoint: str | None = None) -> None:

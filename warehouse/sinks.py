@@ -56,14 +56,17 @@ class Refused(Exception):
 
 
 class Writer:
-    """One table's rows for a sink: each row's block is computed here, on the caller's thread."""
+    """One table's rows for a sink. ``append`` only queues; the row's block (and ``prepare``, when
+    set: a function turning a queued row into ``(writer, row)`` pairs) is worked out on the sink's
+    thread, off the caller's."""
 
     def __init__(self, sink: "QueueSink", table: str, prefix: str, block_rows: int):
         self.sink, self.table, self.prefix = sink, table, check_slug("key prefix", prefix)
         self.block_rows = block_rows
+        self.prepare = None
 
     def append(self, row: dict, block: int | None = None) -> None:
-        self.sink._append(self, block_of(self.table, row, self.block_rows) if block is None else block, row)
+        self.sink._append(self, block, row)
 
     def flush(self, wait: bool = False) -> None:
         pass  # the sink delivers every writer's rows together
@@ -159,7 +162,10 @@ class QueueSink:
             while self._q:
                 if self._closing.is_set() and time.monotonic() > self._deadline:
                     return
-                self._send_some()
+                try:
+                    self._send_some()
+                except Exception:  # a bug, not a glitch: say so, and keep the thread (and the next rows) alive
+                    log.exception("mhw: %r could not prepare a batch; its rows are not stored", self)
             if self._closing.is_set():
                 return
 
@@ -191,11 +197,13 @@ class QueueSink:
                 writes.append({"table": item[1], "key": item[2], "rows": item[3]})
                 continue
             writer, block, row = item
-            g = groups.get((writer, block))
-            if g is None:
-                g = groups[(writer, block)] = {"table": writer.table, "key": block_key(writer.prefix, block), "rows": []}
-                writes.append(g)
-            g["rows"].append(row)
+            for w, r in writer.prepare(row) if writer.prepare is not None else ((writer, row),):
+                b = block if block is not None and w is writer else block_of(w.table, r, w.block_rows)
+                g = groups.get((w, b))
+                if g is None:
+                    g = groups[(w, b)] = {"table": w.table, "key": block_key(w.prefix, b), "rows": []}
+                    writes.append(g)
+                g["rows"].append(r)
         self._seq += 1
         batch = f"{self.client_id}-{self._seq:09d}"
         delay = self.backoff_s[0]

@@ -22,6 +22,7 @@ import logging
 import math
 import os
 import threading
+import time
 from datetime import datetime, timezone
 
 import psutil
@@ -33,8 +34,8 @@ from warehouse.sinks import LakeSink
 log = logging.getLogger("mhw")
 
 # train_steps' own measurements: a metric of another name is a step_metrics row
-STEP_COLUMNS = frozenset(c.name for c in TRAIN_STEPS.columns) - {
-    "run_id", "step", "ts", "precision", "model", "hardware", "date"}
+STEP_ROW = frozenset(("run_id", "model", "hardware", "precision", "step", "ts"))  # what Telemetry fills in
+STEP_COLUMNS = frozenset(c.name for c in TRAIN_STEPS.columns) - STEP_ROW - {"date"}
 
 
 def process_rank() -> int:
@@ -158,6 +159,7 @@ class Telemetry:
         self._const = {"run_id": run_id, "model": model, "hardware": hardware}
         self._step_const = {**self._const, "precision": precision}
         self._steps = self._writer("train_steps", f"{run_id}-steps")
+        self._steps.prepare = self._split  # run on the sink's thread
         self._evals = self._writer("eval_results", f"{run_id}-val")
         self._metrics = self._rejects = None  # made when first needed
         self._warned: set[str] = set()
@@ -194,31 +196,52 @@ class Telemetry:
     def step(self, step: int, **metrics) -> None:
         """One ``train_steps`` row: the metrics named as its columns (``STEP_COLUMNS``) in it, any
         other name as a ``step_metrics`` row of the same step. None means "not measured"."""
+        self.log_step(step, metrics)
+
+    def log_step(self, step: int, metrics: dict, fill: dict | None = None) -> None:
+        """``step`` with ``metrics`` (a dict this call may keep) and ``fill``'s values where
+        ``metrics`` has none. The training thread's whole cost: non-float values are read now
+        (a tensor may change after the call), the row is queued; splitting it into columns and
+        step metrics, and quarantining what is not a number, happen on the sink's thread
+        (``_split``)."""
         if not self.enabled:
             return
-        ts = utcnow()
-        row = {**self._step_const, "step": step, "ts": ts}
-        extra = None
-        for name, v in metrics.items():
-            if v is not None and type(v) is not float:
-                v = self._number(v, "train_steps" if name in STEP_COLUMNS else "step_metrics", step, name, ts)
+        for v in metrics.values():
+            if type(v) is not float and v is not None:
+                metrics = {k: _snapshot(v) for k, v in metrics.items()}
+                break
+        if fill:
+            self._steps.append({**self._step_const, **fill, "step": step, "ts": time.time(), **metrics})
+        else:
+            self._steps.append({**self._step_const, "step": step, "ts": time.time(), **metrics})
+
+    def _split(self, row: dict) -> list:
+        """On the sink's thread: a queued step row as (writer, row) pairs: its train_steps row, a
+        step_metrics row for each other name, a quarantine row for each value that is not a number."""
+        step = row["step"]
+        ts = row["ts"] = datetime.fromtimestamp(row["ts"], timezone.utc)
+        out = [(self._steps, row)]
+        for name in [k for k in row if k not in STEP_ROW]:
+            v = row[name]
             if name in STEP_COLUMNS:
-                row[name] = v
-            elif v is not None:
-                if len(name) > NAME_CHARS:
-                    self._reject("step_metrics", step, name[:NAME_CHARS], ts, v,
-                                 f"too long: metric name of {len(name):,} characters; the limit is {NAME_CHARS:,}")
+                if v is not None and type(v) is not float:
+                    row[name] = self._number(v, "train_steps", step, name, ts, out)
+                continue
+            del row[name]
+            if v is None:
+                continue
+            if len(name) > NAME_CHARS:
+                out.append(self._reject("step_metrics", step, name[:NAME_CHARS], ts, v,
+                                        f"too long: metric name of {len(name):,} characters; the limit is {NAME_CHARS:,}"))
+                continue
+            if type(v) is not float:
+                v = self._number(v, "step_metrics", step, name, ts, out)
+                if v is None:
                     continue
-                if extra is None:
-                    extra = []
-                extra.append((name, v))
-        self._steps.append(row)
-        if extra:
             if self._metrics is None:
-                with self._writers_lock:
-                    self._metrics = self._metrics or self._writer("step_metrics", f"{self.run_id}-metrics")
-            for name, v in extra:
-                self._metrics.append({**self._step_const, "step": step, "ts": ts, "metric": name, "value": v})
+                self._metrics = self._writer("step_metrics", f"{self.run_id}-metrics")
+            out.append((self._metrics, {**self._step_const, "step": step, "ts": ts, "metric": name, "value": v}))
+        return out
 
     def evaluation(self, step: int, suite: str, metrics: dict[str, float], n: int | None = None,
                    checkpoint: str | None = None) -> None:
@@ -231,7 +254,10 @@ class Telemetry:
             if value is None:
                 value = math.nan
             elif type(value) is not float:
-                value = self._number(value, "eval_results", step, metric, ts)
+                rejects = []
+                value = self._number(_snapshot(value), "eval_results", step, metric, ts, rejects)
+                for writer, row in rejects:
+                    writer.append(row)
                 if value is None:
                     continue
             self._evals.append({**self._const, "train_run_id": self.run_id, "checkpoint": checkpoint,
@@ -239,18 +265,16 @@ class Telemetry:
                                 "suite": suite, "metric": metric, "value": value, "n": n},
                                block=step // self.block_rows)
 
-    def _number(self, v, table: str, step: int, name: str, ts: datetime) -> float | None:
-        """``v`` as a float (ints, bools, numpy and one-element torch values), else None, the value
-        quarantined."""
-        if not isinstance(v, (str, bytes)):
-            try:
-                return float(v)
-            except (TypeError, ValueError, OverflowError, RuntimeError):
-                pass
-        self._reject(table, step, name, ts, v, f"wrong type: expected a number, got {type(v).__name__} {_shown(v)}")
+    def _number(self, v, table: str, step: int, name: str, ts: datetime, rejects: list) -> float | None:
+        """``v`` (as ``_snapshot`` left it) as a float, else None and a quarantine row in ``rejects``."""
+        if isinstance(v, (int, float)):
+            return float(v)
+        rejects.append(self._reject(table, step, name, ts, v,
+                                    f"wrong type: expected a number, got {type(v).__name__} {_shown(v)}"))
         return None
 
-    def _reject(self, table: str, step: int, name: str, ts: datetime, v, reason: str) -> None:
+    def _reject(self, table: str, step: int, name: str, ts: datetime, v, reason: str) -> tuple:
+        """(the quarantine writer, the row of a value not written), warned about once per name."""
         self.rejected += 1
         if name not in self._warned:
             self._warned.add(name)
@@ -259,9 +283,9 @@ class Telemetry:
         with self._writers_lock:
             if self._rejects is None:
                 self._rejects = self._writer("quarantine", f"{self.run_id}-rejects-{self._attempt}")
-        self._rejects.append({"target_table": table, "source": f"mhw client: run {self.run_id}", "line": step,
-                              "field": name, "reason": reason, "raw": json.dumps({"step": step, name: _shown(v)}),
-                              "ingested_at": ts})
+        return self._rejects, {"target_table": table, "source": f"mhw client: run {self.run_id}", "line": step,
+                               "field": name, "reason": reason, "raw": json.dumps({"step": step, name: _shown(v)}),
+                               "ingested_at": ts}
 
     def flush(self, wait: bool = False) -> None:
         """Hand buffered rows to the writer thread (at checkpoints: what the checkpoint covers is on disk)."""
@@ -279,6 +303,17 @@ class Telemetry:
         for w in self._writers():
             w.close()
         self.sink.close()
+
+
+def _snapshot(v):
+    """A value as it is now: a number as a float (ints, numpy scalars, one-element tensors: read at
+    the call, before the loop changes them), anything else as it is, for the sink's thread to quarantine."""
+    if v is None or type(v) is float or isinstance(v, (str, bytes)):
+        return v
+    try:
+        return float(v)
+    except (TypeError, ValueError, OverflowError, RuntimeError):
+        return v
 
 
 def _shown(v) -> str:
