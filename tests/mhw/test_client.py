@@ -186,3 +186,17 @@ def test_the_plain_loop_example_runs(tmp_path, lake_root):
     assert rows(lake_root, "select count(*), count(distinct step) from train_steps") == [(40, 40)]
     assert rows(lake_root, "select status from runs") == [("completed",)]
     assert rows(lake_root, "select count(*) from eval_results") != [(0,)]
+
+
+def test_an_object_store_lake_is_written_through_its_own_code_path(tmp_path):
+    """A ``file://`` URI takes the object-store path of the writer (no lock, one PUT per file), as an
+    ``s3://`` lake does; a resumed run merges there too."""
+    uri = f"file://{tmp_path}/objlake"
+    for start, stop, loss in ((0, 30, 1.0), (20, 25, 2.0)):
+        with mhw.start_run("m", run_id="obj", lake=uri, block_rows=16, system_interval_s=None) as run:
+            for s in range(start, stop):
+                run.log(s, loss=loss, extra_name=float(s))
+    root = str(tmp_path / "objlake")
+    assert dict(rows(root, "select step, loss from train_steps")) == {s: 2.0 if 20 <= s < 25 else 1.0 for s in range(30)}
+    assert rows(root, "select count(*) from step_metrics") == [(30,)]
+    assert not (tmp_path / "objlake" / "_lake.lock").exists()  # the object-store path takes no lock
