@@ -53,7 +53,7 @@ class Run:
     """One run's handle: ``log``, ``log_eval``, ``end`` (or use it as a context manager). On a rank
     other than 0 ``enabled`` is False and every method returns at once."""
 
-    def __init__(self, telemetry: Telemetry | None, run_id: str, model: str, hardware: str):
+    def __init__(self, telemetry: Telemetry | None, run_id: str, model: str, hardware: str | None):
         self.run_id, self.model, self.hardware = run_id, model, hardware
         self.telemetry = telemetry
         self.enabled = telemetry is not None
@@ -167,10 +167,10 @@ def start_run(model: str, *, run_id: str | None = None, hardware: str | None = N
     run_id = check_slug("run_id", run_id or os.environ.get("MHW_RUN_ID")
                         or slugify(f"{model}-{utcnow().strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(3)}",
                                    RUN_ID_CHARS))
+    if process_rank() != 0:  # before anything is asked of the machine: other ranks pay nothing
+        return Run(None, run_id, model, hardware)
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
     hw = host.fingerprint(None, world) if hardware is None else check_slug("hardware", hardware)
-    if process_rank() != 0:
-        return Run(None, run_id, model, hw)
 
     settings = settings or mhw_config.load()
     sink, default_flush = _sink(settings, lake, collector, token)

@@ -9,8 +9,8 @@ batches of rows (the protocol is in warehouse/sinks.py). Each batch is
 - authorized: ``Authorization: Bearer <token>``, compared in constant time; the token is
   ``$MHW_COLLECTOR_TOKEN`` or the file ``collector.token_file`` (default ``.mhw/collector.token``,
   written 0600 by the first start when absent; never in the repository). 401 otherwise.
-- bounded: a body over ``collector.max_body_mb`` is refused (413) before it is read; a connection
-  idle for a minute is closed.
+- bounded: a body over ``collector.max_body_mb`` is refused (413) before it is read; at most
+  ``MAX_BUSY`` bodies are read and parsed at once; a connection idle for a minute is closed.
 - validated row by row with ingest's own checks (``warehouse.ingest.validate``: types, required
   fields, slugs, string bounds, fields per row), plus: the table must be one a run writes, the file
   key a slug of the row's own run (``<run_id>`` or ``<run_id>-...``; the keys of ingest, compaction
@@ -51,6 +51,7 @@ ACCEPTED = ("runs", "train_steps", "step_metrics", "eval_results", "system_sampl
 RESERVED_KEYS = ("ingest-", "compacted-", "collect-")  # other writers' file keys: never a client's
 DEFAULT_ADDRESS = "127.0.0.1:8765"
 IDLE_S = 60.0
+MAX_BUSY = 8  # batches read and parsed at once (each up to collector.max_body_mb); the others wait
 
 
 class BadBatch(ValueError):
@@ -181,6 +182,10 @@ class Handler(BaseHTTPRequestHandler):
         if length > limit or length < 0:
             return self._answer(413, {"error": f"the batch is {length:,} bytes; the limit is {limit:,} "
                                                f"(collector.max_body_mb)"}, close=True)
+        with self.server.busy:  # bodies parsed at once are bounded: memory is
+            self._batch(c, length)
+
+    def _batch(self, c: "Collector", length: int) -> None:
         body = self.rfile.read(length)
         try:
             payload = json.loads(body)
@@ -221,6 +226,7 @@ class Server(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], collector: Collector, max_body: int, verbose: bool = False):
         super().__init__(address, Handler)
         self.collector, self.max_body, self.verbose = collector, max_body, verbose
+        self.busy = threading.BoundedSemaphore(MAX_BUSY)
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -269,7 +275,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"mhw collect: no token: set MHW_COLLECTOR_TOKEN or write one into {where}", file=sys.stderr)
         return 2
     lake = Lake(args.lake or settings.lake_root)
-    server = Server((host, port), Collector(lake, secret), int(float(section.get("max_body_mb", 32)) * 2**20),
+    server = Server((host, port), Collector(lake, secret), int(float(section.get("max_body_mb", 16)) * 2**20),
                     verbose=args.verbose)
     if host not in ("127.0.0.1", "localhost", "::1"):
         print(f"mhw collect: listening beyond this machine ({host}): the token travels in clear text; put the "

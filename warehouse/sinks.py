@@ -267,7 +267,7 @@ class LakeSink(QueueSink):
 class HttpSink(QueueSink):
     """Batches posted to ``mhw collect``; acknowledged = stored in the lake."""
 
-    def __init__(self, url: str, token: str, timeout_s: float = 30.0, **kw):
+    def __init__(self, url: str, token: str, timeout_s: float = 30.0, max_body: int = 8 << 20, **kw):
         parts = urllib.parse.urlsplit(url if "://" in url else f"http://{url}")
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"collector URL {url!r}: expected http://host:port")
@@ -276,7 +276,7 @@ class HttpSink(QueueSink):
         self.url = f"{parts.scheme}://{parts.netloc}"
         self._conn_args = (parts.scheme, parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
         self._headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
-        self.timeout_s = timeout_s
+        self.timeout_s, self.max_body = timeout_s, max_body
         self._conn: http.client.HTTPConnection | None = None
         super().__init__(**kw)
 
@@ -285,6 +285,11 @@ class HttpSink(QueueSink):
 
     def _deliver(self, batch: str, writes: list[dict]) -> int:
         body = json.dumps({"batch": batch, "writes": writes}, default=_jsonable).encode()
+        if len(body) > self.max_body and (len(writes) > 1 or len(writes[0]["rows"]) > 1):
+            # over what a collector reads (collector.max_body_mb): two halves, named after the batch,
+            # so a retry splits the same way and lands on the same keys
+            a, b = _halves(writes)
+            return self._deliver(f"{batch}a", a) + self._deliver(f"{batch}b", b)
         status, answer = self._post(body)
         if status == 200:
             rejected = answer.get("rejected", 0) if isinstance(answer, dict) else 0
@@ -319,6 +324,14 @@ class HttpSink(QueueSink):
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+def _halves(writes: list[dict]) -> tuple[list[dict], list[dict]]:
+    if len(writes) > 1:
+        return writes[: len(writes) // 2], writes[len(writes) // 2:]
+    (w,) = writes
+    half = len(w["rows"]) // 2
+    return [{**w, "rows": w["rows"][:half]}], [{**w, "rows": w["rows"][half:]}]
 
 
 def _jsonable(v):

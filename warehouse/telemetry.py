@@ -206,6 +206,8 @@ class Telemetry:
         (``_split``)."""
         if not self.enabled:
             return
+        if not STEP_ROW.isdisjoint(metrics):
+            metrics = _set_aside_reserved(metrics)
         for v in metrics.values():
             if type(v) is not float and v is not None:
                 metrics = {k: _snapshot(v) for k, v in metrics.items()}
@@ -221,6 +223,10 @@ class Telemetry:
         step = row["step"]
         ts = row["ts"] = datetime.fromtimestamp(row["ts"], timezone.utc)
         out = [(self._steps, row)]
+        for name, v in row.pop(RESERVED, {}).items():
+            out.append(self._reject("train_steps", step, name, ts, v,
+                                    f"reserved name: the run fills in {', '.join(sorted(STEP_ROW))}; log it under "
+                                    f"another name"))
         for name in [k for k in row if k not in STEP_ROW]:
             v = row[name]
             if name in STEP_COLUMNS:
@@ -303,6 +309,17 @@ class Telemetry:
         for w in self._writers():
             w.close()
         self.sink.close()
+
+
+RESERVED = "\0reserved"  # a queued step row's metrics that were named like the row's own fields
+
+
+def _set_aside_reserved(metrics: dict) -> dict:
+    """``metrics`` without the names the row fills in itself (run_id, model, step, ts, ...): those are
+    kept aside, to be quarantined, never allowed to move the row to another run or partition."""
+    kept = {k: v for k, v in metrics.items() if k not in STEP_ROW}
+    kept[RESERVED] = {k: _snapshot(metrics[k]) for k in STEP_ROW if k in metrics}
+    return kept
 
 
 def _snapshot(v):

@@ -200,3 +200,11 @@ def test_an_object_store_lake_is_written_through_its_own_code_path(tmp_path):
     assert dict(rows(root, "select step, loss from train_steps")) == {s: 2.0 if 20 <= s < 25 else 1.0 for s in range(30)}
     assert rows(root, "select count(*) from step_metrics") == [(30,)]
     assert not (tmp_path / "objlake" / "_lake.lock").exists()  # the object-store path takes no lock
+
+
+def test_a_metric_named_like_the_rows_own_fields_cannot_move_the_row(lake_root):
+    with mhw.start_run("m", run_id="reserved", system_interval_s=None) as run:
+        run.log(0, loss=1.0, model="../other", ts=0.5, run_id="someone-else")
+    assert rows(lake_root, "select run_id, model, step, loss from train_steps") == [("reserved", "m", 0, 1.0)]
+    assert sorted(f for f, in rows(lake_root, "select field from quarantine")) == ["model", "run_id", "ts"]
+    assert all(r.startswith("reserved name") for r, in rows(lake_root, "select reason from quarantine"))

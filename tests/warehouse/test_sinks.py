@@ -81,3 +81,15 @@ def test_the_lake_sink_stores_what_a_flush_waits_for(tmp_path):
     assert sorted(p.name for p in (tmp_path / "lake").rglob("*.parquet")) == \
         ["r-steps-b000000000.parquet", "r-steps-b000000001.parquet"]
     sink.close()
+
+
+def test_a_batch_over_the_collectors_body_limit_is_split_and_lands_whole(collector, lake_root):
+    sink = HttpSink(collector.url, collector.token, flush_seconds=3600, max_body=3000)  # ~10 rows a post
+    w = sink.writer("train_steps", "r-steps", 40)
+    for s in range(100):
+        w.append(step(s))
+    assert sink.flush(wait=True, timeout=60)
+    sink.close()
+    con = connect(lake_root=lake_root, serving_path="")
+    assert con.execute("select count(*), count(distinct step) from train_steps").fetchall() == [(100, 100)]
+    assert sink.stored == 100 and sink.given_up == 0
