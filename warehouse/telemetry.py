@@ -7,13 +7,15 @@ the telemetry client (``mhw.start_run``) and its HF / Lightning integrations ali
 Where the rows go is a sink (warehouse/sinks.py): the lake itself, or a collector over HTTP.
 
 Idempotence across resumes: step rows go into blocks of ``block_rows`` steps (file key
-``<run_id>-steps-b<block>``). The trainer picks ``block_rows`` so that every checkpoint step starts a
-block; a run resumed from a checkpoint therefore rewrites exactly the blocks it logs again, and the
-lake keeps one row per step however often the run was interrupted.
+``<run_id>-steps-b<block>``), and every delivery is merged into its block by (run, step): a run
+resumed from a checkpoint replaces the steps it logs again and keeps the block's others, and the
+lake keeps one row per step however often the run was interrupted. (The trainer still aligns blocks
+to its checkpoints, ``checkpoint_block_rows``, so a resume touches only the blocks after it.)
 
-A value that is not a number (a string, a tensor of many elements) never reaches a writer, where it
-would fail a whole block: it is left out of its row and kept in ``quarantine`` with the step, the
-name and the reason.
+The training thread's cost is the row's queueing (``log_step``); the split into columns and step
+metrics happens on the sink's thread. A value that is not a number (a string, a tensor of many
+elements) never reaches the Parquet writer, where it would fail a whole block: it is left out of
+its row and kept in ``quarantine`` with the step, the name and the reason.
 """
 from __future__ import annotations
 
@@ -55,7 +57,7 @@ def utcnow() -> datetime:
 
 def checkpoint_block_rows(flush_rows: int, ckpt_interval: int) -> int:
     """The largest block size <= ``flush_rows`` that divides ``ckpt_interval``, so every checkpoint
-    step is the first step of a block (BufferedWriter keys blocks by ``step // block_rows``)."""
+    step is the first step of a block (a row's block is ``step // block_rows``, warehouse/keys.py)."""
     if ckpt_interval <= 0:
         return max(1, flush_rows)
     if ckpt_interval <= flush_rows:
