@@ -49,7 +49,7 @@ class CollectorProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "mhw", "collect", "--address", f"127.0.0.1:{self.port}", "--lake", self.lake],
             env=self.env, cwd=str(REPO), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        line = self.proc.stdout.readline()  # "mhw collect: listening on http://127.0.0.1:PORT, ..."
+        line = self.banner = self.proc.stdout.readline()  # "mhw collect: listening on http://127.0.0.1:PORT, ..."
         if "listening on http://127.0.0.1:" not in line:
             self.proc.kill()
             raise RuntimeError(f"mhw collect did not start: {line}{self.proc.stdout.read()}")

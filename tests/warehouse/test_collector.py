@@ -161,3 +161,31 @@ def test_concurrent_clients_land_every_row_once_through_a_sigkill_of_the_collect
     assert rows(lake_root, "select status, count(*) from runs group by status") == [("completed", n_clients)]
     assert rows(lake_root, "select count(*) from quarantine") == [(0,)]
     assert not os.path.isdir(os.path.join(lake_root, "_txn")) or not os.listdir(os.path.join(lake_root, "_txn"))
+
+
+def test_the_first_start_writes_a_private_token_file_and_never_prints_the_token(tmp_path, lake_root):
+    from tests.conftest import CollectorProcess
+
+    conf = tmp_path / "mhw.yaml"
+    conf.write_text(f"lake:\n  root: {lake_root}\ncollector:\n  token_file: secrets/collector.token\n")
+    c = CollectorProcess(lake_root, "", env={"MHW_CONFIG": str(conf)})
+    del c.env["MHW_COLLECTOR_TOKEN"]
+    c.start()
+    try:
+        token_file = tmp_path / "secrets" / "collector.token"
+        token = token_file.read_text().strip()
+        assert len(token) >= 40 and oct(token_file.stat().st_mode & 0o777) == "0o600"
+        assert oct(token_file.parent.stat().st_mode & 0o777) == "0o700"
+        c.token = token
+        batch = {"batch": "b", "writes": [{"table": "train_steps", "key": "r-steps-b0", "rows": [step("r", 0, loss=1.0)]}]}
+        assert post(c, batch, token)[0] == 200
+    finally:
+        out = c.stop()
+    assert token not in c.banner + out and str(token_file) in c.banner
+    c2 = CollectorProcess(lake_root, "", env={"MHW_CONFIG": str(conf)})  # a restart keeps the token
+    del c2.env["MHW_COLLECTOR_TOKEN"]
+    c2.start()
+    try:
+        assert token_file.read_text().strip() == token and post(c2, batch, token)[0] == 200
+    finally:
+        c2.stop()
