@@ -17,9 +17,13 @@
   and a background thread writes (to the lake) or posts (to a collector) whole blocks.
 - Where rows go: ``lake=`` (a folder or ``s3://...``), else ``collector=`` (``mhw collect``'s URL),
   else ``$MHW_LAKE`` / ``$MHW_COLLECTOR``, else conf/mhw.yaml (``collector.url``, else the lake).
-- Distributed jobs: only rank 0 (``RANK`` / ``LOCAL_RANK``) writes; on other ranks every call is a
-  no-op (per-rank telemetry is issue 16's, ``per_rank=True``). Set ``MHW_RUN_ID`` for every rank to
-  name the run yourself.
+- Distributed jobs: only rank 0 (``RANK`` / ``LOCAL_RANK``) writes the run's tables; on other ranks
+  every call is a no-op, unless ``per_rank=True``: then every rank writes its own ``rank_steps`` row
+  from the timings it logs (step_time_ms, data_time_ms, compute_ms, comm_wait_ms) and its own
+  heartbeats. Set ``MHW_RUN_ID`` for every rank to name the run yourself.
+- Liveness: a background thread writes the process's heartbeat every ``heartbeat_s`` (15 s), so a
+  run that stops logging steps reads as hung and one killed outright as lost (``run_hung``,
+  ``run_lost``); under ``mhw watch`` a stopped process is told from a dead one.
 - The run ends with ``end()`` or the ``with`` block: 'completed' (or 'diverged' when the last loss
   logged is NaN/inf), 'failed' when the block raises. A process that exits without either is marked
   'failed' if it died of an uncaught exception, else 'completed'; one killed outright (SIGKILL, OOM)
@@ -40,7 +44,7 @@ import sys
 import threading
 from pathlib import Path
 
-from warehouse import config as mhw_config, hardware as host
+from warehouse import config as mhw_config, hardware as host, liveness
 from warehouse.keys import check_slug, slugify
 from warehouse.schemas import RUN_ID_CHARS
 from warehouse.sinks import HttpSink, LakeSink
@@ -82,6 +86,8 @@ class Run:
         if loss is not None:
             self._last_loss = loss if type(loss) is float else _float(loss)  # a tensor's value now
         sampler = tel.sampler
+        if tel.per_rank:
+            tel.rank_step(step, metrics)
         tel.log_step(step, metrics, sampler.latest if sampler is not None else None)
 
     def log_eval(self, step: int, metrics: dict, suite: str = "validation", n: int | None = None,
@@ -151,6 +157,7 @@ def start_run(model: str, *, run_id: str | None = None, hardware: str | None = N
               n_params: int | None = None, lake: str | None = None, collector: str | None = None,
               token: str | None = None, system_interval_s: float | None = 5.0, block_rows: int | None = None,
               flush_seconds: float | None = None, source: str = "client", per_rank: bool = False,
+              heartbeat_s: float | None = None,
               run_fields: dict | None = None, settings: mhw_config.Settings | None = None) -> Run:
     """Start a run (see the module docstring) and write its ``runs`` row (status 'running').
 
@@ -160,22 +167,24 @@ def start_run(model: str, *, run_id: str | None = None, hardware: str | None = N
     ``block_rows``: steps per file block (make it divide your checkpoint interval so that a resumed
     run rewrites its blocks instead of adding to them); ``flush_seconds``: how often buffered rows are
     written (a crash loses at most this much); ``run_fields``: more ``runs`` columns, or other values
-    for those derived here (an integration's gpu_count, source, config_json)."""
-    if per_rank:
-        raise NotImplementedError("per-rank telemetry (every rank's timing) is issue 16; rank 0 writes for now")
+    for those derived here (an integration's gpu_count, source, config_json); ``per_rank``: every
+    rank writes its own timings and heartbeats (module docstring); ``heartbeat_s``: the liveness
+    interval (default conf/mhw.yaml ``liveness.heartbeat_s``)."""
     model = model if isinstance(model, str) and _is_slug(model) else slugify(str(model))
     run_id = check_slug("run_id", run_id or os.environ.get("MHW_RUN_ID")
                         or slugify(f"{model}-{utcnow().strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(3)}",
                                    RUN_ID_CHARS))
-    if process_rank() != 0:  # before anything is asked of the machine: other ranks pay nothing
+    master = process_rank() == 0
+    if not master and not per_rank:  # before anything is asked of the machine: other ranks pay nothing
         return Run(None, run_id, model, hardware)
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
     hw = host.fingerprint(None, world) if hardware is None else check_slug("hardware", hardware)
 
     settings = settings or mhw_config.load()
     sink, default_flush = _sink(settings, lake, collector, token)
-    telemetry = Telemetry(sink, run_id, model, hw, precision, block_rows=block_rows or settings.flush_rows,
-                          flush_seconds=flush_seconds or default_flush, system_interval_s=system_interval_s)
+    telemetry = Telemetry(sink, run_id, model, hw, precision, enabled=master, block_rows=block_rows or settings.flush_rows,
+                          flush_seconds=flush_seconds or default_flush, system_interval_s=system_interval_s,
+                          per_rank=per_rank, heartbeat_s=heartbeat_s or liveness.interval_s(settings))
     gpu = host.gpu_name()
     script = Path(sys.argv[0]).resolve().parent if sys.argv and sys.argv[0] and Path(sys.argv[0]).exists() \
         else Path.cwd()

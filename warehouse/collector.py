@@ -47,7 +47,8 @@ from warehouse.schemas import LINE_BYTES, NAME_CHARS, RAW_HEAD, TABLES
 from warehouse.sinks import BATCHES_PATH, HEALTH_PATH
 from warehouse.writer import Lake, rows_table
 
-ACCEPTED = ("runs", "train_steps", "step_metrics", "eval_results", "system_samples", "quarantine")
+ACCEPTED = ("runs", "train_steps", "step_metrics", "eval_results", "system_samples", "rank_steps", "heartbeats",
+            "quarantine")
 RESERVED_KEYS = ("ingest-", "compacted-", "collect-")  # other writers' file keys: never a client's
 DEFAULT_ADDRESS = "127.0.0.1:8765"
 IDLE_S = 60.0

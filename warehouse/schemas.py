@@ -133,7 +133,8 @@ RUNS = Table(
         ("code_version", STRING, "git commit or package version of the code that ran"),
         ("started_at", TIMESTAMP, "UTC start time"),
         ("ended_at", TIMESTAMP, "UTC end time (null while running)"),
-        ("status", STRING, "running | completed | failed | diverged"),
+        ("status", STRING, "running | completed | failed | diverged | lost (gone without an ending: killed, host "
+                           "down, heartbeats stopped) | hung (alive without a step past its bound, then killed)"),
         ("source", STRING, "trainer | hf-trainer | tensorboard | mlperf | jsonl | synthetic"),
         ("final_loss", FLOAT64, "last training loss (NaN if diverged)"),
         ("steps", INT64, "optimizer steps completed"),
@@ -262,6 +263,68 @@ SYSTEM_SAMPLES = Table(
     key=("run_id", "device", "ts"),
 )
 
+RANK_STEPS = Table(
+    name="rank_steps",
+    columns=_fields(
+        ("run_id", STRING, "run the step belongs to"),
+        ("step", INT64, "optimizer step (as in train_steps)"),
+        ("ts", TIMESTAMP, "UTC time the step ended on this rank"),
+        ("precision", STRING, "fp32 | bf16 | fp16 (copied from the run)"),
+        ("rank", INT32, "global rank of the process in the job (0-based)"),
+        ("local_rank", INT32, "rank on its host (the device index)"),
+        ("world_size", INT32, "processes in the job"),
+        ("host", STRING, "host the rank ran on ($MHW_HOST, else the hostname)"),
+        ("step_time_ms", FLOAT64, "wall time of the whole step on this rank"),
+        ("data_time_ms", FLOAT64, "part of step_time_ms spent waiting for data"),
+        ("compute_ms", FLOAT64, "this rank's own work: step time less data and communication wait"),
+        ("comm_wait_ms", FLOAT64, "from this rank's gradients being ready to the all-reduce completing: the wait "
+                                  "for slower ranks plus the transfer not overlapped (null: not measured)"),
+        ("cpu_util", FLOAT64, "process CPU utilization, percent"),
+        ("host_mem_gb", FLOAT64, "process resident memory, GB"),
+        ("gpu_util", FLOAT64, "utilization of this rank's accelerator, percent"),
+        ("gpu_mem_gb", FLOAT64, "peak accelerator memory allocated by this rank, GB"),
+        *_KEYS,
+    ),
+    partition_by=FACT_PARTITIONS,
+    time_column="ts",
+    required=("run_id", "model", "hardware", "step", "rank", "ts"),
+    doc="One row per (run, step, rank) of a distributed job: every rank's own step timing and device "
+        "metrics, so a slow rank, and its host, is one query (train_steps keeps rank 0's loss row).",
+    key=("run_id", "step", "rank"),
+)
+
+HEARTBEATS = Table(
+    name="heartbeats",
+    columns=_fields(
+        ("run_id", STRING, "run the process belongs to"),
+        ("attempt", STRING, "the process's start (<UTC time>-<pid>): a resumed run is a new attempt"),
+        ("rank", INT32, "global rank of the process (0 for a single process)"),
+        ("local_rank", INT32, "rank on its host"),
+        ("world_size", INT32, "processes in the job"),
+        ("host", STRING, "host the process runs on"),
+        ("pid", INT64, "process id on that host"),
+        ("ts", TIMESTAMP, "UTC time of the heartbeat (the latest one: the row is rewritten every beat)"),
+        ("interval_s", FLOAT64, "seconds between heartbeats"),
+        ("state", STRING, "running | stopped (SIGSTOP, a debugger) | exited (gone without an ending) | "
+                          "ended (the run ended: completed, failed, diverged) | killed (by its watchdog after it hung)"),
+        ("last_step", INT64, "last step the process logged (null: none yet)"),
+        ("last_step_at", TIMESTAMP, "UTC time of that step (the process's start while it has none)"),
+        ("step_interval_s", FLOAT64, "median seconds between its recent logged steps"),
+        ("checkpoint_step", INT64, "step of the last checkpoint written (null: none)"),
+        ("exit_code", INT32, "exit status once exited; a negative value is the signal that ended it"),
+        ("source", STRING, "process (its own timer thread) | watchdog (mhw watch, a separate process that "
+                           "still beats when the trainer is stopped)"),
+        *_KEYS,
+    ),
+    partition_by=FACT_PARTITIONS,
+    time_column="ts",
+    required=("run_id", "model", "hardware", "attempt", "rank", "ts", "state"),
+    doc="Liveness: the latest heartbeat of each process (rank x attempt) of a run, rewritten every interval_s "
+        "by a timer independent of the step loop. A run whose heartbeats say alive but no step for its bound "
+        "is hung; one whose heartbeats stop, or say exited, without an ending is lost (run_hung, run_lost).",
+    key=("run_id", "attempt", "rank"),
+)
+
 QUARANTINE = Table(
     name="quarantine",
     columns=_fields(
@@ -301,6 +364,8 @@ ALERTS = Table(
         ("expected", FLOAT64, "baseline or threshold it is compared with"),
         ("baseline", STRING, "what `expected` is: previous window, trailing median, checkpoint, SLO…"),
         ("n_points", INT64, "anomalous points (steps, blocks, checkpoints or days) behind the alert"),
+        ("host", STRING, "host the alert names (stragglers, straggler hosts, hung or lost processes)"),
+        ("rank", INT64, "rank the alert names (stragglers, hung or lost processes)"),
         ("message", STRING, "one line: what happened"),
         ("action", STRING, "suggested next step"),
         ("detected_at", TIMESTAMP, "UTC time the alert was first computed (kept on re-runs)"),
@@ -314,8 +379,8 @@ ALERTS = Table(
 )
 
 TABLES: dict[str, Table] = {
-    t.name: t for t in (RUNS, TRAIN_STEPS, STEP_METRICS, EVAL_RESULTS, LATENCY_SAMPLES, SYSTEM_SAMPLES, QUARANTINE,
-                        ALERTS)
+    t.name: t for t in (RUNS, TRAIN_STEPS, STEP_METRICS, EVAL_RESULTS, LATENCY_SAMPLES, SYSTEM_SAMPLES, RANK_STEPS,
+                        HEARTBEATS, QUARANTINE, ALERTS)
 }
 DERIVED_TABLES = ("alerts",)  # written by the pipelines, never ingested; not compacted or aged out
 FACT_TABLES = tuple(n for n, t in TABLES.items() if t.partition_by == FACT_PARTITIONS and n not in DERIVED_TABLES)

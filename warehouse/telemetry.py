@@ -6,6 +6,11 @@ the telemetry client (``mhw.start_run``) and its HF / Lightning integrations ali
 
 Where the rows go is a sink (warehouse/sinks.py): the lake itself, or a collector over HTTP.
 
+Distributed jobs: rank 0 writes the run's tables; with ``per_rank`` every rank (rank 0 too) also
+writes its own ``rank_steps`` rows (its step, data, compute and communication-wait times, device
+metrics and host) and its own heartbeats (warehouse/liveness.py), each rank to its own files: a
+slow rank, and its host, is one query, and a stuck or vanished one is seen.
+
 Idempotence across resumes: step rows go into blocks of ``block_rows`` steps (file key
 ``<run_id>-steps-b<block>``), and every delivery is merged into its block by (run, step): a run
 resumed from a checkpoint replaces the steps it logs again and keeps the block's others, and the
@@ -19,6 +24,7 @@ its row and kept in ``quarantine`` with the step, the name and the reason.
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -29,8 +35,9 @@ from datetime import datetime, timezone
 
 import psutil
 
+from warehouse import liveness
 from warehouse.keys import check_slug
-from warehouse.schemas import NAME_CHARS, TRAIN_STEPS
+from warehouse.schemas import NAME_CHARS, RANK_STEPS, TRAIN_STEPS
 from warehouse.sinks import LakeSink
 
 log = logging.getLogger("mhw")
@@ -38,17 +45,30 @@ log = logging.getLogger("mhw")
 # train_steps' own measurements: a metric of another name is a step_metrics row
 STEP_ROW = frozenset(("run_id", "model", "hardware", "precision", "step", "ts"))  # what Telemetry fills in
 STEP_COLUMNS = frozenset(c.name for c in TRAIN_STEPS.columns) - STEP_ROW - {"date"}
+# what a rank's row may be given (the rest, rank and host and the run's keys, Telemetry fills in)
+RANK_COLUMNS = frozenset(("step_time_ms", "data_time_ms", "compute_ms", "comm_wait_ms", "gpu_mem_gb"))
 
 
 def process_rank() -> int:
     """This process's rank in a distributed job (RANK, else LOCAL_RANK, as torchrun, Lightning and
-    accelerate set them; 0 alone). Telemetry is written by rank 0 unless per-rank telemetry is asked
-    for (the seam issue 16 fills)."""
+    accelerate set them; 0 alone). The run's tables are written by rank 0; with per-rank telemetry
+    every rank writes its own ``rank_steps`` and heartbeats too."""
     for name in ("RANK", "LOCAL_RANK"):
         v = os.environ.get(name, "").strip()
         if v.lstrip("-").isdigit():
             return int(v)
     return 0
+
+
+def process_ranks() -> tuple[int, int, int]:
+    """(rank, local rank, world size) of this process, from torchrun's variables (0, 0, 1 alone)."""
+    rank = process_rank()
+
+    def num(name: str, default: int) -> int:
+        v = os.environ.get(name, "").strip()
+        return int(v) if v.isdigit() else default
+
+    return rank, num("LOCAL_RANK", rank), max(1, num("WORLD_SIZE", 1))
 
 
 def utcnow() -> datetime:
@@ -69,8 +89,12 @@ class SystemSampler:
     """Samples the process's CPU and memory (psutil) and every GPU (NVML) every ``interval_s`` on a
     daemon thread. ``latest`` is what the step rows copy, so the training loop never calls NVML."""
 
-    def __init__(self, interval_s: float = 5.0, writer=None, const: dict | None = None):
+    def __init__(self, interval_s: float = 5.0, writer=None, const: dict | None = None,
+                 device_index: int | None = None):
+        """``device_index``: the one GPU whose readings ``latest`` reports (a rank's own, its local
+        rank); None: the mean over every GPU of the host."""
         self.interval_s, self.writer, self.const = interval_s, writer, const or {}
+        self.device_index = device_index
         self.latest: dict = {}
         self._proc = psutil.Process(os.getpid())
         self._proc.cpu_percent(None)  # the first reading is always 0: prime it
@@ -113,7 +137,8 @@ class SystemSampler:
                 row["mem_used_gb"], row["mem_total_gb"] = mem.used / 1e9, mem.total / 1e9
                 row["power_w"] = nv.nvmlDeviceGetPowerUsage(h) / 1000.0
                 row["temperature_c"] = float(nv.nvmlDeviceGetTemperature(h, nv.NVML_TEMPERATURE_GPU))
-                gpu_utils.append(row["util"])
+                if self.device_index is None or self.device_index == i:
+                    gpu_utils.append(row["util"])
             except Exception:
                 pass  # some fields are unsupported on some boards (e.g. power on MIG slices)
             rows.append(row)
@@ -140,49 +165,76 @@ class SystemSampler:
 
 
 class Telemetry:
-    """One run's writers. Create with ``enabled=False`` on ranks other than 0: every call is a no-op.
-    ``sink`` is a lake root (a folder or an object-store URI) or a sink of warehouse/sinks.py."""
+    """One run's writers. Create with ``enabled=False`` on ranks other than 0: every call is a no-op,
+    unless ``per_rank``: then the rank writes its own ``rank_steps`` and heartbeats (and nothing of
+    rank 0's). ``sink`` is a lake root (a folder or an object-store URI) or a sink of warehouse/sinks.py.
+    ``heartbeat_s``: the liveness interval (None: $MHW_HEARTBEAT_S, conf/mhw.yaml, 15 s; 0: none)."""
 
     def __init__(self, sink, run_id: str, model: str, hardware: str, precision: str | None = None,
                  enabled: bool = True, block_rows: int = 2000, flush_seconds: float = 30.0,
-                 system_interval_s: float | None = 5.0):
-        self.enabled = enabled
+                 system_interval_s: float | None = 5.0, per_rank: bool = False,
+                 ranks: tuple[int, int, int] | None = None, heartbeat_s: float | None = None):
+        self.enabled = enabled  # rank 0's tables: runs, train_steps, eval_results, system_samples
+        self.per_rank = per_rank  # this rank's rank_steps
+        self.active = enabled or per_rank  # writes anything at all (heartbeats too)
         self.run_id = check_slug("run_id", run_id)
         self.model, self.hardware = check_slug("model", model), check_slug("hardware", hardware)
         self.precision = precision
+        self.rank, self.local_rank, self.world_size = ranks or process_ranks()
         self.run_row: dict = {}
         self.sampler: SystemSampler | None = None
+        self.progress: liveness.Progress | None = None
+        self.heartbeat: liveness.Heartbeat | None = None
         self.rejected = 0  # values quarantined instead of written
-        if not enabled:
+        self._steps = self._evals = self._metrics = self._rejects = self._ranks = self._system = None
+        if not self.active:
             return
         if isinstance(sink, (str, os.PathLike)):
             sink = LakeSink(str(sink), flush_seconds=flush_seconds, batch_rows=max(block_rows, 1000))
         self.sink, self.block_rows, self.flush_seconds = sink, block_rows, flush_seconds
         self._const = {"run_id": run_id, "model": model, "hardware": hardware}
         self._step_const = {**self._const, "precision": precision}
-        self._steps = self._writer("train_steps", f"{run_id}-steps")
-        self._steps.prepare = self._split  # run on the sink's thread
-        self._evals = self._writer("eval_results", f"{run_id}-val")
-        self._metrics = self._rejects = None  # made when first needed
         self._warned: set[str] = set()
         self._writers_lock = threading.Lock()
         # Facts of this process's lifetime (system samples, rejected values) are keyed by its start, so a
         # resumed run adds its own beside the interrupted one's instead of replacing them.
         self._attempt = utcnow().strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}"
+        host = liveness.host_name()
+        if enabled:
+            self._steps = self._writer("train_steps", f"{run_id}-steps")
+            self._steps.prepare = self._split  # run on the sink's thread
+            self._evals = self._writer("eval_results", f"{run_id}-val")
+        if per_rank:
+            self._ranks = self._writer("rank_steps", f"{run_id}-ranks-r{self.rank}")
+            self._ranks.prepare = functools.partial(_rank_row, self._ranks)
+            self._rank_const = {**self._step_const, "rank": self.rank, "local_rank": self.local_rank,
+                                "world_size": self.world_size, "host": host}
         if system_interval_s:
-            self._system = self._writer("system_samples", f"{run_id}-sys-{self._attempt}")
-            self.sampler = SystemSampler(system_interval_s, self._system, self._const).start()
+            if enabled:
+                self._system = self._writer("system_samples", f"{run_id}-sys-{self._attempt}")
+            # every rank samples its own process (and its own GPU: its local rank) for its rank_steps rows
+            self.sampler = SystemSampler(system_interval_s, self._system, self._const,
+                                         device_index=self.local_rank if per_rank else None).start()
+        beat = liveness.interval_s(given=heartbeat_s) if heartbeat_s is None or heartbeat_s > 0 else 0
+        if beat:
+            self.progress = liveness.Progress(run_id, model, hardware, self.rank, self.local_rank,
+                                              self.world_size, beat, host)
+            folder = os.environ.get(liveness.WATCHDOG_DIR_ENV) or None
+            self.heartbeat = liveness.Heartbeat(self.progress, sink, folder).start()
 
     def _writer(self, table: str, prefix: str):
         return self.sink.writer(table, prefix, self.block_rows, self.flush_seconds)
 
     def _writers(self) -> list:
-        return [w for w in (self._steps, self._evals, self._metrics, self._rejects) if w is not None]
+        return [w for w in (self._steps, self._evals, self._metrics, self._rejects, self._ranks) if w is not None]
 
     # -- runs ------------------------------------------------------------------------------------------
 
     def write_run(self, **fields) -> None:
-        """Write (or rewrite: same key) the run's one ``runs`` row, merged with what it said before."""
+        """Write (or rewrite: same key) the run's one ``runs`` row, merged with what it said before.
+        An ending status (anything but running) also ends the heartbeats."""
+        if self.progress is not None and fields.get("status") not in (None, "running"):
+            self.progress.end(fields["status"])
         if not self.enabled:
             return
         self.run_row.update(fields)
@@ -208,6 +260,8 @@ class Telemetry:
         (``_split``)."""
         if not self.enabled:
             return
+        if self.progress is not None:
+            self.progress.step(step)
         if not STEP_ROW.isdisjoint(metrics):
             metrics = _set_aside_reserved(metrics)
         for v in metrics.values():
@@ -218,6 +272,29 @@ class Telemetry:
             self._steps.append({**self._step_const, **fill, "step": step, "ts": time.time(), **metrics})
         else:
             self._steps.append({**self._step_const, "step": step, "ts": time.time(), **metrics})
+
+    def rank_step(self, step: int, metrics: dict) -> None:
+        """This rank's ``rank_steps`` row of ``step``: ``metrics`` are its timings (``RANK_COLUMNS``:
+        floats or None; other names are left out), device readings are the sampler's latest. A
+        dict build and a queue append on the training thread; a no-op without ``per_rank``."""
+        if self._ranks is None:
+            return
+        if self.progress is not None:
+            self.progress.step(step)
+        sys = self.sampler.latest if self.sampler is not None else {}
+        self._ranks.append({**self._rank_const, "cpu_util": sys.get("cpu_util"), "host_mem_gb": sys.get("host_mem_gb"),
+                            "gpu_util": sys.get("gpu_util"), "step": step, "ts": time.time(),
+                            **{k: v for k, v in metrics.items() if k in RANK_COLUMNS}})
+
+    def alive(self, step: int) -> None:
+        """Mark progress for the heartbeat without writing a row (a step not logged)."""
+        if self.progress is not None:
+            self.progress.step(step)
+
+    def checkpointed(self, step: int) -> None:
+        """A checkpoint of ``step`` is written: heartbeats name it (a lost run restarts from it)."""
+        if self.progress is not None:
+            self.progress.checkpoint(step)
 
     def _split(self, row: dict) -> list:
         """On the sink's thread: a queued step row as (writer, row) pairs: its train_steps row, a
@@ -297,20 +374,33 @@ class Telemetry:
 
     def flush(self, wait: bool = False) -> None:
         """Hand buffered rows to the writer thread (at checkpoints: what the checkpoint covers is on disk)."""
-        if self.enabled:
+        if self.active:
             for w in self._writers():
                 w.flush(wait=wait)
             self.sink.flush(wait=wait)
 
-    def close(self) -> None:
-        if not self.enabled:
+    def close(self, status: str | None = None) -> None:
+        """Stop the sampler and the heartbeats (a last one: ``ended`` once the run was ended, by
+        ``write_run`` or by ``status`` here), then store every buffered row."""
+        if not self.active:
             return
+        if status is not None and self.progress is not None:
+            self.progress.end(status)
         if self.sampler is not None:
             self.sampler.stop()
-            self._system.close()
+            if self._system is not None:
+                self._system.close()
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
         for w in self._writers():
             w.close()
         self.sink.close()
+
+
+def _rank_row(writer, row: dict) -> list:
+    """On the sink's thread: a queued rank row's time as a timestamp."""
+    row["ts"] = datetime.fromtimestamp(row["ts"], timezone.utc)
+    return [(writer, row)]
 
 
 RESERVED = "\0reserved"  # a queued step row's metrics that were named like the row's own fields

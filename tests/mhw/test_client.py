@@ -81,7 +81,7 @@ def test_a_resumed_run_replaces_the_steps_it_logs_again_and_keeps_the_rest(lake_
     assert got == {s: 2.0 if 30 <= s < 45 else 1.0 for s in range(50)}
 
 
-def test_other_ranks_write_nothing_and_per_rank_is_not_yet(lake_root, monkeypatch):
+def test_other_ranks_write_nothing_unless_per_rank(lake_root, monkeypatch):
     monkeypatch.setenv("RANK", "3")
     run = mhw.start_run("m", run_id="rank3")
     assert not run.enabled
@@ -89,8 +89,17 @@ def test_other_ranks_write_nothing_and_per_rank_is_not_yet(lake_root, monkeypatc
     run.log_eval(0, {"loss": 1.0})
     run.end()
     assert not os.path.exists(lake_root)
-    with pytest.raises(NotImplementedError, match="issue 16"):
-        mhw.start_run("m", per_rank=True)
+    # per_rank: rank 3 writes its own timings and heartbeat, nothing of rank 0's tables
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("MHW_HOST", "node-7")
+    with mhw.start_run("m", run_id="rank3", per_rank=True, system_interval_s=None) as run:
+        for s in range(3):
+            run.log(s, loss=1.0, step_time_ms=20.0 + s, comm_wait_ms=5.0, my_metric=1.0)
+    assert rows(lake_root, "select step, rank, local_rank, world_size, host, step_time_ms, comm_wait_ms "
+                           "from rank_steps order by step") == [(s, 3, 1, 4, "node-7", 20.0 + s, 5.0) for s in range(3)]
+    assert rows(lake_root, "select rank, host, state, last_step from heartbeats") == [(3, "node-7", "ended", 2)]
+    assert sorted(d for d in os.listdir(lake_root) if not d.startswith("_")) == ["heartbeats", "rank_steps"]
 
 
 EXIT_SCRIPT = """
