@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "collect": ("warehouse.collector", "receive telemetry over HTTP from nodes without lake access (token, 127.0.0.1 by default)"),
     "query": ("warehouse.query", "run SQL over the lake (and the serving file) with DuckDB"),
     "simulate": ("warehouse.simulate", "generate realistic fleet telemetry with planted incidents"),
+    "watch": ("warehouse.watchdog", "run a training command under a watchdog: heartbeats from outside, a hung job killed, a lost one failed"),
     "train": ("model.train", "train a GPT-2 / BERT model from configs/*.yaml, with telemetry into the lake"),
     "eval": ("model.evaluate", "evaluate a checkpoint (quality, robustness, latency, errors, precision)"),
 }

@@ -47,7 +47,7 @@ from pathlib import Path
 from warehouse import config as mhw_config, hardware as host, liveness
 from warehouse.keys import check_slug, slugify
 from warehouse.schemas import RUN_ID_CHARS
-from warehouse.sinks import HttpSink, LakeSink
+from warehouse.sinks import sink_for
 from warehouse.telemetry import Telemetry, process_rank, utcnow
 
 ENDED = ("completed", "failed", "diverged", "killed")
@@ -181,7 +181,7 @@ def start_run(model: str, *, run_id: str | None = None, hardware: str | None = N
     hw = host.fingerprint(None, world) if hardware is None else check_slug("hardware", hardware)
 
     settings = settings or mhw_config.load()
-    sink, default_flush = _sink(settings, lake, collector, token)
+    sink, default_flush = sink_for(settings, lake, collector, token)
     telemetry = Telemetry(sink, run_id, model, hw, precision, enabled=master, block_rows=block_rows or settings.flush_rows,
                           flush_seconds=flush_seconds or default_flush, system_interval_s=system_interval_s,
                           per_rank=per_rank, heartbeat_s=heartbeat_s or liveness.interval_s(settings))
@@ -206,31 +206,6 @@ def config_fields(config: dict | None) -> dict:
         return {"config_json": None, "config_hash": None}
     text = json.dumps(config, sort_keys=True, default=str)
     return {"config_json": text, "config_hash": hashlib.sha256(text.encode()).hexdigest()[:16]}
-
-
-def _sink(settings: mhw_config.Settings, lake: str | None, collector: str | None, token: str | None):
-    """(sink, default flush seconds): the lake or the collector, by the precedence of the module doc."""
-    if lake and collector:
-        raise ValueError("give lake= or collector=, not both")
-    section = settings.section("collector")
-    if lake is None and collector is None:
-        if os.environ.get("MHW_LAKE"):
-            lake = os.environ["MHW_LAKE"]
-        else:
-            collector = os.environ.get("MHW_COLLECTOR") or section.get("url")
-    if collector is None:
-        return LakeSink(lake or settings.lake_root), settings.flush_seconds
-    token = token or os.environ.get("MHW_COLLECTOR_TOKEN") or _token_from_file(settings)
-    return HttpSink(collector, token, flush_seconds=float(section.get("flush_seconds", 5)),
-                    max_rows=int(section.get("max_rows", 200_000))), float(section.get("flush_seconds", 5))
-
-
-def _token_from_file(settings: mhw_config.Settings) -> str | None:
-    path = settings.path("collector", "token_file", ".mhw/collector.token")
-    try:
-        return Path(path).read_text().strip() or None
-    except OSError:
-        return None
 
 
 def _is_slug(s: str) -> bool:

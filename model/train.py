@@ -13,8 +13,11 @@ Stream a corpus that does not fit in memory (a file, a folder, a named pipe), va
 Resume an interrupted run (same run_id, same loss curve) or fine-tune from weights:
     mhw train --config configs/gpt2-tiny.yaml --resume out/<run_id>          # latest ckpt in the folder
     mhw train --config configs/bert-tiny-cls.yaml --init-from path/to/hf_dir  # or a ckpt-*.pt
-DDP on 8 GPUs of one node (telemetry from rank 0 only):
+DDP on 8 GPUs of one node (rank 0 writes the run's telemetry, every rank its own step timing and
+heartbeats: rank_steps, heartbeats):
     torchrun --standalone --nproc_per_node=8 -m model.train --config configs/gpt2-124m.yaml
+Under a watchdog that tells a stopped trainer from a dead one, and kills a hung one (warehouse/watchdog.py):
+    mhw watch -- torchrun --standalone --nproc_per_node=8 -m model.train --config configs/gpt2-124m.yaml
 DDP on 2 CPU processes (gloo), as the tests do:
     torchrun --standalone --nproc_per_node=2 -m model.train --config configs/gpt2-tiny.yaml --trainer.device=cpu
 """
@@ -37,7 +40,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from model import checkpoint, data, models
 from model.config import CfgNode, add_override_arguments, load_yaml, overrides_from_args
 from model.metrics import forward_loss, score
-from warehouse import config as mhw_config, hardware
+from warehouse import config as mhw_config, hardware, liveness
 from warehouse.telemetry import Telemetry, checkpoint_block_rows, utcnow
 
 
@@ -83,6 +86,9 @@ def default_config() -> CfgNode:
         system_interval_s=5.0,  # system sampler period; 0 disables the sampler
         flush_rows=None,        # rows per block; null = conf/mhw.yaml (aligned to ckpt_interval)
         flush_seconds=None,     # partial blocks are written this often; null = conf/mhw.yaml
+        per_rank=True,          # DDP: every rank writes its own step timing (rank_steps: compute vs
+                                # all-reduce wait, so a straggler shows) and heartbeats
+        heartbeat_s=None,       # liveness heartbeat interval, s; null = conf/mhw.yaml; 0 = none
     )
     return C
 
@@ -91,6 +97,7 @@ def default_config() -> CfgNode:
 # recipe hashes the same wherever and however often it ran.
 HASH_EXCLUDE = ("telemetry.lake", "telemetry.run_id", "telemetry.hardware", "telemetry.system_interval_s",
                 "telemetry.flush_rows", "telemetry.flush_seconds", "telemetry.enabled", "telemetry.every_steps",
+                "telemetry.per_rank", "telemetry.heartbeat_s",
                 "trainer.out_dir",
                 "trainer.resume", "trainer.log_interval", "trainer.inject_nan_at_step",
                 "trainer.inject_error_at_step", "trainer.keep_last")
@@ -156,12 +163,42 @@ class LogSpan:
 
     def __init__(self):
         self.n, self.loss, self.seconds, self.data_seconds = 0, 0.0, 0.0, 0.0
+        self.comm_seconds: float | None = None  # None: not measured (a single process)
 
-    def add(self, loss: float, seconds: float, data_seconds: float) -> None:
+    def add(self, loss: float, seconds: float, data_seconds: float, comm_seconds: float | None = None) -> None:
         self.n += 1
         self.loss += loss
         self.seconds += seconds
         self.data_seconds += data_seconds
+        if comm_seconds is not None:
+            self.comm_seconds = (self.comm_seconds or 0.0) + comm_seconds
+
+
+class CommTimer:
+    """When this rank's gradients were ready for the all-reduce, so that a DDP step splits into the
+    rank's own work and its wait on the collective. DDP all-reduces gradient buckets from inside
+    backward, which returns only once every bucket is reduced: on a fast rank backward absorbs the
+    wait for the slowest, so step times are alike on every rank and only the split shows a straggler.
+    A comm hook runs as each bucket's gradients are ready; the last bucket's time to backward's end
+    is ``comm_wait``: the wait for slower ranks plus the transfer not overlapped with compute. The
+    hook is DDP's own all-reduce (default_hooks.allreduce_hook), timed; it works with gloo and NCCL."""
+
+    def __init__(self, ddp_model):
+        from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+        self._allreduce = default_hooks.allreduce_hook
+        self.ready: float | None = None
+        ddp_model.register_comm_hook(None, self._hook)
+
+    def _hook(self, state, bucket):
+        self.ready = time.perf_counter()
+        return self._allreduce(state, bucket)
+
+    def wait_since(self, start: float, end: float) -> float | None:
+        """Seconds from the last bucket's readiness (after ``start``) to ``end``; None if no bucket
+        was reduced since ``start``."""
+        ready = self.ready
+        return max(0.0, end - ready) if ready is not None and ready >= start else None
 
 
 def new_run_id(slug: str) -> str:
@@ -259,19 +296,27 @@ def train(cfg: CfgNode, settings: mhw_config.Settings | None = None) -> dict:
     raw_model = model
     if tc.compile:
         model = torch.compile(model)
+    comm_timer = None
     if ddp:
-        model = DDP(model, device_ids=[local_rank] if use_cuda else None)
+        # forward_sync_buffers=False: these models' buffers (position ids, masks) never change, and a
+        # broadcast at each forward would be a second sync point that hides a straggler's cost in
+        # the fast ranks' forward time (they are still synced once, at init)
+        model = DDP(model, device_ids=[local_rank] if use_cuda else None, forward_sync_buffers=False)
+        comm_timer = CommTimer(model)
     sampler = data.Sampler(train_ds.n, tc.batch_size, tc.grad_accum, tc.seed, rank, world)
 
     # -----------------------------------------------------------------------------
-    # telemetry: rank 0 only; blocks aligned to checkpoints so a resume rewrites instead of duplicating
+    # telemetry: rank 0 writes the run's tables, every rank (DDP, telemetry.per_rank) its own timing and
+    # heartbeats; blocks aligned to checkpoints so a resume rewrites instead of duplicating
     hw = hardware.fingerprint(cfg.telemetry.hardware, world if use_cuda else 1)
     block_rows = checkpoint_block_rows(cfg.telemetry.flush_rows or settings.flush_rows, tc.ckpt_interval)
     telemetry = Telemetry(
         cfg.telemetry.lake or settings.lake_root, run_id, mc.slug, hw, precision,
         enabled=master and cfg.telemetry.enabled, block_rows=block_rows,
         flush_seconds=cfg.telemetry.flush_seconds or settings.flush_seconds,
-        system_interval_s=cfg.telemetry.system_interval_s)
+        system_interval_s=cfg.telemetry.system_interval_s,
+        per_rank=bool(ddp and cfg.telemetry.enabled and cfg.telemetry.per_rank), ranks=(rank, local_rank if ddp else 0, world),
+        heartbeat_s=liveness.interval_s(settings, cfg.telemetry.heartbeat_s) if cfg.telemetry.heartbeat_s != 0 else 0)
     telemetry.write_run(
         kind="train", model_family=mc.family, n_params=n_params, gpu_name=hardware.gpu_name() if use_cuda else None,
         gpu_count=world if use_cuda else 0, precision=precision, dataset=cfg.data.path or cfg.data.name,
@@ -319,6 +364,7 @@ def train(cfg: CfgNode, settings: mhw_config.Settings | None = None) -> dict:
                 rngs = gather_rng(ddp, world)
                 if master:
                     last_ckpt = save(step, rngs)
+                telemetry.checkpointed(step)
             if tc.inject_error_at_step is not None and step == tc.inject_error_at_step:
                 raise RuntimeError(f"injected failure at step {step} (trainer.inject_error_at_step)")
 
@@ -343,6 +389,8 @@ def train(cfg: CfgNode, settings: mhw_config.Settings | None = None) -> dict:
                     loss = loss * float("nan")
                 loss_sum += loss.detach()
                 scaler.scale(loss).backward()
+            # this rank's wait on the gradient all-reduce (DDP: inside the last backward)
+            comm_s = comm_timer.wait_since(t0, time.perf_counter()) if comm_timer is not None else None
 
             # clip the gradient (unscaled first, so the threshold is in real units)
             scaler.unscale_(optimizer)
@@ -369,7 +417,8 @@ def train(cfg: CfgNode, settings: mhw_config.Settings | None = None) -> dict:
             # the loss is rank 0's share of the batch: averaging it would cost a collective per step.
             losses.append(loss_f)
             nonfinite += not finite_loss
-            span.add(loss_f, dt, data_s)
+            span.add(loss_f, dt, data_s, comm_s)
+            telemetry.alive(step)
             stopping = tc.stop_on_nan and stop_agreed(ddp, not finite_loss, device)
             span_start = (step // tc.ckpt_interval) * tc.ckpt_interval if tc.ckpt_interval else 0
             span_ends = ((step + 1 - span_start) % every == 0 or step + 1 == tc.max_steps or stopping
@@ -386,6 +435,14 @@ def train(cfg: CfgNode, settings: mhw_config.Settings | None = None) -> dict:
                     gpu_mem_gb=torch.cuda.max_memory_allocated(device) / 1e9 if use_cuda else None,
                     gpu_mem_total_gb=gpu_total, cpu_util=sysinfo.get("cpu_util"),
                     host_mem_gb=sysinfo.get("host_mem_gb"))
+            if telemetry.per_rank and span_ends:
+                n, span_s = span.n, span.seconds
+                comm_ms = span.comm_seconds / n * 1e3 if span.comm_seconds is not None else None
+                telemetry.rank_step(step, {
+                    "step_time_ms": span_s / n * 1e3, "data_time_ms": span.data_seconds / n * 1e3,
+                    "comm_wait_ms": comm_ms,
+                    "compute_ms": (span_s - span.data_seconds) / n * 1e3 - (comm_ms or 0.0),
+                    "gpu_mem_gb": torch.cuda.max_memory_allocated(device) / 1e9 if use_cuda else None})
             if span_ends:
                 span = LogSpan()
             if master and tc.log_interval and (step % tc.log_interval == 0 or not finite_loss):
@@ -405,6 +462,7 @@ def train(cfg: CfgNode, settings: mhw_config.Settings | None = None) -> dict:
             rngs = gather_rng(ddp, world)
             if master:
                 last_ckpt = save(step, rngs)
+            telemetry.checkpointed(step)
         if ddp:
             dist.barrier()  # leave together: no rank tears the process group down under another
     finally:

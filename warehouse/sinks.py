@@ -36,12 +36,14 @@ import http.client
 import json
 import logging
 import math
+import os
 import random
 import threading
 import time
 import urllib.parse
 import uuid
 from datetime import datetime
+from pathlib import Path
 
 from warehouse.keys import block_key, block_of, check_slug
 
@@ -324,6 +326,32 @@ class HttpSink(QueueSink):
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+def sink_for(settings, lake: str | None, collector: str | None, token: str | None):
+    """(sink, default flush seconds) for a run or a watchdog: the first of ``lake``, ``collector``,
+    $MHW_LAKE, $MHW_COLLECTOR, conf/mhw.yaml's ``collector.url``, its ``lake.root`` (``settings``:
+    warehouse.config.Settings). A collector's token: ``token``, $MHW_COLLECTOR_TOKEN, the token file."""
+    if lake and collector:
+        raise ValueError("give lake= or collector=, not both")
+    section = settings.section("collector")
+    if lake is None and collector is None:
+        if os.environ.get("MHW_LAKE"):
+            lake = os.environ["MHW_LAKE"]
+        else:
+            collector = os.environ.get("MHW_COLLECTOR") or section.get("url")
+    if collector is None:
+        return LakeSink(lake or settings.lake_root), settings.flush_seconds
+    token = token or os.environ.get("MHW_COLLECTOR_TOKEN") or _token_from_file(settings)
+    return HttpSink(collector, token, flush_seconds=float(section.get("flush_seconds", 5)),
+                    max_rows=int(section.get("max_rows", 200_000))), float(section.get("flush_seconds", 5))
+
+
+def _token_from_file(settings) -> str | None:
+    path = settings.path("collector", "token_file", ".mhw/collector.token")
+    try:
+        return Path(path).read_text().strip() or None
+    except OSError:
+        return None
 
 
 def _halves(writes: list[dict]) -> tuple[list[dict], list[dict]]:
