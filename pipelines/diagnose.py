@@ -22,6 +22,9 @@ in it. Run rules are recomputed for the runs found in changed partitions, over e
 runs have rows in; fleet rules for the model × hardware pairs with a changed partition, over all of
 that pair's days (their trailing baselines need the history). A change of any rule SQL or of the
 configuration makes the diagnose full. Airflow calls ``diagnose()``.
+
+Rules of scope ``live`` (run_hung, run_lost: by the clock, ``now``) and ``hosts`` (straggler_host:
+across jobs) are recomputed at every diagnose instead (pipelines/fleet.py).
 """
 from __future__ import annotations
 
@@ -46,7 +49,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import yaml
 
-from pipelines import lakefiles, models, notify, sketch
+from pipelines import fleet, lakefiles, models, notify, sketch
 from pipelines.alerts import alert_key, read_alerts, write_alerts
 from pipelines.engines import ENGINES, open_engine
 from pipelines.models import SQL_DIR
@@ -60,14 +63,14 @@ DEFAULT_CONFIG = config.REPO_ROOT / "conf" / "diagnostics.yaml"
 MANIFEST = "_diagnose/manifest.json"
 SEVERITIES = notify.SEVERITIES
 HEADER_KEYS = ("rule", "purpose", "grain", "scope", "subject", "sources", "params", "audits")
-SCOPES = ("run", "fleet")
+SCOPES = ("run", "fleet", *fleet.KINDS)
 # tables whose partitions decide what is recomputed, and the column naming a partition's training runs
-WATCHED = {"train_steps": "run_id", "eval_results": "train_run_id", "latency_samples": None}
+WATCHED = {"train_steps": "run_id", "eval_results": "train_run_id", "latency_samples": None, "rank_steps": "run_id"}
 # views for run rules that compare a run with the other runs of its model: view -> lake table
 PEER_TABLES = {"peer_train_steps": "train_steps", "peer_eval_results": "eval_results", "runs": "runs"}
 # what the engine layer is given besides lake tables
 HELPER_TABLES = ("diagnose_runs", "diagnose_pairs", "metric_directions", "latency_slos", "eval_references",
-                 "sketch_bounds")
+                 "sketch_bounds", "diagnose_clock", "live_processes", "straggler_verdicts")
 
 CONTRACT = pa.schema([
     ("model", pa.string()), ("hardware", pa.string()), ("precision", pa.string()), ("run_id", pa.string()),
@@ -76,6 +79,10 @@ CONTRACT = pa.schema([
     ("observed", pa.float64()), ("expected", pa.float64()), ("baseline", pa.string()),
     ("n_points", pa.int64()), ("escalate", pa.bool_()),
 ])
+# what a rule may return after the CONTRACT's columns: the host and rank it names (stragglers, hung
+# or lost processes); null for the rules that return only the CONTRACT's
+NAMED = pa.schema([("host", pa.string()), ("rank", pa.int64())])
+NAMING = pa.schema([*CONTRACT, *NAMED])
 
 
 class ConfigError(ValueError):
@@ -188,7 +195,7 @@ def load_rule(path: Path) -> Rule:
     if used != set(params):
         raise ConfigError(f"{path}: placeholders {sorted(used)} and declared params {sorted(params)} differ")
     subject = _names(header["subject"])
-    unknown = set(subject) - set(CONTRACT.names)
+    unknown = set(subject) - set(NAMING.names)
     if unknown:
         raise ConfigError(f"{path}: subject columns {sorted(unknown)} are not output columns")
     return Rule(name=path.stem, path=path, sql=text, header=header, scope=scope, subject=subject,
@@ -245,7 +252,7 @@ def _check_template(text, where: str, fields: set[str]) -> str:
     return text
 
 
-TEMPLATE_FIELDS = set(CONTRACT.names) | {"start_date", "end_date", "drop_pct", "rule", "severity"}
+TEMPLATE_FIELDS = set(CONTRACT.names) | set(NAMED.names) | {"start_date", "end_date", "drop_pct", "rule", "severity"}
 
 
 def load_config(path: str | os.PathLike | None = None, rules: dict[str, Rule] | None = None) -> DiagnosticsConfig:
@@ -474,12 +481,23 @@ def run_rules(eng, lake_root: str, rules: dict[str, Rule], cfg: DiagnosticsConfi
         for rule in chosen:
             t = time.perf_counter()
             result = eng.query(render(rule, cfg.rules[rule.name].params))
-            if result.column_names != CONTRACT.names:
-                raise RuntimeError(f"{rule.path}: returns {result.column_names}, expected {CONTRACT.names}")
-            out[rule.name] = result.cast(CONTRACT)
+            out[rule.name] = named(rule, result)
             seconds[rule.name] = time.perf_counter() - t
             say(f"{rule.name}: {result.num_rows} alert(s) ({seconds[rule.name]:.2f}s)")
     return out, seconds
+
+
+def named(rule: Rule, result: pa.Table) -> pa.Table:
+    """A rule's rows with the CONTRACT's columns and NAMED's (null where the rule names no host or rank)."""
+    if result.column_names == CONTRACT.names:
+        result = result.cast(CONTRACT)
+        for f in NAMED:
+            result = result.append_column(f, pa.nulls(result.num_rows, f.type))
+        return result
+    if result.column_names != NAMING.names:
+        raise RuntimeError(f"{rule.path}: returns {result.column_names}, expected {CONTRACT.names} "
+                           f"(and optionally {NAMED.names})")
+    return result.cast(NAMING)
 
 
 class _Fields(string.Formatter):
@@ -523,6 +541,7 @@ def to_alerts(rule: Rule, rc: RuleConfig, result: pa.Table) -> list[dict]:
             "alert_id": alert_id(rule, row), "rule": rule.name, "severity": severity, "scope": rule.scope,
             **{c: row[c] for c in ("run_id", "precision", "suite", "metric", "step_start", "step_end",
                                    "start_at", "end_at", "observed", "expected", "baseline", "n_points")},
+            **{c: row.get(c) for c in NAMED.names},
             "message": fmt.format(rc.message, **fields), "action": fmt.format(rc.action, **fields),
             "detected_at": None, "notified_at": None, "model": row["model"], "hardware": row["hardware"],
             "date": row["start_at"].date() if row["start_at"] else None,
@@ -561,6 +580,7 @@ class DiagnoseResult:
     notify_errors: list[str] = field(default_factory=list)
     total: int = 0  # alerts in the table afterwards
     current: list[dict] = field(default_factory=list)  # those alerts: every one still open
+    marked_lost: list[str] = field(default_factory=list)  # runs rows this run marked lost (run_lost)
     seconds: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -603,7 +623,7 @@ def diagnose(lake_root: str | None = None, engine="duckdb", *, config_path: str 
     # they run cannot take files from them.
     reading = contextlib.ExitStack()
     try:
-        data_root = reading.enter_context(lake.snapshot(sorted({*WATCHED, *PEER_TABLES.values()})))
+        data_root = reading.enter_context(lake.snapshot(sorted({*WATCHED, *PEER_TABLES.values(), *fleet.TABLES_READ})))
         return _diagnose(lake, lake_root, rules, cfg, data_root, engine, full, notify_alerts, master, conf,
                          notifiers, now, say, t0, reading)
     finally:
@@ -620,13 +640,19 @@ def _diagnose(lake, lake_root, rules, cfg, data_root, engine, full, notify_alert
         f"{len(scope.pairs)} model x hardware pair(s)")
 
     rows: dict[str, pa.Table] = {}
-    if scope.runs or scope.pairs:
+    live = fleet.find_scope(lake, data_root, rules, cfg, now)
+    if scope.runs or scope.pairs or live.files:
         fs, _, _ = lakefiles.resolve(lake_root)
         own = isinstance(engine, str)
         eng = open_engine(engine, master=master, conf=conf, filesystem=None if "://" not in lake_root else fs) \
             if own else engine
         try:
             rows, per_rule = run_rules(eng, lake_root, rules, cfg, scope, log=say)
+            # live and hosts rules: by the clock, and across jobs (the straggler verdicts just computed)
+            verdicts = fleet.verdicts(rows.get(fleet.VERDICT_RULE), read_alerts(lake), scope.runs, scope.full)
+            more, more_s = fleet.run_rules(eng, rules, cfg, live, data_root, verdicts, render, log=say)
+            rows.update({k: named(rules[k], v) for k, v in more.items()})
+            per_rule.update(more_s)
         finally:
             if own:
                 eng.close()
@@ -636,19 +662,22 @@ def _diagnose(lake, lake_root, rules, cfg, data_root, engine, full, notify_alert
     # Merge with the alerts already stored: what was recomputed is replaced, the rest is kept.
     t = time.perf_counter()
     with lake.transaction():  # read, merge and rewrite the alerts as one commit
-        _store_alerts(lake, lake_root, rules, cfg, scope, rows, result, notify_alerts, notifiers, now)
+        _store_alerts(lake, lake_root, rules, cfg, scope, rows, result, notify_alerts, notifiers, now, live)
+        result.marked_lost = fleet.mark_lost(lake, result.alerts, live)
     result.seconds["alerts"] = time.perf_counter() - t
     lake.put_bytes(f"{lake.root}/{MANIFEST}", json.dumps(scope.manifest).encode())
     result.seconds["total"] = time.perf_counter() - t0
     return result
 
 
-def _store_alerts(lake, lake_root, rules, cfg, scope, rows, result, notify_alerts, notifiers, now) -> None:
+def _store_alerts(lake, lake_root, rules, cfg, scope, rows, result, notify_alerts, notifiers, now, live) -> None:
     existing = read_alerts(lake)
     before = {a["alert_id"]: a for a in existing}
 
     def recomputed(a: dict) -> bool:
         rule = rules.get(a["rule"])
+        if rule is not None and rule.scope in fleet.KINDS and cfg.rules[rule.name].enabled:
+            return fleet.recomputed(rule, a, live)  # by the clock: even a full diagnose sees only recent runs
         if scope.full:
             return True
         if rule is None or not cfg.rules[rule.name].enabled:

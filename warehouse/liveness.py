@@ -123,7 +123,7 @@ def heartbeat_row(snap: dict, state: str, source: str, ts: float | None = None, 
     return {"run_id": snap["run_id"], "model": snap["model"], "hardware": snap["hardware"],
             "attempt": snap["attempt"], "rank": snap["rank"], "local_rank": snap["local_rank"],
             "world_size": snap["world_size"], "host": snap["host"], "pid": snap["pid"],
-            "ts": _ts(time.time() if ts is None else ts), "interval_s": snap["interval_s"], "state": state,
+            "started_at": _ts(snap["started"]), "ts": _ts(time.time() if ts is None else ts), "interval_s": snap["interval_s"], "state": state,
             "last_step": snap["last_step"], "last_step_at": _ts(snap["last_step_at"] or snap["started"]),
             "step_interval_s": snap["step_interval_s"], "checkpoint_step": snap["checkpoint_step"],
             "exit_code": exit_code, "source": source}

@@ -303,6 +303,7 @@ HEARTBEATS = Table(
         ("world_size", INT32, "processes in the job"),
         ("host", STRING, "host the process runs on"),
         ("pid", INT64, "process id on that host"),
+        ("started_at", TIMESTAMP, "UTC time the process started"),
         ("ts", TIMESTAMP, "UTC time of the heartbeat (the latest one: the row is rewritten every beat)"),
         ("interval_s", FLOAT64, "seconds between heartbeats"),
         ("state", STRING, "running | stopped (SIGSTOP, a debugger) | exited (gone without an ending) | "

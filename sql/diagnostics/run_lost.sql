@@ -1,0 +1,85 @@
+-- rule: run_lost
+-- purpose: a training run whose processes are gone without ending it: killed (SIGKILL, the OOM killer),
+--   a crash past the trainer's handlers, a host or its network down. Its runs row would say running
+--   forever; the diagnose marks it lost (pipelines/fleet.py) and the work since its last checkpoint is
+--   lost with it.
+-- grain: one row per lost run; the rank and host named are the first seen gone.
+-- scope: live (recomputed at every diagnose, by its clock, for the runs with recent heartbeats)
+-- subject: run_id
+-- sources: live_processes
+-- params: max_silent_beats float > 0
+-- audits: tests/pipelines/test_fleet.py (a SIGKILLed rank under torchrun and mhw watch, a killed trainer
+--   without a watchdog; quiet on a healthy twin, on runs that ended and on a resumed run)
+--
+-- A process is lost when its heartbeat says exited (its watchdog saw it gone without an ending), or
+-- when its heartbeats stopped: none for more than max_silent_beats of its interval (a watchdog that died
+-- with its host, or a process beating for itself). Without a watchdog a process stopped by SIGSTOP
+-- stops beating too, and reads as lost. step_start is the last checkpoint, step_end the last step logged.
+
+with
+
+lost as (
+    select
+        *,
+        ts as gone_at,  -- seen gone by its watchdog, or last seen alive
+        state = 'exited' as is_exited
+    from live_processes
+    where is_open
+        and (state = 'exited'
+            or (state in ('running', 'stopped') and silent_s > {{ max_silent_beats }} * interval_s))
+),
+
+per_run as (
+    select
+        model,
+        hardware,
+        run_id,
+        max(precision) as precision,
+        min_by(rank, gone_at) as rank,
+        min_by(host, gone_at) as host,
+        min_by(is_exited, gone_at) as is_exited,
+        min_by(exit_code, gone_at) as exit_code,
+        max(checkpoint_step) as checkpoint_step,
+        min_by(last_step, gone_at) as last_step,
+        min(gone_at) as start_at,
+        max(ts) as end_at,
+        max(silent_s) as silent_s,
+        min_by(interval_s, gone_at) as interval_s,
+        count(*) as n_points,
+        max(n_procs) as n_procs
+    from lost
+    group by model, hardware, run_id
+),
+
+final as (
+    select
+        cast(model as varchar) as model,
+        cast(hardware as varchar) as hardware,
+        cast(precision as varchar) as precision,
+        cast(run_id as varchar) as run_id,
+        cast(null as varchar) as suite,
+        cast('seconds_since_heartbeat' as varchar) as metric,
+        cast(checkpoint_step as bigint) as step_start,
+        cast(last_step as bigint) as step_end,
+        cast(start_at as timestamptz) as start_at,
+        cast(end_at as timestamptz) as end_at,
+        cast(silent_s as double) as observed,
+        cast({{ max_silent_beats }} * interval_s as double) as expected,
+        cast(concat(
+            case
+                when is_exited then concat('exited without an ending',
+                    case when exit_code < 0 then concat(' (signal ', cast(-exit_code as varchar), ')')
+                         when exit_code is not null then concat(' (exit status ', cast(exit_code as varchar), ')')
+                         else '' end)
+                else 'heartbeats stopped'
+            end,
+            '; ', cast(n_points as varchar), ' of ', cast(n_procs as varchar), ' processes gone'
+        ) as varchar) as baseline,
+        cast(n_points as bigint) as n_points,
+        cast(false as boolean) as escalate,
+        cast(host as varchar) as host,
+        cast(rank as bigint) as rank
+    from per_run
+)
+
+select * from final
