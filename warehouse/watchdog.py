@@ -121,7 +121,7 @@ class Watchdog:
     def _watch(self, folder: str) -> int:
         """Poll the processes' states every ``tick`` (a rank's death is seen within it, before the
         launcher tears the others down: the first gone is the one named), write heartbeats every
-        interval and at each change of state, act on a lost or hung job."""
+        interval and as soon as a process is gone, act on a lost or hung job."""
         proc, tick = self.proc, min(0.1, self.interval_s / 4)
         gone_at: dict[tuple, float] = {}  # (run, rank, attempt) -> when first seen exited
         states: dict[tuple, str] = {}
@@ -138,7 +138,7 @@ class Watchdog:
                     state = "exited"  # the launcher is gone; a straggling worker goes with it
                 if state == "exited":
                     gone_at.setdefault(k, now)
-                changed |= states.get(k) != state
+                changed |= state == "exited" and states.get(k) != state  # stopped/running may flap (a throttle)
                 states[k] = state
             if code is not None:  # the launcher is done: what its processes left says how
                 self._beat(snaps, states, gone_at, exit_code=code)

@@ -2,7 +2,7 @@
 -- purpose: a training run whose processes are alive but log no step: stuck in a collective waiting for
 --   a peer, a data loader, a deadlock, or stopped (SIGSTOP, a debugger, a frozen node). The job holds
 --   its accelerators and produces nothing, and nothing else in the lake says so.
--- grain: one row per hung run; the rank and host named are the ones stuck longest.
+-- grain: one row per hung run; the rank and host named: a stopped process, else the one stuck longest.
 -- scope: live (recomputed at every diagnose, by its clock, for the runs with recent heartbeats)
 -- subject: run_id
 -- sources: live_processes
@@ -30,7 +30,10 @@ procs as (
 ),
 
 hung as (
-    select *
+    select
+        *,
+        -- the rank named: a stopped one first (the others wait on it), else the one stuck longest
+        no_step_s + case when state = 'stopped' then 1e12 else 0 end as blame
     from procs
     where state = 'killed'
         or (state in ('running', 'stopped')
@@ -44,12 +47,12 @@ per_run as (
         hardware,
         run_id,
         max(precision) as precision,
-        max_by(rank, no_step_s) as rank,
-        max_by(host, no_step_s) as host,
-        max_by(state, no_step_s) as state,
-        max_by(source, no_step_s) as source,
-        max(no_step_s) as no_step_s,
-        max_by(bound_s, no_step_s) as bound_s,
+        max_by(rank, blame) as rank,
+        max_by(host, blame) as host,
+        max_by(state, blame) as state,
+        max_by(source, blame) as source,
+        max_by(no_step_s, blame) as no_step_s,
+        max_by(bound_s, blame) as bound_s,
         max(checkpoint_step) as checkpoint_step,
         max(last_step) as last_step,
         min(last_step_at) as start_at,
