@@ -56,9 +56,19 @@ def train_command(config_path: str, run_id: str, precision: str = "fp32", steps:
 
 
 def train(config_path: str, run_id: str, lake_root: str | None = None, **kw) -> dict:
-    """Train one model in a subprocess; telemetry goes to the lake. ``kw``: see ``train_command``."""
+    """Train one model in a subprocess under ``mhw watch`` (warehouse/watchdog.py); telemetry and
+    heartbeats go to the lake. A hung job (alive, no step past its bound) is killed and a lost one
+    (a process gone without an ending) ended, and either fails the task with the rank, host, last
+    step and checkpoint, instead of hanging it: a retry resumes from that checkpoint. ``kw``: see
+    ``train_command``."""
+    from warehouse.watchdog import watch
+
     cmd, out_dir = train_command(config_path, run_id, **kw)
-    _run(cmd, _lake_env(lake_root))
+    print("+", " ".join(cmd), flush=True)
+    code, dog = watch(cmd, lake_root, cwd=str(REPO), say=print)
+    if code != 0:
+        what = {"hung": "hung and was killed", "lost": "was lost"}.get(dog.outcome, "failed")
+        raise RuntimeError(f"training run {run_id} {what} (exit status {code})" + (f": {dog.detail}" if dog.detail else ""))
     ckpts = sorted(glob.glob(os.path.join(out_dir, "ckpt-*.pt")))
     return {"run_id": run_id, "out_dir": out_dir, "checkpoint": ckpts[-1] if ckpts else None}
 

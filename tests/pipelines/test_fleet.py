@@ -1,0 +1,272 @@
+"""Fleet reliability (pipelines/fleet.py and its rules run_hung, run_lost, straggler, straggler_host):
+
+- hand-built heartbeats judged by the diagnose's clock: every hung and lost case fires once, naming its
+  rank and host, and the healthy, pausing, starting, ended and resumed runs stay quiet; the same lake
+  judged a minute later finds a run that went silent without any file changing; lost runs are marked so
+  in runs, a resumed one is not;
+- a simulated fleet (warehouse/simulate_fleet.py): every planted straggler and slow host found, nothing
+  else;
+- real torchrun jobs (gloo, CPU; marked ddp): a rank CPU-limited from outside is named the straggler,
+  with its host, and its healthy twin is not; a rank SIGKILLed under mhw watch is run_lost and its run
+  marked lost; a rank SIGSTOPped is run_hung within its bound, and the train task (pipelines/jobs.py,
+  what the train_model DAG runs) fails instead of hanging.
+"""
+import datetime as dt
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+import yaml
+
+from pipelines import jobs
+from pipelines.diagnose import diagnose
+from warehouse.query import connect
+from warehouse.simulate_fleet import simulate_fleet
+from warehouse.writer import Lake
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "bench"))
+
+import fleet_jobs as fj  # noqa: E402
+
+NOW = dt.datetime(2026, 3, 10, 12, 0, tzinfo=dt.timezone.utc)
+MODEL, HW = "toy-lm", "gpu-a"
+RULES = ("run_hung", "run_lost", "straggler", "straggler_host")
+
+
+def ago(seconds: float) -> dt.datetime:
+    return NOW - dt.timedelta(seconds=seconds)
+
+
+def beat(run_id, rank=0, state="running", ts=5, last=6, step=1000, started=3600, attempt="a", interval=10.0,
+         step_interval=0.5, ckpt=900, exit_code=None, host=None):
+    """One heartbeat row; times in seconds before NOW."""
+    return {"run_id": run_id, "attempt": attempt, "rank": rank, "local_rank": rank, "world_size": 2,
+            "host": host or f"node-{rank}", "pid": 100 + rank, "started_at": ago(started), "ts": ago(ts),
+            "interval_s": interval, "state": state, "last_step": step, "last_step_at": ago(last),
+            "step_interval_s": step_interval, "checkpoint_step": ckpt, "exit_code": exit_code,
+            "source": "watchdog", "model": MODEL, "hardware": HW}
+
+
+CASES = {  # run -> (its heartbeats, its runs status, the alert expected: (rule, rank, severity) or None)
+    "healthy": ([beat("healthy", 0), beat("healthy", 1)], "running", None),
+    "pausing": ([beat("pausing", 0, last=200), beat("pausing", 1, last=200)], "running", None),  # under the floor
+    "hung": ([beat("hung", 0, last=400), beat("hung", 1, last=420)], "running", ("run_hung", 1, "warning")),
+    "stopped": ([beat("stopped", 0, last=351), beat("stopped", 1, state="stopped", last=350)], "running",
+                ("run_hung", 1, "critical")),
+    "killed": ([beat("killed", 0, state="killed", last=700)], "running", ("run_hung", 0, "critical")),
+    "starting": ([beat("starting", 0, step=None, last=600, started=600)], "running", None),
+    "stuck-start": ([beat("stuck-start", 0, step=None, last=1000, started=1000)], "running",
+                    ("run_hung", 0, "warning")),
+    "exited": ([beat("exited", 0, state="exited", ts=29), beat("exited", 1, state="exited", ts=30, exit_code=-9)],
+               "running", ("run_lost", 1, "critical")),
+    "silent": ([beat("silent", 0, ts=60), beat("silent", 1, ts=61)], None, ("run_lost", 1, "critical")),
+    "ended": ([beat("ended", 0, state="ended", ts=100), beat("ended", 1, state="ended", ts=100)], "completed", None),
+    "closed": ([beat("closed", 0, ts=600)], "completed", None),  # its runs row ended it
+    "resumed": ([beat("resumed", 0, state="exited", ts=3600, started=7200, attempt="a"),
+                 beat("resumed", 0, ts=5, started=1000, attempt="b")], "running", None),
+    "old": ([beat("old", 0, ts=5 * 86400)], "running", None),  # older than fleet.LIVE_DAYS: not judged
+}
+
+
+def build_heartbeats(root: str) -> None:
+    lake = Lake(root)
+    for run_id, (beats, status, _) in CASES.items():
+        for attempt in sorted({b["attempt"] for b in beats}):
+            rows = [b for b in beats if b["attempt"] == attempt]
+            lake.write("heartbeats", pa.Table.from_pylist(rows), f"{run_id}-hb-{attempt}")
+        if status:
+            lake.write("runs", pa.Table.from_pylist([{
+                "run_id": run_id, "kind": "train", "model": MODEL, "hardware": HW, "precision": "bf16",
+                "started_at": ago(7200), "status": status, "steps": 0, "source": "trainer"}]), run_id)
+
+
+def rows(root, sql):
+    return connect(lake_root=root, serving_path="").execute(sql).fetchall()
+
+
+@pytest.fixture(scope="module")
+def beats_lake(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("fleet") / "lake")
+    build_heartbeats(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def judged(beats_lake):
+    return diagnose(beats_lake, notify_alerts=False, now=NOW)
+
+
+def test_every_hung_and_lost_case_fires_once_naming_its_rank_and_host(judged):
+    got = {a["run_id"]: a for a in judged.alerts if a["rule"] in RULES}
+    expected = {run: want for run, (_, _, want) in CASES.items() if want}
+    assert set(got) == set(expected)
+    for run, (rule, rank, severity) in expected.items():
+        a = got[run]
+        assert (a["rule"], a["rank"], a["host"], a["severity"]) == (rule, rank, f"node-{rank}", severity), a
+    hung, lost = got["hung"], got["exited"]
+    assert (hung["step_start"], hung["step_end"], round(hung["observed"]), hung["expected"]) == (900, 1000, 415, 300.0)
+    assert "restart from the checkpoint at step 900" in hung["action"]
+    assert "signal 9" in lost["message"] and lost["start_at"] == ago(30)  # the first seen gone is named
+    assert "stopped (state T)" in got["stopped"]["message"]
+    assert "heartbeats stopped" in got["silent"]["message"]
+
+
+def test_lost_runs_are_marked_lost_in_runs(judged, beats_lake):
+    assert judged.marked_lost == ["exited"]  # "silent" has no runs row to mark
+    status = dict(rows(beats_lake, "select run_id, status from runs"))
+    assert status["exited"] == "lost" and status["hung"] == "running" and status["resumed"] == "running"
+    assert rows(beats_lake, "select steps, ended_at from runs where run_id = 'exited'") == [(1001, ago(30))]
+
+
+def test_the_clock_alone_turns_a_silent_run_lost_and_a_revived_one_clears(beats_lake, judged):
+    later = diagnose(beats_lake, notify_alerts=False, now=NOW + dt.timedelta(seconds=60))
+    assert not later.full  # nothing in the lake changed: only the clock moved
+    lost = {a["run_id"] for a in later.current if a["rule"] == "run_lost"}
+    assert {"healthy", "pausing", "hung", "stopped"} <= lost and "exited" in lost  # marked lost: still lost
+    # the healthy run beats again: its alert goes at the next diagnose
+    Lake(beats_lake).write("heartbeats", pa.Table.from_pylist([beat("healthy", r, ts=-55, last=-55)
+                                                                for r in (0, 1)]), "healthy-hb-a")
+    again = diagnose(beats_lake, notify_alerts=False, now=NOW + dt.timedelta(seconds=62))
+    assert "healthy" not in {a["run_id"] for a in again.current if a["rule"] in RULES}
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("simfleet") / "lake")
+    sim = simulate_fleet(root, jobs=16, hosts=24, slow_hosts=2, steps=80, seed=7, sizes=(16, 32, 64),
+                         live_jobs=4)
+    return root, sim, diagnose(root, notify_alerts=False, now=sim["now"])
+
+
+def test_a_simulated_fleet_finds_every_planted_straggler_and_slow_host_and_nothing_else(fleet):
+    _, sim, found = fleet
+    truth = sim["truth"]
+    want = {(t["run_id"], t["rank"], t["host"]) for t in truth if t["kind"] == "straggler"}
+    got = {(a["run_id"], a["rank"], a["host"]) for a in found.alerts if a["rule"] == "straggler"}
+    assert want and got == want
+    slow_hosts = {t["host"] for t in truth if t["kind"] == "slow_host"}
+    jobs_of = {h: {t["run_id"] for t in truth if t["kind"] == "straggler" and t["host"] == h} for h in slow_hosts}
+    assert all(len(j) >= 2 for j in jobs_of.values()), jobs_of  # each slowed at least two jobs: detectable
+    assert {a["host"] for a in found.alerts if a["rule"] == "straggler_host"} == slow_hosts
+    for kind in ("hung", "lost"):
+        assert {a["run_id"] for a in found.alerts if a["rule"] == f"run_{kind}"} == \
+            {t["run_id"] for t in truth if t["kind"] == kind}
+    host = next(a for a in found.alerts if a["rule"] == "straggler_host")
+    assert host["model"] == "ALL" and host["scope"] == "hosts" and "median slowdown" in host["message"]
+
+
+def test_a_rerun_keeps_the_straggler_verdicts_of_runs_it_does_not_recompute(fleet):
+    root, _, found = fleet
+    again = diagnose(root, notify_alerts=False, now=found.current[0]["detected_at"])
+    assert again.runs_in_scope == 0  # nothing changed: the hosts rule reads the stored verdicts
+    hosts = lambda r: sorted(a["alert_id"] for a in r.current if a["rule"] == "straggler_host")  # noqa: E731
+    assert hosts(again) == hosts(found) and hosts(found)
+
+
+# --- real jobs --------------------------------------------------------------------------------------
+
+def rules_overlay(tmp_path) -> str:
+    """Bounds for seconds-long jobs: hung after 4 s without a step, heartbeats every second."""
+    path = tmp_path / "rules.yaml"
+    path.write_text(yaml.safe_dump({"rules": {
+        "run_hung": {"params": {"min_wait_s": 4.0, "max_silent_beats": 3.0}},
+        "run_lost": {"params": {"max_silent_beats": 3.0}}}}))
+    return str(path)
+
+
+def mhw_config(tmp_path, lake) -> str:
+    """conf/mhw.yaml with the lake, checkpoints and seconds-long liveness bounds of a test."""
+    conf = yaml.safe_load((REPO / "conf" / "mhw.yaml").read_text())
+    conf["lake"]["root"] = lake
+    conf["checkpoints"]["root"] = str(tmp_path / "ckpts")
+    conf["liveness"] = {"heartbeat_s": 1, "hung_factor": 20, "hung_floor_s": 20, "hung_startup_s": 120}
+    path = tmp_path / "mhw.yaml"
+    path.write_text(yaml.safe_dump(conf))
+    return str(path)
+
+
+@pytest.mark.ddp
+@pytest.mark.timeout(420)
+def test_a_cpu_limited_rank_is_the_straggler_then_its_sigkill_is_run_lost(tmp_path):
+    why = fj.CpuLimit.available()
+    if why:
+        pytest.skip(f"the straggler is made by a CPU quota on its cgroup: {why}")
+    lake = str(tmp_path / "lake")
+    job = fj.launch(lake, "slowed", tmp_path / "work", nproc=2, steps=400)
+    limit = fj.CpuLimit(f"mhw-test-{os.getpid()}", share=0.1)
+    try:
+        job.wait_step(10, timeout=180)
+        rank1 = job.ranks()[1]
+        limit.add(rank1.pid)  # from step 10 on, rank 1 computes at a tenth of a core
+        job.wait_step(90, timeout=240)
+        limit.release(rank1.pid)
+        time.sleep(2.5)  # the rows of step 90 flushed (telemetry.flush_seconds=1)
+        slow = diagnose(lake, notify_alerts=False, config_path=rules_overlay(tmp_path))
+        (a,) = [a for a in slow.alerts if a["rule"] == "straggler"]
+        assert (a["rank"], a["host"]) == (1, fj.liveness.host_name()) and a["observed"] > 1.2 * a["expected"]
+        assert "the job waits" in a["baseline"]
+        assert not [a for a in slow.alerts if a["rule"] in ("run_hung", "run_lost")]
+        os.kill(rank1.pid, signal.SIGKILL)
+        killed_at = time.time()
+        assert job.wait(120) == 3  # mhw watch: LOST
+        lost = diagnose(lake, notify_alerts=False, config_path=rules_overlay(tmp_path))
+        (a,) = [a for a in lost.alerts if a["rule"] == "run_lost"]
+        assert a["rank"] == 1 and "exited without an ending" in a["message"]
+        assert a["start_at"].timestamp() - killed_at < 2.0  # seen gone within the watchdog's tick
+        assert lost.marked_lost == ["slowed"]
+        assert rows(lake, "select status from runs") == [("lost",)]
+    finally:
+        limit.remove()
+        job.kill()
+
+
+@pytest.mark.ddp
+@pytest.mark.timeout(420)
+def test_a_healthy_twin_is_quiet_then_a_sigstop_is_run_hung_and_the_train_task_fails(tmp_path, monkeypatch):
+    lake = str(tmp_path / "lake")
+    marker = f"mhw-fleet-{os.getpid()}-twin"
+    monkeypatch.setenv(fj.MARKER_ENV, marker)
+    monkeypatch.setenv("MHW_CONFIG", mhw_config(tmp_path, lake))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    failure = []
+
+    def task():  # what the train_model DAG's task runs
+        try:
+            jobs.train("configs/gpt2-tiny.yaml", "twin", lake_root=lake, steps=2000, nproc=2,
+                       overrides=fj.TINY[2:] + ["--telemetry.heartbeat_s=1", "--trainer.ckpt_interval=25"])
+        except Exception as e:
+            failure.append(e)
+
+    worker = threading.Thread(target=task, daemon=True)
+    worker.start()
+    try:
+        job = fj.Job("twin", None, marker, tmp_path / "none.log", lake)
+        deadline = time.time() + 240
+        while time.time() < deadline and min((s.get("last_step") or 0) for s in job.progress().values() or [{}]) < 90:
+            time.sleep(0.2)
+        time.sleep(2.5)
+        quiet = diagnose(lake, notify_alerts=False, config_path=rules_overlay(tmp_path))
+        assert not [a for a in quiet.alerts if a["rule"] in RULES], [a["message"] for a in quiet.alerts]
+        rank0 = job.ranks()[0]
+        os.kill(rank0.pid, signal.SIGSTOP)
+        stopped_at = time.time()
+        found = None
+        while found is None and time.time() - stopped_at < 15:  # hung after 4 s; a heartbeat a second
+            time.sleep(0.5)
+            r = diagnose(lake, notify_alerts=False, config_path=rules_overlay(tmp_path))
+            found = next((a for a in r.alerts if a["rule"] == "run_hung"), None)
+        assert found is not None, "no run_hung within 15 s of the SIGSTOP"
+        assert (found["rank"], found["severity"]) == (0, "critical") and "stopped (state T)" in found["message"]
+        assert time.time() - stopped_at < 4.0 + 2 * 1.0 + 3.0  # its bound, two heartbeats, a diagnose
+        worker.join(timeout=120)  # the watchdog kills the job 20 s after its last step
+        assert not worker.is_alive(), "the train task hangs"
+        (err,) = failure
+        assert "hung and was killed" in str(err) and "rank 0" in str(err) and "last checkpoint" in str(err)
+    finally:
+        fj.kill_marked(marker)
