@@ -128,8 +128,9 @@ def recomputed(rule, alert: dict, scope: FleetScope) -> bool:
 
 def mark_lost(lake: Lake, alerts: list[dict], scope: FleetScope) -> list[str]:
     """Rewrite the ``runs`` row of each run that run_lost found as ``lost`` (ended at its last
-    heartbeat, steps up to its last step), unless the row changed since the diagnose listed it (a
-    resume that just started) or already ended. Returns the run ids marked. Call inside the lake
+    heartbeat, steps up to its last step): a row still running, or failed (its other ranks' end when
+    the lost one broke their collective), unless the row changed since the diagnose listed it (a
+    resume that just started). Returns the run ids marked. Call inside the lake
     transaction that stores the alerts."""
     lost = {a["run_id"]: a for a in alerts if a["rule"] == "run_lost" and a.get("run_id")}
     if not lost:
@@ -143,8 +144,8 @@ def mark_lost(lake: Lake, alerts: list[dict], scope: FleetScope) -> list[str]:
                 continue  # not lost, or rewritten since it was read: its process is back
             part = ds.dataset([f.path], filesystem=lake.fs, format="parquet").to_table()
             rows = [r for r in part.to_pylist() if r.get("run_id") == run_id]
-            if len(rows) != 1 or rows[0].get("status") not in (None, "running"):
-                continue
+            if len(rows) != 1 or rows[0].get("status") not in (None, "running", "failed"):
+                continue  # ended otherwise (failed: the other ranks, when a collective broke with it)
             row = {**rows[0], **dict(zip(RUNS.partition_by[:2], key[:2])), "status": "lost",
                    "ended_at": a["start_at"] or scope.now}
             if a.get("step_end") is not None:

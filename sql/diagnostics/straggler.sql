@@ -7,15 +7,17 @@
 -- scope: run (recomputed for the runs whose rank_steps changed)
 -- subject: run_id, rank
 -- sources: rank_steps, diagnose_runs
--- params: window_logs int >= 2; min_ranks int >= 2; min_slowdown float > 0; min_excess_ms float >= 0;
---   min_windows int >= 1; min_share float > 0 <= 1; critical_slowdown float > 0
+-- params: window_logs int >= 2; warmup_windows int >= 0; min_ranks int >= 2; min_slowdown float > 0;
+--   min_excess_ms float >= 0; min_windows int >= 1; min_share float > 0 <= 1; critical_slowdown float > 0
 -- audits: tests/pipelines/test_fleet.py (a real torchrun job with one rank throttled from outside names
 --   that rank and its host; quiet on its healthy twin); bench/bench_fleet.py (precision and recall on a
 --   matrix of real jobs, the simulated fleets of 8-1024 ranks)
 --
 -- A rank's work per step is its step time less its wait on the all-reduce (compute and data: the part
 -- that is its own); without a measured wait, its step time. Logged steps are cut in windows of
--- window_logs (times the run's logging interval); in each, the rank's median work is compared with the
+-- window_logs (times the run's logging interval; the first warmup_windows of a run, its warm-up, are
+-- not judged: the first iterations build buckets, caches and compiled graphs unevenly across ranks); in
+-- each, the rank's median work is compared with the
 -- median of the OTHER ranks' medians (leave-one-out: with two ranks, the other one). A window is slow
 -- when the rank's work exceeds its peers' by more than min_slowdown (a share) and min_excess_ms.
 -- Persistence, not one slow step: at least min_windows slow windows, and at least min_share of the
@@ -44,6 +46,14 @@ logged as (
         and coalesce(s.comm_wait_ms, 0) >= 0
 ),
 
+first_steps as (
+    select
+        run_id,
+        min(step) as first_step
+    from logged
+    group by run_id
+),
+
 logging_intervals as (
     -- logged steps per rank: the run's interval is its rank 0's (every rank logs the same steps)
     select
@@ -57,10 +67,19 @@ logging_intervals as (
 windowed as (
     select
         logged.*,
-        cast(floor(logged.step / ({{ window_logs }} * logging_intervals.step_interval)) as bigint) as win
+        cast(floor((logged.step - first_steps.first_step) / ({{ window_logs }} * logging_intervals.step_interval))
+            as bigint) as win
     from logged
     inner join logging_intervals
         on logging_intervals.run_id = logged.run_id
+    inner join first_steps
+        on first_steps.run_id = logged.run_id
+),
+
+judged_windows as (
+    select *
+    from windowed
+    where win >= {{ warmup_windows }}
 ),
 
 rank_windows as (
@@ -78,7 +97,7 @@ rank_windows as (
         max(step) as last_step,
         min(ts) as first_ts,
         max(ts) as last_ts
-    from windowed
+    from judged_windows
     group by model, hardware, run_id, win, rank
 ),
 

@@ -185,7 +185,7 @@ def mhw_config(tmp_path, lake) -> str:
     conf = yaml.safe_load((REPO / "conf" / "mhw.yaml").read_text())
     conf["lake"]["root"] = lake
     conf["checkpoints"]["root"] = str(tmp_path / "ckpts")
-    conf["liveness"] = {"heartbeat_s": 1, "hung_factor": 20, "hung_floor_s": 20, "hung_startup_s": 120}
+    conf["liveness"] = {"heartbeat_s": 1, "hung_factor": 20, "hung_floor_s": 10, "hung_startup_s": 120}
     path = tmp_path / "mhw.yaml"
     path.write_text(yaml.safe_dump(conf))
     return str(path)
@@ -206,7 +206,7 @@ def test_a_cpu_limited_rank_is_the_straggler_then_its_sigkill_is_run_lost(tmp_pa
         limit.add(rank1.pid)  # from step 10 on, rank 1 computes at a tenth of a core
         job.wait_step(90, timeout=240)
         limit.release(rank1.pid)
-        time.sleep(2.5)  # the rows of step 90 flushed (telemetry.flush_seconds=1)
+        time.sleep(fj.FLUSH_S + 1.5)  # the rows of step 90 flushed
         slow = diagnose(lake, notify_alerts=False, config_path=rules_overlay(tmp_path))
         (a,) = [a for a in slow.alerts if a["rule"] == "straggler"]
         assert (a["rank"], a["host"]) == (1, fj.liveness.host_name()) and a["observed"] > 1.2 * a["expected"]
@@ -250,7 +250,7 @@ def test_a_healthy_twin_is_quiet_then_a_sigstop_is_run_hung_and_the_train_task_f
         deadline = time.time() + 240
         while time.time() < deadline and min((s.get("last_step") or 0) for s in job.progress().values() or [{}]) < 90:
             time.sleep(0.2)
-        time.sleep(2.5)
+        time.sleep(fj.FLUSH_S + 1.5)
         quiet = diagnose(lake, notify_alerts=False, config_path=rules_overlay(tmp_path))
         assert not [a for a in quiet.alerts if a["rule"] in RULES], [a["message"] for a in quiet.alerts]
         rank0 = job.ranks()[0]
@@ -264,7 +264,7 @@ def test_a_healthy_twin_is_quiet_then_a_sigstop_is_run_hung_and_the_train_task_f
         assert found is not None, "no run_hung within 15 s of the SIGSTOP"
         assert (found["rank"], found["severity"]) == (0, "critical") and "stopped (state T)" in found["message"]
         assert time.time() - stopped_at < 4.0 + 2 * 1.0 + 3.0  # its bound, two heartbeats, a diagnose
-        worker.join(timeout=120)  # the watchdog kills the job 20 s after its last step
+        worker.join(timeout=120)  # the watchdog kills the job 10 s after its last step
         assert not worker.is_alive(), "the train task hangs"
         (err,) = failure
         assert "hung and was killed" in str(err) and "rank 0" in str(err) and "last checkpoint" in str(err)

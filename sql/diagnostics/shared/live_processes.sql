@@ -11,8 +11,9 @@
 --
 -- A run's latest launch: its processes whose latest heartbeat is no older than the latest start of
 -- its rank 0 (a resumed run's new processes; the old ones ended or died before it started). A run is
--- open while its runs row is missing, running, or marked lost or hung (a resume reopens it) and not
--- every process of its launch has ended.
+-- open while its runs row does not say it completed or diverged (failed stays open: when one rank is
+-- killed the others fail on the broken collective and end the run 'failed', the lost rank is the
+-- cause), and not every process of its launch has ended.
 
 with
 
@@ -95,7 +96,7 @@ final as (
         cast(date_diff('millisecond', p.ts, c.now) / 1000.0 as double) as silent_s,
         -- seconds without a step as its latest heartbeat saw it
         cast(date_diff('millisecond', p.last_step_at, p.ts) / 1000.0 as double) as no_step_s,
-        cast(r.status is null or r.status in ('running', 'lost', 'hung') as boolean) as is_open,
+        cast(r.status is null or r.status not in ('completed', 'diverged') as boolean) as is_open,
         cast(pr.n_procs as bigint) as n_procs
     from current_procs as p
     cross join diagnose_clock as c
