@@ -58,7 +58,6 @@ class DuckDBEngine:
         if not files:
             self.register_arrow(name, schema.empty_table())
             return
-        cols = ", ".join(f"cast({_q(f.name)} as {duck_type(f.type)}) as {_q(f.name)}" for f in schema)
         if self.fs is not None:
             part = (ds.partitioning(pa.schema([(k, pa.string()) for k in partition_cols]), flavor="hive")
                     if partition_cols else None)
@@ -75,6 +74,11 @@ class DuckDBEngine:
                           f"hive_types = {{{types}}})")
             else:
                 source = f"read_parquet({listed}, hive_partitioning = false, union_by_name = true)"
+        # A column newer than every file (a table that grew one: alerts' host and rank) reads as null,
+        # as Spark's reader with the declared schema does, rather than failing the view.
+        present = {r[0] for r in self.con.execute(f"describe select * from {source}").fetchall()}
+        cols = ", ".join(f"cast({_q(f.name) if f.name in present else 'null'} as {duck_type(f.type)}) as {_q(f.name)}"
+                         for f in schema)
         self.con.execute(f"create or replace temp view {_q(name)} as select {cols} from {source}")
 
     def query(self, sql: str) -> pa.Table:
