@@ -3,7 +3,8 @@ scheduler needed). ``make demo`` runs this.
 
     .venv/bin/python -m pipelines.demo [--rows N] [--steps N]
 
-1. simulate a fleet's telemetry (many models × hardware × days, with planted incidents);
+1. simulate a fleet's telemetry (many models × hardware × days, with planted incidents; distributed jobs
+   of 8-1024 ranks with slow hosts, a hung and a lost job);
 2. import a real Hugging Face Trainer log, as a team would bring one;
 3. train_model: two tiny models (GPT-2 LM, BERT classifier) at two precisions (fp32, bf16), on CPU;
 4. evaluate_models: every new checkpoint through the eval suites;
@@ -28,6 +29,7 @@ from pathlib import Path
 from pipelines.localhost import free_port, stop_group, wait_until_up
 from warehouse import cli, config
 from warehouse.simulate import simulate
+from warehouse.simulate_fleet import simulate_fleet
 
 # (config, precision, optimizer steps, overrides): enough steps for each tiny model to visibly learn on
 # CPU. One run gets a NaN loss forced at step 50 (kept as data; the run goes on) so the demo shows the
@@ -101,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     totals = simulate(settings.lake_root, args.rows, seed=0)
+    # distributed jobs of 8-1024 ranks: per-rank timing, slow hosts, a hung and a lost job (ending now)
+    totals["rank_steps"] = simulate_fleet(settings.lake_root, jobs=12, steps=100, seed=0)["rank_rows"]
     print(f"[1/6] simulated {sum(totals.values()):,} fleet telemetry rows into {settings.lake_root} "
           f"({time.perf_counter() - t0:.1f} s)")
 

@@ -494,6 +494,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fleet-incidents", type=int, default=2, help="planted incidents of each fleet type")
     p.add_argument("--serving-requests", type=int, default=256,
                    help="timed requests per model × hardware × serving precision × day")
+    p.add_argument("--rank-jobs", type=int, default=0,
+                   help="distributed jobs of 8-1024 ranks with per-rank rows, slow hosts, hung and lost jobs "
+                        "(warehouse/simulate_fleet.py; ending now)")
+    p.add_argument("--rank-steps", type=int, default=100, help="steps of each distributed job")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -501,7 +505,11 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     totals = simulate(out, args.rows, seed=args.seed, days=args.days, end_date=args.end_date,
                       incident_rate=args.incident_rate, magnitude=args.magnitude,
-                      fleet_incidents=args.fleet_incidents, serving_requests=args.serving_requests)
+                      fleet_incidents=args.fleet_incidents, serving_requests=args.serving_requests) if args.rows else {}
+    if args.rank_jobs:
+        from warehouse.simulate_fleet import simulate_fleet
+
+        totals["rank_steps"] = simulate_fleet(out, jobs=args.rank_jobs, steps=args.rank_steps, seed=args.seed)["rank_rows"]
     secs = time.perf_counter() - t0
     print(f"simulated {sum(totals.values()):,} rows into {out} in {secs:.2f} s "
           f"({sum(totals.values()) / secs:,.0f} rows/s)")

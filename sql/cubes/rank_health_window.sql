@@ -47,8 +47,9 @@ per_run as (
         median(work_ms_mean) as work_ms_median,
         max(work_ms_mean) as work_ms_slowest,
         min(work_ms_mean) as work_ms_fastest,
-        max_by(rank, work_ms_mean) as slowest_rank,
-        max_by(host, work_ms_mean) as slowest_host,
+        -- the slowest rank (ties: the lowest rank): rank and host of the same row
+        max_by(rank, work_ms_mean * 1e6 - rank) as slowest_rank,
+        max_by(host, work_ms_mean * 1e6 - rank) as slowest_host,
         avg(step_ms_mean) as step_ms_mean,
         sum(comm_wait_ms_mean * n_steps) / nullif(sum(case when comm_wait_ms_mean is not null then n_steps end), 0)
             as comm_wait_ms_mean,

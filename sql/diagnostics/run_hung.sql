@@ -41,26 +41,38 @@ hung as (
             and no_step_s > bound_s)
 ),
 
+ranked as (
+    select
+        *,
+        row_number() over (partition by run_id order by blame desc, rank) as place,
+        count(*) over (partition by run_id) as n_points,
+        max(checkpoint_step) over (partition by run_id) as run_checkpoint,
+        max(last_step) over (partition by run_id) as run_last_step,
+        min(last_step_at) over (partition by run_id) as start_at,
+        max(ts) over (partition by run_id) as end_at
+    from hung
+),
+
 per_run as (
+    -- the process named (a stopped one first, else the one stuck longest; ties: the lowest rank)
     select
         model,
         hardware,
         run_id,
-        max(precision) as precision,
-        max_by(rank, blame) as rank,
-        max_by(host, blame) as host,
-        max_by(state, blame) as state,
-        max_by(source, blame) as source,
-        max_by(no_step_s, blame) as no_step_s,
-        max_by(bound_s, blame) as bound_s,
-        max(checkpoint_step) as checkpoint_step,
-        max(last_step) as last_step,
-        min(last_step_at) as start_at,
-        max(ts) as end_at,
-        count(*) as n_points,
-        max(n_procs) as n_procs
-    from hung
-    group by model, hardware, run_id
+        precision,
+        rank,
+        host,
+        state,
+        no_step_s,
+        bound_s,
+        run_checkpoint as checkpoint_step,
+        run_last_step as last_step,
+        start_at,
+        end_at,
+        n_points,
+        n_procs
+    from ranked
+    where place = 1
 ),
 
 final as (

@@ -29,26 +29,39 @@ lost as (
             or (state in ('running', 'stopped') and silent_s > {{ max_silent_beats }} * interval_s))
 ),
 
+ranked as (
+    select
+        *,
+        row_number() over (partition by run_id order by gone_at, rank) as place,
+        count(*) over (partition by run_id) as n_points,
+        max(checkpoint_step) over (partition by run_id) as run_checkpoint,
+        min(gone_at) over (partition by run_id) as start_at,
+        max(ts) over (partition by run_id) as end_at,
+        max(silent_s) over (partition by run_id) as run_silent_s
+    from lost
+),
+
 per_run as (
+    -- the process named: the first seen gone (ties: the lowest rank)
     select
         model,
         hardware,
         run_id,
-        max(precision) as precision,
-        min_by(rank, gone_at) as rank,
-        min_by(host, gone_at) as host,
-        min_by(is_exited, gone_at) as is_exited,
-        min_by(exit_code, gone_at) as exit_code,
-        max(checkpoint_step) as checkpoint_step,
-        min_by(last_step, gone_at) as last_step,
-        min(gone_at) as start_at,
-        max(ts) as end_at,
-        max(silent_s) as silent_s,
-        min_by(interval_s, gone_at) as interval_s,
-        count(*) as n_points,
-        max(n_procs) as n_procs
-    from lost
-    group by model, hardware, run_id
+        precision,
+        rank,
+        host,
+        is_exited,
+        exit_code,
+        run_checkpoint as checkpoint_step,
+        last_step,
+        start_at,
+        end_at,
+        run_silent_s as silent_s,
+        interval_s,
+        n_points,
+        n_procs
+    from ranked
+    where place = 1
 ),
 
 final as (

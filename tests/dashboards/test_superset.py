@@ -121,6 +121,16 @@ ORACLES = {
     # the served alerts, every one, newest first (the order is checked apart: ties have none)
     "alerts": ("select start_at, severity, rule, model, hardware, message, action from alert_list "
                "order by start_at desc", "rows"),
+    # fleet reliability: the simulated distributed jobs (mhw simulate --rank-jobs)
+    "rank_spread": ("select slowdown, run_id, hardware, world_size, n_hosts, rank, host, comm_wait_share "
+                    "from rank_health where agg_level = 'run' order by slowdown desc", "rows"),
+    "straggler_hosts": ("select straggler_share, host, hardware, n_jobs, n_straggler_jobs, slowdown, n_suspect_hosts "
+                        "from straggler_hosts where agg_level = 'hardware,host' and n_straggler_jobs > 0 "
+                        "order by straggler_share desc", "rows"),
+    "hung_lost_runs": ("select start_at, severity, rule, run_id, model, message, action from alert_list "
+                       "where rule in ('run_hung', 'run_lost') order by start_at desc", "rows"),
+    "live_processes": ("select no_step_s, run_id, rank, host, state, run_status, last_step, checkpoint_step, "
+                       "heartbeat_at from run_liveness where state <> 'ended' order by no_step_s desc", "rows"),
 }
 
 

@@ -1,7 +1,8 @@
 """A small lake with known contents for the cube tests: 2 models × 2 hardware × 3 days, with the
 values that break naive cubes planted on purpose (NaN and ±inf losses, null/zero/negative/inf/NaN
 step times, ties in (ts, step) across runs, failed requests, NaN latencies, idle devices), plus one
-run whose step times sit on, just below and just above every sketch bucket edge."""
+run whose step times sit on, just below and just above every sketch bucket edge, and a 4-rank job a
+day per model × hardware (rank_steps with a slow rank, heartbeats)."""
 from __future__ import annotations
 
 import datetime as dt
@@ -105,6 +106,35 @@ def system_rows(rng, model: str, hw: str, day: dt.date, n: int = 40) -> pa.Table
     })
 
 
+def rank_rows(rng, model: str, hw: str, run: str, day: dt.date, steps: range, world: int = 4) -> pa.Table:
+    """A ``world``-rank job: rank 1 (on its own host) works twice as long; a null comm wait and a NaN
+    step time planted."""
+    n = len(steps) * world
+    rank = np.tile(np.arange(world), len(steps))
+    work = rng.uniform(20, 30, n) * np.where(rank == 1, 2.0, 1.0)
+    step = np.repeat(np.array(list(steps)), world)
+    step_ms = np.repeat(work.reshape(len(steps), world).max(axis=1), world) + 2.0
+    comm = pa.array([None if i == 5 else float(v) for i, v in enumerate(step_ms - work)], pa.float64())
+    step_ms[7] = np.nan
+    return pa.table({
+        "run_id": [run] * n, "step": step.astype(np.int64), "ts": _ts(day, step * 0.1), "precision": ["bf16"] * n,
+        "rank": rank.astype(np.int32), "local_rank": (rank % 2).astype(np.int32), "world_size": np.full(n, world, np.int32),
+        "host": [f"{hw}-node-{r // 2}" if r != 1 else f"{hw}-node-slow" for r in rank], "step_time_ms": step_ms,
+        "data_time_ms": rng.uniform(0, 1, n), "compute_ms": work - 1.0, "comm_wait_ms": comm,
+        "model": [model] * n, "hardware": [hw] * n,
+    })
+
+
+def heartbeat_rows(model: str, hw: str, run: str, day: dt.date, world: int = 4) -> pa.Table:
+    at = dt.datetime.combine(day, dt.time(12), UTC)
+    return pa.Table.from_pylist([{
+        "run_id": run, "attempt": f"{run}-a", "rank": r, "local_rank": r % 2, "world_size": world,
+        "host": f"{hw}-node-{r // 2}", "pid": 100 + r, "started_at": at - dt.timedelta(hours=1), "ts": at,
+        "interval_s": 15.0, "state": "stopped" if r == 2 else "running", "last_step": 99,
+        "last_step_at": at - dt.timedelta(seconds=30 * r), "step_interval_s": 0.1, "checkpoint_step": 50,
+        "source": "watchdog", "model": model, "hardware": hw} for r in range(world)])
+
+
 def write_day(lake: Lake, day_index: int, seed: int = 0, key: str = "k0") -> None:
     """Everything for one day: train steps of two runs per (model, hardware), evals, latency, system.
     One file key per day (the writer lets a key live in one date of a model and hardware only)."""
@@ -123,6 +153,9 @@ def write_day(lake: Lake, day_index: int, seed: int = 0, key: str = "k0") -> Non
             lake.write("latency_samples", latency_rows(rng, model, hw, day, ckpt), key)
             lake.write("eval_results", eval_rows(rng, model, hw, day, ckpt), key)
             lake.write("system_samples", system_rows(rng, model, hw, day), key)
+            job = f"{model}-{hw}-ddp{day_index}"
+            lake.write("rank_steps", rank_rows(rng, model, hw, job, day, range(first, first + 50)), key)
+            lake.write("heartbeats", heartbeat_rows(model, hw, job, day), key)
 
 
 def write_edge_run(lake: Lake) -> None:

@@ -270,3 +270,34 @@ def test_a_healthy_twin_is_quiet_then_a_sigstop_is_run_hung_and_the_train_task_f
         assert "hung and was killed" in str(err) and "rank 0" in str(err) and "last checkpoint" in str(err)
     finally:
         fj.kill_marked(marker)
+
+
+@pytest.mark.spark
+@pytest.mark.timeout(600)
+def test_spark_raises_the_same_fleet_alerts_as_duckdb(tmp_path, fleet, beats_lake):
+    """The same SQL on Spark (local[2], translated by sqlglot): the same hung, lost, straggler and host
+    alerts, texts and all, on the hand-built heartbeats and the simulated fleet."""
+    import shutil
+
+    from pipelines.engines.spark_engine import SparkEngine
+    eng = SparkEngine(master="local[2]", conf={"spark.sql.shuffle.partitions": "2",
+                                                "spark.driver.extraJavaOptions": "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"})
+    try:
+        for src, now in ((beats_lake, NOW), (fleet[0], fleet[1]["now"])):
+            duck_root, spark_root = str(tmp_path / "d"), str(tmp_path / "s")
+            for dst in (duck_root, spark_root):
+                shutil.rmtree(dst, ignore_errors=True)
+                shutil.copytree(src, dst, ignore=shutil.ignore_patterns("alerts", "_diagnose", "_snapshots", "_txn"))
+            d = {a["alert_id"]: a for a in diagnose(duck_root, notify_alerts=False, full=True, now=now).alerts
+                 if a["rule"] in RULES}
+            s = {a["alert_id"]: a for a in diagnose(spark_root, engine=eng, notify_alerts=False, full=True,
+                                                    now=now).alerts if a["rule"] in RULES}
+            assert d and set(d) == set(s)
+            for k, a in d.items():
+                for col in ("rule", "severity", "run_id", "host", "rank", "step_start", "step_end", "start_at",
+                            "end_at", "n_points", "message", "action"):
+                    assert a[col] == s[k][col], (a["rule"], col, a[col], s[k][col])
+                for col in ("observed", "expected"):
+                    assert a[col] == pytest.approx(s[k][col], rel=1e-9), (a["rule"], col)
+    finally:
+        eng.close()
