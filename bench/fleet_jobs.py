@@ -58,15 +58,17 @@ class Job:
         return marked(self.marker)
 
     def ranks(self) -> dict[int, psutil.Process]:
-        """rank -> the trainer process of that rank (torchrun's workers carry RANK)."""
+        """rank -> the trainer process of that rank (torchrun's workers carry RANK; a single process
+        is rank 0). A trainer is a python whose first ``-m`` is model.train (not mhw watch's or
+        torchrun's, whose command lines name it later)."""
         out = {}
         for p in self.processes():
             try:
-                env = p.environ()
+                env, cmd = p.environ(), p.cmdline()
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
-            if "RANK" in env and "model.train" in " ".join(p.cmdline()):
-                out[int(env["RANK"])] = p
+            if "-m" in cmd and cmd.index("-m") + 1 < len(cmd) and cmd[cmd.index("-m") + 1] == "model.train":
+                out[int(env.get("RANK", 0))] = p
         return out
 
     def progress(self) -> dict[int, dict]:
