@@ -13,6 +13,7 @@ def _lake(table: str) -> Asset:
 
 
 LAKE = {name: _lake(name) for name in TABLES}
-TRAINING_OUTPUTS = [LAKE["runs"], LAKE["train_steps"], LAKE["eval_results"], LAKE["system_samples"]]
+TRAINING_OUTPUTS = [LAKE["runs"], LAKE["train_steps"], LAKE["eval_results"], LAKE["system_samples"], LAKE["rank_steps"],
+                    LAKE["heartbeats"]]
 EVAL_OUTPUTS = [LAKE["runs"], LAKE["eval_results"], LAKE["latency_samples"]]
 CUBES = Asset(name="serving.cubes", uri="mhw://serving/cubes", group="serving")

@@ -4,7 +4,7 @@ import pytest
 
 from pipelines.airflow_local import DAGS
 
-DAG_IDS = ["build_cubes", "evaluate_models", "maintenance", "train_model"]
+DAG_IDS = ["build_cubes", "evaluate_models", "maintenance", "train_model", "watch_fleet"]
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,8 @@ def test_train_model_structure(dagbag):
     dag = dagbag.dags["train_model"]
     (train,) = dag.tasks
     assert train.task_id == "train" and train.pool == "gpu" and train.retries == 2
-    assert {a.name for a in train.outlets} == {"lake.runs", "lake.train_steps", "lake.eval_results", "lake.system_samples"}
+    assert {a.name for a in train.outlets} == {"lake.runs", "lake.train_steps", "lake.eval_results", "lake.system_samples",
+                                               "lake.rank_steps", "lake.heartbeats"}
     assert dag.schedule is None  # triggered with params, never on a timer
     assert set(dag.params) == {"config", "precision", "steps", "hardware", "nproc", "overrides"}
 
@@ -60,6 +61,12 @@ def test_build_cubes_runs_on_lake_assets(dagbag):
     consumed = {a.name for a in dag.timetable.asset_condition.objects}
     assert consumed == {"lake.train_steps", "lake.eval_results", "lake.latency_samples", "lake.system_samples"}
     assert {a.name for a in dag.get_task("build").outlets} == {"serving.cubes"}
+
+
+def test_watch_fleet_diagnoses_on_a_timer(dagbag):
+    dag = dagbag.dags["watch_fleet"]
+    assert _edges(dag) == {("diagnose", "notify")}
+    assert dag.schedule == "*/5 * * * *" and dag.max_active_runs == 1  # by the clock: hung and lost runs
 
 
 def test_maintenance_is_daily(dagbag):
