@@ -66,8 +66,9 @@ def simulate_fleet(lake_root: str, jobs: int = 40, hosts: int = 160, slow_hosts:
                           "hardware": HARDWARE})
         live = j >= jobs - live_jobs
         hung, lost = live and j == jobs - 1, live and j == jobs - 2
-        # a live job's last step: 2 minutes ago; a hung one's 30 minutes, a lost one's an hour ago
-        end = now - dt.timedelta(minutes=30 if hung else 60 if lost else 2 if live else int(rng.integers(60, 6 * 24 * 60)))
+        # a live job's last step: 10 seconds ago; a hung one's 30 minutes, a lost one's an hour ago
+        end = now - (dt.timedelta(minutes=30) if hung else dt.timedelta(minutes=60) if lost else
+                     dt.timedelta(seconds=10) if live else dt.timedelta(minutes=int(rng.integers(60, 6 * 24 * 60))))
         work = base * factor[None, :] * rng.lognormal(0, 0.03, (steps, world))
         spikes = rng.random((steps, world)) < 0.002  # rare single slow steps: not a straggler
         work[spikes] *= 3.0

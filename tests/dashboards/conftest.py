@@ -75,7 +75,7 @@ def build_serving(root: Path, rows: int, seed: int = 11) -> Path:
     """A lake and its serving file, made by the project's own simulate and build."""
     env = {**os.environ, "MHW_LAKE": str(root / "lake"), "MHW_SERVING": str(root / "serving.duckdb")}
     run_mhw("simulate", "--rows", str(rows), "--seed", str(seed), "--incident-rate", "0.3",
-            "--rank-jobs", "10", "--rank-steps", "60", env=env)
+            "--rank-jobs", "10", "--rank-steps", "100", env=env)
     # As the build_cubes DAG does: diagnose (the rules read the lake), then one build that serves the
     # cubes and the alerts (alert_list).
     run_mhw("diagnose", "--no-notify", "--quiet", env=env)

@@ -130,7 +130,8 @@ ORACLES = {
     "hung_lost_runs": ("select start_at, severity, rule, run_id, model, message, action from alert_list "
                        "where rule in ('run_hung', 'run_lost') order by start_at desc", "rows"),
     "live_processes": ("select no_step_s, run_id, rank, host, state, run_status, last_step, checkpoint_step, "
-                       "heartbeat_at from run_liveness where state <> 'ended' order by no_step_s desc", "rows"),
+                       "heartbeat_at from run_liveness where state <> 'ended' and (state <> 'running' or "
+                       "no_step_s > 300 or run_status in ('lost', 'hung')) order by no_step_s desc", "rows"),
 }
 
 
