@@ -177,9 +177,10 @@ def _wait_alone(job, step, args) -> float:
     deadline = time.time() + args.timeout
     while time.time() < deadline:
         try:
-            got = duckdb.sql(f"select max(last_step) from read_parquet('{job.lake}/heartbeats/**/*.parquet', "
-                             f"hive_partitioning = true) where run_id = '{job.run_id}'").fetchone()[0]
-        except Exception:
+            got = duckdb.connect().execute(
+                f"select max(last_step) from read_parquet('{job.lake}/heartbeats/**/*.parquet', "
+                f"hive_partitioning = true) where run_id = '{job.run_id}'").fetchall()[0][0]
+        except (duckdb.IOException, duckdb.InvalidInputException):  # no file yet, or one being replaced
             got = None
         if got is not None and got >= step:
             return time.time()
