@@ -1,6 +1,6 @@
 """The training job, end to end on tiny real models (CPU, fp32): it learns, it resumes exactly, it
 writes one row per step to the lake however often it was interrupted, it keeps NaN as data, and
-under DDP only rank 0 writes."""
+under DDP rank 0 writes the run's tables and every rank its own timing and heartbeats."""
 import json
 import math
 import os
@@ -190,7 +190,7 @@ def test_cli_train_with_dotted_overrides(tmp_path, lake_root):
 
 
 @pytest.mark.ddp
-def test_ddp_two_gloo_processes_write_from_rank_0_only(tmp_path, lake_root):
+def test_ddp_two_gloo_processes_rank_0_writes_the_run_and_every_rank_its_timing(tmp_path, lake_root):
     marker = f"mhw-ddp-test-{os.getpid()}-{tmp_path.name}"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "MHW_TEST_MARKER": marker}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "model.train",
@@ -223,6 +223,13 @@ def test_ddp_two_gloo_processes_write_from_rank_0_only(tmp_path, lake_root):
         pytest.approx(8)
     ck = checkpoint.load(tmp_path / "out")
     assert ck["step"] == 6 and len(ck["rng"]) == 2  # each rank's RNG state, for an exact DDP resume
+    # every rank writes its own timing: step split into its own work and its wait on the all-reduce
+    per_rank = con.execute("""select rank, count(*), count(comm_wait_ms), min(world_size), min(local_rank),
+                                     bool_and(abs(step_time_ms - data_time_ms - compute_ms - comm_wait_ms) < 1e-6),
+                                     any_value(host) from rank_steps group by rank order by rank""").fetchall()
+    assert [r[:6] for r in per_rank] == [(0, 6, 6, 2, 0, True), (1, 6, 6, 2, 1, True)]
+    assert con.execute("select rank, state, last_step, checkpoint_step from heartbeats order by rank").fetchall() == \
+        [(0, "ended", 5, 6), (1, "ended", 5, 6)]
 
 
 def test_sampler_is_a_function_of_the_step_and_ranks_are_disjoint():
