@@ -205,9 +205,12 @@ def test_a_cpu_limited_rank_is_the_straggler_then_its_sigkill_is_run_lost(tmp_pa
         rank1 = job.ranks()[1]
         limit.add(rank1.pid)  # from step 10 on, rank 1 computes at a tenth of a core
         job.wait_step(90, timeout=240)
-        limit.release(rank1.pid)
         time.sleep(fj.FLUSH_S + 1.5)  # the rows of step 90 flushed
+        # judged while the fault lasts: released first, the rank's fast steps after it (~25 ms each on
+        # an idle machine, 100+ in these seconds) outnumber its slow windows, and a recovered rank is
+        # no longer persistently slow (min_share)
         slow = diagnose(lake, notify_alerts=False, config_path=rules_overlay(tmp_path))
+        limit.release(rank1.pid)
         (a,) = [a for a in slow.alerts if a["rule"] == "straggler"]
         assert (a["rank"], a["host"]) == (1, fj.liveness.host_name()) and a["observed"] > 1.2 * a["expected"]
         assert "the job waits" in a["baseline"]
