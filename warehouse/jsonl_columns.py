@@ -1,27 +1,32 @@
-"""JSON lines validated in columns: a big log read in blocks, parsed by pyarrow's JSON reader against
-each table's schema and checked with Arrow kernels; every line the columns cannot vouch for takes the
-row path.
+"""JSON lines validated in columns: a big log read in blocks, each line's structure vouched for by its
+shape (warehouse/jsonl_shapes.py), its values parsed by DuckDB's JSON reader and checked with Arrow
+kernels; every line the columns cannot vouch for takes the row path.
 
 Why: the row path (``json.loads``, then ``warehouse.ingest.validate`` one value at a time) reads
-7-30 k rows/s and holds every row as Python objects; a trainer's log has millions of lines.
+7-30 k rows/s and holds every row as Python objects; a trainer's log has millions of lines. DuckDB
+parses JSON on every core, but it reads leniently: an unknown field is skipped, a repeated one takes
+its first value, ``"3"`` is read as the number 3 and ``true`` as 1, ``-NaN``, ``Inf`` and a trailing
+comma pass. Shapes close that gap: lines of one shape differ only in digits and signs, so json.loads
+of one line of a shape (its representative) says which keys every line of it has and what JSON kind
+each value is, and DuckDB's typed parse of each line is then exact (see warehouse/jsonl_shapes.py for
+why; a log has a few shapes per block, so the Python read costs little).
 
 How it stays exact. The columns only ever *accept* a line. A line goes to the row path (the
-``row_path`` callback: ``warehouse.importers.jsonl.record`` then ingest's checks), which decides and words
-every reject, when anything about it is unusual: not a plain ``{...}`` line (blank, BOM, over
-LINE_BYTES, a lone ``\\r`` in its block: line numbers as read_lines counts them), its ``table`` not
-plainly named, a parse error in its unit (pyarrow's reader is strict: an unknown or repeated field,
-a string where a number goes, ``3.0`` for an integer, bad UTF-8 all fail), any check it fails
-(required, length in characters, slug), a value the two paths might read differently (a non-finite
-number not written as ``NaN``/``Infinity``/``-Infinity``, a timestamp outside the plain ISO form or
-the epoch range, a null in a column a flag fills). So the rows kept and the rejects (line, field,
+``row_path`` callback: ``warehouse.importers.jsonl.record`` then ingest's checks), which decides and
+words every reject, when anything about it is unusual: not a plain ``{...}`` line (blank, BOM, over
+LINE_BYTES, not UTF-8, a lone ``\\r`` in its block: line numbers as read_lines counts them), a shape
+json.loads does not vouch for (not JSON, unknown or repeated field, a kind the columns do not convert
+exactly), a line DuckDB fails to parse, a value its shape says is there and DuckDB did not find (a
+key that differs from the representative's in digits), a table name other than its shape's, any
+check it fails (required, length in characters, slug, integer range, an integral ``3.0``), or a value
+the two readers might read differently (``-NaN``, an integer literal beyond float range, a timestamp
+outside the plain ISO form or the epoch range). So the rows kept and the rejects (line, field,
 reason, raw) are the row path's, line for line (tests/warehouse/test_ingest_columns.py).
 
-Memory: one block (BLOCK_BYTES) and its rows at a time.
+Memory: two blocks (BLOCK_BYTES) and their rows at a time.
 """
 from __future__ import annotations
 
-import json
-import re
 import os
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -30,26 +35,19 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.json as pj
 
-from warehouse.importers import block_lines, read_blocks
-from warehouse.schemas import LINE_BYTES, RAW_HEAD, TABLES, TS, Table
+from warehouse.importers import block_lines, line_breaks, read_blocks
+from warehouse.jsonl_shapes import SHAPE_CUT, Shape
+from warehouse.schemas import INT32, LINE_BYTES, RAW_HEAD, STRING, TABLES, TIMESTAMP, TS, Table
 
-UNIT_BYTES = 1 << 21  # one read_json call: a line it cannot parse costs re-reading about this much
-LEAF_LINES = 8  # a failing range this small takes the row path whole
-FAILURES_PER_UNIT = 16  # parse errors in one unit before the rest of it takes the row path
-MAX_NAMES = 16  # distinct `table` values looked for in one block (more: the row path sorts them out)
+BATCH_ROWS = 4096  # lines per Arrow batch handed to DuckDB: its threads take a batch each
+ROW_PATH_LINES = 4096  # a file of fewer lines takes the row path whole: starting DuckDB costs more
 BOM = b"\xef\xbb\xbf"
-_DATE = r"(?:[1-8]\d{3}|9[0-8]\d\d|99[0-8]\d)-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])"  # years 1000-9989
-_TIME = r"(?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d(?:\.\d{1,6})?"
-ISO_ZONED = rf"^{_DATE}[T ]{_TIME}(?:Z|[+-](?:[01]\d|2[0-3]):[0-5]\d)$"  # the plain forms both paths read alike
-ISO_NAIVE = rf"^{_DATE}[T ]{_TIME}$"  # no offset: UTC
 SLUG_RE2 = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$"  # warehouse.writer.SLUG; RE2's $ is the very end
-# Non-finite numbers pyarrow reads that Python's json reads otherwise or not at all: -NaN, Inf, -Inf,
-# and integer literals beyond float range (the row path: "out of range").
-ODD_NONFINITE = re.compile(rb"-NaN|Inf(?!inity)|\d{309}")
 EPOCH_MIN, EPOCH_MAX = -62_135_596_800 + 86_400, 1e11  # epoch seconds the row path reads as a time
 US = 1_000_000
+INT32_MIN, INT32_MAX = -(1 << 31), 1 << 31
+INT64_MIN, INT64_MAX = -(2.0 ** 63), 2.0 ** 63
 
 
 @dataclass
@@ -68,21 +66,28 @@ def input_schema(table: Table) -> pa.Schema:
 
 class Reader:
     """Reads one JSON-lines file block by block (``blocks``). ``default`` is the table of lines that
-    name none (``--table``); ``fill`` maps table -> {column: (ok, typed value)} for the run-metadata
+    name none (``--table``); ``fill`` maps table -> {column: (fits, typed value)} for the run-metadata
     flags (a value that failed its check is (False, None): rows that need it take the row path);
     ``row_path(lineno, line, size)`` returns None (a blank line), ``(table, row)`` or a reject."""
 
     def __init__(self, default: str | None, fill: dict[str, dict[str, tuple[bool, object]]], row_path):
         self.default = default if default in TABLES else None
         self.fill, self.row_path = fill, row_path
-        self.loadable = tuple(fill)
+        self._con = self._cursor = None
 
     def blocks(self, f):
-        """The file's blocks in order. A block's units are parsed on a thread pool (the reader lets
-        go of the GIL) while the block before it is checked."""
+        """The file's blocks in order. DuckDB parses a block (on every core, out of the GIL) while the
+        next one is split into lines and shapes."""
+        chunks = read_blocks(f)
+        first, second = next(chunks, None), next(chunks, None)
+        if first is None:
+            return
+        if second is None and first[2] is None and line_breaks(first[1]) < ROW_PATH_LINES:
+            yield self._slow(block_lines(first[0], first[1]))  # a small file
+            return
         ahead: deque = deque()
-        with ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="mhw-jsonl") as pool:
-            for lineno, data, size in read_blocks(f):
+        with ThreadPoolExecutor(1, thread_name_prefix="mhw-jsonl") as pool:
+            for lineno, data, size in _chain(first, second, chunks):
                 if size is not None:  # one line over the bound, read through: the row path rejects it
                     ahead.append(self._slow([(lineno, data, size)]))
                 elif b"\r" in data and data.count(b"\r") != data.count(b"\r\n"):  # a lone \r breaks lines too
@@ -93,6 +98,8 @@ class Reader:
                     yield self._finish(ahead.popleft())
             while ahead:
                 yield self._finish(ahead.popleft())
+        if self._con is not None:
+            self._con.close()
 
     # --- the row path --------------------------------------------------------------------------
 
@@ -104,8 +111,221 @@ class Reader:
 
     # --- one block of plain lines ----------------------------------------------------------------
 
-    def _start(self, lineno: int, data: bytes, pool) -> "_Started | Block":
-        """Split a block into lines, route them to tables and start parsing its units."""
+    def _start(self, lineno: int, data: bytes, pool) -> "_Started":
+        """Split a block into lines and shapes, and start DuckDB's parse of the lines shapes vouch for:
+        one parse per group of shapes of one table that agree on their columns' types."""
+        lines = _Lines.of(data, lineno)
+        plain = np.flatnonzero(lines.plain())
+        code = _shapes(data, lines.n)
+        found, first = np.unique(code[plain], return_index=True)  # each shape's first plain line
+        shapes = {int(k): Shape.of(lines.line(int(i)), self.default, self.fill) for k, i in zip(found, plain[first])}
+        groups: list[_Group] = []
+        for k, s in shapes.items():
+            if s is not None:
+                g = next((g for g in groups if g.takes(s)), None)
+                if g is None:
+                    groups.append(g := _Group(TABLES[s.table]))
+                g.add(k, s)
+        group_of = np.full(int(code.max(initial=0)) + 1, -1, np.int32)
+        for n, g in enumerate(groups):
+            group_of[g.codes] = n
+        line_group = np.full(lines.n, -1, np.int32)
+        line_group[plain] = group_of[code[plain]]
+        jobs = []
+        for n, g in enumerate(groups):
+            idx = np.flatnonzero(line_group == n)
+            g.sid = np.searchsorted(g.codes, code[idx]).astype(np.int32)  # codes are added ascending
+            jobs.append((g, idx, pool.submit(self._typed, lines.batches(idx, BATCH_ROWS), g.sql())))
+        return _Started(lines, np.flatnonzero(line_group < 0), jobs)
+
+    def _finish(self, job: "_Started | Block") -> Block:
+        """Check a started block's parsed groups; the row path for the rest."""
+        if isinstance(job, Block):
+            return job
+        lines, out, slow = job.lines, _Collect(), [job.odd]
+        for g, idx, parsed in job.jobs:
+            ok, rows = g.check(parsed.result(), lines, idx, self.fill.get(g.table.name, {}))
+            out.fast(g.table.name, lines.lineno + idx[ok], rows)
+            slow.append(idx[~ok])
+        for i in np.sort(np.concatenate(slow)).tolist():
+            out.row_path(lines.lineno + i, self.row_path(lines.lineno + i, *lines.raw(i)))
+        return out.block()
+
+    def _typed(self, batches: list[pa.RecordBatch], sql: str) -> pa.Table:
+        """DuckDB's typed parse of the lines in ``batches`` (the pool's one thread runs it: one cursor)."""
+        if self._cursor is None:
+            import duckdb  # here, not at the top: a small file never starts it
+
+            self._con = duckdb.connect(config={"threads": os.cpu_count() or 1})
+            self._cursor = self._con.cursor()
+        self._cursor.register("lines", pa.Table.from_batches(batches, pa.schema([("line", pa.string())])))
+        try:
+            return self._cursor.sql(sql).to_arrow_table()
+        finally:
+            self._cursor.unregister("lines")
+
+
+class _Group:
+    """Shapes of one table whose columns agree on their DuckDB types: one parse for their lines."""
+
+    def __init__(self, table: Table):
+        self.table, self.types, self.named = table, {}, False
+        self.codes: list[int] = []
+        self.shapes: list[Shape] = []
+        self.nulls = False
+        self.sid = np.zeros(0, np.int32)  # per line of the group: its shape's place in ``shapes``
+
+    def takes(self, s: Shape) -> bool:
+        return s.table == self.table.name and all(self.types.get(c, t) == t for c, t in s.types().items())
+
+    def add(self, code: int, s: Shape) -> None:
+        self.codes.append(code)
+        self.shapes.append(s)
+        self.types.update(s.types())
+        self.named |= s.named
+        self.nulls |= s.nulls
+
+    def sql(self) -> str:
+        """The query: whether DuckDB parsed each line, the columns as typed, and the keys when a shape
+        has a null (a null reads like a missing key: the keys are compared whole)."""
+        types = {**({"table": "VARCHAR"} if self.named else {}), **self.types}
+        struct = "{" + ", ".join(f'"{c}": "{t}"' for c, t in types.items()) + "}"
+        keys = ', try(json_keys(line)) as "__keys"' if self.nulls else ""
+        return (f'select s is not null as "__ok", unnest(s){keys} '
+                f"from (select line, try(json_transform(line, '{struct}')) as s from lines)")
+
+    def per_line(self, values) -> np.ndarray:
+        """``values`` (one per shape) for each line of the group."""
+        return np.asarray(values)[self.sid]
+
+    def check(self, parsed: pa.Table, lines: "_Lines", idx: np.ndarray, fill: dict):
+        """Which lines the columns vouch for, and their rows in ingest's input schema."""
+        table, n = self.table, len(idx)
+        ok = parsed.column("__ok").to_numpy(zero_copy_only=False).copy()
+        has = [{c for c, k in s.kinds if k != "null"} for s in self.shapes]  # columns with a value
+        if self.named:  # the table field is there and names the shape's table (not one with a digit more)
+            want = pa.array([s.table if s.named else None for s in self.shapes]).take(pa.array(self.sid))
+            same = pc.fill_null(pc.equal(_one(parsed.column("table")), want), False).to_numpy(zero_copy_only=False)
+            ok &= same | ~self.per_line([s.named for s in self.shapes])
+        if self.nulls:
+            ok &= _keys_match(_one(parsed.column("__keys")), self.sid, [s.keys if s.nulls else None for s in self.shapes])
+        cols: dict[str, pa.Array] = {}
+        for name, duck in self.types.items():
+            col = _one(parsed.column(name))
+            valid = col.is_valid().to_numpy(zero_copy_only=False)
+            ok &= valid | ~self.per_line([name in h for h in has])  # a key its shape has, not found
+            ctype = table.column(name).type
+            if ctype == STRING:
+                ok &= _strings_fit(table, name, col)
+                if name in table.required:
+                    ok &= pc.fill_null(pc.not_equal(col, ""), True).to_numpy(zero_copy_only=False)
+            elif ctype == TIMESTAMP:
+                col, good = _timestamps(col)
+                ok &= good
+            elif duck == "DOUBLE" and pa.types.is_integer(table.schema.field(name).type):  # 3.0 for 3
+                v = col.to_numpy(zero_copy_only=False)
+                lo, hi = (INT32_MIN, INT32_MAX) if ctype == INT32 else (INT64_MIN, INT64_MAX)
+                whole = valid & np.isfinite(v) & (np.floor(v) == v) & (v >= lo) & (v < hi)
+                ok &= whole | ~valid
+                col = pa.array(np.where(whole, v, 0).astype(np.int64), mask=~whole)
+            elif ctype == INT32:
+                v = col.to_numpy(zero_copy_only=False).astype(np.float64)  # nulls as NaN
+                ok &= ~valid | ((v >= INT32_MIN) & (v < INT32_MAX))
+            elif duck == "DOUBLE":  # a number column: non-finite values as the shape writes them
+                odd = np.flatnonzero(valid & ~np.isfinite(col.to_numpy(zero_copy_only=False)))
+                if len(odd):
+                    kind = self.per_line([dict(s.kinds).get(name) for s in self.shapes])[odd]
+                    ok[odd[kind == "int"]] = False  # an integer literal beyond float range: Python's OverflowError
+                    for i in odd[kind == "const"].tolist():  # NaN or Infinity: -NaN is not JSON to Python
+                        if b"-NaN" in lines.line(int(idx[i])):
+                            ok[i] = False
+            cols[name] = col
+        for name, (fits, value) in fill.items():
+            absent = self.per_line([name not in {c for c, _ in s.kinds} for s in self.shapes])
+            if not absent.any():
+                continue
+            ftype = table.schema.field(name).type
+            full = pa.nulls(n, ftype).fill_null(pa.scalar(value, ftype))
+            if absent.all():
+                cols[name] = full
+            else:
+                base = cols[name].cast(ftype) if name in cols else pa.nulls(n, ftype)
+                cols[name] = pc.if_else(pa.array(absent), full, base)
+        schema = input_schema(table)
+        keep = None if ok.all() else pa.array(ok)
+        arrays = [(cols[f.name].cast(f.type) if keep is None else cols[f.name].filter(keep).cast(f.type))
+                  if f.name in cols else pa.nulls(int(ok.sum()), f.type) for f in schema]
+        return ok, pa.Table.from_arrays(arrays, schema=schema)
+
+
+# --- helpers ---------------------------------------------------------------------------------------
+
+def _chain(first, second, rest):
+    yield first
+    if second is not None:
+        yield second
+        yield from rest
+
+
+def _one(col) -> pa.Array:
+    return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+
+
+def _shapes(data: bytes, n: int) -> np.ndarray:
+    """Each line's shape, as a code: lines of one shape share it."""
+    sig = data.translate(None, SHAPE_CUT)
+    sb = np.frombuffer(sig, np.uint8)
+    offsets = np.empty(n + 1, np.int32)
+    offsets[0] = 0
+    nl = np.flatnonzero(sb == 10)[:n] + 1
+    offsets[1:len(nl) + 1] = nl
+    offsets[len(nl) + 1:] = len(sig)  # the last line, no line break after it
+    shapes = pa.Array.from_buffers(pa.binary(), n, [None, pa.py_buffer(offsets), pa.py_buffer(sig)])
+    enc = pc.dictionary_encode(shapes)
+    return enc.indices.to_numpy(zero_copy_only=False).astype(np.int32)
+
+
+def _keys_match(keys: pa.Array, sid: np.ndarray, expected: list) -> np.ndarray:
+    """Lines whose shape has a null (``expected``: its keys, else None) and whose keys, as DuckDB
+    reads them, are not those keys, whole and in order: False; every other line True."""
+    out = np.ones(len(sid), bool)
+    offsets = keys.offsets.to_numpy(zero_copy_only=False)
+    flat = keys.values
+    valid = keys.is_valid().to_numpy(zero_copy_only=False)
+    for s, want in enumerate(expected):
+        if want is None:
+            continue
+        rows = np.flatnonzero(sid == s)
+        good = valid[rows] & (offsets[rows + 1] - offsets[rows] == len(want))
+        at = rows[good]
+        if len(at):
+            got = flat.take(pa.array((offsets[at][:, None] + np.arange(len(want))).ravel()))
+            same = pc.equal(got, pa.array(list(want) * len(at))).to_numpy(zero_copy_only=False)
+            good[good] = same.reshape(len(at), len(want)).all(axis=1)
+        out[rows] = good
+    return out
+
+
+@dataclass
+class _Started:
+    """A block whose groups are being parsed: its lines, the lines for the row path, and per group
+    (the group, its line indices, the parse's future)."""
+
+    lines: "_Lines"
+    odd: np.ndarray
+    jobs: list
+
+
+class _Lines:
+    """The lines of one block: offsets into its bytes (without their line breaks), numbered from
+    ``lineno``."""
+
+    def __init__(self, data: bytes, buf: np.ndarray, starts: np.ndarray, ends: np.ndarray, lineno: int):
+        self.data, self.buf, self.starts, self.ends, self.lineno = data, buf, starts, ends, lineno
+        self.n = len(starts)
+
+    @classmethod
+    def of(cls, data: bytes, lineno: int) -> "_Lines":
         buf = np.frombuffer(data, np.uint8)
         nl = np.flatnonzero(buf == 10)
         starts = np.concatenate([[0], nl + 1])
@@ -116,199 +336,26 @@ class Reader:
             cr = np.zeros(len(ends), bool)
             cr[ends > starts] = buf[ends[ends > starts] - 1] == 13
             ends = ends - cr
-        length = ends - starts
-        n = len(starts)
+        return cls(data, buf, starts, ends, lineno)
+
+    def plain(self) -> np.ndarray:
+        """Lines the columns may read: ``{...}``, within LINE_BYTES, UTF-8, no BOM."""
+        length = self.ends - self.starts
         plain = length > 0
         nz = np.flatnonzero(plain)
-        plain[nz] = (buf[starts[nz]] == 123) & (buf[ends[nz] - 1] == 125) & (length[nz] <= LINE_BYTES)  # { ... }
-        if lineno == 1 and data.startswith(BOM):
+        plain[nz] = (self.buf[self.starts[nz]] == 123) & (self.buf[self.ends[nz] - 1] == 125) & (length[nz] <= LINE_BYTES)
+        if self.lineno == 1 and self.data.startswith(BOM):
             plain[0] = False
-        lines = _Lines(data, buf, starts, ends, lineno)
-        table_of, named = self._route(lines, plain)
-        units = []
-        for t in self.loadable:
-            idx = np.flatnonzero(table_of == self.loadable.index(t))
-            if not len(idx):
-                continue
-            size = np.cumsum(lines.ends[idx] - lines.starts[idx] + 1)
-            cuts = np.unique(np.searchsorted(size, np.arange(UNIT_BYTES, int(size[-1]), UNIT_BYTES)))
-            for a, b in zip(np.concatenate([[0], cuts]), np.concatenate([cuts, [len(idx)]])):
-                if b > a:
-                    table, unit = TABLES[t], idx[a:b]
-                    first = _object(lines.line(int(unit[0])))
-                    cols = [c for c in table.schema.names if c in first and c != "date"]
-                    kind = "epoch" if any(isinstance(first.get(c), (int, float)) and not isinstance(first.get(c), bool)
-                                          for c in _ts_columns(table)) else "iso"
-                    schema = _schema(table, cols, kind)  # the columns the unit's first line has: fewer parse faster
-                    units.append((table, unit, named[a:b], kind, pool.submit(_parse, lines.buffer(unit), schema, b - a)))
-        return _Started(lines, np.flatnonzero(table_of < 0), units)
-
-    def _finish(self, job: "_Started | Block") -> Block:
-        """Check a started block's parsed units; the row path for the rest."""
-        if isinstance(job, Block):
-            return job
-        lines, out, slow = job.lines, _Collect(), job.odd.tolist()  # odd lines, unnamed tables
-        for table, idx, named, kind, parsed in job.units:
-            for pos, piece in self._parsed(table, lines, idx, kind, parsed, slow):
-                ok, rows = self._check(table, lines, idx[pos], named[pos], piece)
-                out.fast(table.name, lines.lineno + idx[pos][ok], rows)
-                slow += idx[pos][~ok].tolist()
-        for i in slow:
-            out.row_path(lines.lineno + i, self.row_path(lines.lineno + i, *lines.raw(i)))
-        return out.block()
-
-    def _route(self, lines: "_Lines", plain: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Each plain line's table (index into loadable; -1: the row path) and whether the line names
-        it: ``{"table": "<name>"`` at its start (as json.dumps writes it, with or without the space).
-        A line that mentions "table" any other way takes the row path; a line that does not mention it
-        gets the default table."""
-        n = len(plain)
-        table_of = np.full(n, -1, np.int16)
-        named = np.zeros(n, bool)
-        data = lines.data
-        if b'"table"' in data:
-            for head in (b'{"table": "', b'{"table":"'):
-                left = lines.starting(head, plain & ~named)
-                for _ in range(MAX_NAMES):
-                    if not len(left):
-                        break
-                    s = int(lines.starts[left[0]]) + len(head)
-                    end = data.find(b'"', s, s + 64)
-                    name = data[s:end] if end > 0 else b"\\"
-                    mask = np.zeros(n, bool)
-                    mask[left] = True
-                    hits = lines.starting(head + name + b'"', mask) if b"\\" not in name else left[:0]
-                    t = name.decode("ascii", "replace")
-                    if t in self.loadable and len(hits):
-                        table_of[hits], named[hits] = self.loadable.index(t), True
-                    else:  # not a table, or not plainly written: the row path says which
-                        hits = hits if len(hits) else left[:1]
-                        plain[hits] = False
-                    left = np.setdiff1d(left, hits, assume_unique=True)
-                plain[left] = False  # more names than looked for
-            others = np.flatnonzero(plain & ~named)
-            if len(others) and data.count(b'"table"') > int(named.sum()):
-                for i in others:  # another line mentions "table": only the row path reads it right
-                    if b'"table"' in lines.line(int(i)):
-                        plain[i] = False
-        rest = plain & ~named
-        if self.default in self.loadable:
-            table_of[rest] = self.loadable.index(self.default)
-        return table_of, named
-
-    # --- one unit of one table's lines ---------------------------------------------------------------
-
-    def _parsed(self, table: Table, lines: "_Lines", idx: np.ndarray, kind: str, parsed, slow: list[int]):
-        """(positions in ``idx``, parsed table) for the lines of one unit that parse; the others are
-        added to ``slow``. After a parse error the unit is read again with every column (the error
-        may be a column its first line lacks) or the other timestamp kind, then localized: the
-        reader names the row it failed in, or the range is halved."""
         try:
-            return [(np.arange(len(idx)), parsed.result())]
-        except (pa.ArrowInvalid, UnicodeDecodeError) as e:
-            msg = str(e)
-        full = _schema(table, [c for c in table.schema.names if c != "date"], kind)
-        if "unexpected field" in msg:
-            schema = full
-        elif any(f"Column(/{c})" in msg for c in _ts_columns(table)):  # an epoch where ISO was guessed, or so
-            schema = _schema(table, full.names[1:], "epoch" if kind == "iso" else "iso")
-        else:
-            schema = full
-        got, ranges, failures = [], [(0, len(idx))], 0
-        while ranges:
-            a, b = ranges.pop()
-            if b <= a:
-                continue
-            if b - a <= LEAF_LINES or failures >= FAILURES_PER_UNIT:
-                slow += idx[a:b].tolist()
-                continue
-            try:
-                got.append((np.arange(a, b), _parse(lines.buffer(idx[a:b]), schema, b - a)))
-            except (pa.ArrowInvalid, UnicodeDecodeError) as e:
-                failures += 1
-                m = re.search(r" in row (\d+)$", str(e))
-                h = int(m.group(1)) if m else -1
-                if 0 <= h < b - a:  # the reader's own pointer: parse around that line
-                    slow.append(int(idx[a + h]))
-                    ranges += [(a + h + 1, b), (a, a + h)]
-                else:
-                    mid = (a + b) // 2
-                    ranges += [(mid, b), (a, mid)]
-        got.sort(key=lambda g: g[0][0])
-        return got
-
-    def _check(self, table: Table, lines: "_Lines", idx: np.ndarray, named: np.ndarray,
-               piece: pa.Table) -> tuple[np.ndarray, pa.Table]:
-        """Which parsed rows the columns vouch for, and those rows in ingest's input schema."""
-        n = piece.num_rows
-        ok = np.ones(n, bool)
-        cols: dict[str, pa.Array] = {}
-        for name in piece.column_names:
-            col = piece.column(name).combine_chunks() if piece.column(name).num_chunks != 1 else piece.column(name).chunk(0)
-            if name == "table":  # a named line says this table; a default one says none
-                same = pc.fill_null(pc.equal(col, table.name), False).to_numpy(zero_copy_only=False)
-                ok &= np.where(named, same, col.is_null().to_numpy(zero_copy_only=False))
-                continue
-            want = table.schema.field(name).type
-            if want == TS:
-                col, good = _timestamps(col)
-                ok &= good
-            elif pa.types.is_floating(want):
-                odd = np.flatnonzero(~pc.fill_null(pc.is_finite(col), True).to_numpy(zero_copy_only=False))
-                for i in odd:  # NaN and inf as Python's json reads them are data; other spellings are not
-                    if ODD_NONFINITE.search(lines.line(int(idx[i]))):
-                        ok[i] = False
-            cols[name] = col
-        for name, (good, value) in self.fill.get(table.name, {}).items():
-            col = cols.get(name)
-            missing = np.ones(n, bool) if col is None else col.is_null().to_numpy(zero_copy_only=False)
-            if not missing.any():
-                continue
-            if col is not None and f'"{name}"'.encode() in lines.data:  # null given, or left out?
-                for i in np.flatnonzero(missing):
-                    if f'"{name}"'.encode() in lines.line(int(idx[i])):
-                        ok[i] = False  # "name": null overrides the flag: the row path handles it
-            if not good:
-                ok &= ~missing
-                continue
-            scalar = pa.scalar(value, table.schema.field(name).type)
-            cols[name] = (pa.nulls(n, scalar.type) if col is None else col).fill_null(scalar)
-        for name in table.required:
-            col = cols.get(name)
-            if col is None:
-                ok[:] = False
-                break
-            valid = col.is_valid()
-            if pa.types.is_string(col.type):
-                valid = pc.and_(valid, pc.fill_null(pc.not_equal(col, ""), False))
-            ok &= valid.to_numpy(zero_copy_only=False)
-        for name, col in cols.items():
-            if pa.types.is_string(col.type):
-                ok &= _strings_fit(table, name, col)
-        names = input_schema(table)
-        keep = None if ok.all() else pa.array(ok)
-        arrays = [(cols[f.name] if keep is None else cols[f.name].filter(keep)) if f.name in cols
-                  else pa.nulls(int(ok.sum()), f.type) for f in names]
-        return ok, pa.Table.from_arrays(arrays, schema=names)
-
-
-# --- helpers ---------------------------------------------------------------------------------------
-
-@dataclass
-class _Started:
-    """A block whose units are being parsed: its lines, the lines for the row path, and per unit
-    (table, line indices, named flags, timestamp kind, the parse's future)."""
-
-    lines: "_Lines"
-    odd: np.ndarray
-    units: list
-
-
-class _Lines:
-    """The lines of one block: offsets into its bytes, numbered from ``lineno``."""
-
-    def __init__(self, data: bytes, buf: np.ndarray, starts: np.ndarray, ends: np.ndarray, lineno: int):
-        self.data, self.buf, self.starts, self.ends, self.lineno = data, buf, starts, ends, lineno
+            self.data.decode("utf-8")
+        except UnicodeDecodeError:  # find the lines that are not (rare): each non-ASCII line alone
+            high = np.unique(np.searchsorted(self.starts, np.flatnonzero(self.buf >= 128), "right") - 1)
+            for i in high.tolist():
+                try:
+                    self.line(i).decode("utf-8")
+                except UnicodeDecodeError:
+                    plain[i] = False
+        return plain
 
     def line(self, i: int) -> bytes:
         return self.data[self.starts[i]:self.ends[i]]
@@ -318,21 +365,17 @@ class _Lines:
         line = self.line(i)
         return (line, None) if len(line) <= LINE_BYTES else (line[:RAW_HEAD], len(line))
 
-    def starting(self, head: bytes, mask: np.ndarray) -> np.ndarray:
-        """Indices of the lines in ``mask`` that start with ``head``."""
-        idx = np.flatnonzero(mask & (self.ends - self.starts >= len(head)))
-        if not len(idx):
-            return idx
-        got = self.buf[self.starts[idx][:, None] + np.arange(len(head))]
-        return idx[(got == np.frombuffer(head, np.uint8)).all(axis=1)]
-
-    def buffer(self, idx: np.ndarray) -> bytes:
-        """The lines ``idx`` (ascending) as one buffer, one line each: runs of neighbours as one slice."""
-        breaks = np.flatnonzero(np.diff(idx) != 1)
-        firsts = np.concatenate([[0], breaks + 1])
-        lasts = np.concatenate([breaks, [len(idx) - 1]])
-        parts = [self.data[self.starts[idx[a]]:self.ends[idx[b]]] for a, b in zip(firsts, lasts)]
-        return parts[0] if len(parts) == 1 else b"\n".join(parts)
+    def batches(self, idx: np.ndarray, rows: int) -> list[pa.RecordBatch]:
+        """The lines ``idx`` (ascending) as record batches of a ``line`` string column, at most ``rows``
+        each; each line keeps its line break (JSON whitespace). No copy: slices of the block."""
+        offsets = np.append(self.starts, len(self.data)).astype(np.int32)
+        whole = pa.Array.from_buffers(pa.string(), self.n, [None, pa.py_buffer(offsets), pa.py_buffer(self.data)])
+        breaks = np.flatnonzero(np.diff(idx) != 1) + 1
+        out = []
+        for run in np.split(idx, breaks):  # runs of neighbouring lines
+            for a in range(int(run[0]), int(run[-1]) + 1, rows):
+                out.append(pa.record_batch([whole.slice(a, min(rows, int(run[-1]) + 1 - a))], names=["line"]))
+        return out
 
 
 class _Collect:
@@ -372,35 +415,6 @@ class _Collect:
                 data, at = data.take(order), at[order]
             out.rows[name], out.lines[name] = data, at
         return out
-
-
-def _object(line: bytes) -> dict:
-    """A unit's first line as Python reads it: which columns (and timestamp kinds) to parse as."""
-    try:
-        obj = json.loads(line)
-    except ValueError:
-        return {}
-    return obj if isinstance(obj, dict) else {}
-
-
-def _ts_columns(table: Table) -> list[str]:
-    return [f.name for f in table.schema if f.type == TS]
-
-
-def _schema(table: Table, cols: list[str], kind: str) -> pa.Schema:
-    """What the reader reads a unit as: the ``table`` field and ``cols``, timestamps as ISO strings
-    or as epoch numbers (converted after, as the row path converts them)."""
-    ts = pa.string() if kind == "iso" else pa.float64()
-    return pa.schema([pa.field("table", pa.string())] +
-                     [pa.field(c, ts if table.schema.field(c).type == TS else table.schema.field(c).type) for c in cols])
-
-
-def _parse(buf: bytes, schema: pa.Schema, n: int) -> pa.Table:
-    t = pj.read_json(pa.BufferReader(buf), read_options=pj.ReadOptions(block_size=len(buf) + 1, use_threads=False),
-                     parse_options=pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="error"))
-    if t.num_rows != n:  # two objects on one line, say: no longer one row per line
-        raise pa.ArrowInvalid(f"{t.num_rows} rows from {n} lines")
-    return t
 
 
 def _timestamps(col: pa.Array) -> tuple[pa.Array, np.ndarray]:

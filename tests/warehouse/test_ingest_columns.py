@@ -40,12 +40,13 @@ def _nan(v):
     return "NaN" if isinstance(v, float) and v != v else v  # NaN == NaN, for comparing lakes
 
 
-def ingest_both(tmp_path, monkeypatch, text: bytes | str, *flags: str, block: int = 4096, unit: int = 1024):
+def ingest_both(tmp_path, monkeypatch, text: bytes | str, *flags: str, block: int = 4096, batch: int = 16):
     """(column-path lake rows, row-path lake rows, column exit code, row exit code) of one file."""
     path = tmp_path / "log.jsonl"
     path.write_bytes(text.encode() if isinstance(text, str) else text)
     monkeypatch.setattr(jsonl_columns, "read_blocks", functools.partial(jsonl_columns.read_blocks, size=block))
-    monkeypatch.setattr(jsonl_columns, "UNIT_BYTES", unit)
+    monkeypatch.setattr(jsonl_columns, "BATCH_ROWS", batch)  # DuckDB reads many batches
+    monkeypatch.setattr(jsonl_columns, "ROW_PATH_LINES", 0)  # a small file takes the columns too
     init, seen = jsonl_columns.Reader.__init__, []
 
     def counting(self, default, fill, row_path):  # how many lines the column path handed to the row path
@@ -142,7 +143,7 @@ def test_odd_lines_give_the_row_paths_lake_and_quarantine(tmp_path, monkeypatch)
 def test_lines_over_the_bound_and_blocks_that_end_mid_line(tmp_path, monkeypatch):
     big = step(1, dataset="x" * (jsonl_columns.LINE_BYTES + 10))
     text = "\n".join([step(0), big, step(2), big + "\r", step(3), "x" * 9000, step(4)]) + "\r\n"
-    cols, rows = ingest_both(tmp_path, monkeypatch, text, block=1000, unit=300)
+    cols, rows = ingest_both(tmp_path, monkeypatch, text, block=1000, batch=3)
     if cols != rows:
         _debug(cols, rows)
     assert cols == rows
@@ -195,7 +196,7 @@ def fuzz_text(seed: int, n: int = 1500, bad: float = 0.2) -> str:
 
 @pytest.mark.parametrize("seed", range(6))
 def test_random_mixes_give_the_row_paths_lake_and_quarantine(tmp_path, monkeypatch, seed):
-    cols, rows = ingest_both(tmp_path, monkeypatch, fuzz_text(seed), block=2048 + 997 * seed, unit=512 + 131 * seed)
+    cols, rows = ingest_both(tmp_path, monkeypatch, fuzz_text(seed), block=2048 + 997 * seed, batch=5 + 7 * seed)
     if cols != rows:
         _debug(cols, rows)
     assert cols == rows
@@ -204,7 +205,7 @@ def test_random_mixes_give_the_row_paths_lake_and_quarantine(tmp_path, monkeypat
 
 
 def test_with_units_of_many_lines_most_take_the_column_path(tmp_path, monkeypatch):
-    cols, rows = ingest_both(tmp_path, monkeypatch, fuzz_text(99, 4000, bad=0.01), block=1 << 16, unit=1 << 13)
+    cols, rows = ingest_both(tmp_path, monkeypatch, fuzz_text(99, 4000, bad=0.01), block=1 << 16, batch=1024)
     assert cols == rows
     # ~1.5% of the lines are broken or cut: each sends at most its leaf (LEAF_LINES) to the row path
     assert ingest_both.row_path_lines < 4000 * 0.2
