@@ -41,6 +41,7 @@ from warehouse.jsonl_shapes import SHAPE_CUT, Shape
 from warehouse.schemas import INT32, LINE_BYTES, RAW_HEAD, STRING, TABLES, TIMESTAMP, TS, Table
 
 BATCH_ROWS = 4096  # lines per Arrow batch handed to DuckDB: its threads take a batch each
+RETRIES = 16  # shapes per block whose first line is bad that are read again off other lines
 ROW_PATH_LINES = 4096  # a file of fewer lines takes the row path whole: starting DuckDB costs more
 BOM = b"\xef\xbb\xbf"
 SLUG_RE2 = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$"  # warehouse.writer.SLUG; RE2's $ is the very end
@@ -117,8 +118,7 @@ class Reader:
         lines = _Lines.of(data, lineno)
         plain = np.flatnonzero(lines.plain())
         code = _shapes(data, lines.n)
-        found, first = np.unique(code[plain], return_index=True)  # each shape's first plain line
-        shapes = {int(k): Shape.of(lines.line(int(i)), self.default, self.fill) for k, i in zip(found, plain[first])}
+        shapes = self._vouch(lines, plain, code[plain])
         groups: list[_Group] = []
         for k, s in shapes.items():
             if s is not None:
@@ -137,6 +137,22 @@ class Reader:
             g.sid = np.searchsorted(g.codes, code[idx]).astype(np.int32)  # codes are added ascending
             jobs.append((g, idx, pool.submit(self._typed, lines.batches(idx, BATCH_ROWS), g.sql())))
         return _Started(lines, np.flatnonzero(line_group < 0), jobs)
+
+    def _vouch(self, lines: "_Lines", plain: np.ndarray, codes: np.ndarray) -> dict[int, Shape | None]:
+        """Each shape of the block's plain lines (``codes``), read off its first line; where that line is
+        bad, off its last or middle one (a bad line does not send its good neighbours to the row path)."""
+        found, first, count = np.unique(codes, return_index=True, return_counts=True)
+        out, retries = {}, RETRIES
+        for k, i, n in zip(found.tolist(), first.tolist(), count.tolist()):
+            out[k] = Shape.of(lines.line(int(plain[i])), self.default, self.fill)
+            if out[k] is None and n > 1 and retries:
+                retries -= 1
+                at = plain[np.flatnonzero(codes == k)]
+                for j in (at[-1], at[len(at) // 2]):
+                    if (shape := Shape.of(lines.line(int(j)), self.default, self.fill)) is not None:
+                        out[k] = shape
+                        break
+        return out
 
     def _finish(self, job: "_Started | Block") -> Block:
         """Check a started block's parsed groups; the row path for the rest."""
