@@ -28,6 +28,7 @@ Memory: two blocks (BLOCK_BYTES) and their rows at a time.
 from __future__ import annotations
 
 import os
+import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -37,10 +38,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from warehouse.importers import block_lines, line_breaks, read_blocks
-from warehouse.jsonl_shapes import SHAPE_CUT, Shape
+from warehouse.jsonl_shapes import SHAPE_CUT, Shape, head
 from warehouse.schemas import INT32, LINE_BYTES, RAW_HEAD, STRING, TABLES, TIMESTAMP, TS, Table
 
 BATCH_ROWS = 4096  # lines per Arrow batch handed to DuckDB: its threads take a batch each
+WORKERS = 2  # blocks read in columns at once, each by one DuckDB thread
+DUCKDB_THREADS = 1  # per parse: the workers keep the cores busy
 RETRIES = 16  # shapes per block whose first line is bad that are read again off other lines
 ROW_PATH_LINES = 4096  # a file of fewer lines takes the row path whole: starting DuckDB costs more
 BOM = b"\xef\xbb\xbf"
@@ -74,11 +77,11 @@ class Reader:
     def __init__(self, default: str | None, fill: dict[str, dict[str, tuple[bool, object]]], row_path):
         self.default = default if default in TABLES else None
         self.fill, self.row_path = fill, row_path
-        self._con = self._cursor = None
+        self._con, self._local, self._lock = None, threading.local(), threading.Lock()
 
     def blocks(self, f):
-        """The file's blocks in order. DuckDB parses a block (on every core, out of the GIL) while the
-        next one is split into lines and shapes."""
+        """The file's blocks in order. WORKERS threads read blocks in columns at once (most of it out
+        of the GIL: DuckDB, Arrow, numpy) while this one stages what they gave."""
         chunks = read_blocks(f)
         first, second = next(chunks, None), next(chunks, None)
         if first is None:
@@ -87,20 +90,22 @@ class Reader:
             yield self._slow(block_lines(first[0], first[1]))  # a small file
             return
         ahead: deque = deque()
-        with ThreadPoolExecutor(1, thread_name_prefix="mhw-jsonl") as pool:
-            for lineno, data, size in _chain(first, second, chunks):
-                if size is not None:  # one line over the bound, read through: the row path rejects it
-                    ahead.append(self._slow([(lineno, data, size)]))
-                elif b"\r" in data and data.count(b"\r") != data.count(b"\r\n"):  # a lone \r breaks lines too
-                    ahead.append(self._slow(block_lines(lineno, data)))
-                else:
-                    ahead.append(self._start(lineno, data, pool))
-                if len(ahead) > 1:
+        try:
+            with ThreadPoolExecutor(WORKERS, thread_name_prefix="mhw-jsonl") as pool:
+                for lineno, data, size in _chain(first, second, chunks):
+                    if size is not None:  # one line over the bound, read through: the row path rejects it
+                        ahead.append(self._slow([(lineno, data, size)]))
+                    elif b"\r" in data and data.count(b"\r") != data.count(b"\r\n"):  # a lone \r breaks lines too
+                        ahead.append(self._slow(block_lines(lineno, data)))
+                    else:
+                        ahead.append(pool.submit(self._columns, lineno, data))
+                    while len(ahead) > WORKERS:
+                        yield self._finish(ahead.popleft())
+                while ahead:
                     yield self._finish(ahead.popleft())
-            while ahead:
-                yield self._finish(ahead.popleft())
-        if self._con is not None:
-            self._con.close()
+        finally:
+            if self._con is not None:
+                self._con.close()
 
     # --- the row path --------------------------------------------------------------------------
 
@@ -110,11 +115,25 @@ class Reader:
             out.row_path(lineno, self.row_path(lineno, line, size))
         return out.block()
 
-    # --- one block of plain lines ----------------------------------------------------------------
+    def _finish(self, job) -> Block:
+        """A block the columns read: their rows, and the row path for the lines they left."""
+        if isinstance(job, Block):
+            return job
+        done: _Done = job.result()
+        out, lines = _Collect(), done.lines
+        for table, at, rows in done.fast:
+            out.fast(table, lines.lineno + at, rows)
+        for i in done.slow.tolist():
+            out.row_path(lines.lineno + i, self.row_path(lines.lineno + i, *lines.raw(i)))
+        return out.block()
 
-    def _start(self, lineno: int, data: bytes, pool) -> "_Started":
-        """Split a block into lines and shapes, and start DuckDB's parse of the lines shapes vouch for:
-        one parse per group of shapes of one table that agree on their columns' types."""
+    # --- one block of plain lines, in a worker -----------------------------------------------------
+
+    def _columns(self, lineno: int, data: bytearray) -> "_Done":
+        """Split a block into lines and shapes, and parse with DuckDB the lines shapes vouch for: per
+        group of shapes of one table that agree on their columns' types, one parse of the lines that
+        start with the group's head (the rest of each line, the head's values known) and one of the
+        others. Then the column checks."""
         lines = _Lines.of(data, lineno)
         plain = np.flatnonzero(lines.plain())
         code = _shapes(data, lines.n)
@@ -131,12 +150,30 @@ class Reader:
             group_of[g.codes] = n
         line_group = np.full(lines.n, -1, np.int32)
         line_group[plain] = group_of[code[plain]]
-        jobs = []
-        for n, g in enumerate(groups):
-            idx = np.flatnonzero(line_group == n)
-            g.sid = np.searchsorted(g.codes, code[idx]).astype(np.int32)  # codes are added ascending
-            jobs.append((g, idx, pool.submit(self._typed, lines.batches(idx, BATCH_ROWS), g.sql())))
-        return _Started(lines, np.flatnonzero(line_group < 0), jobs)
+        parses = []
+        try:
+            for n, g in enumerate(groups):
+                idx = np.flatnonzero(line_group == n)
+                sid = np.searchsorted(g.codes, code[idx]).astype(np.int32)  # codes are added ascending
+                if g.head is not None:
+                    hit = lines.starting(g.head_bytes)[idx]
+                    if hit.any():
+                        at = idx[hit]
+                        lines.open_heads(at, g.head_len)  # each line from its head's end, made an object
+                        got = self._typed(lines.views(at, g.head_len - 1), g.sql(head=True))
+                        parses.append((_Parse(g, at, sid[hit], True), got))
+                        idx, sid = idx[~hit], sid[~hit]
+                if len(idx):
+                    parses.append((_Parse(g, idx, sid, False), self._typed(lines.views(idx), g.sql(head=False))))
+        finally:
+            lines.close_heads()
+        done, slow = _Done(lines, [], None), [np.flatnonzero(line_group < 0)]
+        for p, got in parses:
+            ok, rows = p.group.check(got, lines, p, self.fill.get(p.group.table.name, {}))
+            done.fast.append((p.group.table.name, p.idx[ok], rows))
+            slow.append(p.idx[~ok])
+        done.slow = np.sort(np.concatenate(slow))
+        return done
 
     def _vouch(self, lines: "_Lines", plain: np.ndarray, codes: np.ndarray) -> dict[int, Shape | None]:
         """Each shape of the block's plain lines (``codes``), read off its first line; where that line is
@@ -154,42 +191,33 @@ class Reader:
                         break
         return out
 
-    def _finish(self, job: "_Started | Block") -> Block:
-        """Check a started block's parsed groups; the row path for the rest."""
-        if isinstance(job, Block):
-            return job
-        lines, out, slow = job.lines, _Collect(), [job.odd]
-        for g, idx, parsed in job.jobs:
-            ok, rows = g.check(parsed.result(), lines, idx, self.fill.get(g.table.name, {}))
-            out.fast(g.table.name, lines.lineno + idx[ok], rows)
-            slow.append(idx[~ok])
-        for i in np.sort(np.concatenate(slow)).tolist():
-            out.row_path(lines.lineno + i, self.row_path(lines.lineno + i, *lines.raw(i)))
-        return out.block()
+    def _typed(self, lines: pa.Array, sql: str) -> pa.Table:
+        """DuckDB's typed parse of ``lines`` (a cursor per worker thread)."""
+        cursor = getattr(self._local, "cursor", None)
+        if cursor is None:
+            with self._lock:
+                if self._con is None:
+                    import duckdb  # here, not at the top: a small file never starts it
 
-    def _typed(self, batches: list[pa.RecordBatch], sql: str) -> pa.Table:
-        """DuckDB's typed parse of the lines in ``batches`` (the pool's one thread runs it: one cursor)."""
-        if self._cursor is None:
-            import duckdb  # here, not at the top: a small file never starts it
-
-            self._con = duckdb.connect(config={"threads": os.cpu_count() or 1})
-            self._cursor = self._con.cursor()
-        self._cursor.register("lines", pa.Table.from_batches(batches, pa.schema([("line", pa.string())])))
+                    self._con = duckdb.connect(config={"threads": DUCKDB_THREADS})
+                cursor = self._local.cursor = self._con.cursor()
+        batches = [pa.record_batch([lines.slice(a, BATCH_ROWS)], names=["line"]) for a in range(0, len(lines), BATCH_ROWS)]
+        cursor.register("lines", pa.Table.from_batches(batches, pa.schema([("line", lines.type)])))
         try:
-            return self._cursor.sql(sql).to_arrow_table()
+            return cursor.sql(sql).to_arrow_table()
         finally:
-            self._cursor.unregister("lines")
+            cursor.unregister("lines")
 
 
 class _Group:
-    """Shapes of one table whose columns agree on their DuckDB types: one parse for their lines."""
+    """Shapes of one table whose columns agree on their DuckDB types: parsed together."""
 
     def __init__(self, table: Table):
         self.table, self.types, self.named = table, {}, False
         self.codes: list[int] = []
         self.shapes: list[Shape] = []
         self.nulls = False
-        self.sid = np.zeros(0, np.int32)  # per line of the group: its shape's place in ``shapes``
+        self._head = False
 
     def takes(self, s: Shape) -> bool:
         return s.table == self.table.name and all(self.types.get(c, t) == t for c, t in s.types().items())
@@ -201,35 +229,58 @@ class _Group:
         self.named |= s.named
         self.nulls |= s.nulls
 
-    def sql(self) -> str:
-        """The query: whether DuckDB parsed each line, the columns as typed, and the keys when a shape
-        has a null (a null reads like a missing key: the keys are compared whole)."""
+    @property
+    def head(self) -> dict[str, str] | None:
+        """The values of the first shape's head (jsonl_shapes.head), when they pass the column checks."""
+        if self._head is False:
+            got = head(self.shapes[0])
+            self._head = None
+            if got is not None:
+                self.head_len, values = got
+                self.head_bytes = self.shapes[0].line[:self.head_len]
+                fits = all(_strings_fit(self.table, k, pa.array([v])).all() and (v or k not in self.table.required)
+                           for k, v in values.items() if k != "table")
+                self._head = values if fits else None
+        return self._head
+
+    def sql(self, head: bool) -> str:
+        """The query: whether DuckDB parsed each line, the columns as typed (less the head's, for lines
+        parsed from their head's end), and the keys when a shape has a null (a null reads like a missing
+        key: the keys are compared whole)."""
+        known = self.head if head else {}
         types = {**({"table": "VARCHAR"} if self.named else {}), **self.types}
-        struct = "{" + ", ".join(f'"{c}": "{t}"' for c, t in types.items()) + "}"
+        struct = "{" + ", ".join(f'"{c}": "{t}"' for c, t in types.items() if c not in known) + "}"
         keys = ', try(json_keys(line)) as "__keys"' if self.nulls else ""
         return (f'select s is not null as "__ok", unnest(s){keys} '
                 f"from (select line, try(json_transform(line, '{struct}')) as s from lines)")
 
-    def per_line(self, values) -> np.ndarray:
-        """``values`` (one per shape) for each line of the group."""
-        return np.asarray(values)[self.sid]
+    def check(self, parsed: pa.Table, lines: "_Lines", p: "_Parse", fill: dict):
+        """Which lines of a parse the columns vouch for, and their rows in ingest's input schema."""
+        table, sid, n = self.table, p.sid, len(p.idx)
+        known = self.head if p.head else {}
 
-    def check(self, parsed: pa.Table, lines: "_Lines", idx: np.ndarray, fill: dict):
-        """Which lines the columns vouch for, and their rows in ingest's input schema."""
-        table, n = self.table, len(idx)
+        def per_line(values) -> np.ndarray:  # one value per shape, for each line
+            return np.asarray(values)[sid]
+
         ok = parsed.column("__ok").to_numpy(zero_copy_only=False).copy()
         has = [{c for c, k in s.kinds if k != "null"} for s in self.shapes]  # columns with a value
-        if self.named:  # the table field is there and names the shape's table (not one with a digit more)
-            want = pa.array([s.table if s.named else None for s in self.shapes]).take(pa.array(self.sid))
+        if self.named and "table" not in known:  # the table field is there and names the shape's table
+            want = pa.array(np.array([s.table if s.named else None for s in self.shapes], object)[sid], pa.string())
             same = pc.fill_null(pc.equal(_one(parsed.column("table")), want), False).to_numpy(zero_copy_only=False)
-            ok &= same | ~self.per_line([s.named for s in self.shapes])
+            ok &= same | ~per_line([s.named for s in self.shapes])
         if self.nulls:
-            ok &= _keys_match(_one(parsed.column("__keys")), self.sid, [s.keys if s.nulls else None for s in self.shapes])
+            expected = [s.keys[len(known):] if s.nulls else None for s in self.shapes]
+            ok &= _keys_match(_one(parsed.column("__keys")), sid, expected)
         cols: dict[str, pa.Array] = {}
+        for name, value in known.items():
+            if name != "table":
+                cols[name] = pa.nulls(n, pa.string()).fill_null(value)
         for name, duck in self.types.items():
+            if name in known:
+                continue
             col = _one(parsed.column(name))
             valid = col.is_valid().to_numpy(zero_copy_only=False)
-            ok &= valid | ~self.per_line([name in h for h in has])  # a key its shape has, not found
+            ok &= valid | ~per_line([name in h for h in has])  # a key its shape has, not found
             ctype = table.column(name).type
             if ctype == STRING:
                 ok &= _strings_fit(table, name, col)
@@ -250,14 +301,14 @@ class _Group:
             elif duck == "DOUBLE":  # a number column: non-finite values as the shape writes them
                 odd = np.flatnonzero(valid & ~np.isfinite(col.to_numpy(zero_copy_only=False)))
                 if len(odd):
-                    kind = self.per_line([dict(s.kinds).get(name) for s in self.shapes])[odd]
+                    kind = per_line(np.array([dict(s.kinds).get(name) for s in self.shapes], object))[odd]
                     ok[odd[kind == "int"]] = False  # an integer literal beyond float range: Python's OverflowError
                     for i in odd[kind == "const"].tolist():  # NaN or Infinity: -NaN is not JSON to Python
-                        if b"-NaN" in lines.line(int(idx[i])):
+                        if b"-NaN" in lines.line(int(p.idx[i])):
                             ok[i] = False
             cols[name] = col
         for name, (fits, value) in fill.items():
-            absent = self.per_line([name not in {c for c, _ in s.kinds} for s in self.shapes])
+            absent = per_line([name not in s.keys for s in self.shapes])
             if not absent.any():
                 continue
             ftype = table.schema.field(name).type
@@ -272,6 +323,17 @@ class _Group:
         arrays = [(cols[f.name].cast(f.type) if keep is None else cols[f.name].filter(keep).cast(f.type))
                   if f.name in cols else pa.nulls(int(ok.sum()), f.type) for f in schema]
         return ok, pa.Table.from_arrays(arrays, schema=schema)
+
+
+@dataclass
+class _Parse:
+    """One DuckDB parse of lines of a group: the lines, their shapes (places in the group's list),
+    and whether they are parsed from their head's end."""
+
+    group: _Group
+    idx: np.ndarray
+    sid: np.ndarray
+    head: bool
 
 
 # --- helpers ---------------------------------------------------------------------------------------
@@ -323,13 +385,13 @@ def _keys_match(keys: pa.Array, sid: np.ndarray, expected: list) -> np.ndarray:
 
 
 @dataclass
-class _Started:
-    """A block whose groups are being parsed: its lines, the lines for the row path, and per group
-    (the group, its line indices, the parse's future)."""
+class _Done:
+    """A block the columns read: its lines, per parse (table, line indices, rows) of the lines they
+    vouch for, and the indices of the lines left for the row path."""
 
     lines: "_Lines"
-    odd: np.ndarray
-    jobs: list
+    fast: list
+    slow: np.ndarray | None
 
 
 class _Lines:
@@ -341,8 +403,8 @@ class _Lines:
         self.n = len(starts)
 
     @classmethod
-    def of(cls, data: bytes, lineno: int) -> "_Lines":
-        buf = np.frombuffer(data, np.uint8)
+    def of(cls, data: bytearray, lineno: int) -> "_Lines":
+        buf = np.frombuffer(data, np.uint8)  # writable: open_heads writes into it
         nl = np.flatnonzero(buf == 10)
         starts = np.concatenate([[0], nl + 1])
         ends = np.concatenate([nl, [len(data)]])
@@ -381,17 +443,40 @@ class _Lines:
         line = self.line(i)
         return (line, None) if len(line) <= LINE_BYTES else (line[:RAW_HEAD], len(line))
 
-    def batches(self, idx: np.ndarray, rows: int) -> list[pa.RecordBatch]:
-        """The lines ``idx`` (ascending) as record batches of a ``line`` string column, at most ``rows``
-        each; each line keeps its line break (JSON whitespace). No copy: slices of the block."""
+    def views(self, idx: np.ndarray, skip: int = 0) -> pa.Array:
+        """The lines ``idx`` as strings (Arrow string views into the block: no copy), each from its
+        byte ``skip`` on."""
+        off = (self.starts[idx] + skip).astype(np.int32)
+        length = (self.ends[idx] - off).astype(np.int32)
+        views = np.zeros((len(idx), 4), np.int32)  # length, first 4 bytes, buffer 0, offset
+        views[:, 0] = length
+        views[:, 1] = self.buf[np.minimum(off[:, None] + np.arange(4), len(self.buf) - 1)].view(np.int32)[:, 0]
+        views[:, 3] = off
+        short = np.flatnonzero(length <= 12)  # kept whole in the view
+        if len(short):
+            inline = views.view(np.uint8)
+            inline[short, 4:] = 0
+            for i in short.tolist():
+                inline[i, 4:4 + length[i]] = self.buf[off[i]:off[i] + length[i]]
+        return pa.Array.from_buffers(pa.string_view(), len(idx), [None, pa.py_buffer(views), pa.py_buffer(self.data)])
+
+    def starting(self, head: bytes) -> np.ndarray:
+        """Which lines start with ``head``."""
         offsets = np.append(self.starts, len(self.data)).astype(np.int32)
-        whole = pa.Array.from_buffers(pa.string(), self.n, [None, pa.py_buffer(offsets), pa.py_buffer(self.data)])
-        breaks = np.flatnonzero(np.diff(idx) != 1) + 1
-        out = []
-        for run in np.split(idx, breaks):  # runs of neighbouring lines
-            for a in range(int(run[0]), int(run[-1]) + 1, rows):
-                out.append(pa.record_batch([whole.slice(a, min(rows, int(run[-1]) + 1 - a))], names=["line"]))
-        return out
+        whole = pa.Array.from_buffers(pa.binary(), self.n, [None, pa.py_buffer(offsets), pa.py_buffer(self.data)])
+        return pc.starts_with(whole, pattern=head).to_numpy(zero_copy_only=False)
+
+    def open_heads(self, idx: np.ndarray, head_len: int) -> None:
+        """Make lines ``idx`` read as objects from their head's end: the byte before the next key
+        (a comma or a space) becomes ``{``, until ``close_heads``."""
+        at = self.starts[idx] + head_len - 1
+        self._opened = getattr(self, "_opened", []) + [(at, self.buf[at].copy())]
+        self.buf[at] = ord("{")
+
+    def close_heads(self) -> None:
+        for at, was in getattr(self, "_opened", []):
+            self.buf[at] = was
+        self._opened = []
 
 
 class _Collect:

@@ -32,7 +32,7 @@ columns do not convert exactly: ``"3"`` for a number, ``NaN`` for an integer, a 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from warehouse.schemas import BOOL, FLOAT64, INT32, INT64, MAX_FIELDS, STRING, TABLES, TIMESTAMP
 
@@ -86,6 +86,7 @@ class Shape:
     named: bool
     keys: tuple[str, ...]
     kinds: tuple[tuple[str, str], ...]
+    line: bytes = field(compare=False, repr=False)  # the representative
 
     @property
     def nulls(self) -> bool:
@@ -127,4 +128,39 @@ class Shape:
             return None  # a flag the rows need that does not fit its column
         if any(given.get(k) == "null" or k not in given and k not in flags for k in table.required):
             return None  # a required column missing
-        return Shape(name, named, keys, tuple(kinds))
+        return Shape(name, named, keys, tuple(kinds), bytes(line))
+
+
+def head(shape: Shape) -> tuple[int, dict[str, str]] | None:
+    """The representative's first members whose values are strings, as (their length in bytes, up to
+    the next key's quote; their values): the names and ids a log repeats on every line. A line that
+    starts with those bytes has those members, whatever its shape; the rest of it is parsed alone.
+    None when there are none. Time columns and the last member stay out (they vary, or end the line)."""
+    text = shape.line.decode("utf-8")
+    table, end, values, pos = TABLES[shape.table], None, {}, 1
+    decode = json.decoder.scanstring
+    try:
+        while True:
+            pos = _skip(text, pos)
+            if text[pos] != '"':
+                break
+            key, pos = decode(text, pos + 1)
+            pos = _skip(text, pos)
+            pos = _skip(text, pos + 1) if text[pos] == ":" else len(text)
+            if text[pos] != '"' or key != "table" and table.column(key).type == TIMESTAMP:
+                break
+            value, pos = decode(text, pos + 1)
+            pos = _skip(text, pos)
+            if text[pos] != ",":
+                break
+            pos = _skip(text, pos + 1)
+            values[key], end = value, pos
+    except (IndexError, KeyError, ValueError):
+        pass
+    return (len(text[:end].encode()), values) if values else None
+
+
+def _skip(text: str, pos: int) -> int:
+    while text[pos] in " \t\n\r":
+        pos += 1
+    return pos
