@@ -57,7 +57,9 @@ not be read or parsed at all (the other files are still ingested).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
+import importlib.abc
 import hashlib
 import json
 import math
@@ -66,7 +68,8 @@ import shutil
 import stat
 import sys
 import tempfile
-from collections import Counter
+from collections import Counter, deque
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -81,7 +84,7 @@ from warehouse.importers import FORMATS, Parsed, Record, RunMeta, SourceError, S
 from warehouse.importers.jsonl import record as jsonl_record
 from warehouse import jsonl_columns
 from warehouse.schemas import DERIVED_TABLES, MAX_FIELDS, NAME_CHARS, TABLES, TS, Table
-from warehouse.writer import Lake, PartitionError, WriteResult, check_slug, conform, slugify
+from warehouse.writer import Lake, PartitionError, WriteResult, check_slug, conform, parquet_bytes, slugify
 
 LOADABLE = tuple(n for n in TABLES if n != "quarantine" and n not in DERIVED_TABLES)  # quarantine: ingest writes it
 SHOWN_REJECTS = 10  # reject lines printed before the count by reason
@@ -334,6 +337,7 @@ UNKEYED = tuple(n for n in LOADABLE if not TABLES[n].key)  # raw samples: kept p
 ENDED = ("completed", "failed", "diverged", "killed")
 STAMPED_BY = {"train_steps": "step", "step_metrics": "step", "eval_results": "checkpoint_step"}
 STAGE_ROWS = 1 << 18  # rows of one table gathered before they are staged as one part
+WRITERS = 2  # partitions of a run's rows encoded as Parquet at once
 
 
 class _Listing:
@@ -416,11 +420,12 @@ class _Store:
         return f"{self.root}/sources/{skey}/{table}-{gen}-{n:05d}.arrow"
 
     def put_part(self, path: str, batches: list[pa.RecordBatch]) -> None:
-        sink = pa.BufferOutputStream()
-        with pa.ipc.new_file(sink, batches[0].schema, options=pa.ipc.IpcWriteOptions(compression="lz4")) as w:
-            for b in batches:
-                w.write_batch(b)
-        self._write(path, sink.getvalue())
+        def write(f):  # streamed to the file: a part in memory whole costs its pages twice
+            with pa.ipc.new_file(f, batches[0].schema, options=pa.ipc.IpcWriteOptions(compression="lz4")) as w:
+                for b in batches:
+                    w.write_batch(b)
+
+        self.lake.put_file(path, write, ".arrow")
 
     def commit(self, skey: str, record: dict, parts: dict[str, int]) -> None:
         """Record what the source gave (its parts are written) and delete what an earlier ingest of it
@@ -710,36 +715,46 @@ class Ingester:
 
     def _write_rows(self, name: str, key: str, parts, in_order: bool) -> WriteResult:
         """Write rows under ``key`` as Lake.write would. Rows that come in partition order are written
-        a partition at a time as they are read (memory: one partition); others are gathered and
-        handed to Lake.write whole."""
+        a partition at a time as they are read (memory: WRITERS + 1 partitions, encoded side by side);
+        others are gathered and handed to Lake.write whole."""
         if not in_order:
             data = pa.concat_tables(list(parts))
             return self.lake.write(name, data, key) if data.num_rows else WriteResult()
         table, res = TABLES[name], WriteResult()
         pending, where, done = [], None, set()
-        for part in parts:
-            if not part.num_rows:
-                continue
-            data = conform(table, part)
-            for values, piece in _partition_runs(table, data):
-                if values != where:
-                    self._put(table, key, where, pending, res)
-                    if values in done:  # the staging checked the order; a failure here is a bug, not data
-                        raise RuntimeError(f"{name} rows of {key} are not in partition order")
-                    pending, where = [], values
-                    done.add(values)
-                pending.append(piece)
-        self._put(table, key, where, pending, res)
+        jobs: deque = deque()
+        with self.lake.transaction() as tx, ThreadPoolExecutor(WRITERS, thread_name_prefix="mhw-write") as pool:
+            def put(values, pending):  # Parquet encoding lets go of the GIL: partitions are written side by side
+                if pending:
+                    jobs.append(pool.submit(self._put, table, key, values, pending, tx))
+                while len(jobs) > WRITERS:
+                    written.append(jobs.popleft().result())
+
+            written: list[WriteResult] = []
+
+            for part in parts:
+                if not part.num_rows:
+                    continue
+                data = conform(table, part)
+                for values, piece in _partition_runs(table, data):
+                    if values != where:
+                        put(where, pending)
+                        if values in done:  # the staging checked the order; a failure here is a bug, not data
+                            raise RuntimeError(f"{name} rows of {key} are not in partition order")
+                        pending, where = [], values
+                        done.add(values)
+                    pending.append(piece)
+            put(where, pending)
+            written += [j.result() for j in jobs]
+        for w in written:
+            res += w
         return res
 
-    def _put(self, table: Table, key: str, values: tuple | None, pending: list, res: WriteResult) -> None:
-        if not pending:
-            return
+    def _put(self, table: Table, key: str, values: tuple, pending: list, tx) -> WriteResult:
         data = pa.concat_tables(pending)
         path = f"{self.lake.partition_dir(table, dict(zip(table.partition_by, values)))}/{key}.parquet"
-        self.lake.put_table(path, data.select(table.file_schema.names))
-        res.rows += data.num_rows
-        res.files.append(path)
+        self.lake.put_file(path, parquet_bytes(data.select(table.file_schema.names)), ".parquet", tx)
+        return WriteResult(data.num_rows, [path])
 
     def finish(self) -> list[RunResult]:
         """Rebuild each touched run from all of its files: one row per key, the most advanced file's
@@ -1219,14 +1234,16 @@ def run(args: argparse.Namespace) -> int:
                     try:
                         where = None if piped else source
                         if fmt == "jsonl":  # read in blocks, validated in columns; the flags fill what lines leave out
-                            results.append(ingester.add_jsonl(source, args.table, shown if piped else source,
-                                                              meta.given(), ident, d, where))
+                            with _arrow_without_pandas():
+                                results.append(ingester.add_jsonl(source, args.table, shown if piped else source,
+                                                                  meta.given(), ident, d, where))
                         else:  # importers placed the flags themselves
                             parsed = parse(source, fmt, meta, args.table)
                             results.append(ingester.add(parsed, shown if piped else source, None, ident, d, where))
                     except SourceError as e:
                         errors.append(str(e).replace(source, shown) if piped else str(e))
-            runs = ingester.finish()
+            with _arrow_without_pandas():
+                runs = ingester.finish()
     finally:
         shutil.rmtree(spool, ignore_errors=True)
     _report(results, runs, errors, lake, sys.stdout)
@@ -1238,6 +1255,31 @@ def run(args: argparse.Namespace) -> int:
         print("mhw ingest: nothing ingested", file=sys.stderr)
         return 1
     return 0
+
+
+class _NoPandas(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "pandas" or name.startswith("pandas."):
+            raise ImportError("not imported while mhw ingest reads JSON lines")
+        return None
+
+
+@contextlib.contextmanager
+def _arrow_without_pandas():
+    """pyarrow imports pandas on its first conversion of Python values, only to recognise pandas
+    objects (0.3 s of CPU, a third of a small ingest's); this project hands it none. While JSON
+    lines are read and runs written in a process that has not imported pandas, that import fails at
+    once and pyarrow goes on without it (it tries again when pandas is asked for by name:
+    ``to_pandas``, ``from_pandas``). An importer that needs pandas runs outside this block."""
+    if "pandas" in sys.modules:
+        yield
+        return
+    finder = _NoPandas()
+    sys.meta_path.insert(0, finder)
+    try:
+        yield
+    finally:
+        sys.meta_path.remove(finder)
 
 
 def _is_stream(path: str) -> bool:

@@ -41,7 +41,7 @@ from warehouse.importers import block_lines, line_breaks, read_blocks
 from warehouse.jsonl_shapes import SHAPE_CUT, Shape, head
 from warehouse.schemas import INT32, LINE_BYTES, RAW_HEAD, STRING, TABLES, TIMESTAMP, TS, Table
 
-BATCH_ROWS = 4096  # lines per Arrow batch handed to DuckDB: its threads take a batch each
+BATCH_ROWS = 65536  # lines per Arrow batch handed to DuckDB: its threads take a batch each
 WORKERS = 2  # blocks read in columns at once, each by one DuckDB thread
 DUCKDB_THREADS = 1  # per parse: the workers keep the cores busy
 RETRIES = 16  # shapes per block whose first line is bad that are read again off other lines
