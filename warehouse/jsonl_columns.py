@@ -23,7 +23,10 @@ the two readers might read differently (``-NaN``, an integer literal beyond floa
 outside the plain ISO form or the epoch range). So the rows kept and the rejects (line, field,
 reason, raw) are the row path's, line for line (tests/warehouse/test_ingest_columns.py).
 
-Memory: two blocks (BLOCK_BYTES) and their rows at a time.
+Speed: the lines of a block are split, shaped, parsed and checked on a worker thread (WORKERS of
+them), mostly in C++ out of the GIL; ingest stages the blocks in order as they come.
+
+Memory: WORKERS + 1 blocks (BLOCK_BYTES) and their rows at a time.
 """
 from __future__ import annotations
 
@@ -41,9 +44,9 @@ from warehouse.importers import block_lines, line_breaks, read_blocks
 from warehouse.jsonl_shapes import SHAPE_CUT, Shape, head
 from warehouse.schemas import INT32, LINE_BYTES, RAW_HEAD, STRING, TABLES, TIMESTAMP, TS, Table
 
-BATCH_ROWS = 65536  # lines per Arrow batch handed to DuckDB: its threads take a batch each
-WORKERS = 2  # blocks read in columns at once, each by one DuckDB thread
+WORKERS = 2  # blocks read in columns at once (threads), each parsed by one DuckDB thread
 DUCKDB_THREADS = 1  # per parse: the workers keep the cores busy
+BATCH_ROWS = 16384  # lines per Arrow batch handed to DuckDB
 RETRIES = 16  # shapes per block whose first line is bad that are read again off other lines
 ROW_PATH_LINES = 4096  # a file of fewer lines takes the row path whole: starting DuckDB costs more
 BOM = b"\xef\xbb\xbf"
