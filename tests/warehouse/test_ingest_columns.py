@@ -162,6 +162,24 @@ def test_flags_fill_what_lines_leave_out(tmp_path, monkeypatch):
     assert len(cols[0]["train_steps"]) >= 299
 
 
+def test_flags_fill_lines_read_from_their_head(tmp_path, monkeypatch):
+    """Lines that lead with the same run and model (a head the columns parse past) and leave the
+    hardware and precision to the flags; some name another model or null the precision the flag fills."""
+    lines = [json.dumps({"run_id": "r9", "model": "gpt2-tiny", "step": i, "ts": f"2026-11-01T10:{i % 60:02d}:00Z",
+                         "loss": 1.0 / (i + 1), **({"precision": None} if i % 7 == 0 else {})}) for i in range(300)]
+    lines[17] = lines[17].replace('"gpt2-tiny"', '"gpt2-tiny2"')  # another model: a line of the same shape
+    lines[18] = lines[18].replace('"gpt2-tiny"', '"a/b"')
+    lines[40] = lines[40].replace('"r9"', '"r19"')
+    cols, rows = ingest_both(tmp_path, monkeypatch, "\n".join(lines), "--table", "train_steps",
+                             "--hardware", "cpu-x1", "--precision", "bf16")
+    if cols != rows:
+        _debug(cols, rows)
+    assert cols == rows
+    lake, _ = cols
+    assert len(lake["train_steps"]) == 299 and len(lake["quarantine"]) == 1
+    assert ingest_both.row_path_lines < 10
+
+
 MUTATIONS = [
     lambda d, r: {**d, "loss": r.choice(["x", None, True, [1], {"a": 1}, 1e308 * 10 if False else "NaN"])},
     lambda d, r: {**d, "step": r.choice([-1, 1.5, "7", None, 2 ** 64])},
