@@ -35,6 +35,8 @@ import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import cached_property
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -109,6 +111,7 @@ class Reader:
         finally:
             if self._con is not None:
                 self._con.close()
+                self._con, self._local = None, threading.local()
 
     # --- the row path --------------------------------------------------------------------------
 
@@ -159,11 +162,11 @@ class Reader:
                 idx = np.flatnonzero(line_group == n)
                 sid = np.searchsorted(g.codes, code[idx]).astype(np.int32)  # codes are added ascending
                 if g.head is not None:
-                    hit = lines.starting(g.head_bytes)[idx]
+                    hit = lines.starting(g.head.bytes)[idx]
                     if hit.any():
-                        at = idx[hit]
-                        lines.open_heads(at, g.head_len)  # each line from its head's end, made an object
-                        got = self._typed(lines.views(at, g.head_len - 1), g.sql(head=True))
+                        at, cut = idx[hit], len(g.head.bytes)
+                        lines.open_heads(at, cut)  # each line from its head's end, made an object
+                        got = self._typed(lines.views(at, cut - 1), g.sql(head=True))
                         parses.append((_Parse(g, at, sid[hit], True), got))
                         idx, sid = idx[~hit], sid[~hit]
                 if len(idx):
@@ -220,7 +223,6 @@ class _Group:
         self.codes: list[int] = []
         self.shapes: list[Shape] = []
         self.nulls = False
-        self._head = False
 
     def takes(self, s: Shape) -> bool:
         return s.table == self.table.name and all(self.types.get(c, t) == t for c, t in s.types().items())
@@ -232,25 +234,22 @@ class _Group:
         self.named |= s.named
         self.nulls |= s.nulls
 
-    @property
-    def head(self) -> dict[str, str] | None:
-        """The values of the first shape's head (jsonl_shapes.head), when they pass the column checks."""
-        if self._head is False:
-            got = head(self.shapes[0])
-            self._head = None
-            if got is not None:
-                self.head_len, values = got
-                self.head_bytes = self.shapes[0].line[:self.head_len]
-                fits = all(_strings_fit(self.table, k, pa.array([v])).all() and (v or k not in self.table.required)
-                           for k, v in values.items() if k != "table")
-                self._head = values if fits else None
-        return self._head
+    @cached_property
+    def head(self) -> "_Head | None":
+        """The first shape's head (jsonl_shapes.head), when its values pass the column checks."""
+        got = head(self.shapes[0])
+        if got is None:
+            return None
+        length, values = got
+        fits = all(_strings_fit(self.table, k, pa.array([v])).all() and (v or k not in self.table.required)
+                   for k, v in values.items() if k != "table")
+        return _Head(self.shapes[0].line[:length], values) if fits else None
 
     def sql(self, head: bool) -> str:
         """The query: whether DuckDB parsed each line, the columns as typed (less the head's, for lines
         parsed from their head's end), and the keys when a shape has a null (a null reads like a missing
         key: the keys are compared whole)."""
-        known = self.head if head else {}
+        known = self.head.values if head else {}
         types = {**({"table": "VARCHAR"} if self.named else {}), **self.types}
         struct = "{" + ", ".join(f'"{c}": "{t}"' for c, t in types.items() if c not in known) + "}"
         keys = ', try(json_keys(line)) as "__keys"' if self.nulls else ""
@@ -260,7 +259,7 @@ class _Group:
     def check(self, parsed: pa.Table, lines: "_Lines", p: "_Parse", fill: dict):
         """Which lines of a parse the columns vouch for, and their rows in ingest's input schema."""
         table, sid, n = self.table, p.sid, len(p.idx)
-        known = self.head if p.head else {}
+        known = self.head.values if p.head else {}
 
         def per_line(values) -> np.ndarray:  # one value per shape, for each line
             return np.asarray(values)[sid]
@@ -326,6 +325,13 @@ class _Group:
         arrays = [(cols[f.name].cast(f.type) if keep is None else cols[f.name].filter(keep).cast(f.type))
                   if f.name in cols else pa.nulls(int(ok.sum()), f.type) for f in schema]
         return ok, pa.Table.from_arrays(arrays, schema=schema)
+
+
+class _Head(NamedTuple):
+    """The bytes a group's lines may start with, and the values of the members they hold."""
+
+    bytes: bytes
+    values: dict[str, str]
 
 
 @dataclass
@@ -401,9 +407,10 @@ class _Lines:
     """The lines of one block: offsets into its bytes (without their line breaks), numbered from
     ``lineno``."""
 
-    def __init__(self, data: bytes, buf: np.ndarray, starts: np.ndarray, ends: np.ndarray, lineno: int):
+    def __init__(self, data: bytearray, buf: np.ndarray, starts: np.ndarray, ends: np.ndarray, lineno: int):
         self.data, self.buf, self.starts, self.ends, self.lineno = data, buf, starts, ends, lineno
         self.n = len(starts)
+        self._opened: list[tuple[np.ndarray, np.ndarray]] = []  # (places, bytes there) open_heads changed
 
     @classmethod
     def of(cls, data: bytearray, lineno: int) -> "_Lines":
@@ -473,13 +480,13 @@ class _Lines:
         """Make lines ``idx`` read as objects from their head's end: the byte before the next key
         (a comma or a space) becomes ``{``, until ``close_heads``."""
         at = self.starts[idx] + head_len - 1
-        self._opened = getattr(self, "_opened", []) + [(at, self.buf[at].copy())]
+        self._opened.append((at, self.buf[at].copy()))
         self.buf[at] = ord("{")
 
     def close_heads(self) -> None:
-        for at, was in getattr(self, "_opened", []):
+        for at, was in reversed(self._opened):
             self.buf[at] = was
-        self._opened = []
+        self._opened.clear()
 
 
 class _Collect:
