@@ -340,6 +340,14 @@ STAGE_ROWS = 1 << 18  # rows of one table gathered before they are staged as one
 WRITERS = 2  # partitions of a run's rows encoded as Parquet at once
 
 
+class _Moved(Exception):
+    """The source read is one known by another identity (its bytes were ingested before as that)."""
+
+    def __init__(self, identity: str, digest: str):
+        super().__init__(identity)
+        self.identity, self.digest = identity, digest
+
+
 class _Listing:
     """Files already in the lake, by table and file name, listed once per ingest and kept up to
     date by this module's own writes and deletes."""
@@ -594,10 +602,14 @@ class Ingester:
         return self._add(parts, result, parsed.clock, identity or os.path.realpath(parsed.source), digest, path)
 
     def add_jsonl(self, source: str, table: str | None, shown_as: str, fill: dict | None = None,
-                  identity: str | None = None, digest: str | None = None, path: str | None = None) -> SourceResult:
+                  identity: str | None = None, digest: str | None = None, path: str | None = None,
+                  resolve=None) -> SourceResult:
         """``add`` for a JSON-lines file, read in blocks and validated in columns
         (warehouse/jsonl_columns.py): the same rows and rejects as ``add(parse(source))``, in memory
-        that does not grow with the file."""
+        that does not grow with the file. Without ``digest``, the bytes are hashed as they are read
+        (read once), and ``resolve(digest)`` then gives the source's identity (``identify``): where
+        that is not ``identity`` (a copy of a source ingested before), nothing is kept and _Moved
+        says which it is."""
         result = SourceResult(shown_as, "jsonl")
 
         def row_path(lineno, line, size):
@@ -605,22 +617,31 @@ class Ingester:
             return None if rec is None else self._check(rec, shown_as, fill)
 
         reader = jsonl_columns.Reader(table, _fills(fill), row_path)
+        hashed = hashlib.sha1() if digest is None else None
 
         def parts():
             try:
                 with open(source, "rb") as f:
-                    for block in reader.blocks(f):
+                    for block in reader.blocks(f, hashed.update if hashed else None):
                         result.rejects += block.rejects
                         yield from block.rows.items()
             except OSError as e:
                 raise SourceError(f"{source}: cannot read: {e.strerror or e}") from e
 
-        return self._add(parts(), result, None, identity or os.path.realpath(source), digest, path)
+        def settle() -> tuple[str, str | None]:
+            if hashed is None:
+                return identity, digest
+            read = hashlib.sha1(hashed.digest()).hexdigest()  # content_digest of a file
+            return (resolve(read) if resolve else identity), read
+
+        return self._add(parts(), result, None, identity or os.path.realpath(source), digest, path, settle)
 
     def _add(self, parts, result: SourceResult, clock: StepClock | None, identity: str, digest: str | None,
-             path: str | None) -> SourceResult:
+             path: str | None, settle=None) -> SourceResult:
         """Stage validated rows (``(table, Arrow rows)`` in file order) as they come, then record the
-        source, link it to its runs and write its quarantine rows and its tables without a key."""
+        source, link it to its runs and write its quarantine rows and its tables without a key.
+        ``settle()``, once the rows are staged, gives (identity, digest) when they were not known
+        before: a source that turns out to be another is abandoned (_Moved)."""
         skey = _digest(identity)
         previous = (self.store.record(skey) or {}).get("runs", {})
         stage = _Staging(self.store, skey, (self.store.record(skey) or {}).get("gen", 0) + 1)
@@ -630,6 +651,10 @@ class Ingester:
                 for name, rows in parts:
                     stage.add(name, rows, spool)
                 stage.flush()
+                if settle is not None:
+                    settled, digest = settle()
+                    if settled != identity:
+                        raise _Moved(settled, digest)
             except BaseException:
                 stage.abandon()  # parts of a source never recorded: nothing names them
                 raise
@@ -1220,26 +1245,39 @@ def run(args: argparse.Namespace) -> int:
                     continue
                 for source, fmt in found:
                     piped = digest is not None
+                    shown_as = shown if piped else source
+                    as_read = fmt == "jsonl" and not piped  # its bytes are hashed as they are parsed: read once
                     try:
-                        d = digest or content_digest(source)
+                        d = digest or (None if as_read else content_digest(source))
                     except OSError as e:
                         errors.append(f"{source}: cannot read: {e.strerror or e}")
                         continue
                     ident = ingester.identify(None if piped else source, d, args.source_name)
                     if ident in seen:
-                        print(f"note: {shown if piped else source} is {seen[ident]} again (same file or same "
-                              f"bytes): ingested once")
+                        print(f"note: {shown_as} is {seen[ident]} again (same file or same bytes): ingested once")
                         continue
-                    seen[ident] = shown if piped else source
+                    seen[ident] = shown_as
                     try:
                         where = None if piped else source
                         if fmt == "jsonl":  # read in blocks, validated in columns; the flags fill what lines leave out
+                            def identity_of(read, source=source):
+                                return ingester.identify(source, read, args.source_name)
+
                             with _arrow_without_pandas():
-                                results.append(ingester.add_jsonl(source, args.table, shown if piped else source,
-                                                                  meta.given(), ident, d, where))
+                                try:
+                                    results.append(ingester.add_jsonl(source, args.table, shown_as, meta.given(), ident,
+                                                                      d, where, identity_of if as_read else None))
+                                except _Moved as moved:  # the bytes of a source ingested before: that source again
+                                    if moved.identity in seen:
+                                        print(f"note: {shown_as} is {seen[moved.identity]} again (same file or same "
+                                              f"bytes): ingested once")
+                                        continue
+                                    seen[moved.identity] = shown_as
+                                    results.append(ingester.add_jsonl(source, args.table, shown_as, meta.given(),
+                                                                      moved.identity, moved.digest, where))
                         else:  # importers placed the flags themselves
                             parsed = parse(source, fmt, meta, args.table)
-                            results.append(ingester.add(parsed, shown if piped else source, None, ident, d, where))
+                            results.append(ingester.add(parsed, shown_as, None, ident, d, where))
                     except SourceError as e:
                         errors.append(str(e).replace(source, shown) if piped else str(e))
             with _arrow_without_pandas():

@@ -84,10 +84,11 @@ class Reader:
         self.fill, self.row_path = fill, row_path
         self._con, self._local, self._lock = None, threading.local(), threading.Lock()
 
-    def blocks(self, f):
+    def blocks(self, f, seen=None):
         """The file's blocks in order. WORKERS threads read blocks in columns at once (most of it out
-        of the GIL: DuckDB, Arrow, numpy) while this one stages what they gave."""
-        chunks = read_blocks(f)
+        of the GIL: DuckDB, Arrow, numpy) while this one stages what they gave. ``seen``: called with
+        every byte read (read_blocks)."""
+        chunks = read_blocks(f, seen=seen)
         first, second = next(chunks, None), next(chunks, None)
         if first is None:
             return

@@ -19,8 +19,10 @@ RUN, MODEL, HW = "r1", "gpt2-tiny", "cpu-x1"
 STEP = {"table": "train_steps", "run_id": RUN, "model": MODEL, "hardware": HW}
 
 
-def _row_path(self, source, table, shown_as, fill=None, identity=None, digest=None, path=None):
+def _row_path(self, source, table, shown_as, fill=None, identity=None, digest=None, path=None, resolve=None):
     """What ``mhw ingest`` did before the column path: every line through json.loads and validate."""
+    digest = digest or ingest.content_digest(source)
+    identity = resolve(digest) if resolve else identity
     return self.add(parse(source, "jsonl", RunMeta(), table), shown_as, fill, identity, digest, path)
 
 
