@@ -277,7 +277,7 @@ class _Group:
         cols: dict[str, pa.Array] = {}
         for name, value in known.items():
             if name != "table":
-                cols[name] = pa.nulls(n, pa.string()).fill_null(value)
+                cols[name] = _repeat(value, n)
         for name, duck in self.types.items():
             if name in known:
                 continue
@@ -323,8 +323,9 @@ class _Group:
                 cols[name] = pc.if_else(pa.array(absent), full, base)
         schema = input_schema(table)
         keep = None if ok.all() else pa.array(ok)
+        kept, nulls = int(ok.sum()), {}  # one array of nulls per type: most columns of a log are empty
         arrays = [(cols[f.name].cast(f.type) if keep is None else cols[f.name].filter(keep).cast(f.type))
-                  if f.name in cols else pa.nulls(int(ok.sum()), f.type) for f in schema]
+                  if f.name in cols else nulls.setdefault(f.type, pa.nulls(kept, f.type)) for f in schema]
         return ok, pa.Table.from_arrays(arrays, schema=schema)
 
 
@@ -353,6 +354,13 @@ def _chain(first, second, rest):
     if second is not None:
         yield second
         yield from rest
+
+
+def _repeat(value: str, n: int) -> pa.Array:
+    """``value`` ``n`` times, as strings (a block's worth: well within 32-bit offsets)."""
+    data = value.encode()
+    offsets = np.arange(n + 1, dtype=np.int32) * np.int32(len(data))
+    return pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(offsets), pa.py_buffer(data * n)])
 
 
 def _one(col) -> pa.Array:
