@@ -49,7 +49,9 @@ two ingests of one lake take turns (the records are read, then written), readers
 or none of it, and a call killed midway is rolled back by the next process that takes the lock. A
 source is known by its identity (``Ingester.identify``), not the path it was named by: symlinks, hard
 links and copies of an ingested file are that file again. Pipes and FIFOs are read once, streamed to
-a temp file, before the lock is taken.
+a temp file, before the lock is taken. A JSON-lines file is read once too: hashed as it is parsed,
+its identity settled when its rows are staged (a copy of a source ingested before is then read again
+as that source, which is rare).
 
 Exit status: 0 when rows were written (even with rejects), 1 when nothing was, 2 when a file could
 not be read or parsed at all (the other files are still ingested).
@@ -69,8 +71,8 @@ import stat
 import sys
 import tempfile
 from collections import Counter, deque
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -748,14 +750,13 @@ class Ingester:
         table, res = TABLES[name], WriteResult()
         pending, where, done = [], None, set()
         jobs: deque = deque()
+        written: list[WriteResult] = []
         with self.lake.transaction() as tx, ThreadPoolExecutor(WRITERS, thread_name_prefix="mhw-write") as pool:
             def put(values, pending):  # Parquet encoding lets go of the GIL: partitions are written side by side
                 if pending:
                     jobs.append(pool.submit(self._put, table, key, values, pending, tx))
                 while len(jobs) > WRITERS:
                     written.append(jobs.popleft().result())
-
-            written: list[WriteResult] = []
 
             for part in parts:
                 if not part.num_rows:
