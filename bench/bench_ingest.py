@@ -134,7 +134,8 @@ def writer_floor(cols: dict[str, np.ndarray], root: str) -> tuple[float, float]:
     from warehouse.writer import Lake
 
     n = len(cols["step"])
-    t = pa.table({"run_id": pa.array([RUN] * n), "model": pa.array([MODEL] * n), "hardware": pa.array([HARDWARE] * n),
+    same = {k: pa.nulls(n, pa.string()).fill_null(v) for k, v in (("run_id", RUN), ("model", MODEL), ("hardware", HARDWARE))}
+    t = pa.table({**same,
                   **{k: (pa.array(v).cast(pa.timestamp("us", tz="UTC")) if k == "ts" else v) for k, v in cols.items()}})
     best, best_cpu = float("inf"), float("inf")
     for _ in range(2):
