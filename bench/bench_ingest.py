@@ -13,17 +13,19 @@ bad line in quarantine) so a fast wrong ingest does not pass. ``--baseline REV``
 from that commit's tree too (``git archive`` into a temporary folder, this venv), right after, on
 the same file: "before" and "after" come from one run on one machine. The fixed cost of a call
 (start-up, imports, the lock, the small files) is measured as the ingest of a two-line file and
-printed; "net rows/s" is rows / (wall - that). The machine's load average is printed with the figures.
+printed; "net rows/s" is rows / (wall - that). CPU s is the call's user + system time, every thread:
+on this shared machine, where the wall time follows what the other jobs leave, it is the steadier
+figure. The machine's load average is printed with the figures.
 
 Floors, per size, as CPU time per row (process CPU, every thread): ``Lake.write`` of the same rows as
 one Arrow table (storing them); parsing the file alone with pyarrow's JSON reader (the columns'
-parser before DuckDB) and with DuckDB's read_json (on every core), and with DuckDB's
+parser before DuckDB) and with DuckDB's read_json (every column, on every core), and with DuckDB's
 ``json_transform`` over the lines as Arrow strings (how the columns parse); the lines' shapes
 (``bytes.translate`` and a dictionary encoding: warehouse/jsonl_shapes.py); the sha1 of the file
-(ingest knows a source by its bytes). "floor rows/s" is the cores / the sum of json_transform (of
-whole lines, on one thread as each worker runs it), shapes, sha1 and Lake.write: the speed of doing
-only that work, perfectly spread over the cores (the columns parse lines from their head's end, a
-little less than json_transform here; they also check, stage and merge).
+(ingest knows a source by its bytes). "floor rows/s" is the cores / the sum of DuckDB's read_json
+(its own file reader typing every column: the cheapest parse DuckDB has), shapes, sha1 and
+Lake.write: the speed of doing only that work, perfectly spread over the cores (ingest also checks,
+stages and merges; the columns parse each line from its head's end with json_transform).
 """
 from __future__ import annotations
 
@@ -45,7 +47,7 @@ import pyarrow as pa
 
 REPO = Path(__file__).resolve().parents[1]
 PEAK = ("import resource, subprocess, sys; rc = subprocess.run(sys.argv[1:]).returncode; "
-        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(rc)")
+        "r = resource.getrusage(resource.RUSAGE_CHILDREN); print(r.ru_maxrss, r.ru_utime + r.ru_stime); sys.exit(rc)")
 T0 = dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc)
 RUN, MODEL, HARDWARE = "gpt2-small-20261101-a1", "gpt2-small", "a100-40gb-x8"
 # (what is wrong, the line): spread through the file; each must be quarantined, the rest stored
@@ -104,16 +106,17 @@ def write_jsonl(path: Path, cols: dict[str, np.ndarray], bad: bool = True) -> in
     return len(bad_at)
 
 
-def mhw(*argv, env, tree: Path = REPO) -> tuple[float, int, subprocess.CompletedProcess]:
-    """(wall seconds, peak RSS in bytes, the process) of one ``mhw`` call in a fresh process, running
-    the code of ``tree`` (this checkout, or a baseline's)."""
+def mhw(*argv, env, tree: Path = REPO) -> tuple[float, int, subprocess.CompletedProcess, float]:
+    """(wall seconds, peak RSS in bytes, the process, CPU seconds: user + system, every thread) of one
+    ``mhw`` call in a fresh process, running the code of ``tree`` (this checkout, or a baseline's)."""
     t0 = time.perf_counter()
     r = subprocess.run([sys.executable, "-c", PEAK, sys.executable, "-m", "warehouse.cli", *map(str, argv)],
                        cwd=tree, env={**env, "PYTHONPATH": str(tree)}, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if r.returncode not in (0,):
         raise SystemExit(f"mhw {' '.join(map(str, argv))} exited {r.returncode}:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
-    return wall, int(r.stdout.strip().splitlines()[-1]) * 1024, r
+    peak, used = r.stdout.strip().splitlines()[-1].split()
+    return wall, int(peak) * 1024, r, float(used)
 
 
 def lake_counts(lake: Path) -> tuple[int, int]:
@@ -148,6 +151,7 @@ def writer_floor(cols: dict[str, np.ndarray], root: str) -> tuple[float, float]:
 TYPES = {"table": "VARCHAR", "run_id": "VARCHAR", "model": "VARCHAR", "hardware": "VARCHAR", "step": "BIGINT",
          "ts": "VARCHAR", **{c: "DOUBLE" for c in ("loss", "lr", "grad_norm", "tokens_per_s", "step_time_ms",
                                                    "data_time_ms", "gpu_util")}}
+TYPES_ORDER = list(TYPES)
 
 
 def floors(path: Path, n: int) -> dict[str, tuple[float, float]]:
@@ -186,9 +190,10 @@ def floors(path: Path, n: int) -> dict[str, tuple[float, float]]:
     cols = "{" + ", ".join(f"'{k}': '{v}'" for k, v in TYPES.items()) + "}"
     struct = "{" + ", ".join(f'"{k}": "{v}"' for k, v in TYPES.items()) + "}"
 
-    def duck_file():
-        return con.sql(f"select count(*) from (select * from read_json('{path}', format = 'newline_delimited', "
-                       f"columns = {cols}, ignore_errors = true) where step is not null)").fetchall()[0][0]
+    def duck_file():  # every column counted: DuckDB types only the columns a query uses
+        every = ", ".join(f'count("{k}")' for k in TYPES)
+        return con.sql(f"select {every} from read_json('{path}', format = 'newline_delimited', "
+                       f"columns = {cols}, ignore_errors = true)").fetchall()[0][TYPES_ORDER.index("step")]
 
     def blocks():
         with open(path, "rb") as f:
@@ -224,7 +229,7 @@ def floors(path: Path, n: int) -> dict[str, tuple[float, float]]:
         return n
 
     timed("pyarrow read_json, 2 MiB units", arrow)
-    timed("DuckDB read_json, every core", duck_file)
+    timed("DuckDB read_json, every column and core", duck_file)
     timed("DuckDB json_transform of the lines, 1 thread", duck_lines)
     timed("shapes (translate, dictionary)", shapes)
     timed("sha1 of the file", sha1)
@@ -257,13 +262,14 @@ def main() -> None:
         write_jsonl(tiny, steps(1), bad=False)
         fixed = {}
         for name, tree in trees.items():
-            wall, peak, _ = mhw("ingest", "--help", env=env, tree=tree)
+            wall, peak, _, used = mhw("ingest", "--help", env=env, tree=tree)
             shutil.rmtree(work / "lake-tiny", ignore_errors=True)
-            fixed[name], tiny_peak, _ = mhw("ingest", tiny, "--lake", work / "lake-tiny", env=env, tree=tree)
-            print(f"{name}: start-up (mhw ingest --help) {wall:.2f} s, peak RSS {peak / 2**20:,.0f} MB; fixed cost "
-                  f"(mhw ingest of a two-line file) {fixed[name]:.2f} s, peak RSS {tiny_peak / 2**20:,.0f} MB")
+            fixed[name], tiny_peak, _, tiny_cpu = mhw("ingest", tiny, "--lake", work / "lake-tiny", env=env, tree=tree)
+            print(f"{name}: start-up (mhw ingest --help) {wall:.2f} s, {used:.2f} CPU s, peak RSS {peak / 2**20:,.0f} MB; "
+                  f"fixed cost (mhw ingest of a two-line file) {fixed[name]:.2f} s, {tiny_cpu:.2f} CPU s, peak RSS "
+                  f"{tiny_peak / 2**20:,.0f} MB")
         print(f"\n{'rows':>10} {'file MB':>8} {'code':>5} {'ingest s':>9} {'rows/s':>11} {'net rows/s':>11} "
-              f"{'peak RSS MB':>12} {'RSS/file':>9}  load")
+              f"{'CPU s':>7} {'rows/CPU s':>11} {'peak RSS MB':>12} {'RSS/file':>9}  load")
         sizes = [int(x) for x in a.rows.split(",")]
         results = []
         for n in sizes:
@@ -277,18 +283,19 @@ def main() -> None:
             for name, tree in trees.items():
                 lake = work / f"lake-{n}"
                 shutil.rmtree(lake, ignore_errors=True)
-                secs, peak, r = mhw("ingest", path, "--lake", lake, env=env, tree=tree)
+                secs, peak, r, used = mhw("ingest", path, "--lake", lake, env=env, tree=tree)
                 stored, quarantined = lake_counts(lake)
                 if (stored, quarantined) != (n - bad, bad):
                     raise SystemExit(f"wrong result for {n:,} rows ({name}): stored {stored:,} (want {n - bad:,}), "
                                      f"quarantined {quarantined} (want {bad})\n{r.stdout[-3000:]}")
                 shutil.rmtree(lake, ignore_errors=True)
-                got[name] = secs
+                got[name] = (secs, used)
                 print(f"{n:>10,} {size / 2**20:>8,.0f} {name:>5} {secs:>9.2f} {n / secs:>11,.0f} "
-                      f"{n / max(secs - fixed[name], 1e-3):>11,.0f} {peak / 2**20:>12,.0f} {peak / size:>8.2f}x  "
-                      f"{os.getloadavg()[0]:.1f}", flush=True)
+                      f"{n / max(secs - fixed[name], 1e-3):>11,.0f} {used:>7.2f} {n / used:>11,.0f} "
+                      f"{peak / 2**20:>12,.0f} {peak / size:>8.2f}x  {os.getloadavg()[0]:.1f}", flush=True)
             if "base" in got:
-                print(f"{'':>10} {'':>8} {'':>5} this is {got['base'] / got['this']:.2f}x as fast as {a.baseline}")
+                print(f"{'':>10} {'':>8} {'':>5} this is {got['base'][0] / got['this'][0]:.2f}x as fast as {a.baseline} "
+                      f"and takes {got['this'][1] / got['base'][1]:.2f}x its CPU")
             results.append((n, cols, path))
         for n, cols, path in results:
             floor_root = tempfile.mkdtemp(prefix="mhw-bench-floor-", dir=work)
@@ -301,7 +308,7 @@ def main() -> None:
             print(f"\nfloors at {n:,} rows ({cores} cores; CPU of every thread):")
             for what, (rate, cost) in parts.items():
                 print(f"  {what:<36} {rate:>11,.0f} rows/s  {cost * 1e6:6.2f} CPU us/row")
-            need = ("DuckDB json_transform of the lines, 1 thread", "shapes (translate, dictionary)", "sha1 of the file",
+            need = ("DuckDB read_json, every column and core", "shapes (translate, dictionary)", "sha1 of the file",
                     "Lake.write of the rows")
             total = sum(parts[k][1] for k in need)
             print(f"  floor rows/s (those four, spread over {cores} cores): {cores / total:,.0f}  "

@@ -444,7 +444,8 @@ class _Lines:
         if self.lineno == 1 and self.data.startswith(BOM):
             plain[0] = False
         try:
-            self.data.decode("utf-8")
+            if not self.data.isascii():  # ASCII is UTF-8, and checked 10x faster
+                self.data.decode("utf-8")
         except UnicodeDecodeError:  # find the lines that are not (rare): each non-ASCII line alone
             high = np.unique(np.searchsorted(self.starts, np.flatnonzero(self.buf >= 128), "right") - 1)
             for i in high.tolist():
