@@ -45,6 +45,7 @@ import pyarrow.compute as pc
 from warehouse.importers import block_lines, line_breaks, read_blocks
 from warehouse.jsonl_shapes import SHAPE_CUT, Shape, head
 from warehouse.schemas import INT32, LINE_BYTES, RAW_HEAD, STRING, TABLES, TIMESTAMP, TS, Table
+from warehouse.writer import check_slug
 
 WORKERS = 2  # blocks read in columns at once (threads), each parsed by one DuckDB thread
 DUCKDB_THREADS = 1  # per parse: the workers keep the cores busy
@@ -242,9 +243,13 @@ class _Group:
         if got is None:
             return None
         length, values = got
-        fits = all(_strings_fit(self.table, k, pa.array([v])).all() and (v or k not in self.table.required)
-                   for k, v in values.items() if k != "table")
-        return _Head(self.shapes[0].line[:length], values) if fits else None
+        for k, v in values.items():  # checked once, as the row path checks them
+            if k != "table":
+                try:
+                    _check_string(self.table, k, v)
+                except ValueError:
+                    return None
+        return _Head(self.shapes[0].line[:length], values)
 
     def sql(self, head: bool) -> str:
         """The query: whether DuckDB parsed each line, the columns as typed (less the head's, for lines
@@ -354,6 +359,15 @@ def _chain(first, second, rest):
     if second is not None:
         yield second
         yield from rest
+
+
+def _check_string(table: Table, name: str, value: str) -> None:
+    """Raise ValueError when a string ``value`` of column ``name`` would not pass the row path's checks
+    (its bound, a slug for a partition column, a required column not empty)."""
+    if len(value) > table.max_chars(name) or name in table.required and not value:
+        raise ValueError(name)
+    if name in table.partition_by:
+        check_slug(name, value)  # PartitionError is a ValueError
 
 
 def _repeat(value: str, n: int) -> pa.Array:
