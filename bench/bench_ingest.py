@@ -254,6 +254,9 @@ def main() -> None:
         base = Path(tempfile.mkdtemp(prefix="mhw-bench-baseline-"))
         archive = subprocess.run(["git", "-C", str(REPO), "archive", a.baseline], capture_output=True, check=True).stdout
         subprocess.run(["tar", "-x", "-C", str(base)], input=archive, check=True)
+        # as `make setup` does for this checkout: with PYTHONDONTWRITEBYTECODE every process would compile
+        subprocess.run([sys.executable, "-m", "compileall", "-q", *(str(base / d) for d in ("mhw", "warehouse"))],
+                       check=True)
         trees["base"] = base
     print(f"# JSONL ingest at {commit}" + (f" beside {a.baseline}" if a.baseline else "") + f", {dt.date.today()}; "
           f"{cores} cores; load average " + " ".join(f"{x:.1f}" for x in os.getloadavg()) + " at start\n")
