@@ -50,6 +50,7 @@ from warehouse.writer import check_slug
 WORKERS = 2  # blocks read in columns at once (threads), each parsed by one DuckDB thread
 DUCKDB_THREADS = 1  # per parse: the workers keep the cores busy
 BATCH_ROWS = 16384  # lines per Arrow batch handed to DuckDB
+LINES = "__lines__"  # the lines' view in a query, named per worker when it runs
 RETRIES = 16  # shapes per block whose first line is bad that are read again off other lines
 ROW_PATH_LINES = 4096  # a file of fewer lines takes the row path whole: starting DuckDB costs more
 BOM = b"\xef\xbb\xbf"
@@ -210,11 +211,12 @@ class Reader:
                     self._con = duckdb.connect(config={"threads": DUCKDB_THREADS})
                 cursor = self._local.cursor = self._con.cursor()
         batches = [pa.record_batch([lines.slice(a, BATCH_ROWS)], names=["line"]) for a in range(0, len(lines), BATCH_ROWS)]
-        cursor.register("lines", pa.Table.from_batches(batches, pa.schema([("line", lines.type)])))
+        name = f"lines_{threading.get_ident()}"  # each worker's own, whatever DuckDB shares between cursors
+        cursor.register(name, pa.Table.from_batches(batches, pa.schema([("line", lines.type)])))
         try:
-            return cursor.sql(sql).to_arrow_table()
+            return cursor.sql(sql.replace(LINES, name)).to_arrow_table()
         finally:
-            cursor.unregister("lines")
+            cursor.unregister(name)
 
 
 class _Group:
@@ -260,7 +262,7 @@ class _Group:
         struct = "{" + ", ".join(f'"{c}": "{t}"' for c, t in types.items() if c not in known) + "}"
         keys = ', try(json_keys(line)) as "__keys"' if self.nulls else ""
         return (f'select s is not null as "__ok", unnest(s){keys} '
-                f"from (select line, try(json_transform(line, '{struct}')) as s from lines)")
+                f"from (select line, try(json_transform(line, '{struct}')) as s from {LINES})")
 
     def check(self, parsed: pa.Table, lines: "_Lines", p: "_Parse", fill: dict):
         """Which lines of a parse the columns vouch for, and their rows in ingest's input schema."""
