@@ -162,10 +162,9 @@ def provision(app, teams, home: Path) -> dict:
         if managed in user.roles and user.username not in listed:
             user.roles, user.active = [], False  # no role, no login; the charts it owns stay
             sm.update_user(user)
-            passwords.pop(user.username, None)
             counts["users_deactivated"] += 1
     db.session.commit()
-    if created or counts["users_deactivated"]:
+    if created:
         _write_private(passwords_file, json.dumps(passwords, indent=1, sort_keys=True) + "\n")
     for name, pw in created.items():
         print(f"Superset user created: '{name}', password '{pw}' (shown once; kept in {passwords_file}, 0600)",
