@@ -119,8 +119,12 @@ def open_dashboard(url: str, slug: str, user: str, password: str, out: Path,
             sqllab = None
             if probe_sqllab:
                 page.goto(f"{url}/sqllab/", wait_until="domcontentloaded")
-                page.wait_for_timeout(3000)
-                sqllab = {"url": page.url, "editor": page.locator(SQLLAB_EDITOR).count() > 0}
+                until = time.monotonic() + 30  # the editor, or a refusal, whichever shows first
+                while time.monotonic() < until and not page.locator(SQLLAB_EDITOR).count() \
+                        and "403 Forbidden" not in (page.content() or ""):
+                    page.wait_for_timeout(250)
+                sqllab = {"url": page.url, "editor": page.locator(SQLLAB_EDITOR).count() > 0,
+                          "forbidden": "403 Forbidden" in page.content()}
                 page.screenshot(path=str(out / "sqllab.png"), full_page=True)
         finally:
             browser.close()
