@@ -103,7 +103,7 @@ def _drop_team(sm, role) -> None:
     name = RLS_NAME.format(role.name[len(TEAM):])
     for f in db.session.query(RowLevelSecurityFilter).filter_by(name=name).all():
         db.session.delete(f)
-    for user in sm.get_all_users() if hasattr(sm, "get_all_users") else db.session.query(sm.user_model).all():
+    for user in db.session.query(sm.user_model).all():
         if role in user.roles:
             user.roles = [r for r in user.roles if r != role]
     db.session.delete(role)
