@@ -37,6 +37,26 @@ ERROR_SELECTORS = [".chart-container .alert-danger", "[data-test='chart-error']"
 SQLLAB_EDITOR = ".ace_editor, .ace_content, [data-test='sql-editor-tabs'], #ace-editor"
 
 
+def log_in(page, url: str, user: str, password: str, out: Path, timeout_s: float) -> None:
+    """Through the login form, as a person does. The form can take the keys before its script is
+    ready (seen on a loaded machine: Enter did nothing): then fill it in and send it again."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    page.goto(f"{url}/login/", wait_until="domcontentloaded")
+    tries = 3
+    for attempt in range(tries):
+        page.wait_for_selector("input[name='password'], #password", state="visible", timeout=timeout_s * 1000)
+        page.fill("input[name='username'], #username", user)
+        page.fill("input[name='password'], #password", password)
+        page.keyboard.press("Enter")
+        try:
+            page.wait_for_url(lambda u: "/login" not in u, timeout=timeout_s * 1000 / tries)
+            return
+        except PlaywrightTimeout:
+            page.screenshot(path=str(out / f"login-{attempt + 1}.png"), full_page=True)
+    raise RuntimeError(f"login as {user!r} did not leave the login page ({tries} tries; see {out}/login-*.png)")
+
+
 def open_dashboard(url: str, slug: str, user: str, password: str, out: Path,
                    timeout_s: float = 120.0, width: int = 1600, height: int = 1400,
                    watch: tuple[str, ...] = (), probe_sqllab: bool = False) -> dict:
@@ -85,11 +105,7 @@ def open_dashboard(url: str, slug: str, user: str, password: str, out: Path,
             page.on("request", on_request)
             page.on("response", on_response)
 
-            page.goto(f"{url}/login/", wait_until="domcontentloaded")
-            page.fill("input[name='username'], #username", user)
-            page.fill("input[name='password'], #password", password)
-            page.keyboard.press("Enter")
-            page.wait_for_url(lambda u: "/login" not in u, timeout=timeout_s * 1000)
+            log_in(page, url, user, password, out, timeout_s)
 
             t0 = time.monotonic()
             page.goto(f"{url}/superset/dashboard/{slug}/", wait_until="domcontentloaded")

@@ -319,7 +319,7 @@ AUDIT_LOG = Table(
         ("entry_id", STRING, "id of the entry; its file is audit-<entry_id>.parquet"),
         ("command", STRING, "ingest | build | diagnose | notify | maintenance | simulate | train | eval | provision | …"),
         ("status", STRING, "started (running, or killed before it ended) | ok | failed"),
-        ("user", STRING, "OS user of the process (for provision: the Superset admin that ran it)"),
+        ("user", STRING, "OS user of the process (Superset provisioning: the user Superset runs as)"),
         ("via", STRING, "cli | python | airflow <dag>.<task> <run_id> | superset"),
         ("host", STRING, "machine the command ran on"),
         ("pid", INT64, "process id (with host and started_at: tells a running command from a killed one)"),

@@ -43,7 +43,7 @@ final as (
         cast(date as date) as date,                            -- UTC date the command started
         cast(command as varchar) as command,                   -- ingest, build, diagnose, maintenance…
         cast(status as varchar) as status,                     -- ok | failed | started (running or killed)
-        cast(user_name as varchar) as user_name,               -- OS user (provision: the Superset admin)
+        cast(user_name as varchar) as user_name,               -- OS user of the process
         cast(via as varchar) as via,                           -- cli | airflow <dag>.<task> <run> | superset
         cast(host as varchar) as host,                         -- machine it ran on
         cast(started_at as timestamptz) as started_at,         -- UTC start
