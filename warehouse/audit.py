@@ -278,12 +278,13 @@ def audited(command: str, lake=None, counts=None):
         @functools.wraps(fn)
         def call(*a, **kw):
             bound = sig.bind(*a, **kw)
+            outer = _current.get()
             with entry(_lake_of(bound, lake), command, _args_of(bound)) as e:
                 out = fn(*a, **kw)
                 if counts is not None and out is not None:
                     e.record(**counts(out))
-                if isinstance(out, int) and not isinstance(out, bool):
-                    e.exit_code = out
+                if isinstance(out, int) and not isinstance(out, bool) and e is not outer:
+                    e.exit_code = out  # the command's own exit code, not an inner call's
                 return out
         return call
     return wrap
