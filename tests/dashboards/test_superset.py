@@ -492,7 +492,8 @@ def test_superset_start_removes_a_wal_planted_beside_the_serving_file(superset, 
     assert tampered == 2 * truth  # the planted WAL is real: a reader sees its numbers
     os.replace(tmp_path / "planted.wal", f"{serving}.wal")
     before = sha256(serving)
-    env = {**os.environ, "MHW_SUPERSET_PASSWORD": superset.password, "MHW_SERVING": str(serving)}
+    env = {**os.environ, "MHW_SUPERSET_PASSWORD": superset.password, "MHW_SERVING": str(serving),
+           "MHW_LAKE": str(tmp_path / "lake")}  # the start's provisioning audits into a lake of its own
     p = subprocess.run([str(BI_PYTHON), "-m", "dashboards.serve", "--setup-only", "--home", str(tmp_path / "home"),
                         "--serving", str(serving)], cwd=Path(__file__).resolve().parents[2], env=env,
                        capture_output=True, text=True, timeout=300)
