@@ -1208,8 +1208,13 @@ def _meta(args) -> tuple[RunMeta, list[str]]:
     return meta, notes
 
 
-@audit.audited("ingest")
 def run(args: argparse.Namespace) -> int:
+    with _arrow_without_pandas():  # the audit entry too: its row is pyarrow's first conversion
+        return _run(args)
+
+
+@audit.audited("ingest")
+def _run(args: argparse.Namespace) -> int:
     if args.lake:
         lake_root = args.lake
     else:
@@ -1265,25 +1270,23 @@ def run(args: argparse.Namespace) -> int:
                             def identity_of(read, source=source):
                                 return ingester.identify(source, read, args.source_name)
 
-                            with _arrow_without_pandas():
-                                try:
-                                    results.append(ingester.add_jsonl(source, args.table, shown_as, meta.given(), ident,
-                                                                      d, where, identity_of if as_read else None))
-                                except _Moved as moved:  # the bytes of a source ingested before: that source again
-                                    if moved.identity in seen:
-                                        print(f"note: {shown_as} is {seen[moved.identity]} again (same file or same "
-                                              f"bytes): ingested once")
-                                        continue
-                                    seen[moved.identity] = shown_as
-                                    results.append(ingester.add_jsonl(source, args.table, shown_as, meta.given(),
-                                                                      moved.identity, moved.digest, where))
+                            try:
+                                results.append(ingester.add_jsonl(source, args.table, shown_as, meta.given(), ident,
+                                                                  d, where, identity_of if as_read else None))
+                            except _Moved as moved:  # the bytes of a source ingested before: that source again
+                                if moved.identity in seen:
+                                    print(f"note: {shown_as} is {seen[moved.identity]} again (same file or same "
+                                          f"bytes): ingested once")
+                                    continue
+                                seen[moved.identity] = shown_as
+                                results.append(ingester.add_jsonl(source, args.table, shown_as, meta.given(),
+                                                                  moved.identity, moved.digest, where))
                         else:  # importers placed the flags themselves
                             parsed = parse(source, fmt, meta, args.table)
                             results.append(ingester.add(parsed, shown_as, None, ident, d, where))
                     except SourceError as e:
                         errors.append(str(e).replace(source, shown) if piped else str(e))
-            with _arrow_without_pandas():
-                runs = ingester.finish()
+            runs = ingester.finish()
     finally:
         shutil.rmtree(spool, ignore_errors=True)
     audit.record(**_counts(results, errors))  # committed: the audit entry's counts
@@ -1311,17 +1314,17 @@ def _counts(results: list[SourceResult], errors: list[str]) -> dict:
 class _NoPandas(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
         if name == "pandas" or name.startswith("pandas."):
-            raise ImportError("not imported while mhw ingest reads JSON lines")
+            raise ImportError("pandas is not imported while mhw ingest runs")
         return None
 
 
 @contextlib.contextmanager
 def _arrow_without_pandas():
     """pyarrow imports pandas on its first conversion of Python values, only to recognise pandas
-    objects (0.3 s of CPU, a third of a small ingest's); this project hands it none. While JSON
-    lines are read and runs written in a process that has not imported pandas, that import fails at
-    once and pyarrow goes on without it (it tries again when pandas is asked for by name:
-    ``to_pandas``, ``from_pandas``). An importer that needs pandas runs outside this block."""
+    objects (0.3 s of CPU, a third of a small ingest's); this project hands it none. While ``mhw
+    ingest`` runs in a process that has not imported pandas, that import fails at once and pyarrow
+    goes on without it (it tries again when pandas is asked for by name: ``to_pandas``,
+    ``from_pandas``). No importer imports pandas (every format was ingested without it)."""
     if "pandas" in sys.modules:
         yield
         return
