@@ -62,7 +62,8 @@ SEVERITIES = notify.SEVERITIES
 HEADER_KEYS = ("rule", "purpose", "grain", "scope", "subject", "sources", "params", "audits")
 SCOPES = ("run", "fleet")
 # tables whose partitions decide what is recomputed, and the column naming a partition's training runs
-WATCHED = {"train_steps": "run_id", "eval_results": "train_run_id", "latency_samples": None}
+WATCHED = {"train_steps": "run_id", "eval_results": "train_run_id", "latency_samples": None,
+           "serving_scrapes": None, "serving_requests": None}
 # views for run rules that compare a run with the other runs of its model: view -> lake table
 PEER_TABLES = {"peer_train_steps": "train_steps", "peer_eval_results": "eval_results", "runs": "runs"}
 # what the engine layer is given besides lake tables

@@ -151,8 +151,11 @@ def rows_of(scrape: Scrape, target: str, scraped_at: dt.datetime, hardware: str,
     to keep as the target's state."""
     started = _ts(scrape.process_start)
     rows, values, models = [], {}, set()
+    labeled = {s.model for s in scrape.samples if s.model}
+    # a series without a model label (http_requests_total) is the server's one model's, when it has one
+    default = model or (labeled.pop() if len(labeled) == 1 else None)
     for s in scrape.samples:
-        m = _model_slug(model, s.model, target)
+        m = _model_slug(model, s.model or default, target)
         models.add(m)
         key = _key((m, *s.series[1:]))
         values[key] = s.value
@@ -161,8 +164,8 @@ def rows_of(scrape: Scrape, target: str, scraped_at: dt.datetime, hardware: str,
                      "labels": s.labels, "value": s.value, "created_at": _ts(s.created_at) or started,
                      "prev_scraped_at": prev_at, "prev_value": prev.get(key), "source_metric": s.source_metric,
                      "model": m, "hardware": hardware})
-    if model:
-        models.add(_model_slug(model, None, target))
+    if default:
+        models.add(_model_slug(default, None, target))
     for m in sorted(models):  # one `up` row per model served: the interval the scrape closes
         key = _key((m, "up", None, None, ""))
         values[key] = 1.0
