@@ -355,6 +355,52 @@ def start(checkpoint: str, port: int = 0, model: str | None = None, hardware: st
     return server
 
 
+def spawn(checkpoint: str, port: int, log_path: str, *, model: str | None = None, hardware: str = "cpu",
+          precision: str = "fp32", workers: int = 1, request_log: str | None = None, extra: tuple = (),
+          timeout_s: float = 180.0):
+    """``mhw serve`` in its own process (and process group), once it answers /health; its output goes
+    to ``log_path``. For the demo, the tests and the benchmarks; stop it with ``stop``."""
+    import subprocess
+    import urllib.request
+
+    cmd = [sys.executable, "-m", "mhw", "serve", "--checkpoint", str(checkpoint), "--port", str(port),
+           "--hardware", hardware, "--precision", precision, "--workers", str(workers), *extra]
+    cmd += ["--model", model] if model else []
+    cmd += ["--request-log", str(request_log)] if request_log else []
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"mhw serve exited with {proc.returncode}; its log: {log_path}")
+        try:
+            with urllib.request.urlopen(f"http://{HOST}:{port}/health", timeout=2) as r:
+                if r.status == 200:
+                    return proc
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            stop(proc)
+            raise RuntimeError(f"mhw serve did not answer on port {port} in {timeout_s:.0f} s; its log: {log_path}")
+        time.sleep(0.2)
+
+
+def stop(proc, timeout_s: float = 30.0) -> int:
+    """SIGTERM to a ``spawn``ed server's group (it finishes the requests in flight), SIGKILL if it
+    outstays ``timeout_s``. Returns its exit code."""
+    import subprocess
+
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return proc.wait()
+    try:
+        return proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        return proc.wait()
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="a ckpt-*.pt of mhw train, or its folder (the latest)")
     p.add_argument("--port", type=int, default=8000, help="port on 127.0.0.1 (0: any free one, printed)")

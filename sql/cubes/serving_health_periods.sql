@@ -370,11 +370,15 @@ final as (
         cast(n_failed_scrapes as bigint) as n_failed_scrapes,   -- scrape: failed scrapes (their counts are in the next)
         cast(n_restarts as bigint) as n_restarts,               -- scrape: server restarts seen
         cast(round(n_requests) as bigint) as n_requests,        -- requests finished
-        cast(round(n_ok) as bigint) as n_ok,                    -- succeeded
-        cast(round(n_client_error) as bigint) as n_client_error, -- 4xx, validation errors
-        cast(round(n_server_error) as bigint) as n_server_error, -- 5xx
-        cast(round(n_other_error) as bigint) as n_other_error,  -- aborts, timeouts, other failures
-        cast((n_requests - n_ok) / nullif(n_requests, 0) as double) as error_rate, -- failed share
+        -- succeeded (0, not null, when the server counts requests)
+        cast(round(coalesce(n_ok, case when n_requests is not null then 0 end)) as bigint) as n_ok,
+        -- 4xx, validation errors (0, not null, when the server counts requests)
+        cast(round(coalesce(n_client_error, case when n_requests is not null then 0 end)) as bigint) as n_client_error,
+        -- 5xx (0, not null, when the server counts requests)
+        cast(round(coalesce(n_server_error, case when n_requests is not null then 0 end)) as bigint) as n_server_error,
+        -- aborts, timeouts, other failures (0, not null, when the server counts requests)
+        cast(round(coalesce(n_other_error, case when n_requests is not null then 0 end)) as bigint) as n_other_error,
+        cast((n_requests - coalesce(n_ok, 0)) / nullif(n_requests, 0) as double) as error_rate, -- failed share
         cast(n_requests / nullif(observed_s, 0) as double) as qps, -- requests per second
         cast(round(prompt_tokens) as bigint) as prompt_tokens,  -- prompt tokens
         cast(round(output_tokens) as bigint) as output_tokens,  -- generated tokens

@@ -105,6 +105,67 @@ def system_rows(rng, model: str, hw: str, day: dt.date, n: int = 40) -> pa.Table
     })
 
 
+SERVING_LE = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, math.inf]
+
+
+def serving_scrape_rows(rng, model: str, hw: str, day: dt.date, n: int = 40) -> pa.Table:
+    """One target scraped every minute as warehouse/scrape.py lands it: cumulative counters and
+    buckets with the previous scrape's values beside them, a failed scrape (up = 0) at minute 10, a
+    restart at minute 20 (the counters fall back, the series start again), queue and cache gauges."""
+    target = f"http://{model}-{hw}:8000/metrics"
+    start = dt.datetime.combine(day, dt.time(5), UTC)
+    rows, prev, prev_at, created = [], {}, None, start - dt.timedelta(seconds=30)
+    cum: dict = {}
+    for i in range(n):
+        at = start + dt.timedelta(minutes=i, seconds=float(rng.uniform(0, 2)))
+        if i == 10:  # the target did not answer: nothing but up = 0
+            rows.append({"target": target, "scraped_at": at, "precision": "bf16", "metric": "up", "labels": "",
+                         "value": 0.0, "prev_scraped_at": prev_at, "model": model, "hardware": hw})
+            continue
+        if i == 20:  # restarted: every series starts again from zero
+            cum, created = {}, at - dt.timedelta(seconds=5)
+        served = rng.poisson(30)
+        lat = rng.lognormal(math.log(0.08), 0.6, served)
+        status = rng.choice(["2xx", "4xx", "5xx"], p=[0.9, 0.06, 0.04], size=served)
+        for st in ("2xx", "4xx", "5xx"):
+            cum[("requests", st, None)] = cum.get(("requests", st, None), 0.0) + float((status == st).sum())
+        for le in SERVING_LE:
+            cum[("e2e_seconds_bucket", None, le)] = cum.get(("e2e_seconds_bucket", None, le), 0.0) + float((lat <= le).sum())
+        cum[("e2e_seconds_sum", None, None)] = cum.get(("e2e_seconds_sum", None, None), 0.0) + float(lat.sum())
+        cum[("e2e_seconds_count", None, None)] = cum.get(("e2e_seconds_count", None, None), 0.0) + served
+        cum[("output_tokens", None, None)] = cum.get(("output_tokens", None, None), 0.0) + 40.0 * served
+        values = dict(cum)
+        values[("queue_depth", None, None)] = float(rng.integers(0, 6))
+        values[("cache_usage", None, None)] = float(rng.uniform(0.2, 1.0))
+        values[("up", None, None)] = 1.0
+        for (metric, st, le), v in values.items():
+            cls = {"2xx": "ok", "4xx": "client_error", "5xx": "server_error"}.get(st)
+            rows.append({"target": target, "scraped_at": at, "precision": "bf16", "server": "vllm", "metric": metric,
+                         "status": st, "status_class": cls, "le": le, "labels": "engine=0", "value": v,
+                         "created_at": created, "prev_scraped_at": prev_at, "prev_value": prev.get((metric, st, le)),
+                         "source_metric": metric, "model": model, "hardware": hw})
+        prev, prev_at = values, at
+    return pa.Table.from_pylist(rows)
+
+
+def serving_request_rows(rng, model: str, hw: str, day: dt.date, n: int = 200) -> pa.Table:
+    """A per-request log: successes and failures of every class, and the latencies a naive cube gets
+    wrong (NaN, inf, zero, null TTFT)."""
+    e2e = rng.lognormal(math.log(120), 0.5, n)
+    ttft = e2e * rng.uniform(0.05, 0.3, n)
+    itl = (e2e - ttft) / 20
+    e2e[3], e2e[4], e2e[5], ttft[6] = np.nan, np.inf, 0.0, np.nan
+    status = rng.choice(["200", "400", "500", "abort"], p=[0.85, 0.05, 0.07, 0.03], size=n)
+    cls = [{"200": "ok", "400": "client_error", "500": "server_error"}.get(x, "error") for x in status]
+    return pa.table({
+        "request_id": [f"r{i}" for i in range(n)], "ts": _ts(day, np.arange(n) * 17.0 + 7200),
+        "precision": ["bf16"] * n, "status": status.tolist(), "status_class": cls, "e2e_ms": e2e,
+        "ttft_ms": pa.array([None if i == 7 else float(v) for i, v in enumerate(ttft)], pa.float64()),
+        "itl_ms": itl, "prompt_tokens": rng.integers(10, 500, n), "output_tokens": rng.integers(1, 40, n),
+        "model": [model] * n, "hardware": [hw] * n,
+    })
+
+
 def write_day(lake: Lake, day_index: int, seed: int = 0, key: str = "k0") -> None:
     """Everything for one day: train steps of two runs per (model, hardware), evals, latency, system.
     One file key per day (the writer lets a key live in one date of a model and hardware only)."""
@@ -123,6 +184,8 @@ def write_day(lake: Lake, day_index: int, seed: int = 0, key: str = "k0") -> Non
             lake.write("latency_samples", latency_rows(rng, model, hw, day, ckpt), key)
             lake.write("eval_results", eval_rows(rng, model, hw, day, ckpt), key)
             lake.write("system_samples", system_rows(rng, model, hw, day), key)
+            lake.write("serving_scrapes", serving_scrape_rows(rng, model, hw, day), key)
+            lake.write("serving_requests", serving_request_rows(rng, model, hw, day), key)
 
 
 def write_edge_run(lake: Lake) -> None:
