@@ -16,7 +16,8 @@
 --
 -- suite names the source: 'scrape' (percentiles interpolated within the server's own histogram
 -- buckets from per-window bucket deltas, as in sql/cubes/serving_health_periods.sql) or 'request_log'
--- (the log-bucket sketch of successful requests' e2e_ms, ≤ 1 % off). Eval percentiles come from the
+-- (the log-bucket sketch of successful requests' finite e2e_ms, ≤ 1 % off: a NaN or inf in a log is a
+-- broken value, not a slow request; the cube counts it, the rule does not). Eval percentiles come from the
 -- same sketch (growth 1.02: buckets -1100..1400, corrected by exact comparison with sketch_bounds).
 
 with
@@ -109,7 +110,7 @@ timed as (
     inner join diagnose_pairs as p
         on p.model = r.model
         and p.hardware = r.hardware
-    where r.status_class = 'ok' and r.e2e_ms is not null
+    where r.status_class = 'ok' and abs(r.e2e_ms) < cast('Infinity' as double)  -- NaN/inf: a broken value, not a slow request
     union all
     select
         l.model,
