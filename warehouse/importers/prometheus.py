@@ -154,7 +154,9 @@ def _start(created: dict, name: str, labels: dict) -> float | None:
 
 
 def _map(f, names: set[str], created: dict) -> list[Sample] | None:
-    name = f.name
+    # a counter exposed without its TYPE line (or typed under its bare name) parses as an untyped
+    # family named with _total: the same family
+    name = f.name[: -len("_total")] if f.type == "unknown" and f.name.endswith("_total") else f.name
     if name in FALLBACK_HISTOGRAMS and FALLBACK_HISTOGRAMS[name] in names:
         return None
     if name in FALLBACK_GAUGES and FALLBACK_GAUGES[name] in names:
@@ -164,7 +166,11 @@ def _map(f, names: set[str], created: dict) -> list[Sample] | None:
         return _histogram(f, prefix, factor, created)
     if name in GAUGES or name in FALLBACK_GAUGES:
         metric = GAUGES[FALLBACK_GAUGES.get(name, name)]
-        return [Sample(metric, s.value, *_labels(s.labels), source_metric=s.name) for s in f.samples]
+        out = []
+        for s in f.samples:
+            model, labels = _labels(s.labels)
+            out.append(Sample(metric, s.value, model, labels=labels, source_metric=s.name))
+        return out
     if name in TOKEN_COUNTERS:
         return [_counter(s, TOKEN_COUNTERS[name], name, created) for s in f.samples if s.name.endswith("_total")]
     if name in TOKEN_HISTOGRAM_SUMS:
