@@ -146,11 +146,11 @@ scrape_interpolated as (
     select
         *,
         case when le = cast('Infinity' as double) then lo
-            else lo + (le - lo) * (0.50 * n_total - n_below) / (n_cumulative - n_below) end as v50,
+            else lo + (le - lo) * (0.50 * n_total - n_below) / nullif(n_cumulative - n_below, 0) end as v50,
         case when le = cast('Infinity' as double) then lo
-            else lo + (le - lo) * (0.95 * n_total - n_below) / (n_cumulative - n_below) end as v95,
+            else lo + (le - lo) * (0.95 * n_total - n_below) / nullif(n_cumulative - n_below, 0) end as v95,
         case when le = cast('Infinity' as double) then lo
-            else lo + (le - lo) * (0.99 * n_total - n_below) / (n_cumulative - n_below) end as v99
+            else lo + (le - lo) * (0.99 * n_total - n_below) / nullif(n_cumulative - n_below, 0) end as v99
     from scrape_ranked
     where n_total > 0
 ),

@@ -77,10 +77,10 @@ scrape_percentiles as (
         'scrape' as source,
         window_id,
         1e3 * min_by(case when le = cast('Infinity' as double) then lo
-            else lo + (le - lo) * (0.95 * n_total - n_below) / (n_cumulative - n_below) end, le)
+            else lo + (le - lo) * (0.95 * n_total - n_below) / nullif(n_cumulative - n_below, 0) end, le)
             filter (where n_cumulative >= 0.95 * n_total) as p95_ms,
         1e3 * min_by(case when le = cast('Infinity' as double) then lo
-            else lo + (le - lo) * (0.99 * n_total - n_below) / (n_cumulative - n_below) end, le)
+            else lo + (le - lo) * (0.99 * n_total - n_below) / nullif(n_cumulative - n_below, 0) end, le)
             filter (where n_cumulative >= 0.99 * n_total) as p99_ms,
         max(n_total) as n_requests,
         min(first_ts) as first_ts,
