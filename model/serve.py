@@ -357,11 +357,11 @@ def start(checkpoint: str, port: int = 0, model: str | None = None, hardware: st
 
 def spawn(checkpoint: str, port: int, log_path: str, *, model: str | None = None, hardware: str = "cpu",
           precision: str = "fp32", workers: int = 1, request_log: str | None = None, extra: tuple = (),
-          timeout_s: float = 180.0):
-    """``mhw serve`` in its own process (and process group), once it answers /health; its output goes
-    to ``log_path``. For the demo, the tests and the benchmarks; stop it with ``stop``."""
+          timeout_s: float = 180.0, wait: bool = True):
+    """``mhw serve`` in its own process (and process group), once it answers /health (``wait``; else
+    at once: call ``wait_ready``); its output goes to ``log_path``. For the demo, the tests and the
+    benchmarks; stop it with ``stop``."""
     import subprocess
-    import urllib.request
 
     cmd = [sys.executable, "-m", "mhw", "serve", "--checkpoint", str(checkpoint), "--port", str(port),
            "--hardware", hardware, "--precision", precision, "--workers", str(workers), *extra]
@@ -369,6 +369,15 @@ def spawn(checkpoint: str, port: int, log_path: str, *, model: str | None = None
     cmd += ["--request-log", str(request_log)] if request_log else []
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    if wait:
+        wait_ready(proc, port, log_path, timeout_s)
+    return proc
+
+
+def wait_ready(proc, port: int, log_path: str, timeout_s: float = 180.0) -> None:
+    """Until a ``spawn``ed server answers /health (RuntimeError if it exits or outstays ``timeout_s``)."""
+    import urllib.request
+
     deadline = time.monotonic() + timeout_s
     while True:
         if proc.poll() is not None:
@@ -376,7 +385,7 @@ def spawn(checkpoint: str, port: int, log_path: str, *, model: str | None = None
         try:
             with urllib.request.urlopen(f"http://{HOST}:{port}/health", timeout=2) as r:
                 if r.status == 200:
-                    return proc
+                    return
         except OSError:
             pass
         if time.monotonic() > deadline:

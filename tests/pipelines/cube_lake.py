@@ -252,6 +252,9 @@ def serving_tables(path: str) -> dict[str, pa.Table]:
         t = con.sql(f'select * from s.main."{name}"').to_arrow_table()
         keys = [c for c in t.column_names if pa.types.is_string(t.schema.field(c).type)
                 or pa.types.is_integer(t.schema.field(c).type) or pa.types.is_date(t.schema.field(c).type)]
+        # then timestamps and doubles: rows the exact columns do not tell apart (an hour, a bound)
+        keys += [c for c in t.column_names if pa.types.is_timestamp(t.schema.field(c).type)]
+        keys += [c for c in t.column_names if pa.types.is_floating(t.schema.field(c).type)]
         out[name] = t.sort_by([(k, "ascending") for k in keys])
     con.close()
     return out
