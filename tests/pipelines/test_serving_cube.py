@@ -14,10 +14,11 @@ import datetime as dt
 import threading
 import time
 
+import duckdb
 import pytest
-import pyarrow as pa
 
 from model import loadgen, serve
+from pipelines.audit import audit
 from pipelines.build import build
 from pipelines.diagnose import diagnose
 from pipelines.localhost import free_port
@@ -69,6 +70,14 @@ def test_deltas_across_a_first_scrape_a_new_series_a_failed_scrape_and_a_restart
     assert (row["n_scrapes"], row["n_failed_scrapes"], row["n_restarts"]) == (4, 1, 1)
     # the intervals cover the server's life without gap or overlap: from its start to the last scrape
     assert row["observed_s"] == pytest.approx((at[4] - t0).total_seconds() + 20, abs=1e-6)
+    # mhw audit recomputes the deltas from the raw rows: equal; then a cube count off by one is named
+    assert audit(str(tmp_path / "lake"), str(tmp_path / "s.duckdb")) == []
+    con = duckdb.connect(str(tmp_path / "s.duckdb"))
+    con.execute("update serving_health_periods set n_requests = n_requests + 1 where period = 'day'")
+    con.close()
+    found = {(f.partition, f.measure) for f in audit(str(tmp_path / "lake"), str(tmp_path / "s.duckdb"))}
+    assert found == {("model=twin/hardware=cpu-x1/date=2026-03-01", "scrape n_requests"),
+                     ("level=hour/scrape/model=twin/hardware=cpu-x1/date=2026-03-01", "n_requests")}
 
 
 # --- a real mhw serve under load ----------------------------------------------------------------------
