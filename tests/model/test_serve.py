@@ -57,15 +57,18 @@ def test_answers_carry_the_timings_the_histograms_observe(server):
     res = loadgen.run_load(url, requests=12, concurrency=2, max_tokens=6)
     after = metrics(url)
     ok = res.ok
-    assert len(ok) == 12 and all(r.output_tokens == 6 and len(r.itl_ms) == 5 for r in ok)
+    # up to 6 tokens each (fewer when the model ends its answer), one gap between each two
+    assert len(ok) == 12 and all(1 <= r.output_tokens <= 6 and len(r.itl_ms) == r.output_tokens - 1 for r in ok)
     assert all(r.ttft_ms <= r.e2e_ms for r in ok)
     assert after.server == "vllm" and after.process_start is not None
     grew = lambda m, **k: total(after, m, **k) - total(before, m, **k)  # noqa: E731
-    assert grew("requests", status="length") == 12
-    assert grew("e2e_seconds_count") == grew("ttft_seconds_count") == 12 and grew("itl_seconds_count") == 60
+    assert grew("requests", status="length") + grew("requests", status="stop") == 12
+    assert grew("e2e_seconds_count") == grew("ttft_seconds_count") == 12
+    assert grew("itl_seconds_count") == sum(len(r.itl_ms) for r in ok)
     assert grew("e2e_seconds_sum") == pytest.approx(sum(r.e2e_ms for r in ok) / 1e3, rel=1e-9)
     assert grew("itl_seconds_sum") == pytest.approx(sum(sum(r.itl_ms) for r in ok) / 1e3, rel=1e-9)
-    assert grew("output_tokens") == 72 and grew("prompt_tokens") == sum(r.prompt_tokens for r in ok)
+    assert grew("output_tokens") == sum(r.output_tokens for r in ok)
+    assert grew("prompt_tokens") == sum(r.prompt_tokens for r in ok)
     slowest = max(r.e2e_ms for r in ok) / 1e3
     le_first = min(x.le for x in after.samples if x.metric == "e2e_seconds_bucket" and x.le >= slowest)
     assert total(after, "e2e_seconds_bucket", le=le_first) == total(after, "e2e_seconds_count")
@@ -106,8 +109,9 @@ def test_the_request_log_has_every_request_before_its_answer(server):
     row = json.loads(lines[-1])
     assert row["request_id"] == body["id"] and row["status"] == 200
     assert (row["model"], row["hardware"], row["precision"]) == ("tiny", "cpu-test", "fp32")
-    assert row["e2e_ms"] == pytest.approx(body["timings"]["e2e_ms"]) and row["output_tokens"] == 3
-    assert row["itl_ms"] == pytest.approx(sum(body["timings"]["itl_ms"]) / 2)
+    gaps = body["timings"]["itl_ms"]
+    assert row["e2e_ms"] == body["timings"]["e2e_ms"] and row["output_tokens"] == body["usage"]["completion_tokens"]
+    assert row["itl_ms"] == (sum(gaps) / len(gaps) if gaps else None)
 
 
 def test_the_load_generator_refuses_other_hosts():
