@@ -17,7 +17,7 @@ DuckDB or Spark through pipelines.engines. Every rule returns one row per anomal
   alerts seen before; notifiers (pipelines/notify.py) get only alerts never notified.
 
 Incremental like ``mhw build``: ``<lake>/_diagnose/manifest.json`` keeps, per lake partition of
-train_steps, eval_results and latency_samples, its files (name, size, mtime) and the training runs
+train_steps, eval_results, latency_samples and the serving tables, its files (name, size, mtime) and the training runs
 in it. Run rules are recomputed for the runs found in changed partitions, over every partition those
 runs have rows in; fleet rules for the model × hardware pairs with a changed partition, over all of
 that pair's days (their trailing baselines need the history). A change of any rule SQL or of the

@@ -69,7 +69,7 @@ windowed as (
         cast(floor(date_diff('microsecond', cast('2000-01-01 00:00:00+00' as timestamptz), ts)
             / (60e6 * {{ window_minutes }})) as bigint) as window_id,
         sum(n) as n_requests,
-        sum(n) filter (where status_class is null or status_class not in ('ok', 'client_error')) as n_failed,
+        sum(n) filter (where status_class in ('server_error', 'error')) as n_failed,  -- unknown status: not judged
         min(ts) as first_ts,
         max(ts) as last_ts
     from counted
