@@ -240,9 +240,16 @@ def scrape(target: str, hardware: str, precision: str | None = None, model: str 
 
 def scrape_targets(targets: list[dict], lake_root: str | None = None, timeout_s: float = 5.0) -> list[dict]:
     """Scrape each configured target (``{url, hardware, precision, model}``); one failing target
-    never stops the others. Returns each one's result as a dict."""
-    return [scrape(t["url"], t["hardware"], t.get("precision"), t.get("model"), lake_root,
-                   float(t.get("timeout_s", timeout_s))).as_dict() for t in targets]
+    never stops the others (an unreachable one lands up = 0; one whose scrape cannot be placed, no
+    model named anywhere, is reported). Returns each one's result as a dict."""
+    out = []
+    for t in targets:
+        try:
+            out.append(scrape(t["url"], t["hardware"], t.get("precision"), t.get("model"), lake_root,
+                              float(t.get("timeout_s", timeout_s))).as_dict())
+        except SourceError as e:
+            out.append({"target": t["url"], "up": None, "rows": 0, "error": str(e)})
+    return out
 
 
 def configured_targets(settings=None) -> tuple[list[dict], float]:
