@@ -177,3 +177,28 @@ def test_configured_targets_are_checked():
     assert scrape.configured_targets(ok) == ([{"url": "http://127.0.0.1:1/metrics", "hardware": "cpu"}], 2.0)
     with pytest.raises(ValueError, match=r"scrape.targets\[0\]: needs url and hardware"):
         scrape.configured_targets(S({"scrape": {"targets": [{"url": "http://x/metrics"}]}}))
+
+
+def test_scrape_targets_reports_a_target_it_cannot_place_and_scrapes_the_rest(tmp_path):
+    class Unlabeled(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = b"# TYPE tgi_queue_size gauge\ntgi_queue_size 3\n"  # TGI names no model
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Unlabeled)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        got = scrape.scrape_targets([
+            {"url": f"http://127.0.0.1:{server.server_address[1]}/metrics", "hardware": "cpu"},
+            {"url": f"http://127.0.0.1:{free_port()}/metrics", "hardware": "cpu", "model": "m"}],
+            str(tmp_path / "lake"), timeout_s=5)
+    finally:
+        server.shutdown()
+    assert got[0]["up"] is None and "pass --model" in got[0]["error"]
+    assert got[1]["up"] is False and got[1]["rows"] == 1
