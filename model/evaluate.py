@@ -35,12 +35,12 @@ from pathlib import Path
 import pyarrow as pa
 import torch
 
-from model import checkpoint, data, hardware, models
+from model import checkpoint, data, models
 from model.config import CONFIGS_DIR, CfgNode, add_override_arguments, load_yaml, overrides_from_args
 from model.metrics import f1_score, forward_loss, score
-from model.telemetry import utcnow
 from model.train import autocast_for, build_config as train_config
-from warehouse import config as mhw_config
+from warehouse import config as mhw_config, hardware
+from warehouse.telemetry import utcnow
 from warehouse.writer import Lake, check_slug, slugify
 
 SUITES = ("quality", "robustness", "latency", "errors", "precision")

@@ -34,11 +34,11 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from model import checkpoint, data, hardware, models
+from model import checkpoint, data, models
 from model.config import CfgNode, add_override_arguments, load_yaml, overrides_from_args
 from model.metrics import forward_loss, score
-from model.telemetry import Telemetry, checkpoint_block_rows, utcnow
-from warehouse import config as mhw_config
+from warehouse import config as mhw_config, hardware
+from warehouse.telemetry import Telemetry, checkpoint_block_rows, utcnow
 
 
 def default_config() -> CfgNode:

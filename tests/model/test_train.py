@@ -12,7 +12,7 @@ import psutil
 import pytest
 import torch
 
-from model import checkpoint, data, hardware, train
+from model import checkpoint, data, train
 from model.config import CfgNode
 from warehouse import cli
 from warehouse.query import connect
@@ -258,18 +258,6 @@ def test_hf_datasets_folder_loads(tmp_path):
     cfg.name, cfg.path = "hf_disk", str(tmp_path / "ds")
     tr, va = data.build(cfg, "cls", data.ByteTokenizer(), 8)
     assert (tr.n, va.n) == (30, 2)
-
-
-@pytest.mark.parametrize("name, mem, count, want", [
-    ("NVIDIA H100 80GB HBM3", 79.6, 8, "h100-sxm-80gb-x8"),  # memory in GiB, as the driver counts it
-    ("NVIDIA A100-SXM4-80GB", 79.2, 8, "a100-sxm-80gb-x8"),
-    ("NVIDIA H100 PCIe", 79.6, 1, "h100-pcie-80gb-x1"),
-    ("Tesla T4", 14.7, 4, "t4-15gb-x4"),
-])
-def test_hardware_fingerprint_is_a_readable_slug(name, mem, count, want):
-    assert hardware._gpu_slug(name, mem, count) == want
-    assert hardware.fingerprint().startswith("cpu-" if not torch.cuda.is_available() else "")
-    assert hardware.peak_flops(name) and hardware.peak_flops(None) is None
 
 
 # -----------------------------------------------------------------------------
