@@ -56,7 +56,7 @@ def start_serving(settings, logs: Path):
     """``mhw serve`` on the newest fp32 GPT-2 checkpoint of the demo's training, not waited for (it
     loads while evaluate_models runs). None when there is no such checkpoint."""
     from model import serve
-    from model.hardware import fingerprint
+    from warehouse.hardware import fingerprint
 
     found = sorted(Path(settings.checkpoints_root).glob("gpt2-tiny-fp32-*/ckpt-*.pt"), key=os.path.getmtime)
     if not found:
