@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ingest": ("warehouse.ingest", "load JSONL, HF Trainer, TensorBoard, MLPerf, lm-eval or MLflow logs into the lake"),
     "build": ("pipelines.build", "build the cubes (DuckDB or Spark, incremental) and swap in the serving file"),
     "audit": ("pipelines.audit", "check that the served cubes equal the raw lake, partition by partition"),
+    "audit-log": ("pipelines.audit_log", "list the audit trail: who changed the lake, when, with which counts"),
     "diagnose": ("pipelines.diagnose", "compute health alerts (training runs, fleet) incrementally and notify new ones"),
     "alerts": ("pipelines.alerts", "list health alerts (--since, --rule, --severity; table or json)"),
     "collect": ("warehouse.collector", "receive telemetry over HTTP from nodes without lake access (token, 127.0.0.1 by default)"),

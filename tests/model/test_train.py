@@ -14,7 +14,7 @@ import torch
 
 from model import checkpoint, data, train
 from model.config import CfgNode
-from warehouse import cli
+from warehouse import audit, cli
 from warehouse.query import connect
 
 REPO = Path(__file__).resolve().parents[2]
@@ -87,6 +87,8 @@ def test_resume_from_mid_run_checkpoint_continues_the_same_curve_without_duplica
     run_id = lake(lake_root).execute("select run_id from runs").fetchone()[0]
     assert lake(lake_root).execute("select status from runs").fetchone()[0] == "failed"
     assert lake(lake_root).execute("select max(step) from train_steps").fetchone()[0] == 24
+    (crashed,) = audit.read(lake_root)
+    assert crashed["status"] == "failed" and "injected failure" in crashed["error"]
 
     # resume from the middle checkpoint (step 10, not the latest): steps 10..24 are logged again
     ckpts = checkpoint.all_in(tmp_path / "b" / "out" / run_id)
@@ -115,6 +117,10 @@ def test_nan_loss_is_kept_as_data_and_counted(tmp_path, lake_root):
     # the non-finite step was skipped, so the weights (and every later loss) stayed finite
     assert all(math.isfinite(v) for k, v in losses.items() if k != 3)
     assert lake(lake_root).execute("select count(*) from train_steps where isnan(loss)").fetchone()[0] == 1
+    (entry,) = audit.read(lake_root)  # one audit entry: the run, its steps and status
+    assert (entry["command"], entry["status"]) == ("train", "ok")
+    assert {k: json.loads(entry["counts"])[k] for k in ("run_id", "steps", "status")} == \
+        {"run_id": s["run_id"], "steps": 8, "status": "completed"}
 
 
 def test_stop_on_nan_ends_the_run_as_diverged(tmp_path, lake_root):
