@@ -3,7 +3,8 @@
 --   requests that fail on the server's side (5xx, aborts, timeouts; not the clients' 4xx) exceeds
 --   max_error_rate over a window of window_minutes, from its servers' /metrics (scrape deltas) or
 --   from its per-request logs.
--- grain: one row per model × hardware × precision × source × episode (consecutive windows in breach).
+-- grain: one row per model × hardware × precision × source × episode (consecutive judged windows in
+--   breach: windows with too few requests to judge neither break nor extend one).
 -- scope: fleet (recomputed for the model × hardware pairs whose serving_scrapes or serving_requests changed)
 -- subject: model, hardware, precision, suite
 -- sources: serving_scrapes, serving_requests, diagnose_pairs
@@ -15,8 +16,9 @@
 -- suite names the source: 'scrape' or 'request_log' (both are judged, never added together). Scrape
 -- deltas are those of sql/cubes/serving_scrape_base.sql (the value minus the previous scrape's, the
 -- value itself after a restart or on a first scrape whose series start is known), attributed to the
--- window the scrape ends in. Windows are window_minutes long, counted from 2000-01-01 UTC, so
--- consecutive windows have consecutive numbers whatever the day.
+-- window the scrape ends in. Windows are window_minutes long, counted from 2000-01-01 UTC; an
+-- episode runs over consecutive judged windows (live traffic seen a few minutes a day is one episode
+-- over days, not one alert a day).
 
 with
 
@@ -88,11 +90,19 @@ scored as (
     from windowed
 ),
 
+numbered as (
+    select
+        *,
+        row_number() over (partition by model, hardware, precision, source order by window_id) as window_number
+    from scored
+    where n_requests >= {{ min_requests }}  -- judged windows only: a quiet one neither breaks nor extends
+),
+
 islands as (
     select
         *,
-        window_id - row_number() over (partition by model, hardware, precision, source order by window_id) as island
-    from scored
+        window_number - row_number() over (partition by model, hardware, precision, source order by window_id) as island
+    from numbered
     where is_breach
 ),
 

@@ -3,7 +3,7 @@
 --   traffic: over a window of window_minutes its requests waiting (num_requests_waiting, tgi_queue_size,
 --   nv_inference_pending_request_count) average max_queue_depth or more, or its KV cache is on average
 --   max_cache_usage full or more, as its /metrics report them.
--- grain: one row per model × hardware × precision × episode (consecutive windows saturated); metric
+-- grain: one row per model × hardware × precision × episode (consecutive judged windows saturated); metric
 --   names the signal of the first window (queue_depth or cache_usage).
 -- scope: fleet (recomputed for the model × hardware pairs whose serving_scrapes changed)
 -- subject: model, hardware, precision
@@ -72,8 +72,10 @@ scored as (
     select
         *,
         coalesce(queue_depth / {{ max_queue_depth }}, 0.0) as queue_ratio,
-        coalesce(cache_usage / {{ max_cache_usage }}, 0.0) as cache_ratio
+        coalesce(cache_usage / {{ max_cache_usage }}, 0.0) as cache_ratio,
+        row_number() over (partition by model, hardware, precision order by window_id) as window_number
     from windows
+    where queue_depth is not null or cache_usage is not null  -- judged windows only
 ),
 
 flagged as (
@@ -90,7 +92,7 @@ flagged as (
 islands as (
     select
         *,
-        window_id - row_number() over (partition by model, hardware, precision order by window_id) as island
+        window_number - row_number() over (partition by model, hardware, precision order by window_id) as island
     from flagged
 ),
 

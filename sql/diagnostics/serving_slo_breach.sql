@@ -4,7 +4,7 @@
 --   p95_ms / p99_ms: the same SLO its eval latency is held to), else max_ratio_eval times the model's
 --   own eval latency at that percentile (latency_samples of mhw eval), else default_p95_ms /
 --   default_p99_ms. The eval latency is stated as the reference in every alert.
--- grain: one row per model × hardware × precision × source × episode (consecutive windows in breach);
+-- grain: one row per model × hardware × precision × source × episode (consecutive judged windows in breach);
 --   metric names the worse percentile (e2e_p95_ms or e2e_p99_ms) of the first window.
 -- scope: fleet (recomputed for the model × hardware pairs whose serving_scrapes or serving_requests changed)
 -- subject: model, hardware, precision, suite
@@ -303,11 +303,18 @@ windows as (
     group by model, hardware, precision, source, window_id
 ),
 
+numbered as (
+    select
+        *,
+        row_number() over (partition by model, hardware, precision, source order by window_id) as window_number
+    from windows  -- judged windows only (min_requests): a quiet one neither breaks nor extends an episode
+),
+
 islands as (
     select
         *,
-        window_id - row_number() over (partition by model, hardware, precision, source order by window_id) as island
-    from windows
+        window_number - row_number() over (partition by model, hardware, precision, source order by window_id) as island
+    from numbered
     where n_breached > 0
 ),
 
