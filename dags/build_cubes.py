@@ -19,7 +19,8 @@ from pipelines.assets import CUBES, LAKE
 
 
 @dag(
-    schedule=(LAKE["train_steps"] | LAKE["eval_results"] | LAKE["latency_samples"] | LAKE["system_samples"]),
+    schedule=(LAKE["train_steps"] | LAKE["eval_results"] | LAKE["latency_samples"] | LAKE["system_samples"]
+              | LAKE["serving_scrapes"] | LAKE["serving_requests"]),
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,

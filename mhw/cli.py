@@ -24,6 +24,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "simulate": ("warehouse.simulate", "generate realistic fleet telemetry with planted incidents"),
     "train": ("model.train", "train a GPT-2 / BERT model from configs/*.yaml, with telemetry into the lake"),
     "eval": ("model.evaluate", "evaluate a checkpoint (quality, robustness, latency, errors, precision)"),
+    "serve": ("model.serve", "serve a checkpoint over HTTP on 127.0.0.1, with Prometheus /metrics (vLLM's families)"),
+    "scrape": ("warehouse.scrape", "land inference servers' Prometheus /metrics (vLLM, TGI, Triton) in the lake"),
 }
 
 

@@ -262,6 +262,57 @@ SYSTEM_SAMPLES = Table(
     key=("run_id", "device", "ts"),
 )
 
+SERVING_SCRAPES = Table(
+    name="serving_scrapes",
+    columns=_fields(
+        ("target", STRING, "URL of the /metrics endpoint scraped"),
+        ("scraped_at", TIMESTAMP, "UTC time of the scrape"),
+        ("precision", STRING, "precision the model is served in"),
+        ("server", STRING, "vllm | tgi | triton | unknown: whose metric families the scrape had"),
+        ("metric", STRING, "canonical name: requests, e2e_seconds_bucket/_count/_sum, ttft_seconds_*, "
+                           "itl_seconds_*, prompt_tokens, output_tokens, queue_depth, running, cache_usage, up"),
+        ("status", STRING, "requests only: the status as the server labels it (2xx, 5xx, stop, abort, …)"),
+        ("status_class", STRING, "requests only: ok | client_error | server_error | error"),
+        ("le", FLOAT64, "histogram buckets only: the bucket's inclusive upper bound (inf for +Inf)"),
+        ("labels", STRING, "the series' other labels, k=v sorted and comma-joined (engine=0), so replicas "
+                           "inside one server stay apart"),
+        ("value", FLOAT64, "cumulative value (counters, buckets, _count, _sum) or the gauge's value"),
+        ("created_at", TIMESTAMP, "when the series (its _created sample), else the server process, started; "
+                                  "null when the server does not say"),
+        ("prev_scraped_at", TIMESTAMP, "the target's previous landed scrape (null: its first)"),
+        ("prev_value", FLOAT64, "the same series' value in that scrape (null: not in it)"),
+        ("source_metric", STRING, "the sample's name as the server exposes it"),
+        *_KEYS,
+    ),
+    partition_by=FACT_PARTITIONS,
+    time_column="scraped_at",
+    required=("target", "model", "hardware", "scraped_at", "metric"),
+    doc="One row per canonical sample of one scrape of an inference server's Prometheus /metrics (mhw scrape): "
+        "cumulative values with the previous scrape's beside them, so per-interval deltas (resets handled) "
+        "are a row-local computation (sql/cubes/serving_scrape_base.sql).",
+)
+
+SERVING_REQUESTS = Table(
+    name="serving_requests",
+    columns=_fields(
+        ("request_id", STRING, "the server's request id (optional)"),
+        ("ts", TIMESTAMP, "UTC time the request arrived"),
+        ("precision", STRING, "precision the model served in"),
+        ("status", STRING, "status as logged: an HTTP code (200, 500), or ok, error, timeout, stop, abort …"),
+        ("status_class", STRING, "ok | client_error | server_error | error (derived from status when absent)"),
+        ("e2e_ms", FLOAT64, "end-to-end latency, ms (arrival to last byte)"),
+        ("ttft_ms", FLOAT64, "time to first token, ms"),
+        ("itl_ms", FLOAT64, "mean inter-token latency of the request, ms ((e2e - ttft) / (output tokens - 1))"),
+        ("prompt_tokens", INT64, "tokens in the prompt"),
+        ("output_tokens", INT64, "tokens generated"),
+        *_KEYS,
+    ),
+    partition_by=FACT_PARTITIONS,
+    time_column="ts",
+    required=("model", "hardware", "ts"),
+    doc="One row per request from an inference server's per-request log, kept raw so percentiles merge exactly.",
+)
+
 QUARANTINE = Table(
     name="quarantine",
     columns=_fields(
@@ -348,8 +399,8 @@ AUDIT_LOG = Table(
 )
 
 TABLES: dict[str, Table] = {
-    t.name: t for t in (RUNS, TRAIN_STEPS, STEP_METRICS, EVAL_RESULTS, LATENCY_SAMPLES, SYSTEM_SAMPLES, QUARANTINE,
-                        ALERTS, AUDIT_LOG)
+    t.name: t for t in (RUNS, TRAIN_STEPS, STEP_METRICS, EVAL_RESULTS, LATENCY_SAMPLES, SYSTEM_SAMPLES,
+                        SERVING_SCRAPES, SERVING_REQUESTS, QUARANTINE, ALERTS, AUDIT_LOG)
 }
 # Written by the pipelines, never ingested (no one can forge an alert or an audit entry through
 # mhw ingest); not compacted or aged out.

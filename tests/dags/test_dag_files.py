@@ -4,7 +4,7 @@ import pytest
 
 from pipelines.airflow_local import DAGS
 
-DAG_IDS = ["build_cubes", "evaluate_models", "maintenance", "train_model"]
+DAG_IDS = ["build_cubes", "evaluate_models", "maintenance", "scrape_serving", "train_model"]
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +58,8 @@ def test_build_cubes_runs_on_lake_assets(dagbag):
     # data order: the rules read the lake; one build then serves the cubes and the alerts
     assert _edges(dag) == {("diagnose", "build"), ("build", "notify"), ("notify", "summarize")}
     consumed = {a.name for a in dag.timetable.asset_condition.objects}
-    assert consumed == {"lake.train_steps", "lake.eval_results", "lake.latency_samples", "lake.system_samples"}
+    assert consumed == {"lake.train_steps", "lake.eval_results", "lake.latency_samples", "lake.system_samples",
+                        "lake.serving_scrapes", "lake.serving_requests"}
     assert {a.name for a in dag.get_task("build").outlets} == {"serving.cubes"}
 
 
@@ -66,3 +67,10 @@ def test_maintenance_is_daily(dagbag):
     dag = dagbag.dags["maintenance"]
     assert [t.task_id for t in dag.tasks] == ["compact_and_retain"]
     assert dag.schedule == "@daily"
+
+
+def test_scrape_serving_maps_one_task_per_target_every_minute(dagbag):
+    dag = dagbag.dags["scrape_serving"]
+    assert _edges(dag) == {("find_targets", "scrape")}
+    assert dag.schedule == "* * * * *" and dag.max_active_runs == 1
+    assert {a.name for a in dag.get_task("scrape").outlets} == {"lake.serving_scrapes"}

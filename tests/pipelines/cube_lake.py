@@ -105,6 +105,82 @@ def system_rows(rng, model: str, hw: str, day: dt.date, n: int = 40) -> pa.Table
     })
 
 
+SERVING_LE = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, math.inf]
+
+
+def serving_scrape_rows(rng, model: str, hw: str, day: dt.date, n: int = 40, hour: int = 5, *,
+                        failed_at: int | None = 10, restart_at: int | None = 20, slow_from: int | None = None,
+                        fail_from: int | None = None, queue_from: int | None = None,
+                        p_status=(0.9, 0.06, 0.04)) -> pa.Table:
+    """One target scraped every minute as warehouse/scrape.py lands it: cumulative counters and
+    buckets with the previous scrape's values beside them, a failed scrape (up = 0) at minute
+    ``failed_at``, a restart at ``restart_at`` (the counters fall back, the series start again), queue
+    and cache gauges. From ``slow_from`` requests take ~3 s, from ``fail_from`` a fifth fail with 5xx,
+    from ``queue_from`` about 10 requests wait (incidents for the serving rules)."""
+    target = f"http://{model}-{hw}:8000/metrics"
+    start = dt.datetime.combine(day, dt.time(hour), UTC)
+    rows, prev, prev_at, created = [], {}, None, start - dt.timedelta(seconds=30)
+    cum: dict = {}
+    for i in range(n):
+        at = start + dt.timedelta(minutes=i, seconds=float(rng.uniform(0, 2)))
+        if i == failed_at:  # the target did not answer: nothing but up = 0
+            rows.append({"target": target, "scraped_at": at, "precision": "bf16", "metric": "up", "labels": "",
+                         "value": 0.0, "prev_scraped_at": prev_at, "model": model, "hardware": hw})
+            continue
+        if i == restart_at:  # restarted: every series starts again from zero
+            cum, created = {}, at - dt.timedelta(seconds=5)
+        served = rng.poisson(30)
+        slow = slow_from is not None and i >= slow_from
+        lat = rng.lognormal(math.log(3.0 if slow else 0.08), 0.3 if slow else 0.6, served)
+        p = (0.76, 0.04, 0.2) if fail_from is not None and i >= fail_from else p_status
+        status = rng.choice(["2xx", "4xx", "5xx"], p=list(p), size=served)
+        for st in ("2xx", "4xx", "5xx"):
+            cum[("requests", st, None)] = cum.get(("requests", st, None), 0.0) + float((status == st).sum())
+        for le in SERVING_LE:
+            cum[("e2e_seconds_bucket", None, le)] = cum.get(("e2e_seconds_bucket", None, le), 0.0) + float((lat <= le).sum())
+        cum[("e2e_seconds_sum", None, None)] = cum.get(("e2e_seconds_sum", None, None), 0.0) + float(lat.sum())
+        cum[("e2e_seconds_count", None, None)] = cum.get(("e2e_seconds_count", None, None), 0.0) + served
+        cum[("output_tokens", None, None)] = cum.get(("output_tokens", None, None), 0.0) + 40.0 * served
+        values = dict(cum)
+        queued = queue_from is not None and i >= queue_from
+        values[("queue_depth", None, None)] = float(rng.integers(8, 13) if queued else rng.integers(0, 6))
+        values[("cache_usage", None, None)] = float(rng.uniform(0.2, 0.9))
+        values[("up", None, None)] = 1.0
+        for (metric, st, le), v in values.items():
+            cls = {"2xx": "ok", "4xx": "client_error", "5xx": "server_error"}.get(st)
+            rows.append({"target": target, "scraped_at": at, "precision": "bf16", "server": "vllm", "metric": metric,
+                         "status": st, "status_class": cls, "le": le, "labels": "engine=0", "value": v,
+                         "created_at": created, "prev_scraped_at": prev_at, "prev_value": prev.get((metric, st, le)),
+                         "source_metric": metric, "model": model, "hardware": hw})
+        prev, prev_at = values, at
+    return pa.Table.from_pylist(rows)
+
+
+def serving_request_rows(rng, model: str, hw: str, day: dt.date, n: int = 200, start_s: float = 7200,
+                         every_s: float = 17.0, slow_from: int | None = None, fail_from: int | None = None,
+                         p_status=(0.85, 0.05, 0.07, 0.03)) -> pa.Table:
+    """A per-request log: successes and failures of every class, and the latencies a naive cube gets
+    wrong (NaN, inf, zero, null TTFT). From request ``slow_from`` they take ~3 s, from ``fail_from``
+    a fifth fail with 500."""
+    e2e = rng.lognormal(math.log(120), 0.5, n)
+    if slow_from is not None:
+        e2e[slow_from:] = rng.lognormal(math.log(3000), 0.3, n - slow_from)
+    ttft = e2e * rng.uniform(0.05, 0.3, n)
+    itl = (e2e - ttft) / 20
+    e2e[3], e2e[4], e2e[5], ttft[6] = np.nan, np.inf, 0.0, np.nan
+    status = rng.choice(["200", "400", "500", "abort"], p=list(p_status), size=n)
+    if fail_from is not None:
+        status[fail_from:] = rng.choice(["200", "500"], p=[0.8, 0.2], size=n - fail_from)
+    cls = [{"200": "ok", "400": "client_error", "500": "server_error"}.get(x, "error") for x in status]
+    return pa.table({
+        "request_id": [f"r{i}" for i in range(n)], "ts": _ts(day, np.arange(n) * every_s + start_s),
+        "precision": ["bf16"] * n, "status": status.tolist(), "status_class": cls, "e2e_ms": e2e,
+        "ttft_ms": pa.array([None if i == 7 else float(v) for i, v in enumerate(ttft)], pa.float64()),
+        "itl_ms": itl, "prompt_tokens": rng.integers(10, 500, n), "output_tokens": rng.integers(1, 40, n),
+        "model": [model] * n, "hardware": [hw] * n,
+    })
+
+
 def write_day(lake: Lake, day_index: int, seed: int = 0, key: str = "k0") -> None:
     """Everything for one day: train steps of two runs per (model, hardware), evals, latency, system.
     One file key per day (the writer lets a key live in one date of a model and hardware only)."""
@@ -123,6 +199,8 @@ def write_day(lake: Lake, day_index: int, seed: int = 0, key: str = "k0") -> Non
             lake.write("latency_samples", latency_rows(rng, model, hw, day, ckpt), key)
             lake.write("eval_results", eval_rows(rng, model, hw, day, ckpt), key)
             lake.write("system_samples", system_rows(rng, model, hw, day), key)
+            lake.write("serving_scrapes", serving_scrape_rows(rng, model, hw, day), key)
+            lake.write("serving_requests", serving_request_rows(rng, model, hw, day), key)
 
 
 def write_edge_run(lake: Lake) -> None:
@@ -174,6 +252,9 @@ def serving_tables(path: str) -> dict[str, pa.Table]:
         t = con.sql(f'select * from s.main."{name}"').to_arrow_table()
         keys = [c for c in t.column_names if pa.types.is_string(t.schema.field(c).type)
                 or pa.types.is_integer(t.schema.field(c).type) or pa.types.is_date(t.schema.field(c).type)]
+        # then timestamps and doubles: rows the exact columns do not tell apart (an hour, a bound)
+        keys += [c for c in t.column_names if pa.types.is_timestamp(t.schema.field(c).type)]
+        keys += [c for c in t.column_names if pa.types.is_floating(t.schema.field(c).type)]
         out[name] = t.sort_by([(k, "ascending") for k in keys])
     con.close()
     return out

@@ -10,6 +10,7 @@ to ``warehouse.ingest``, which validates, writes and quarantines the rows of eve
     mlperf       ``:::MLLOG {json}`` lines of mlperf-logging             (warehouse/importers/mlperf.py)
     lm-eval      lm-evaluation-harness results JSON                      (warehouse/importers/lm_eval.py)
     mlflow       MLflow file store: ``mlruns/`` or one run folder of it  (warehouse/importers/mlflow.py)
+    serving-log  per-request serving log, JSON lines with ``e2e_ms``    (warehouse/importers/serving_log.py)
 
 Numbers a format logs per step that have no ``train_steps`` column go to ``step_metrics`` (one row
 per run, step and metric), so nothing numeric is dropped. Run ids are stable: the file's own id
@@ -30,9 +31,9 @@ from datetime import datetime, timedelta
 
 from warehouse.schemas import LINE_BYTES, RAW_HEAD, TABLES
 
-FORMATS = ("jsonl", "hf-trainer", "tensorboard", "mlperf", "lm-eval", "mlflow")
+FORMATS = ("jsonl", "hf-trainer", "tensorboard", "mlperf", "lm-eval", "mlflow", "serving-log")
 _MODULES = {"jsonl": "jsonl", "hf-trainer": "hf_trainer", "tensorboard": "tensorboard", "mlperf": "mlperf",
-            "lm-eval": "lm_eval", "mlflow": "mlflow"}
+            "lm-eval": "lm_eval", "mlflow": "mlflow", "serving-log": "serving_log"}
 DIRECTORY_FORMATS = ("tensorboard", "mlflow")  # formats whose source may be a folder
 
 
@@ -359,6 +360,8 @@ def detect(path: str) -> str:
     text = head.lstrip(b"\xef\xbb\xbf")
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     first = lines[0] if lines else b""
+    if first.startswith(b"{") and _is_serving_log(first):
+        return "serving-log"
     if name.endswith((".jsonl", ".ndjson")):
         return "jsonl"
     # One JSON document? Parsed whole only when named .json or when its first 64 KiB hold a line break:
@@ -384,6 +387,12 @@ def detect(path: str) -> str:
         f"{path}: cannot tell its format (not JSON lines, trainer_state.json, lm-eval results, MLLOG, MLflow or "
         f"TensorBoard); pass --format"
     )
+
+
+def _is_serving_log(first: bytes) -> bool:
+    from warehouse.importers.serving_log import looks_like
+
+    return looks_like(first)
 
 
 LM_EVAL_KEYS = ("versions", "configs", "n-shot", "higher_is_better")  # beside 'results' in lm-eval output
