@@ -49,6 +49,7 @@ from urllib.parse import urlsplit
 
 import pyarrow as pa
 
+from warehouse import audit
 from warehouse.importers import SourceError
 from warehouse.importers.prometheus import Scrape, parse
 from warehouse.schemas import TABLES
@@ -211,6 +212,7 @@ def land(lake: Lake, target: str, scrape: Scrape | None, scraped_at: dt.datetime
     return result
 
 
+@audit.audited("scrape", counts=lambda r: {"rows_in": r.rows, "up": bool(r.up)})
 def scrape(target: str, hardware: str, precision: str | None = None, model: str | None = None,
            lake_root: str | None = None, timeout_s: float = 5.0, text: str | None = None,
            at: dt.datetime | None = None) -> ScrapeResult:
@@ -238,6 +240,7 @@ def scrape(target: str, hardware: str, precision: str | None = None, model: str 
     return result
 
 
+@audit.audited("scrape", counts=lambda out: {"targets": len(out)})
 def scrape_targets(targets: list[dict], lake_root: str | None = None, timeout_s: float = 5.0) -> list[dict]:
     """Scrape each configured target (``{url, hardware, precision, model}``); one failing target
     never stops the others (an unreachable one lands up = 0; one whose scrape cannot be placed, no

@@ -4,6 +4,7 @@ late scrape is refused; bad text is an error naming the target."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import http.server
 import threading
 from pathlib import Path
@@ -202,3 +203,8 @@ def test_scrape_targets_reports_a_target_it_cannot_place_and_scrapes_the_rest(tm
         server.shutdown()
     assert got[0]["up"] is None and "pass --model" in got[0]["error"]
     assert got[1]["up"] is False and got[1]["rows"] == 1
+    # One audit entry for the whole call (the mapped DAG task's), the landed rows counted in it.
+    from warehouse import audit
+    trail = audit.read(str(tmp_path / "lake"))
+    assert [(e["command"], e["status"], e["rows_in"]) for e in trail] == [("scrape", "ok", 1)]
+    assert json.loads(trail[0]["counts"])["targets"] == 2
