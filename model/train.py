@@ -102,7 +102,8 @@ HASH_EXCLUDE = ("telemetry.lake", "telemetry.run_id", "telemetry.hardware", "tel
                 "telemetry.flush_rows", "telemetry.flush_seconds", "telemetry.enabled", "telemetry.every_steps",
                 "trainer.out_dir",
                 "trainer.resume", "trainer.log_interval", "trainer.inject_nan_at_step",
-                "trainer.inject_error_at_step", "trainer.keep_last", "trainer.keep_best", "telemetry.parent_run_id")
+                "trainer.inject_error_at_step", "trainer.keep_last", "trainer.keep_best", "telemetry.parent_run_id",
+                "data.prefetch_batches")
 
 
 def build_config(path: str | None = None, overrides: dict | None = None) -> CfgNode:
@@ -279,6 +280,7 @@ def train(cfg: CfgNode, settings: mhw_config.Settings | None = None) -> dict:
     if ddp:
         model = DDP(model, device_ids=[local_rank] if use_cuda else None)
     sampler = data.Sampler(train_ds.n, tc.batch_size, tc.grad_accum, tc.seed, rank, world)
+    loader = data.Loader(train_ds, sampler, start_step, tc.max_steps, tc.grad_accum, cfg.data.prefetch_batches)
 
     # -----------------------------------------------------------------------------
     # telemetry: rank 0 only; blocks aligned to checkpoints so a resume rewrites instead of duplicating
@@ -361,7 +363,7 @@ def train(cfg: CfgNode, settings: mhw_config.Settings | None = None) -> dict:
             loss_sum = torch.zeros((), device=device)
             for micro in range(tc.grad_accum):
                 td = time.perf_counter()
-                batch = train_ds.batch(sampler.indices(step, micro))
+                batch = loader.batch(step, micro)
                 batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
                 data_s += time.perf_counter() - td
                 if ddp:
@@ -439,6 +441,7 @@ def train(cfg: CfgNode, settings: mhw_config.Settings | None = None) -> dict:
             dist.barrier()  # leave together: no rank tears the process group down under another
     finally:
         # a crash still leaves the telemetry up to the last flush, and a runs row that says so
+        loader.close()
         try:
             telemetry.write_run(ended_at=utcnow(), status=status, steps=step,
                                 final_loss=loss_f if losses else None)
