@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "audit": ("pipelines.audit", "check that the served cubes equal the raw lake, partition by partition"),
     "diagnose": ("pipelines.diagnose", "compute health alerts (training runs, fleet) incrementally and notify new ones"),
     "alerts": ("pipelines.alerts", "list health alerts (--since, --rule, --severity; table or json)"),
+    "repair": ("pipelines.repair", "repair flagged training runs: plan, --apply (retrain, judge, until healed or escalated)"),
     "query": ("warehouse.query", "run SQL over the lake (and the serving file) with DuckDB"),
     "simulate": ("warehouse.simulate", "generate realistic fleet telemetry with planted incidents"),
     "train": ("model.train", "train a GPT-2 / BERT model from configs/*.yaml, with telemetry into the lake"),

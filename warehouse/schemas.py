@@ -322,6 +322,7 @@ REPAIRS = Table(
         ("alert_id", STRING, "the alert the repair answers (alerts.alert_id)"),
         ("rule", STRING, "that alert's rule: the policy of conf/repair.yaml that was applied"),
         ("severity", STRING, "that alert's severity"),
+        ("onset_step", INT64, "that alert's first anomalous step (alerts.step_start)"),
         ("parent_run_id", STRING, "the training run being repaired"),
         ("child_run_id", STRING, "the run this attempt trained (runs.parent_run_id is the parent); null if none"),
         ("action", STRING, "retrain | mark_best | advise | escalate"),
