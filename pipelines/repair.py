@@ -276,6 +276,9 @@ def plan_next(cand: Candidate, state: State, pol: Policies, ckpts: dict[int, str
         max_steps = get_key(child, "trainer.max_steps")
         if step is not None and step >= max_steps:
             step, path = None, None  # the checkpoint is past the new end (fewer steps): from scratch
+        if step is None and patch.resume != "scratch":
+            kept = ", ".join(str(k) for k in sorted(ckpts)) or "none"
+            notes = [*notes, f"no checkpoint {patch.resume.replace('_', ' ')} on disk (kept: {kept}): from scratch"]
         samples = _samples(child, max_steps - (step or 0))
         if spent + samples > pol.budget_runs * parent_samples:
             return Plan(attempt, "escalate", rule, reason=f"budget spent: {spent:,} of {pol.budget_runs:g} x the "
@@ -492,24 +495,18 @@ class Repairer:
         diagnose(self.lake_root, engine=orch.get("engine", "duckdb"), master=orch.get("spark_master"),
                  notify_alerts=False)
         state = read_state(self.lake)
-        verdict, reason, measured = judge(self.lake, state, self.pol, cand, row)
+        return self._settle(cand, state, row, *judge(self.lake, state, self.pol, cand, row))
+
+    def _judge_mark_best(self, cand: Candidate, state: State, row: dict) -> dict:
+        return self._settle(cand, state, row, *judge_mark_best(self.lake, state, self.pol, cand))
+
+    def _settle(self, cand: Candidate, state: State, row: dict, verdict: str, reason: str, measured: dict) -> dict:
+        """Write the verdict. Not healed with no next attempt possible (policies exhausted, attempts or
+        budget spent) is escalated on this very row: a person must look."""
         row.update(measured)
         if verdict == "not_healed":
             after = State(runs=state.runs, alerts=state.alerts,
                           repairs=[r for r in state.repairs if r["attempt_id"] != row["attempt_id"]] + [row])
-            nxt = plan_next(cand, after, self.pol)
-            if nxt.action == "escalate":
-                verdict, reason = "escalated", f"{reason}; {nxt.reason}"
-        row = _finish(row, verdict, reason)
-        write_attempt(self.lake, row)
-        self.log(f"repair {cand.parent_run_id}: attempt {row['attempt']} {verdict}: {reason}")
-        return row
-
-    def _judge_mark_best(self, cand: Candidate, state: State, row: dict) -> dict:
-        verdict, reason, measured = judge_mark_best(self.lake, state, self.pol, cand)
-        row.update(measured)
-        if verdict == "not_healed":
-            after = State(runs=state.runs, alerts=state.alerts, repairs=[*state.repairs, row])
             nxt = plan_next(cand, after, self.pol)
             if nxt.action == "escalate":
                 verdict, reason = "escalated", f"{reason}; {nxt.reason}"

@@ -16,7 +16,9 @@ import os
 import pytest
 import torch
 
+from pipelines import jobs
 from pipelines.airflow_local import run_dag_test
+from pipelines.diagnose import diagnose
 from warehouse.query import connect
 
 pytestmark = pytest.mark.airflow_server  # every DAG run end to end, through Airflow; real trainings
@@ -42,6 +44,11 @@ def train(steps: int, *overrides: str) -> None:
                                  "overrides": [*TINY, *overrides]})
 
 
+def train_peer(run_id: str, seed: int) -> None:
+    """A healthy run of the same model and data (set-up, not under test: the job without the DAG)."""
+    jobs.train("configs/gpt2-tiny.yaml", run_id, steps=60, overrides=[*TINY, f"--trainer.seed={seed}"])
+
+
 def run_of(con, where: str) -> str:
     (run_id,), = con.execute(f"select run_id from runs where kind = 'train' and parent_run_id is null and {where}").fetchall()
     return run_id
@@ -61,12 +68,13 @@ def repaired(tmp_path_factory, airflow_db):
         mp.setenv("MHW_LAKE", str(tmp / "lake"))
         mp.setenv("MHW_SERVING", str(tmp / "serving.duckdb"))
         configure(tmp, mp, "min_severity: warning\nlimits: {max_attempts: 2}\n")
-        for _, seed in PEERS:
-            train(60, f"--trainer.seed={seed}")
+        for run_id, seed in PEERS:
+            train_peer(run_id, seed)
         train(60, "--trainer.seed=3", "--trainer.lr=1.0", "--trainer.warmup_steps=0", "--trainer.grad_clip=0")
-        train(100, "--trainer.seed=3", "--data.n_examples=64", "--trainer.ckpt_interval=10",
+        train(80, "--trainer.seed=3", "--data.n_examples=64", "--trainer.ckpt_interval=10",
               "--trainer.eval_interval=10", "--trainer.keep_last=2")
-        train(60, "--trainer.seed=4", "--trainer.inject_nan_at_step=30", "--trainer.ckpt_interval=10")
+        train(60, "--trainer.seed=4", "--trainer.inject_nan_at_step=30", "--trainer.ckpt_interval=10",
+              "--trainer.keep_last=10")
         run_dag_test("build_cubes")  # diagnose: the alerts (the Asset repair_runs is scheduled on)
         dag_runs = 0
         for _ in range(4):  # one attempt per DAG run, as the Asset events would start them
@@ -113,7 +121,7 @@ def test_an_overfitting_run_is_stopped_at_its_best_checkpoint(repaired):
     vals = dict(con.execute("select checkpoint_step, value from eval_results where run_id = ? and suite = 'validation' "
                             "and metric = 'loss'", [parent]).fetchall())
     best = min(vals, key=vals.get)
-    assert row["resume_step"] == best < 100 and row["observed"] == pytest.approx(vals[best])
+    assert row["resume_step"] == best < 80 and row["observed"] == pytest.approx(vals[best])
     # keep_last=2 pruned that checkpoint long ago; best.pt kept it, and it is the model of that step
     assert row["checkpoint"].endswith("/best.pt")
     out_dir = os.path.dirname(row["checkpoint"])
@@ -158,8 +166,8 @@ def test_repairs_are_served(repaired):
 
 def test_a_fault_with_no_policy_escalates(tmp_path, monkeypatch, lake_root, airflow_db):
     configure(tmp_path, monkeypatch, "policies: {divergence: null}\n")  # critical alerts only (the default)
-    train(20, "--trainer.inject_nan_at_step=10")
-    run_dag_test("build_cubes")
+    jobs.train("configs/gpt2-tiny.yaml", "nopolicy", steps=20, overrides=[*TINY, "--trainer.inject_nan_at_step=10"])
+    diagnose(notify_alerts=False)
     run_dag_test("repair_runs")
     con = connect(serving_path="")
     (parent,), = con.execute("select run_id from runs where kind = 'train'").fetchall()
