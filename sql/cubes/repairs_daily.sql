@@ -1,9 +1,9 @@
 -- model: repairs_daily
 -- purpose: the repair funnel per day, for the dashboard's "alerts -> repairs -> healed" chart: the
 --   training-run alerts each rule raised (warning and critical; repair children's own included), the
---   repairs that answered them, and
---   how those ended (healed, escalated to a person, advised for imported runs, still open), with the
---   attempts, the extra training compute and the time from alert to verdict.
+--   repairs that answered them, and how those ended (healed, escalated to a person, advised for
+--   imported runs, still open), with the attempts, the extra training compute and the time from the
+--   alert to the verdict.
 -- grain: date × model × hardware × rule; date is the UTC date the alert's anomaly started (the
 --   partition of both alerts and repairs), so an alert and its repair count on the same day.
 -- time column: date

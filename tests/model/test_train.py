@@ -386,3 +386,64 @@ def test_sparse_telemetry_logs_span_means_and_resumes_to_the_same_rows(tmp_path,
     # logging every N steps is how a run is watched, not what it computes
     assert train.build_config("configs/gpt2-tiny.yaml", {"telemetry.every_steps": 7}).hash(train.HASH_EXCLUDE) == \
         train.build_config("configs/gpt2-tiny.yaml").hash(train.HASH_EXCLUDE)
+
+
+@pytest.mark.slow  # three real training runs
+def test_a_fork_is_a_new_run_from_the_parents_checkpoint_with_its_own_hyperparameters(tmp_path, lake_root):
+    parent = train.train(tiny(tmp_path, lake_root, **{"trainer.max_steps": 20}))
+    ckpt = checkpoint.path_for(parent["out_dir"], 10)
+    # the parent's own config from its checkpoint step: the same curve, bit for bit, as a new run
+    same = train.train(tiny(tmp_path, lake_root, **{"trainer.max_steps": 20, "trainer.fork_from": str(ckpt),
+                                                    "telemetry.parent_run_id": parent["run_id"]}))
+    assert same["run_id"] != parent["run_id"] and same["status"] == "completed"
+    assert same["losses"] == pytest.approx(parent["losses"][10:], rel=1e-6)
+    # a new LR and clipping take effect at the fork step: the schedule is rebuilt there, the moments kept
+    half = train.train(tiny(tmp_path, lake_root, **{"trainer.max_steps": 20, "trainer.fork_from": str(ckpt),
+                                                    "trainer.lr": 1.5e-3, "trainer.min_lr": 1.5e-4}))
+    lr = dict(lake(lake_root).execute("select run_id || ':' || step, lr from train_steps where step in (10, 19)").fetchall())
+    for step in (10, 19):
+        assert lr[f"{half['run_id']}:{step}"] == pytest.approx(lr[f"{parent['run_id']}:{step}"] / 2, rel=1e-6)
+    assert half["losses"][0] == pytest.approx(parent["losses"][10], rel=1e-6)  # same weights at the fork
+    assert half["losses"][-1] != pytest.approx(parent["losses"][-1], rel=1e-6)
+    runs = dict(lake(lake_root).execute("select run_id, parent_run_id from runs").fetchall())
+    assert runs == {parent["run_id"]: None, same["run_id"]: parent["run_id"], half["run_id"]: None}
+    assert lake(lake_root).execute("select min(step), count(*) from train_steps where run_id = ?",
+                                   [same["run_id"]]).fetchall() == [(10, 10)]
+
+
+@pytest.mark.slow  # a real training run
+def test_the_best_checkpoint_is_kept_whatever_keep_last_prunes(tmp_path, lake_root):
+    s = train.train(tiny(tmp_path, lake_root, **{"trainer.max_steps": 60, "data.n_examples": 64,
+                                                 "trainer.keep_last": 1}))  # 64 examples: memorized
+    out = Path(s["out_dir"])
+    assert [p.name for p in checkpoint.all_in(out)] == ["ckpt-0000060.pt"]
+    val = dict(lake(lake_root).execute("select checkpoint_step, value from eval_results where metric = 'loss'").fetchall())
+    at_ckpt = {k: v for k, v in val.items() if k > 0}  # checkpoints at 10, 20, ... 60 (none at 0)
+    best = min(at_ckpt, key=at_ckpt.get)
+    info = checkpoint.best_info(out)
+    assert info["step"] == best and info["metrics"]["loss"] == pytest.approx(at_ckpt[best])
+    assert checkpoint.load(out / "best.pt")["step"] == best
+    assert best < 60, "the run was meant to overfit: validation best before its end"
+
+
+def test_the_loader_reads_ahead_the_same_batches_in_order():
+    ds = data.lm_data(data.arithmetic_texts(400, 3, __import__("random").Random(0)), data.ByteTokenizer(), 16)
+    sampler = data.Sampler(ds.n, 4, 2, seed=1)
+    inline = data.Loader(ds, sampler, 3, 9, 2)
+    ahead = data.Loader(ds, sampler, 3, 9, 2, depth=3)
+    for step in range(3, 9):
+        for micro in range(2):
+            a, b = inline.batch(step, micro), ahead.batch(step, micro)
+            assert all(torch.equal(a[k], b[k]) for k in a)
+    ahead.close()
+
+    class Broken:
+        def batch(self, idx):
+            raise OSError("the mount went away")
+    bad = data.Loader(Broken(), sampler, 0, 4, 1, depth=2)
+    with pytest.raises(OSError, match="the mount went away"):
+        bad.batch(0, 0)
+    skipping = data.Loader(ds, sampler, 0, 4, 1, depth=2)
+    with pytest.raises(RuntimeError, match="loader out of order"):
+        skipping.batch(1, 0)
+    skipping.close()
