@@ -233,3 +233,43 @@ def test_two_processes_never_repair_one_run_at_once_and_a_killed_repair_resumes(
     assert con.execute("select count(*) from runs where parent_run_id = 'poisoned'").fetchall() == [(1,)]
     assert con.execute("select count(*), count(distinct step), min(step), max(step) from train_steps where run_id = ?",
                        [child]).fetchall() == [(20, 20, 20, 39)]
+
+
+def test_the_command_line_plans_advises_and_lists(lake_root, tmp_path, monkeypatch, capsys):
+    """On a lake holding a run this project trained and one imported from HF, both flagged: the plan
+    reads only; --apply advises the imported run (no training) and leaves the other to the trainer
+    (here it would train: it is left out with --run); --status lists the repairs table."""
+    import pyarrow as pa
+
+    from mhw.cli import main
+    from pipelines.alerts import alert_key, write_alerts
+    from warehouse.writer import Lake
+
+    monkeypatch.setenv("MHW_CHECKPOINTS", str(tmp_path / "ck"))
+    lk = Lake(lake_root)
+    runs = [run_row("ours", parent_cfg(lr=0.3, grad_clip=0.0)), run_row("theirs", None, source="hf-trainer")]
+    lk.write("runs", pa.Table.from_pylist([{k: v for k, v in r.items()} for r in runs]), "runs")
+    alerts = [{**alert("divergence", r), "date": T0.date()} for r in ("ours", "theirs")]
+    write_alerts(lk, alerts, {alert_key("divergence", "gpt2-tiny", "cpu")})
+
+    assert main(["repair", "--format", "json"]) == 0
+    plans = {p["run_id"]: p for p in json.loads(capsys.readouterr().out)}
+    assert plans["ours"]["plan"] == "attempt 1: halve-lr-clip from scratch: trainer.lr 0.3 -> 0.15, trainer.grad_clip 0.0 -> 1.0"
+    assert plans["ours"]["notes"][0].startswith("no checkpoint before onset on disk")
+    assert plans["theirs"]["plan"].startswith("advise: hf-trainer run: not restarted automatically")
+    assert connect(serving_path="").execute("select count(*) from repairs").fetchall() == [(0,)]  # plans only
+
+    assert main(["repair", "--run", "theirs", "--apply"]) == 0
+    assert "theirs: advised (attempt 0)" in capsys.readouterr().out
+    assert main(["repair", "--run", "theirs", "--apply"]) == 0  # answered: nothing more to do
+    assert "nothing to repair for theirs" in capsys.readouterr().out
+    rows = connect(serving_path="").execute("select parent_run_id, attempt, action, verdict, notified_at is not null "
+                                            "from repairs").fetchall()
+    assert rows == [("theirs", 0, "advise", "advised", True)]
+    assert main(["repair", "--status", "--format", "csv"]) == 0
+    assert "advised" in capsys.readouterr().out
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("limits: {max_attempts: -1}\n")
+    assert main(["repair", "--policies", str(bad)]) == 2
+    assert f"mhw repair: {bad}: limits.max_attempts: must be between 1 and 100" in capsys.readouterr().err
