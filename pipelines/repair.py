@@ -45,8 +45,7 @@ import socket
 import statistics
 import subprocess
 import sys
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -534,7 +533,6 @@ def judge(lake: Lake, state: State, pol: Policies, cand: Candidate, row: dict) -
     rows = _query(lake, "select step, loss, step_time_ms from train_steps where run_id = ? order by step", [child_id])
     measured = {"compute_s": round(sum(r[2] or 0.0 for r in rows) / 1e3, 3), "checkpoint": None,
                 "margin": pol.margin, "observed": None, "expected": None}
-    out_dir = (child_cfg.get("trainer") or {}).get("out_dir")
     ckpts = checkpoints_of(child_cfg)
     if ckpts:
         measured["checkpoint"] = ckpts[max(ckpts)]

@@ -15,7 +15,7 @@ import pytest
 
 from model.train import build_config
 from pipelines.diagnose import load_rules
-from pipelines.repair import (Candidate, State, attempt_id, candidates, child_run_id, plan_next, repair_id)
+from pipelines.repair import State, attempt_id, candidates, child_run_id, plan_next, repair_id
 from pipelines.repair_policy import load_policies
 from warehouse.query import connect
 
