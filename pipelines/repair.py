@@ -565,7 +565,8 @@ def judge(lake: Lake, state: State, pol: Policies, cand: Candidate, row: dict) -
         margin_note = f"no reference loss ({basis})"
     if failures:
         return "not_healed", "not healed: " + "; ".join(failures), measured
-    return "healed", (f"healed by {row['patch']} (child {child_id}, {child['steps']} steps): no {rule}, "
+    past = f", past step {onset} where the parent failed" if onset is not None and child["steps"] > onset else ""
+    return "healed", (f"healed by {row['patch']} (child {child_id}, {child['steps']} steps{past}): no {rule}, "
                       f"losses finite, {margin_note}"), measured
 
 
