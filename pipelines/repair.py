@@ -552,17 +552,21 @@ def judge(lake: Lake, state: State, pol: Policies, cand: Candidate, row: dict) -
             and rank(a["severity"]) >= rank(pol.clear_severity)]
     if seen:
         failures.append(f"{rule} again on the child ({seen[0]['severity']}: {seen[0]['message']})")
+    improve = False  # held to its own parent: it must do better than it by the margin
     if rule == "overfitting":
         observed, expected, basis = _validation_reference(lake, child_id, parent_id)
     else:
-        observed, expected, basis = _loss_reference(lake, state, pol, cand, rows, child_cfg)
+        observed, expected, basis, improve = _loss_reference(lake, state, pol, cand, rows, child_cfg)
     measured.update(observed=observed, expected=expected)
     if observed is not None and expected is not None:
-        if not observed <= expected * (1 + pol.margin):
-            failures.append(f"loss {observed:.4g} above {basis} {expected:.4g} by more than {pol.margin:.0%}")
+        bound = expected * (1 - pol.margin if improve else 1 + pol.margin)
+        if not observed <= bound:
+            failures.append(f"loss {observed:.4g} not {'below' if improve else 'within'} {pol.margin:.0%} "
+                            f"{'of' if not improve else 'under'} {basis} {expected:.4g}")
         margin_note = f"loss {observed:.4g} vs {basis} {expected:.4g} (margin {pol.margin:.0%})"
     else:
-        margin_note = f"no reference loss ({basis})"
+        failures.append(f"no loss to judge it by ({basis})")
+        margin_note = ""
     if failures:
         return "not_healed", "not healed: " + "; ".join(failures), measured
     past = f", past step {onset} where the parent failed" if onset is not None and child["steps"] > onset else ""
@@ -570,13 +574,14 @@ def judge(lake: Lake, state: State, pol: Policies, cand: Candidate, row: dict) -
                       f"losses finite, {margin_note}"), measured
 
 
-def _loss_reference(lake, state, pol, cand, rows, child_cfg) -> tuple[float | None, float | None, str]:
-    """The child's loss at its end, and what it is held to: its healthy peers' median over the same
-    steps (peers of the same model, data and length), else the parent's loss just before the onset."""
+def _loss_reference(lake, state, pol, cand, rows, child_cfg) -> tuple[float | None, float | None, str, bool]:
+    """The child's loss at its end, what it is held to, and whether it must beat that by the margin
+    (True) or stay within it: its healthy peers' median over the same steps (peers of the same model,
+    data and length), else the parent's loss just before the onset, else the parent's own end."""
     finite = [(s, v) for s, v, _ in rows if v is not None and math.isfinite(v)]
     observed, lo, hi = _end_median(finite, pol.window_frac)
     if observed is None:
-        return None, None, "the child logged no finite loss"
+        return None, None, "the child logged no finite loss", False
     parent = state.runs[cand.parent_run_id]
     max_steps = get_key(child_cfg, "trainer.max_steps")
     peers = [p["run_id"] for p in healthy_peers(state, parent, pol)
@@ -586,14 +591,18 @@ def _loss_reference(lake, state, pol, cand, rows, child_cfg) -> tuple[float | No
         got = _query(lake, f"select run_id, median(loss) from train_steps where run_id in ({marks}) and step between ? and ? "
                            "and isfinite(loss) group by run_id", [*peers, lo, hi])
         if len(got) >= pol.min_peers:
-            return observed, statistics.median(v for _, v in got), f"the median of {len(got)} healthy peers"
+            return observed, statistics.median(v for _, v in got), f"the median of {len(got)} healthy peers", False
     onset = cand.alert.get("onset_step")
-    before = [(s, v) for s, v in _query(lake, "select step, loss from train_steps where run_id = ? and step < ? "
-                                              "and isfinite(loss) order by step", [cand.parent_run_id, onset or 0])]
+    parent_rows = [(s, v) for s, v in _query(lake, "select step, loss from train_steps where run_id = ? "
+                                                   "and isfinite(loss) order by step", [cand.parent_run_id])]
+    before = [(s, v) for s, v in parent_rows if s < (onset or 0)]
     if len(before) >= 3:
         ref, _, _ = _end_median(before, pol.window_frac)
-        return observed, ref, f"the parent before step {onset}"
-    return observed, None, "no healthy peers of this length and no healthy stretch of the parent before the onset"
+        return observed, ref, f"the parent before step {onset}", False
+    ref, _, _ = _end_median(parent_rows, pol.window_frac)
+    if ref is None:
+        return observed, None, "no healthy peers of this length, no parent loss", False
+    return observed, ref, "the parent's own loss at its end (no healthy peers of this length)", True
 
 
 def _validation_reference(lake: Lake, child_id: str, parent_id: str) -> tuple[float | None, float | None, str]:
