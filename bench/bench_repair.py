@@ -2,18 +2,21 @@
 extra compute, and how long from an alert to its verdict.
 
     .venv/bin/python -u bench/bench_repair.py --cache /work/repair-bench            # train, diagnose, repair
-    .venv/bin/python -u bench/bench_repair.py --cache /work/repair-bench --json out.json
+    .venv/bin/python -u bench/bench_repair.py --cache /work/repair-bench --set held-out --json out.json
 
 The runs are bench/realruns/matrix.yaml's (the real-run benchmark of the diagnostics): real CPU
 trainings of gpt2-tiny and bert-tiny-cls, 300 steps, each fault an ordinary mistake (an LR 100x too
 high without warmup or clipping, an LR in the wrong units, min_lr left above a lowered LR, a
-64-example data set, batch size 1), and two healthy seeds of each model, which are the faulty runs'
-peers and must be left alone. Runs streaming from a pipe (data_stall) are left out: the child of a
-stalled run would need the slow source again, which the bench does not keep alive. Trained with
-bench_realruns' own trainer into ``<cache>/lake`` (one torch thread each, one at a time; a cached
-run is not trained again); then ``mhw diagnose --full`` and ``mhw repair --min-severity warning
---apply`` on every run with an alert (the matrix's faults raise warnings, none critical), the
-policies of conf/repair.yaml as shipped.
+64-example data set, batch size 1 or 2), and healthy seeds of each model, which are the faulty runs'
+peers and must be left alone. Two sets: "first" (8 faults, 4 healthy runs), the runs the policies
+were first run on, and "held-out" (the matrix's fresh split: 6 faults of other seeds and magnitudes,
+2 healthy runs), added after the first run's figures had been read. Runs streaming from a pipe
+(data_stall) are left out: the child of a stalled run would need the slow source again, which the
+bench does not keep alive. Trained with bench_realruns' own trainer into ``<cache>/lake`` (one torch
+thread each, one at a time; a cached run is not trained again); then, in a fresh copy of that lake
+(``<cache>/repair``: no alerts, repairs or children yet), ``mhw diagnose --full`` and the equivalent
+of ``mhw repair --min-severity warning --apply`` on every run with an alert (the matrix's faults
+raise warnings, none critical), the policies of conf/repair.yaml as shipped.
 
 Figures: per fault, the alert answered, each attempt (patch, verdict, the child's end loss against
 its reference) and the final verdict; then the share healed, the attempts and the extra training
@@ -29,6 +32,7 @@ import datetime as dt
 import importlib.util
 import json
 import os
+import shutil
 import statistics
 import sys
 import time
@@ -41,18 +45,26 @@ _spec = importlib.util.spec_from_file_location("bench_realruns", Path(__file__).
 realruns = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(realruns)
 
-# name -> its healthy twin (matrix.yaml names); the twins are also the peers
+# name -> (set, its healthy twin) (matrix.yaml names). "first": the faults the policies were first
+# run on; "held-out": the matrix's fresh split, added after the first run's figures had been read.
 FAULTS = {
-    "gpt2-lr0.3-s1": "gpt2-healthy-s1",      # LR 100x too high, no warmup, no clipping
-    "gpt2-lr1e-7-s1": "gpt2-healthy-s1",     # LR in the wrong units, min_lr left at 3e-4
-    "gpt2-minlr-s1": "gpt2-healthy-s1",      # LR lowered, min_lr above it: the cosine climbs
-    "gpt2-n64-s1": "gpt2-healthy-s1",        # 64 examples: memorized
-    "gpt2-bs1-s1": "gpt2-healthy-s1",        # batch size 1
-    "bert-lr0.3-s4": "bert-healthy-s1",      # LR 300x too high, no warmup, no clipping
-    "bert-n64-s1": "bert-healthy-s1",        # 64 examples: memorized
-    "bert-minlr-s3": "bert-healthy-s1",      # LR lowered, min_lr above it
+    "gpt2-lr0.3-s1": ("first", "gpt2-healthy-s1"),      # LR 100x too high, no warmup, no clipping
+    "gpt2-lr1e-7-s1": ("first", "gpt2-healthy-s1"),     # LR in the wrong units, min_lr left at 3e-4
+    "gpt2-minlr-s1": ("first", "gpt2-healthy-s1"),      # LR lowered, min_lr above it: the cosine climbs
+    "gpt2-n64-s1": ("first", "gpt2-healthy-s1"),        # 64 examples: memorized
+    "gpt2-bs1-s1": ("first", "gpt2-healthy-s1"),        # batch size 1
+    "bert-lr0.3-s4": ("first", "bert-healthy-s1"),      # LR 300x too high, no warmup, no clipping
+    "bert-n64-s1": ("first", "bert-healthy-s1"),        # 64 examples: memorized
+    "bert-minlr-s3": ("first", "bert-healthy-s1"),      # LR lowered, min_lr above it
+    "gpt2-lr0.2-s7": ("held-out", "gpt2-healthy-s7"),   # LR 67x too high, no warmup, no clipping
+    "bert-lr0.1-s7": ("held-out", "bert-healthy-s7"),   # LR 100x too high, no warmup, no clipping
+    "gpt2-lr3e-7-s7": ("held-out", "gpt2-healthy-s7"),  # LR in the wrong units, min_lr lowered with it
+    "gpt2-bs2-s7": ("held-out", "gpt2-healthy-s7"),     # batch size 2
+    "gpt2-n96-s7": ("held-out", "gpt2-healthy-s7"),     # 96 examples: memorized
+    "bert-minlr-s7": ("held-out", "bert-healthy-s7"),   # LR lowered, min_lr above it
 }
-HEALTHY = ["gpt2-healthy-s1", "gpt2-healthy-s2", "bert-healthy-s1", "bert-healthy-s2"]
+HEALTHY = {"first": ["gpt2-healthy-s1", "gpt2-healthy-s2", "bert-healthy-s1", "bert-healthy-s2"],
+           "held-out": ["gpt2-healthy-s7", "bert-healthy-s7"]}
 
 
 def fmt(x, spec=".4g") -> str:
@@ -62,20 +74,23 @@ def fmt(x, spec=".4g") -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cache", default="/tmp/mhw-repair-bench", help="trainings, lake and checkpoints")
-    ap.add_argument("--faults", nargs="*", default=list(FAULTS), help="matrix.yaml names of the faulty runs")
+    ap.add_argument("--set", dest="sets", action="append", choices=["first", "held-out"],
+                    help="which faults (repeatable; default both)")
     ap.add_argument("--json", help="write the figures here")
     args = ap.parse_args(argv)
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
-    lake = str(cache / "lake")
-    os.environ.update({"MHW_LAKE": lake, "MHW_SERVING": str(cache / "serving.duckdb"),
-                       "MHW_CHECKPOINTS": str(cache / "checkpoints"), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
+    lake = str(cache / "lake")  # the trained runs, cached; every repair runs in a fresh copy of it
+    work = cache / "repair"
+    sets = args.sets or ["first", "held-out"]
+    os.environ.update({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
     t_start = time.time()
     load_start = os.getloadavg()
 
     # 1. the matrix's runs: the faults and the healthy twins, as bench_realruns trains them
     by_name = {r["name"]: r for r in realruns.matrix_runs()}
-    names = HEALTHY + [f for f in args.faults if f not in HEALTHY]
+    healthy = [h for s in sets for h in HEALTHY[s]]
+    names = healthy + [f for f, (s, _) in FAULTS.items() if s in sets]
     results = {}
     for i, name in enumerate(names, 1):
         t = time.time()
@@ -85,7 +100,15 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
     t_trained = time.time()
 
-    # 2. diagnose, then repair every run with an alert at warning or above, one after another
+    # 2. in a fresh copy of the trained runs (no alerts, repairs or children yet): diagnose, then repair
+    # every run with an alert at warning or above, one after another
+    if work.exists():
+        shutil.rmtree(work)
+    shutil.copytree(lake, work / "lake", ignore=shutil.ignore_patterns(
+        "alerts", "repairs", "_diagnose", "cubes", "_tmp", "_txn", "_snapshots", "_repair"))
+    lake = str(work / "lake")
+    os.environ.update({"MHW_LAKE": lake, "MHW_SERVING": str(work / "serving.duckdb"),
+                       "MHW_CHECKPOINTS": str(work / "checkpoints")})
     from pipelines import repair
     from pipelines.diagnose import diagnose
     from warehouse.query import connect
@@ -114,20 +137,21 @@ def main(argv: list[str] | None = None) -> int:
     per_run = {}
     for row in rows:
         per_run.setdefault(row["parent_run_id"], []).append(row)
-    lines = ["| run | alert answered | attempts (patch: verdict, child end loss vs reference) | final | "
-             "extra compute | alert -> verdict | child val / twin val |", "|---|---|---|---|---:|---:|---:|"]
+    lines = ["| run | set | alert answered | attempts (patch: verdict, child end loss vs reference) | final | "
+             "extra compute | alert -> verdict | child val / twin val |", "|---|---|---|---|---|---:|---:|---:|"]
     healed, faults_seen, false_repairs, figures = [], 0, [], []
     for name in names:
         run_id = results[name]["run_id"]
         mine = per_run.get(run_id, [])
-        if name in HEALTHY:
+        if name in healthy:
             if mine:
                 false_repairs.append((name, mine[0]["rule"], mine[-1]["verdict"]))
             continue
         faults_seen += 1
+        fault_set, twin_name = FAULTS[name]
         if not mine:
-            lines.append(f"| {name} | (no alert at warning or above) | | not repaired | | | |")
-            figures.append({"run": name, "final": None})
+            lines.append(f"| {name} | {fault_set} | (no alert at warning or above) | | not repaired | | | |")
+            figures.append({"run": name, "set": fault_set, "final": None})
             continue
         final = mine[-1]
         attempts = [m for m in mine if m["action"] in ("retrain", "mark_best")]
@@ -136,16 +160,17 @@ def main(argv: list[str] | None = None) -> int:
                               for m in attempts) or final["reason"][:80]
         extra = sum(compute.get(m["child_run_id"], 0.0) for m in attempts if m["child_run_id"])
         ratio = extra / compute[run_id] if compute.get(run_id) else None
-        twin = results[FAULTS[name]]["run_id"]
+        twin = results[twin_name]["run_id"]
         check = None
         if final["verdict"] == "healed":
             mine_val = last_val.get(final["child_run_id"]) if final["child_run_id"] else final["observed"]
             check = mine_val / last_val[twin] if mine_val is not None and last_val.get(twin) else None
-            healed.append({"run": name, "attempts": len(attempts), "extra_compute_x": ratio,
+            healed.append({"run": name, "set": fault_set, "attempts": len(attempts), "extra_compute_x": ratio,
                            "to_verdict_s": final["seconds_to_verdict"], "wall_s": walls.get(run_id), "val_vs_twin": check})
-        lines.append(f"| {name} | {final['rule']} ({final['severity']}) | {steps_txt} | {final['verdict']} | "
+        lines.append(f"| {name} | {fault_set} | {final['rule']} ({final['severity']}) | {steps_txt} | {final['verdict']} | "
                      f"{fmt(ratio, '.2f')}x | {fmt(final['seconds_to_verdict'], '.0f')} s | {fmt(check, '.3f')} |")
-        figures.append({"run": name, "rule": final["rule"], "final": final["verdict"], "attempts": len(attempts),
+        figures.append({"run": name, "set": fault_set, "rule": final["rule"], "final": final["verdict"],
+                        "attempts": len(attempts),
                         "patches": [m["patch"] for m in attempts], "extra_compute_x": ratio,
                         "to_verdict_s": final["seconds_to_verdict"], "wall_s": walls.get(run_id),
                         "reason": final["reason"], "val_vs_twin": check})
@@ -167,6 +192,10 @@ def main(argv: list[str] | None = None) -> int:
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
     print("\n## summary\n")
+    for s in sets:
+        mine = [f for f in figures if f["set"] == s]
+        print(f"{s}: {len(mine)} faulty runs, healed {sum(f['final'] == 'healed' for f in mine)}, escalated "
+              f"{sum(f['final'] == 'escalated' for f in mine)}, not repaired {sum(f['final'] is None for f in mine)}")
     print(f"faulty runs {faults_seen}; healed {n_healed} ({fmt(summary['share_healed'], '.0%')}); escalated "
           f"{summary['escalated']}; attempts per healed run {fmt(summary['attempts_per_healed'], '.2f')}; extra "
           f"training compute per healed run {fmt(summary['extra_compute_per_healed_x'], '.2f')}x the parent's; "

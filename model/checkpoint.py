@@ -83,7 +83,7 @@ def load(path: str | Path, map_location="cpu") -> dict:
 def mark_best(path: str | Path, step: int, metrics: dict) -> Path:
     """Keep the checkpoint at ``path`` as ``best.pt`` beside it (a hard link: no copy, and pruning
     ``ckpt-*.pt`` leaves it), and its step and validation metrics in ``best.json``. Both replaced
-    atomically; the link first, so ``best.json`` never names a checkpoint that is not ``best.pt``."""
+    atomically; the checkpoint first, so ``best.json`` never names a state that is not ``best.pt``."""
     path = Path(path)
     best, tmp = path.parent / BEST, path.parent / f".{BEST}.tmp"
     tmp.unlink(missing_ok=True)
@@ -93,11 +93,22 @@ def mark_best(path: str | Path, step: int, metrics: dict) -> Path:
         import shutil
         shutil.copy2(path, tmp)
     os.replace(tmp, best)
-    info = {"step": int(step), "checkpoint": str(path), "best": str(best),
+    return _best_info(best, step, metrics, path)
+
+
+def save_best(out_dir: str | Path, step: int, state: dict, metrics: dict) -> Path:
+    """``best.pt`` saved on its own, for a validation step between scheduled checkpoints (the best
+    state must not wait for the next checkpoint, which is past it), and ``best.json``."""
+    best = save(Path(out_dir) / BEST, state)
+    return _best_info(best, step, metrics, best)
+
+
+def _best_info(best: Path, step: int, metrics: dict, source: Path) -> Path:
+    info = {"step": int(step), "checkpoint": str(source), "best": str(best),
             "metrics": {k: float(v) for k, v in metrics.items()}}
-    tmp_info = path.parent / f".{BEST_INFO}.tmp"
+    tmp_info = best.parent / f".{BEST_INFO}.tmp"
     tmp_info.write_text(json.dumps(info, sort_keys=True))
-    os.replace(tmp_info, path.parent / BEST_INFO)
+    os.replace(tmp_info, best.parent / BEST_INFO)
     return best
 
 

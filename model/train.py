@@ -319,22 +319,34 @@ def train(cfg: CfgNode, settings: mhw_config.Settings | None = None) -> dict:
             print(f"step {step}: validation " + ", ".join(f"{k} {v:.4f}" for k, v in m.items()))
         return m
 
+    def state_at(step: int, rngs: list) -> dict:
+        return {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "step": step,
+                "rng": rngs, "config": cfg.to_dict(), "hf_config": hf_conf, "family": mc.family,
+                "tokenizer": tok.name, "run_id": run_id, "started_at": started_at, "model_slug": mc.slug,
+                "hardware": hw, "precision": precision}
+
     def save(step: int, rngs: list) -> Path:
-        state = {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "step": step,
-                 "rng": rngs, "config": cfg.to_dict(), "hf_config": hf_conf, "family": mc.family,
-                 "tokenizer": tok.name, "run_id": run_id, "started_at": started_at, "model_slug": mc.slug,
-                 "hardware": hw, "precision": precision}
         # The rows this checkpoint covers are on disk before it is: a kill between the two then
         # loses only rows the resume rewrites, never rows it skips.
         telemetry.flush(wait=True)
-        path = checkpoint.save(checkpoint.path_for(out_dir, step), state, keep_last=tc.keep_last)
+        path = checkpoint.save(checkpoint.path_for(out_dir, step), state_at(step, rngs), keep_last=tc.keep_last)
+        keep_best(step, path)
+        return path
+
+    def keep_best(step: int, path: Path | None = None) -> None:
+        """best.pt, when this step's validation is the lowest so far: a link to the step's checkpoint,
+        or, between checkpoints, a save of its own (this rank's RNG: it is a model to keep, not a
+        point to resume a DDP run from)."""
         nonlocal best_loss
         loss = val_at.get(step, {}).get("loss", math.nan)
-        if tc.keep_best and math.isfinite(loss) and loss < best_loss:  # validated at this very step
-            best_loss = loss
+        if not (tc.keep_best and math.isfinite(loss) and loss < best_loss):
+            return
+        best_loss = loss
+        if path is not None:
             checkpoint.mark_best(path, step, val_at[step])
-        return path
+        else:
+            checkpoint.save_best(out_dir, step, state_at(step, [checkpoint.rng_state()]), val_at[step])
 
     status, losses, nonfinite, last_val, last_ckpt = "failed", [], 0, {}, None
     step, loss_f = start_step, math.nan
@@ -347,6 +359,8 @@ def train(cfg: CfgNode, settings: mhw_config.Settings | None = None) -> dict:
             # rewrites the block that step starts, exactly as the interrupted run wrote it)
             if tc.eval_interval and step % tc.eval_interval == 0 and master:
                 last_val = validate(step)
+                if not (tc.ckpt_interval and step % tc.ckpt_interval == 0 and step > start_step):
+                    keep_best(step)  # between checkpoints (a checkpoint step links its own below)
             if tc.ckpt_interval and step % tc.ckpt_interval == 0 and step > start_step:
                 rngs = gather_rng(ddp, world)
                 if master:

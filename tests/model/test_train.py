@@ -413,19 +413,29 @@ def test_a_fork_is_a_new_run_from_the_parents_checkpoint_with_its_own_hyperparam
 
 @pytest.mark.slow  # a real training run
 def test_the_best_checkpoint_is_kept_whatever_keep_last_prunes(tmp_path, lake_root):
-    # 64 examples, gpt2-tiny's own block and batch: memorized, validation best near step 40 of 100
+    # 64 examples, gpt2-tiny's own block and batch: memorized, validation best near step 40 of 100;
+    # validated every 10 steps, checkpointed every 50: the best state falls between checkpoints
     s = train.train(tiny(tmp_path, lake_root, **{"trainer.max_steps": 100, "data.n_examples": 64,
                                                  "model.block_size": 64, "trainer.batch_size": 16,
-                                                 "trainer.eval_batches": 4, "trainer.keep_last": 1}))
+                                                 "trainer.eval_batches": 4, "trainer.ckpt_interval": 50,
+                                                 "trainer.keep_last": 1}))
     out = Path(s["out_dir"])
     assert [p.name for p in checkpoint.all_in(out)] == ["ckpt-0000100.pt"]
     val = dict(lake(lake_root).execute("select checkpoint_step, value from eval_results where metric = 'loss'").fetchall())
-    at_ckpt = {k: v for k, v in val.items() if k > 0}  # checkpoints at 10, 20, ... 100 (none at 0)
-    best = min(at_ckpt, key=at_ckpt.get)
+    best = min(val, key=val.get)
+    assert 0 < best < 100 and best != 50, "the run was meant to overfit between its checkpoints"
     info = checkpoint.best_info(out)
-    assert info["step"] == best and info["metrics"]["loss"] == pytest.approx(at_ckpt[best])
-    assert checkpoint.load(out / "best.pt")["step"] == best
-    assert best < 100, "the run was meant to overfit: validation best before its end"
+    assert info["step"] == best and info["metrics"]["loss"] == pytest.approx(val[best])
+    kept = checkpoint.load(out / "best.pt")
+    assert kept["step"] == best and kept["run_id"] == s["run_id"]
+    # it is the state that was validated: scoring it again gives the logged validation loss
+    m = train.models.from_hf_config("gpt2", kept["hf_config"])
+    m.load_state_dict(kept["model"])
+    cfg = tiny(tmp_path, lake_root, **{"data.n_examples": 64, "model.block_size": 64})
+    tok = data.build_tokenizer(cfg.data)
+    _, val_ds = data.build(cfg.data, "lm", tok, 64)
+    again = train.score(m, val_ds, "lm", 16, 4, "cpu", train.nullcontext())  # as validate() scored it
+    assert again["loss"] == pytest.approx(val[best], rel=1e-5)
 
 
 def test_the_loader_reads_ahead_the_same_batches_in_order():
