@@ -53,7 +53,7 @@ import yaml
 from pipelines.alerts import read_alerts, read_rows
 from pipelines.notify import jsonable, rank
 from pipelines.repair_policy import Patch, Policies, PolicyError, apply_patch, get_key, load_policies
-from warehouse import config
+from warehouse import audit, config
 from warehouse.output import write_rows
 from warehouse.schemas import REPAIRS, RUN_ID_CHARS
 from warehouse.writer import Lake, slugify
@@ -389,6 +389,7 @@ class Repairer:
     def lake(self) -> Lake:
         return Lake(self.lake_root)
 
+    @audit.audited("repair", lake=lambda a: a["self"].lake_root, counts=lambda rows: _verdict_counts(rows))
     def advance(self, parent_run_id: str, alert_id: str | None = None, until: str = "done") -> list[dict]:
         """Carry the run's repair forward: ``until="trained"`` claims the next attempt and trains its
         child; ``"judged"`` finishes the attempt in progress (trains what is left, evaluates, judges);
@@ -513,6 +514,14 @@ class Repairer:
         write_attempt(self.lake, row)
         self.log(f"repair {cand.parent_run_id}: attempt {row['attempt']} {verdict}: {reason}")
         return row
+
+
+def _verdict_counts(rows: list[dict]) -> dict:
+    """An audit entry's counts: the attempts written, by verdict."""
+    out = {"attempts_written": len(rows)}
+    for r in rows:
+        out[r["verdict"]] = out.get(r["verdict"], 0) + 1
+    return out
 
 
 def _end_median(steps_losses: list[tuple[int, float]], frac: float) -> tuple[float | None, int, int]:
@@ -652,6 +661,7 @@ def judge_mark_best(lake: Lake, state: State, pol: Policies, cand: Candidate) ->
 
 # --- notifications ----------------------------------------------------------------------------------
 
+@audit.audited("repair-notify", counts=lambda r: {"notified": r["notified"]})
 def notify_verdicts(lake_root: str | None = None, notifiers: list | None = None) -> dict:
     """Send the final verdicts no notifier has taken yet (healed: info; advised: warning; escalated:
     critical, a person must look), then mark them notified. A failed notifier leaves them pending."""
@@ -750,16 +760,15 @@ def run(args: argparse.Namespace) -> int:
                 print(f"{o['run_id']} {o['rule']} ({o['severity']}, alert {o['alert_id']}){wait}\n  {o['plan']}"
                       + (f"\n  why: {o['why']}" if o["why"] else "") + "".join(f"\n  note: {n}" for n in o["notes"]))
         return 0
-    final = []
-    for c in found:
-        if c.waiting:
-            print(f"{c.parent_run_id}: waits ({c.waiting})")
-            continue
-        rows = r.advance(c.parent_run_id, args.alert_id)
-        if rows:
-            final.append(rows[-1])
-            print(f"{c.parent_run_id}: {rows[-1]['verdict']} (attempt {rows[-1]['attempt']}): {rows[-1]['reason']}")
-    notify_verdicts(r.lake_root)
+    with audit.entry(r.lake_root, "repair", args={k: v for k, v in vars(args).items() if not callable(v)}):
+        for c in found:  # one audit entry for the command: the repairs, their diagnoses, the notifications
+            if c.waiting:
+                print(f"{c.parent_run_id}: waits ({c.waiting})")
+                continue
+            rows = r.advance(c.parent_run_id, args.alert_id)
+            if rows:
+                print(f"{c.parent_run_id}: {rows[-1]['verdict']} (attempt {rows[-1]['attempt']}): {rows[-1]['reason']}")
+        notify_verdicts(r.lake_root)
     return 0
 
 

@@ -266,6 +266,9 @@ def test_the_command_line_plans_advises_and_lists(lake_root, tmp_path, monkeypat
     rows = connect(serving_path="").execute("select parent_run_id, attempt, action, verdict, notified_at is not null "
                                             "from repairs").fetchall()
     assert rows == [("theirs", 0, "advise", "advised", True)]
+    from warehouse import audit  # one audit entry for the --apply that wrote, none for the one with nothing to do
+    (entry,) = [e for e in audit.read(lake_root) if e["command"] == "repair"]
+    assert entry["status"] == "ok" and json.loads(entry["counts"])["advised"] == 1
     assert main(["repair", "--status", "--format", "csv"]) == 0
     assert "advised" in capsys.readouterr().out
 
