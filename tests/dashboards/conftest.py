@@ -132,8 +132,10 @@ def build_serving(root: Path, rows: int, seed: int = 11) -> Path:
     run_mhw("simulate", "--rows", str(rows), "--seed", str(seed), "--incident-rate", "0.3", env=env)
     land_serving(root / "lake", root)
     # As the build_cubes DAG does: diagnose (the rules read the lake), then one build that serves the
-    # cubes and the alerts (alert_list).
+    # cubes and the alerts (alert_list); between them, as repair_runs would, the repairs.
     run_mhw("diagnose", "--no-notify", "--quiet", env=env)
+    # Simulated runs are imported runs: their repairs are advice, not restarts (rows for repair_health).
+    run_mhw("repair", "--min-severity", "warning", "--apply", env=env)
     run_mhw("build", "--quiet", env=env)
     return root / "serving.duckdb"
 

@@ -136,6 +136,17 @@ ORACLES = {
     # the served alerts, every one, newest first (the order is checked apart: ties have none)
     "alerts": ("select start_at, severity, rule, model, hardware, message, action from alert_list "
                "order by start_at desc", "rows"),
+    # the repair funnel per rule, from the served alerts and repair attempts (not the funnel cube)
+    "repair_funnel": ("""with funnel as (
+                             select rule, count(*) filter (where severity in ('warning', 'critical')) as n_alerts,
+                                    0 as n_repairs, 0 as n_healed
+                             from alert_list where scope = 'run' group by rule
+                             union all
+                             select rule, 0, count(distinct repair_id),
+                                    count(distinct repair_id) filter (where verdict = 'healed')
+                             from repair_list group by rule)
+                         select rule, sum(n_alerts), sum(n_repairs), sum(n_healed) from funnel group by rule""",
+                      ("keyed", ["rule"])),
 }
 
 

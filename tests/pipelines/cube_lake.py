@@ -214,6 +214,46 @@ def write_edge_run(lake: Lake) -> None:
     }), "edge")
 
 
+def write_repairs(lake: Lake) -> dict:
+    """Training-run alerts over two days and the repairs that answered some of them (a repair healed
+    on its second attempt, one escalated, one advised, one still running; an alert never repaired,
+    NaN and null measurements), through the writers pipelines use. Returns the funnel they make, per
+    (date, model, hardware, rule): (n_alerts, n_repairs, n_attempts, n_healed, n_escalated, n_advised)."""
+    from pipelines.alerts import alert_key, write_alerts
+    from pipelines.repair import write_attempt
+
+    m, hw = MODELS[0], HARDWARE[0]
+    day = [dt.datetime.combine(DAY0 + dt.timedelta(days=d), dt.time(6), UTC) for d in range(2)]
+    alerts = []
+    for i, (rule, sev, d) in enumerate([("divergence", "critical", 0), ("underfitting", "warning", 0),
+                                        ("underfitting", "warning", 1), ("plateau", "info", 1),
+                                        ("throughput_drop", "warning", 1), ("overfitting", "warning", 0)]):
+        alerts.append({"alert_id": f"a{i}", "rule": rule, "severity": sev, "scope": "run", "run_id": f"r{i}",
+                       "step_start": 10, "start_at": day[d], "detected_at": day[d], "model": m, "hardware": hw,
+                       "date": day[d].date(), "message": "m", "action": "a"})
+    write_alerts(lake, alerts, {alert_key(a["rule"], m, hw) for a in alerts})
+
+    def attempt(alert_i, n, action, verdict, child=None, compute=None, secs=None, observed=None):
+        a = alerts[alert_i]
+        write_attempt(lake, {"attempt_id": f"t{alert_i}-{n}", "repair_id": f"rep{alert_i}", "attempt": n,
+                             "alert_id": a["alert_id"], "rule": a["rule"], "severity": a["severity"], "onset_step": 10,
+                             "parent_run_id": a["run_id"], "child_run_id": child, "action": action, "patch": "p",
+                             "verdict": verdict, "compute_s": compute, "samples": 100 if compute else None,
+                             "observed": observed, "seconds_to_verdict": secs, "alert_start_at": a["start_at"],
+                             "alert_detected_at": a["start_at"], "started_at": a["start_at"], "model": m,
+                             "hardware": hw})
+    attempt(0, 1, "retrain", "not_healed", "c0-1", 12.5, 30.0, float("nan"))
+    attempt(0, 2, "retrain", "healed", "c0-2", 10.0, 95.0, 2.1)
+    attempt(1, 1, "retrain", "escalated", "c1-1", 7.0, 40.0, 3.0)
+    attempt(4, 0, "escalate", "escalated", secs=5.0)
+    attempt(2, 1, "retrain", "running", "c2-1")
+    attempt(5, 0, "advise", "advised", secs=1.0)
+    d0, d1 = DAY0, DAY0 + dt.timedelta(days=1)
+    return {(d0, m, hw, "divergence"): (1, 1, 2, 1, 0, 0), (d0, m, hw, "underfitting"): (1, 1, 1, 0, 1, 0),
+            (d1, m, hw, "underfitting"): (1, 1, 1, 0, 0, 0), (d1, m, hw, "plateau"): (0, 0, 0, 0, 0, 0),
+            (d1, m, hw, "throughput_drop"): (1, 1, 0, 0, 1, 0), (d0, m, hw, "overfitting"): (1, 1, 0, 0, 0, 1)}
+
+
 def make_lake(root: str) -> str:
     lake = Lake(root)
     for d in range(DAYS):
