@@ -17,7 +17,7 @@ DuckDB or Spark through pipelines.engines. Every rule returns one row per anomal
   alerts seen before; notifiers (pipelines/notify.py) get only alerts never notified.
 
 Incremental like ``mhw build``: ``<lake>/_diagnose/manifest.json`` keeps, per lake partition of
-train_steps, eval_results and latency_samples, its files (name, size, mtime) and the training runs
+train_steps, eval_results, latency_samples and the serving tables, its files (name, size, mtime) and the training runs
 in it. Run rules are recomputed for the runs found in changed partitions, over every partition those
 runs have rows in; fleet rules for the model × hardware pairs with a changed partition, over all of
 that pair's days (their trailing baselines need the history). A change of any rule SQL or of the
@@ -53,7 +53,7 @@ from pipelines import fleet, lakefiles, models, notify, sketch
 from pipelines.alerts import alert_key, read_alerts, write_alerts
 from pipelines.engines import ENGINES, open_engine
 from pipelines.models import SQL_DIR
-from warehouse import config
+from warehouse import audit, config
 from warehouse.schemas import TABLES
 from warehouse.sqltext import literal
 from warehouse.writer import SLUG, Lake
@@ -65,7 +65,8 @@ SEVERITIES = notify.SEVERITIES
 HEADER_KEYS = ("rule", "purpose", "grain", "scope", "subject", "sources", "params", "audits")
 SCOPES = ("run", "fleet", *fleet.KINDS)
 # tables whose partitions decide what is recomputed, and the column naming a partition's training runs
-WATCHED = {"train_steps": "run_id", "eval_results": "train_run_id", "latency_samples": None, "rank_steps": "run_id"}
+WATCHED = {"train_steps": "run_id", "eval_results": "train_run_id", "latency_samples": None, "rank_steps": "run_id",
+           "serving_scrapes": None, "serving_requests": None}
 # views for run rules that compare a run with the other runs of its model: view -> lake table
 PEER_TABLES = {"peer_train_steps": "train_steps", "peer_eval_results": "eval_results", "runs": "runs"}
 # what the engine layer is given besides lake tables
@@ -604,6 +605,12 @@ class DiagnoseResult:
         return bool(self.failing(level))
 
 
+def _counts(r: DiagnoseResult) -> dict:
+    return {"alerts_new": len(r.new), "alerts": len(r.alerts), "notified": r.notified, "alerts_total": r.total,
+            "runs_in_scope": r.runs_in_scope, "pairs_in_scope": r.pairs_in_scope, "full": r.full}
+
+
+@audit.audited("diagnose", counts=_counts)
 def diagnose(lake_root: str | None = None, engine="duckdb", *, config_path: str | None = None,
              full: bool = False, notify_alerts: bool = True, master: str | None = None,
              conf: dict[str, str] | None = None, notifiers: list | None = None,

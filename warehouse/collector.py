@@ -40,7 +40,7 @@ from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from warehouse import config as mhw_config
+from warehouse import audit, config as mhw_config
 from warehouse.ingest import Problem, Reject, validate
 from warehouse.keys import PartitionError, check_slug
 from warehouse.schemas import LINE_BYTES, NAME_CHARS, RAW_HEAD, TABLES
@@ -266,6 +266,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--verbose", action="store_true", help="log every request")
 
 
+@audit.audited("collect")  # one entry per collector run: 'started' (running) while it serves
 def run(args: argparse.Namespace) -> int:
     settings = mhw_config.load(getattr(args, "config", None))
     section = settings.section("collector")
@@ -294,4 +295,5 @@ def run(args: argparse.Namespace) -> int:
     c = server.collector
     c._store_lock.acquire()  # a batch being stored finishes (and is answered); no other starts
     print(f"mhw collect: stopped after {c.batches} batches, {c.rows} rows stored, {c.rejected} quarantined", flush=True)
+    audit.record(rows_in=c.rows, rows_quarantined=c.rejected, batches=c.batches)
     return 0

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from warehouse import audit
 from warehouse.collector import batch_key
 from warehouse.query import connect
 
@@ -96,6 +97,13 @@ def test_bad_rows_are_quarantined_with_reasons_and_the_good_ones_stored(collecto
     before = state()
     assert post(collector, body, collector.token)[0] == 200
     assert repr(state()) == repr(before)  # repr: NaN == NaN
+
+    # One audit entry for the collector's run: running while it serves, its counts once stopped.
+    (entry,) = audit.read(lake_root)
+    assert (entry["command"], audit.outcome(entry)) == ("collect", "running")
+    collector.stop()
+    (entry,) = audit.read(lake_root)
+    assert (entry["status"], entry["rows_in"], entry["rows_quarantined"]) == ("ok", 6, 18)
 
 
 def test_a_body_that_is_not_a_batch_is_refused_whole(collector, lake_root):
