@@ -3,7 +3,9 @@
 --   each host ran, in how many it was a straggler (the straggler rule's alerts), its mean slowdown
 --   against its jobs' median rank. A host slow in several jobs is the suspect, not the jobs.
 -- grain: one row per hardware × host (agg_level 'hardware,host') and per hardware (agg_level
---   'hardware': hosts, suspect hosts and jobs summed); over every day in the lake.
+--   'hardware': hosts, suspect hosts and jobs summed); over every day in the lake. Every row is rolled
+--   up over every model (model 'ALL'): a host's record spans every team's jobs, so a team's role
+--   (row-level security on model, conf/teams.yaml) sees none of it; admins and viewers of every model do.
 -- time column: none (all dates in the lake; last_ts says how recent)
 -- partitions: none (recomputed whole from the run × rank rows and the alerts, which are small)
 -- sources: rank_health_window, alerts
@@ -111,6 +113,7 @@ hardware_rows as (
 
 final as (
     select
+        cast('ALL' as varchar) as model,                        -- every model's jobs: a fleet rollup
         cast(hardware as varchar) as hardware,                  -- hardware fingerprint
         cast(host as varchar) as host,                          -- host, or 'ALL' (hardware level)
         cast(agg_level as varchar) as agg_level,                -- hardware,host | hardware

@@ -29,7 +29,7 @@ def test_the_shipped_policies_load_and_patch_real_config_keys():
                 assert changes or p.always, f"{rule}.{p.name} changes nothing on gpt2-tiny's config"
     # every training rule is in the priority list; the infrastructure rules have no policy (a person)
     assert set(pol.priority) == {r for r, s in RULES.items() if s == "run"}
-    assert {"throughput_drop", "gpu_underutilization"}.isdisjoint(pol.rules)
+    assert {"straggler", "throughput_drop", "gpu_underutilization"}.isdisjoint(pol.rules)
 
 
 @pytest.mark.parametrize("text, message", [
