@@ -259,14 +259,13 @@ def test_a_healthy_twin_is_quiet_then_a_sigstop_is_run_hung_and_the_train_task_f
         rank0 = job.ranks()[0]
         os.kill(rank0.pid, signal.SIGSTOP)
         stopped_at = time.time()
-        found = None
-        while found is None and time.time() - stopped_at < 15:  # hung after 4 s; a heartbeat a second
-            time.sleep(0.5)
-            r = diagnose(lake, notify_alerts=False, config_path=rules_overlay(tmp_path))
-            found = next((a for a in r.alerts if a["rule"] == "run_hung"), None)
-        assert found is not None, "no run_hung within 15 s of the SIGSTOP"
+        # hung after 4 s, a heartbeat a second: the first diagnose from its bound plus two heartbeats on
+        # names it (judged on the evidence: how long the diagnose itself then takes depends on the load)
+        time.sleep(max(0.0, stopped_at + 4.0 + 2 * 1.0 - time.time()))
+        r = diagnose(lake, notify_alerts=False, config_path=rules_overlay(tmp_path))
+        found = next((a for a in r.alerts if a["rule"] == "run_hung"), None)
+        assert found is not None, f"no run_hung 2 heartbeats past its bound: {[a['message'] for a in r.alerts]}"
         assert (found["rank"], found["severity"]) == (0, "critical") and "stopped (state T)" in found["message"]
-        assert time.time() - stopped_at < 4.0 + 2 * 1.0 + 3.0  # its bound, two heartbeats, a diagnose
         worker.join(timeout=120)  # the watchdog kills the job 10 s after its last step
         assert not worker.is_alive(), "the train task hangs"
         (err,) = failure
