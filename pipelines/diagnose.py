@@ -162,6 +162,7 @@ class Rule:
     subject: tuple[str, ...]
     sources: tuple[str, ...]
     params: dict[str, Param]
+    by_model: bool = False  # a fleet rule whose pairs read the other hardware of their model (``fleet by model``)
 
 
 def parse_header(text: str) -> dict[str, str]:
@@ -180,9 +181,9 @@ def load_rule(path: Path) -> Rule:
         raise ConfigError(f"{path}: header lacks {missing}")
     if header["rule"] != path.stem:
         raise ConfigError(f"{path}: header names rule {header['rule']!r}, file is {path.stem!r}")
-    scope = header["scope"].split()[0]
-    if scope not in SCOPES:
-        raise ConfigError(f"{path}: scope must be one of {SCOPES}, got {scope!r}")
+    scope, *rest = header["scope"].split("(")[0].split()
+    if scope not in SCOPES or rest not in ([], ["by", "model"]) or (rest and scope != "fleet"):
+        raise ConfigError(f"{path}: scope must be one of {SCOPES} (or fleet by model), got {header['scope']!r}")
     params = parse_params(header["params"])
     used = set(re.findall(r"\{\{\s*([a-z_][a-z0-9_]*)\s*\}\}", text))
     if used != set(params):
@@ -192,7 +193,7 @@ def load_rule(path: Path) -> Rule:
     if unknown:
         raise ConfigError(f"{path}: subject columns {sorted(unknown)} are not output columns")
     return Rule(name=path.stem, path=path, sql=text, header=header, scope=scope, subject=subject,
-                sources=_names(header["sources"]), params=params)
+                sources=_names(header["sources"]), params=params, by_model=bool(rest))
 
 
 def load_rules(sql_dir: Path = DIAGNOSTICS_DIR) -> dict[str, Rule]:
@@ -370,6 +371,8 @@ class Scope:
     pair_files: dict[str, list[str]]  # table -> files of the pairs in scope
     manifest: dict  # to save once the alerts are written
     peer_files: dict[str, list[str]] = field(default_factory=dict)  # PEER_TABLES -> files of the runs' models
+    model_pairs: set[tuple[str, str]] = field(default_factory=set)  # every pair of a model with a pair in scope
+    model_pair_files: dict[str, list[str]] = field(default_factory=dict)  # table -> files of those pairs
     data_root: str = ""  # where the listed files lie: the lake's snapshot (``<data_root>/<table>/…``)
 
 
@@ -423,6 +426,12 @@ def find_scope(lake_root: str, definition: str, full: bool, data_root: str | Non
             if column and runs.intersection(sources[table][lakefiles.key_dir(cols, key)]["runs"]) for f in files)
         pair_files[table] = sorted(f.path for key, files in listings[table].items() if key[:2] in pairs
                                    for f in files)
+    # Fleet rules by model (throughput_regression) compare a pair with its model on other hardware: every
+    # pair of a model with a changed pair is recomputed, over all of their files.
+    changed_models = {p[0] for p in pairs}
+    model_pairs = {key[:2] for listing in listings.values() for key in listing if key[0] in changed_models}
+    model_pair_files = {table: sorted(f.path for key, files in listings[table].items() if key[:2] in model_pairs
+                                      for f in files) for table in WATCHED}
     # Run rules that compare a run with its peers (underfitting) read every run of the same models,
     # on any hardware and day: the train_steps and runs partitions of those models.
     models = {key[0] for key, files in listings["train_steps"].items()
@@ -434,17 +443,22 @@ def find_scope(lake_root: str, definition: str, full: bool, data_root: str | Non
         peer_files[view] = sorted(f.path for key, files in listing.items() if key[0] in models for f in files)
     return Scope(full=full, runs=runs, pairs=pairs, run_files=run_files, pair_files=pair_files,
                  peer_files=peer_files, manifest={"version": 1, "definition": definition, "sources": sources},
+                 model_pairs=model_pairs | pairs, model_pair_files=model_pair_files,
                  data_root=root)
 
 
 # --- running the rules ------------------------------------------------------------------------------
 
+def _pairs_table(pairs) -> pa.Table:
+    pairs = sorted(pairs)
+    return pa.table({"model": pa.array([p[0] for p in pairs], pa.string()),
+                     "hardware": pa.array([p[1] for p in pairs], pa.string())})
+
+
 def _helper_tables(scope: Scope, cfg: DiagnosticsConfig) -> dict[str, pa.Table]:
-    pairs = sorted(scope.pairs)
     return {
         "diagnose_runs": pa.table({"run_id": pa.array(sorted(scope.runs), pa.string())}),
-        "diagnose_pairs": pa.table({"model": pa.array([p[0] for p in pairs], pa.string()),
-                                    "hardware": pa.array([p[1] for p in pairs], pa.string())}),
+        "diagnose_pairs": _pairs_table(scope.pairs),
         "metric_directions": cfg.metric_directions,
         "latency_slos": cfg.latency_slos,
         "eval_references": cfg.eval_references,
@@ -460,10 +474,13 @@ def run_rules(eng, lake_root: str, rules: dict[str, Rule], cfg: DiagnosticsConfi
     for name, table in _helper_tables(scope, cfg).items():
         eng.register_arrow(name, table)
     out, seconds = {}, {}
-    for kind, files in (("run", scope.run_files), ("fleet", scope.pair_files)):
-        chosen = [r for r in rules.values() if r.scope == kind and cfg.rules[r.name].enabled]
+    for kind, by_model, files in (("run", False, scope.run_files), ("fleet", False, scope.pair_files),
+                                  ("fleet", True, scope.model_pair_files)):
+        chosen = [r for r in rules.values() if r.scope == kind and r.by_model == by_model and cfg.rules[r.name].enabled]
         if not chosen or not (scope.runs if kind == "run" else scope.pairs):
             continue
+        if by_model:
+            eng.register_arrow("diagnose_pairs", _pairs_table(scope.model_pairs))
         for table in WATCHED:
             eng.register_files(table, files[table], TABLES[table].schema, TABLES[table].partition_by,
                                f"{root}/{table}")
@@ -653,7 +670,9 @@ def _store_alerts(lake, lake_root, rules, cfg, scope, rows, result, notify_alert
             return True
         if rule is None or not cfg.rules[rule.name].enabled:
             return False
-        return a.get("run_id") in scope.runs if rule.scope == "run" else (a["model"], a["hardware"]) in scope.pairs
+        if rule.scope == "run":
+            return a.get("run_id") in scope.runs
+        return (a["model"], a["hardware"]) in (scope.model_pairs if rule.by_model else scope.pairs)
 
     fresh: dict[str, dict] = {}
     for name, table in rows.items():
