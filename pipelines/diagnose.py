@@ -56,6 +56,7 @@ from warehouse.sqltext import literal
 from warehouse.writer import SLUG, Lake
 
 DIAGNOSTICS_DIR = SQL_DIR / "diagnostics"
+SHARED_DIR = DIAGNOSTICS_DIR / "shared"  # what rules read instead of raw rows, computed once per diagnose
 DEFAULT_CONFIG = config.REPO_ROOT / "conf" / "diagnostics.yaml"
 MANIFEST = "_diagnose/manifest.json"
 SEVERITIES = notify.SEVERITIES
@@ -65,6 +66,8 @@ SCOPES = ("run", "fleet")
 WATCHED = {"train_steps": "run_id", "eval_results": "train_run_id", "latency_samples": None}
 # views for run rules that compare a run with the other runs of its model: view -> lake table
 PEER_TABLES = {"peer_train_steps": "train_steps", "peer_eval_results": "eval_results", "runs": "runs"}
+# peer_train_steps is run_steps (the runs in scope, already read) and the raw rows of the other runs
+PEER_STEPS = "peer_train_steps"
 # what the engine layer is given besides lake tables
 HELPER_TABLES = ("diagnose_runs", "diagnose_pairs", "metric_directions", "latency_slos", "eval_references",
                  "sketch_bounds")
@@ -198,6 +201,12 @@ def load_rule(path: Path) -> Rule:
 
 def load_rules(sql_dir: Path = DIAGNOSTICS_DIR) -> dict[str, Rule]:
     return {r.name: r for r in (load_rule(p) for p in sorted(Path(sql_dir).glob("*.sql")))}
+
+
+def load_shared(sql_dir: Path = SHARED_DIR) -> dict[str, models.Model]:
+    """The shared models rules read (sql/diagnostics/shared): each computed once per diagnose, for the
+    runs in scope, before the rules that read it."""
+    return {m.name: m for m in (models.load_model(p) for p in sorted(Path(sql_dir).glob("*.sql")))}
 
 
 def render(rule: Rule, values: dict) -> str:
@@ -356,6 +365,8 @@ def definition_hash(rules: dict[str, Rule], cfg: DiagnosticsConfig) -> str:
                             sort_keys=True).encode())
     for t in (cfg.metric_directions, cfg.latency_slos, cfg.eval_references):
         h.update(json.dumps(t.to_pylist(), sort_keys=True).encode())
+    for name, m in sorted(load_shared().items()):
+        h.update(json.dumps([name, m.sql]).encode())
     h.update(f"sketch:{sketch.GROWTH}:{sketch.B_MIN}:{sketch.B_MAX}".encode())
     return h.hexdigest()[:16]
 
@@ -440,7 +451,12 @@ def find_scope(lake_root: str, definition: str, full: bool, data_root: str | Non
     for view, table in PEER_TABLES.items():
         listing = listings[table] if table in listings else \
             lakefiles.list_partitions(fs, f"{root}/{table}", TABLES[table].partition_by)
-        peer_files[view] = sorted(f.path for key, files in listing.items() if key[0] in models for f in files)
+        cols = TABLES[table].partition_by
+        peer_files[view] = sorted(
+            f.path for key, files in listing.items() if key[0] in models
+            # the rows of runs in scope are read once, into run_steps: only partitions with other runs
+            if view != PEER_STEPS or not runs.issuperset(sources[table][lakefiles.key_dir(cols, key)]["runs"])
+            for f in files)
     return Scope(full=full, runs=runs, pairs=pairs, run_files=run_files, pair_files=pair_files,
                  peer_files=peer_files, manifest={"version": 1, "definition": definition, "sources": sources},
                  model_pairs=model_pairs | pairs, model_pair_files=model_pair_files,
@@ -448,6 +464,10 @@ def find_scope(lake_root: str, definition: str, full: bool, data_root: str | Non
 
 
 # --- running the rules ------------------------------------------------------------------------------
+
+# the raw train_steps columns run_steps carries (peer_train_steps has them)
+_SHARED_STEP_COLUMNS = ("model", "hardware", "precision", "run_id", "step", "ts", "loss", "lr", "grad_norm",
+                        "tokens_per_s", "step_time_ms", "data_time_ms", "gpu_util", "gpu_mem_gb", "gpu_mem_total_gb")
 
 def _pairs_table(pairs) -> pa.Table:
     pairs = sorted(pairs)
@@ -486,8 +506,18 @@ def run_rules(eng, lake_root: str, rules: dict[str, Rule], cfg: DiagnosticsConfi
                                f"{root}/{table}")
         if kind == "run":
             for view, table in PEER_TABLES.items():
-                eng.register_files(view, scope.peer_files.get(view, []), TABLES[table].schema,
-                                   TABLES[table].partition_by, f"{root}/{table}")
+                eng.register_files(view if view != PEER_STEPS else f"__{view}_others", scope.peer_files.get(view, []),
+                                   TABLES[table].schema, TABLES[table].partition_by, f"{root}/{table}")
+            t = time.perf_counter()
+            for name, m in load_shared().items():  # one pass over raw rows, for every rule
+                if any(name in r.sources for r in chosen):
+                    eng.materialize(name, m.sql)
+                    seconds[name] = time.perf_counter() - t
+                    say(f"{name}: {seconds[name]:.2f}s")
+            # the peers of the runs in scope: those runs (already read) and the other runs' raw rows
+            cols = ", ".join(_SHARED_STEP_COLUMNS)
+            eng.register_view(PEER_STEPS, f"select {cols} from run_steps union all select {cols} "
+                                          f"from __{PEER_STEPS}_others where run_id not in (select run_id from diagnose_runs)")
         for rule in chosen:
             t = time.perf_counter()
             result = eng.query(render(rule, cfg.rules[rule.name].params))

@@ -77,6 +77,14 @@ class DuckDBEngine:
                 source = f"read_parquet({listed}, hive_partitioning = false, union_by_name = true)"
         self.con.execute(f"create or replace temp view {_q(name)} as select {cols} from {source}")
 
+    def materialize(self, name: str, sql: str) -> None:
+        """The result of ``sql`` held as a temp table ``name``: computed once, read by many queries."""
+        self.con.execute(f"create or replace temp table {_q(name)} as {sql}")
+
+    def register_view(self, name: str, sql: str) -> None:
+        """A temp view ``name`` over ``sql`` (other views and tables of this engine)."""
+        self.con.execute(f"create or replace temp view {_q(name)} as {sql}")
+
     def query(self, sql: str) -> pa.Table:
         return normalize(self.con.sql(sql).to_arrow_table())
 

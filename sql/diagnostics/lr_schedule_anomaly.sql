@@ -6,7 +6,7 @@
 --   to the last.
 -- scope: run (recomputed for the runs whose train_steps changed)
 -- subject: run_id
--- sources: train_steps, runs, diagnose_runs
+-- sources: run_steps, runs
 -- params: jump_ratio float > 1
 -- audits: tests/pipelines/test_diagnose_rules.py (fires on a 10x jump after decay and on a NaN LR,
 --   quiet on warmup + cosine); tests/pipelines/test_diagnose_real.py (real CPU trainings whose LR was
@@ -31,18 +31,20 @@ steps as (
         s.run_id,
         s.step,
         s.ts,
-        s.lr
-    from train_steps as s
-    inner join diagnose_runs as r
-        on r.run_id = s.run_id
+        s.lr,
+        s.lr_log_no  -- its place among the run's logged LRs
+    from run_steps as s
     where s.lr is not null
 ),
 
 with_previous as (
     select
-        *,
-        lag(lr) over (partition by run_id order by step) as prev_lr
+        steps.*,
+        before.lr as prev_lr
     from steps
+    left join steps as before
+        on before.run_id = steps.run_id
+        and before.lr_log_no = steps.lr_log_no - 1
 ),
 
 declared_warmups as (
@@ -65,6 +67,7 @@ warmup_ends as (
     -- neither (its LR only ever rose, its warmup unknown) is not judged for a climb
     select
         with_previous.run_id,
+        min(case when with_previous.lr < with_previous.prev_lr then with_previous.step end) as first_decay,
         coalesce(max(declared_warmups.warmup), min(case when with_previous.lr < with_previous.prev_lr
             then with_previous.step end)) as warm_end
     from with_previous
@@ -76,9 +79,8 @@ warmup_ends as (
 with_decay as (
     select
         with_previous.*,
-        max(case when with_previous.lr < with_previous.prev_lr then 1 else 0 end) over (
-            partition by with_previous.run_id order by with_previous.step
-            rows between unbounded preceding and 1 preceding) as has_decayed,
+        -- decay has begun before this step: the run's first decrease is earlier (no window needed)
+        case when warmup_ends.first_decay < with_previous.step then 1 else 0 end as has_decayed,
         min(case when with_previous.step >= warmup_ends.warm_end and with_previous.lr >= 0
             and with_previous.lr < cast('Infinity' as double) then with_previous.lr end) over (
             partition by with_previous.run_id order by with_previous.step

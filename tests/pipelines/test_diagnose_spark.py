@@ -1,11 +1,14 @@
 """DuckDB and Spark (local[2], the same SQL translated by sqlglot) give the same alerts on one small
 lake: the hand-built lake of test_diagnose_rules, where every rule fires once or twice and stays quiet
-on a clean twin. Ids, subjects, steps, times and texts are equal; observed/expected to 1e-9."""
+on a clean twin. Ids, subjects, steps, times and texts are equal; observed/expected to 1e-9. And on
+Spark, the shipped rules equal the reference rules (before issue 14) on a simulated and the real-log lake."""
 import math
 
 import pytest
 
+from diagnose_reference import assert_same_alerts, needs_real, real_lake, reference_alerts
 from pipelines.diagnose import diagnose
+from test_diagnose_equal import sim_lake
 from test_diagnose_rules import build_lake
 
 pytestmark = [pytest.mark.spark, pytest.mark.timeout(600)]
@@ -40,3 +43,14 @@ def test_spark_and_duckdb_raise_the_same_alerts(tmp_path, spark_engine):
         for col in ("observed", "expected"):
             x, y = a[col], b[col]
             assert (math.isnan(x) and math.isnan(y)) or x == pytest.approx(y, rel=1e-9, abs=1e-12), (a["rule"], col)
+
+
+@pytest.mark.parametrize("name", ["sim", pytest.param("real", marks=needs_real)])
+def test_spark_alerts_equal_the_reference_rules_on_spark(tmp_path, spark_engine, name):
+    """The shipped rules against the reference rules (before issue 14), both on Spark: a small simulated
+    fleet and every real log (test_diagnose_equal.py is the DuckDB twin)."""
+    lake = str(tmp_path / "lake")
+    sim_lake(lake, scale=5) if name == "sim" else real_lake(lake)
+    expected = reference_alerts(lake, spark_engine)
+    assert len(expected) >= 15
+    assert_same_alerts(expected, diagnose(lake, engine=spark_engine, full=True, notify_alerts=False).alerts)
