@@ -46,7 +46,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import yaml
 
-from pipelines import lakefiles, models, notify, sketch
+from pipelines import changes, lakefiles, models, notify, sketch
 from pipelines.alerts import alert_key, read_alerts, write_alerts
 from pipelines.engines import ENGINES, open_engine
 from pipelines.models import SQL_DIR
@@ -395,68 +395,58 @@ def _run_ids(fs, files: list[str], column: str) -> list[str]:
     return sorted(v for v in ids.to_pylist() if v is not None)
 
 
-def find_scope(lake_root: str, definition: str, full: bool, data_root: str | None = None) -> Scope:
-    """What changed since the last diagnose; the files are listed under ``data_root`` (a snapshot
-    of the lake, ``Lake.snapshot``; default the lake itself)."""
-    fs, lake_path, _ = lakefiles.resolve(lake_root)
-    old = lakefiles.read_json(fs, f"{lake_path}/{MANIFEST}") or {}
-    root = data_root or lake_path
+def find_scope(lake: Lake | str, definition: str, full: bool, data_root: str | None = None) -> Scope:
+    """What changed since the last diagnose (pipelines/changes.py); the files are listed under
+    ``data_root`` (a snapshot of the lake, ``Lake.snapshot``; default the lake itself)."""
+    lake = Lake.of(lake)
+    old = lakefiles.read_json(lake.fs, f"{lake.root}/{MANIFEST}") or {}
+    root = data_root or lake.root
     full = bool(full or old.get("definition") != definition)
     old_sources = {} if full else old.get("sources", {})
+    listing = changes.Listing(lake, root, [*WATCHED, *PEER_TABLES.values()])
+    listings = listing.partitions
     sources, runs, pairs = {}, set(), set()
-    listings = {}
     for table, column in WATCHED.items():
         cols = TABLES[table].partition_by
-        table_dir = f"{root}/{table}"
-        listings[table] = listing = lakefiles.list_partitions(fs, table_dir, cols)
         before = old_sources.get(table, {})
-        now: dict[str, dict] = {}
-        for key, files in listing.items():
+        changed = listing.changed(table, {kd: v["files"] for kd, v in before.items()})
+        now: dict[str, dict] = {}  # partition -> its files and the training runs in it
+        for key, files in listings[table].items():
             kd = lakefiles.key_dir(cols, key)
-            prints = lakefiles.fingerprint(files, table_dir)
-            prev = before.get(kd)
-            if prev is not None and prev.get("files") == prints:
-                now[kd] = prev
-                continue
-            ids = _run_ids(fs, [f.path for f in files], column) if column else []
-            now[kd] = {"files": prints, "runs": ids}
+            if key not in changed:
+                now[kd] = before[kd]
+            else:  # read the run ids of changed partitions only
+                now[kd] = {"files": listing.record(table)[kd],
+                           "runs": _run_ids(lake.fs, [f.path for f in files], column) if column else []}
+        for key in changed:  # new, changed or gone: their runs and pairs are recomputed
+            kd = lakefiles.key_dir(cols, key)
             pairs.add(key[:2])
-            runs.update(ids)
-            runs.update((prev or {}).get("runs", []))
-        for kd, prev in before.items():  # partitions that are gone: their runs and pairs change too
-            if kd not in now:
-                values = dict(p.split("=", 1) for p in kd.split("/"))
-                pairs.add((values["model"], values["hardware"]))
-                runs.update(prev.get("runs", []))
+            runs.update(now.get(kd, {}).get("runs", []), before.get(kd, {}).get("runs", []))
         sources[table] = now
-    run_files, pair_files = {}, {}
-    for table, column in WATCHED.items():
-        cols = TABLES[table].partition_by
-        run_files[table] = sorted(
-            f.path for key, files in listings[table].items()
-            if column and runs.intersection(sources[table][lakefiles.key_dir(cols, key)]["runs"]) for f in files)
-        pair_files[table] = sorted(f.path for key, files in listings[table].items() if key[:2] in pairs
-                                   for f in files)
+
+    def runs_in(table: str, key) -> list[str]:
+        return sources[table][lakefiles.key_dir(TABLES[table].partition_by, key)]["runs"]
+
+    run_files = {table: sorted(f.path for key, files in listings[table].items()
+                               if column and runs.intersection(runs_in(table, key)) for f in files)
+                 for table, column in WATCHED.items()}
+    pair_files = {table: sorted(f.path for key, files in listings[table].items() if key[:2] in pairs for f in files)
+                  for table in WATCHED}
     # Fleet rules by model (throughput_regression) compare a pair with its model on other hardware: every
     # pair of a model with a changed pair is recomputed, over all of their files.
     changed_models = {p[0] for p in pairs}
-    model_pairs = {key[:2] for listing in listings.values() for key in listing if key[0] in changed_models}
+    model_pairs = {key[:2] for table in WATCHED for key in listings[table] if key[0] in changed_models}
     model_pair_files = {table: sorted(f.path for key, files in listings[table].items() if key[:2] in model_pairs
                                       for f in files) for table in WATCHED}
     # Run rules that compare a run with its peers (underfitting) read every run of the same models,
     # on any hardware and day: the train_steps and runs partitions of those models.
-    models = {key[0] for key, files in listings["train_steps"].items()
-              if runs.intersection(sources["train_steps"][lakefiles.key_dir(TABLES["train_steps"].partition_by, key)]["runs"])}
-    peer_files = {}
-    for view, table in PEER_TABLES.items():
-        listing = listings[table] if table in listings else \
-            lakefiles.list_partitions(fs, f"{root}/{table}", TABLES[table].partition_by)
-        cols = TABLES[table].partition_by
-        peer_files[view] = sorted(
-            f.path for key, files in listing.items() if key[0] in models
-            # the rows of runs in scope are read once, into run_steps: only partitions with other runs
-            if view != PEER_STEPS or not runs.issuperset(sources[table][lakefiles.key_dir(cols, key)]["runs"])
-            for f in files)
+    models = {key[0] for key in listings["train_steps"] if runs.intersection(runs_in("train_steps", key))}
+    peer_files = {
+        view: sorted(f.path for key, files in listings[table].items() if key[0] in models
+                     # the rows of runs in scope are read once, into run_steps: only partitions with other runs
+                     if view != PEER_STEPS or not runs.issuperset(runs_in(table, key))
+                     for f in files)
+        for view, table in PEER_TABLES.items()}
     return Scope(full=full, runs=runs, pairs=pairs, run_files=run_files, pair_files=pair_files,
                  peer_files=peer_files, manifest={"version": 1, "definition": definition, "sources": sources},
                  model_pairs=model_pairs | pairs, model_pair_files=model_pair_files,
@@ -486,11 +476,11 @@ def _helper_tables(scope: Scope, cfg: DiagnosticsConfig) -> dict[str, pa.Table]:
     }
 
 
-def run_rules(eng, lake_root: str, rules: dict[str, Rule], cfg: DiagnosticsConfig, scope: Scope,
+def run_rules(eng, lake: Lake | str, rules: dict[str, Rule], cfg: DiagnosticsConfig, scope: Scope,
               log=None) -> tuple[dict[str, pa.Table], dict[str, float]]:
     """Each enabled rule's rows (CONTRACT columns) on ``eng``, and seconds per rule."""
     say = log or (lambda *_: None)
-    root = scope.data_root or lakefiles.resolve(lake_root)[1]
+    root = scope.data_root or Lake.of(lake).root
     for name, table in _helper_tables(scope, cfg).items():
         eng.register_arrow(name, table)
     out, seconds = {}, {}
@@ -631,7 +621,7 @@ class DiagnoseResult:
         return bool(self.failing(level))
 
 
-def diagnose(lake_root: str | None = None, engine="duckdb", *, config_path: str | None = None,
+def diagnose(lake_root: Lake | str | None = None, engine="duckdb", *, config_path: str | None = None,
              full: bool = False, notify_alerts: bool = True, master: str | None = None,
              conf: dict[str, str] | None = None, notifiers: list | None = None,
              now: dt.datetime | None = None, log=None) -> DiagnoseResult:
@@ -641,25 +631,24 @@ def diagnose(lake_root: str | None = None, engine="duckdb", *, config_path: str 
     ``engine``: "duckdb", "spark", or an engine already open (pipelines.engines; left open)."""
     say = log or (lambda *_: None)
     t0 = time.perf_counter()
-    lake_root = lake_root or config.load().lake_root
     now = now or dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
     rules = load_rules()
     cfg = load_config(config_path, rules)
-    lake = Lake(lake_root)
+    lake = Lake.of(lake_root or config.load().lake_root)  # the one handle, passed everywhere from here
     # The rules read a snapshot (hard links taken under the lake lock): an ingest committing while
     # they run cannot take files from them.
     reading = contextlib.ExitStack()
     try:
         data_root = reading.enter_context(lake.snapshot(sorted({*WATCHED, *PEER_TABLES.values()})))
-        return _diagnose(lake, lake_root, rules, cfg, data_root, engine, full, notify_alerts, master, conf,
+        return _diagnose(lake, rules, cfg, data_root, engine, full, notify_alerts, master, conf,
                          notifiers, now, say, t0, reading)
     finally:
         reading.close()
 
 
-def _diagnose(lake, lake_root, rules, cfg, data_root, engine, full, notify_alerts, master, conf, notifiers, now,
+def _diagnose(lake, rules, cfg, data_root, engine, full, notify_alerts, master, conf, notifiers, now,
               say, t0, reading) -> DiagnoseResult:
-    scope = find_scope(lake_root, definition_hash(rules, cfg), full, data_root)
+    scope = find_scope(lake, definition_hash(rules, cfg), full, data_root)
     result = DiagnoseResult(engine=getattr(engine, "name", engine), full=scope.full, runs_in_scope=len(scope.runs),
                             pairs_in_scope=len(scope.pairs))
     result.seconds["scope"] = time.perf_counter() - t0
@@ -668,12 +657,11 @@ def _diagnose(lake, lake_root, rules, cfg, data_root, engine, full, notify_alert
 
     rows: dict[str, pa.Table] = {}
     if scope.runs or scope.pairs:
-        fs, _, _ = lakefiles.resolve(lake_root)
         own = isinstance(engine, str)
-        eng = open_engine(engine, master=master, conf=conf, filesystem=None if "://" not in lake_root else fs) \
+        eng = open_engine(engine, master=master, conf=conf, filesystem=lake.engine_filesystem) \
             if own else engine
         try:
-            rows, per_rule = run_rules(eng, lake_root, rules, cfg, scope, log=say)
+            rows, per_rule = run_rules(eng, lake, rules, cfg, scope, log=say)
         finally:
             if own:
                 eng.close()
@@ -683,14 +671,14 @@ def _diagnose(lake, lake_root, rules, cfg, data_root, engine, full, notify_alert
     # Merge with the alerts already stored: what was recomputed is replaced, the rest is kept.
     t = time.perf_counter()
     with lake.transaction():  # read, merge and rewrite the alerts as one commit
-        _store_alerts(lake, lake_root, rules, cfg, scope, rows, result, notify_alerts, notifiers, now)
+        _store_alerts(lake, rules, cfg, scope, rows, result, notify_alerts, notifiers, now)
     result.seconds["alerts"] = time.perf_counter() - t
     lake.put_bytes(f"{lake.root}/{MANIFEST}", json.dumps(scope.manifest).encode())
     result.seconds["total"] = time.perf_counter() - t0
     return result
 
 
-def _store_alerts(lake, lake_root, rules, cfg, scope, rows, result, notify_alerts, notifiers, now) -> None:
+def _store_alerts(lake, rules, cfg, scope, rows, result, notify_alerts, notifiers, now) -> None:
     existing = read_alerts(lake)
     before = {a["alert_id"]: a for a in existing}
 

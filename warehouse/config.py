@@ -26,8 +26,14 @@ class Settings:
         return self.raw.get(name) or {}
 
 
+def is_remote(location: str | os.PathLike) -> bool:
+    """Whether a lake root (or any location) is an object-store URI (``s3://bucket/lake``, ``file:///…``)
+    rather than a local path: the one place that says so (warehouse.writer.Lake keeps the answer)."""
+    return "://" in str(location)
+
+
 def _resolve(path: str, base: Path) -> str:
-    if "://" in path or os.path.isabs(path):
+    if is_remote(path) or os.path.isabs(path):
         return path
     return str((base / path).resolve())
 

@@ -19,6 +19,7 @@ from pipelines import lakefiles, sketch
 from pipelines.diagnose import CONTRACT, load_config, load_rule, load_rules, render, to_alerts
 from warehouse.cli import main as mhw
 from warehouse.schemas import TABLES
+from warehouse.writer import Lake
 
 REPO = Path(__file__).resolve().parents[2]
 REFERENCE_DIR = REPO / "tests" / "fixtures" / "diagnose_reference"
@@ -41,10 +42,11 @@ def reference_alerts(lake: str, engine, config_path: str | None = None) -> list[
     train_steps and eval_results, every model x hardware pair of the watched tables)."""
     rules = reference_rules()
     cfg = load_config(config_path, rules)
-    fs, root, _ = lakefiles.resolve(lake)
+    handle = Lake(lake)
+    root = handle.root
     for table in ("train_steps", "eval_results", "latency_samples", "runs"):
         spec = TABLES[table]
-        files = [f.path for parts in lakefiles.list_partitions(fs, f"{root}/{table}", spec.partition_by).values()
+        files = [f.path for parts in lakefiles.list_partitions(handle.fs, f"{root}/{table}", spec.partition_by).values()
                  for f in parts]
         for view in (table, f"peer_{table}"):
             engine.register_files(view, files, spec.schema, spec.partition_by, f"{root}/{table}")
