@@ -37,6 +37,7 @@ logged as (
         s.hardware,
         s.precision,
         s.run_id,
+        s.run_no,
         s.step,
         s.ts,
         s.loss,
@@ -46,14 +47,15 @@ logged as (
 ),
 
 differenced as (
-    -- each loss against the finite loss logged before it
+    -- each loss against the finite loss logged before it (a join on integers, not lag(): DuckDB's
+    -- median() over a window's output, below, takes 20x as long as over a join's, bench/RESULTS.md)
     select
         logged.*,
         abs(logged.loss - before.loss) as step_change,
         logged.loss - before.loss as rise
     from logged
     left join logged as before
-        on before.run_id = logged.run_id
+        on before.run_no = logged.run_no
         and before.log_no = logged.log_no - 1
 ),
 

@@ -24,27 +24,23 @@
 with
 
 steps as (
+    -- what the per-step work needs, on integers (the run's number and the step's place among its
+    -- logged LRs); the anomalies get their model, hardware, precision and time at the end
     select
-        s.model,
-        s.hardware,
-        s.precision,
+        s.run_no,
         s.run_id,
         s.step,
-        s.ts,
         s.lr,
-        s.lr_log_no  -- its place among the run's logged LRs
+        s.lr_log_no
     from run_steps as s
     where s.lr is not null
 ),
 
 with_previous as (
     select
-        steps.*,
-        before.lr as prev_lr
+        *,
+        lag(lr) over (partition by run_no order by lr_log_no) as prev_lr
     from steps
-    left join steps as before
-        on before.run_id = steps.run_id
-        and before.lr_log_no = steps.lr_log_no - 1
 ),
 
 declared_warmups as (
@@ -66,14 +62,14 @@ warmup_ends as (
     -- declared, else the first step whose LR is below the one before (decay has begun); a run with
     -- neither (its LR only ever rose, its warmup unknown) is not judged for a climb
     select
-        with_previous.run_id,
+        with_previous.run_no,
         min(case when with_previous.lr < with_previous.prev_lr then with_previous.step end) as first_decay,
         coalesce(max(declared_warmups.warmup), min(case when with_previous.lr < with_previous.prev_lr
             then with_previous.step end)) as warm_end
     from with_previous
     left join declared_warmups
         on declared_warmups.run_id = with_previous.run_id
-    group by with_previous.run_id
+    group by with_previous.run_no
 ),
 
 with_decay as (
@@ -83,20 +79,33 @@ with_decay as (
         case when warmup_ends.first_decay < with_previous.step then 1 else 0 end as has_decayed,
         min(case when with_previous.step >= warmup_ends.warm_end and with_previous.lr >= 0
             and with_previous.lr < cast('Infinity' as double) then with_previous.lr end) over (
-            partition by with_previous.run_id order by with_previous.step
+            partition by with_previous.run_no order by with_previous.lr_log_no
             rows between unbounded preceding and 1 preceding) as low_since_warmup,
         warmup_ends.warm_end
     from with_previous
     inner join warmup_ends
-        on warmup_ends.run_id = with_previous.run_id
+        on warmup_ends.run_no = with_previous.run_no
 ),
 
-anomalies as (
+flagged as (
     select *
     from with_decay
     where not (lr >= 0 and lr < cast('Infinity' as double))
         or (has_decayed = 1 and lr > {{ jump_ratio }} * prev_lr)
         or (step > warm_end and lr > {{ jump_ratio }} * low_since_warmup)
+),
+
+anomalies as (
+    select
+        flagged.*,
+        s.model,
+        s.hardware,
+        s.precision,
+        s.ts
+    from flagged
+    inner join run_steps as s
+        on s.run_no = flagged.run_no
+        and s.step = flagged.step
 ),
 
 per_run as (

@@ -37,6 +37,16 @@ def reference_rules() -> dict:
             for name, rule in shipped.items()}
 
 
+def _code(sql: str) -> str:
+    return "\n".join(line for line in sql.splitlines() if not line.lstrip().startswith("--"))
+
+
+def changed_rules() -> set[str]:
+    """The rules whose SQL (comments aside) differs from the reference."""
+    shipped = load_rules()
+    return {name for name, rule in reference_rules().items() if _code(rule.sql) != _code(shipped[name].sql)}
+
+
 def reference_alerts(lake: str, engine, config_path: str | None = None) -> list[dict]:
     """Every alert of the reference rules on the whole lake (a full diagnose's scope: every run of
     train_steps and eval_results, every model x hardware pair of the watched tables)."""

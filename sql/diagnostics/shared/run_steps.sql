@@ -5,7 +5,7 @@
 --   ten logs...), so each of them used to sort every row of every run again; here the places are
 --   counted once, without a sort.
 -- grain: run × step (the rows of train_steps of the runs in diagnose_runs; (run_id, step) is unique in
---   the lake: ingest and the writer key rows by run and step)
+--   the lake: ingest and the writer key rows by run and step). run_no numbers the runs in scope.
 -- time column: ts
 -- partitions: none (computed per diagnose, for the runs in scope, and held by the engine)
 -- sources: train_steps, diagnose_runs
@@ -25,8 +25,18 @@
 
 with
 
+numbered_runs as (
+    -- a number per run in scope: the runs' rows are grouped and joined on it (an integer) below, and
+    -- by the rules that pair a step with the one logged before it
+    select
+        run_id,
+        row_number() over (order by run_id) as run_no
+    from diagnose_runs
+),
+
 steps as (
     select
+        r.run_no,
         s.model,
         s.hardware,
         s.precision,
@@ -49,7 +59,7 @@ steps as (
         s.lr is not null as is_lr,
         cast(floor(s.step / 32) as bigint) as bucket
     from train_steps as s
-    inner join diagnose_runs as r
+    inner join numbered_runs as r
         on r.run_id = s.run_id
 ),
 
@@ -62,7 +72,7 @@ positioned as (
 
 buckets as (
     select
-        run_id,
+        run_no,
         bucket,
         bit_or(case when is_loss then (cast(1 as bigint) << bit_no) else 0 end) as loss_bits,
         bit_or(case when is_grad then (cast(1 as bigint) << bit_no) else 0 end) as grad_bits,
@@ -71,12 +81,12 @@ buckets as (
         min(case when is_loss then step end) as first_loss_step,
         max(case when is_loss then step end) as last_loss_step
     from positioned
-    group by run_id, bucket
+    group by run_no, bucket
 ),
 
 offsets as (
     select
-        run_id,
+        run_no,
         bucket,
         loss_bits,
         grad_bits,
@@ -86,17 +96,18 @@ offsets as (
         coalesce(sum(bit_count(grad_bits)) over earlier, 0) as grad_before,
         coalesce(sum(bit_count(tput_bits)) over earlier, 0) as tput_before,
         coalesce(sum(bit_count(lr_bits)) over earlier, 0) as lr_before,
-        sum(bit_count(loss_bits)) over (partition by run_id) as loss_logs,
-        sum(bit_count(grad_bits)) over (partition by run_id) as grad_logs,
-        sum(bit_count(tput_bits)) over (partition by run_id) as tput_logs,
-        min(first_loss_step) over (partition by run_id) as first_loss_step,
-        max(last_loss_step) over (partition by run_id) as last_loss_step
+        sum(bit_count(loss_bits)) over (partition by run_no) as loss_logs,
+        sum(bit_count(grad_bits)) over (partition by run_no) as grad_logs,
+        sum(bit_count(tput_bits)) over (partition by run_no) as tput_logs,
+        min(first_loss_step) over (partition by run_no) as first_loss_step,
+        max(last_loss_step) over (partition by run_no) as last_loss_step
     from buckets
-    window earlier as (partition by run_id order by bucket rows between unbounded preceding and 1 preceding)
+    window earlier as (partition by run_no order by bucket rows between unbounded preceding and 1 preceding)
 ),
 
 final as (
     select
+        p.run_no,
         p.model,
         p.hardware,
         p.precision,
@@ -127,7 +138,7 @@ final as (
             + bit_count(o.lr_bits & ((cast(1 as bigint) << p.bit_no) - 1)) end as bigint) as lr_log_no
     from positioned as p
     inner join offsets as o
-        on o.run_id = p.run_id
+        on o.run_no = p.run_no
         and o.bucket = p.bucket
 )
 
