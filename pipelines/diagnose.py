@@ -16,12 +16,18 @@ DuckDB or Spark through pipelines.engines. Every rule returns one row per anomal
 - the ``alerts`` lake table (pipelines/alerts.py), keeping ``detected_at`` and ``notified_at`` of
   alerts seen before; notifiers (pipelines/notify.py) get only alerts never notified.
 
-Incremental like ``mhw build``: ``<lake>/_diagnose/manifest.json`` keeps, per lake partition of
-train_steps, eval_results and latency_samples, its files (name, size, mtime) and the training runs
-in it. Run rules are recomputed for the runs found in changed partitions, over every partition those
-runs have rows in; fleet rules for the model × hardware pairs with a changed partition, over all of
-that pair's days (their trailing baselines need the history). A change of any rule SQL or of the
-configuration makes the diagnose full. Airflow calls ``diagnose()``.
+One pass over raw rows: the run rules read ``run_steps`` (sql/diagnostics/shared/), every logged step
+of the runs in scope with its place among the run's logs, computed once per diagnose and held by the
+engine, instead of each reading and sorting raw train_steps.
+
+Incremental like ``mhw build``, on the same change log (pipelines/changes.py):
+``<lake>/_diagnose/manifest.json`` keeps, per lake partition of train_steps, eval_results and
+latency_samples, its files (name, size, mtime) and the training runs in it. Run rules are recomputed for
+the runs found in changed partitions, over every partition those runs have rows in; fleet rules for the
+model × hardware pairs with a changed partition, over all of that pair's days (their trailing baselines
+need the history), and a rule declared ``fleet by model`` for every pair of those models. A change of
+any rule SQL, shared model or of the configuration makes the diagnose full. Airflow calls
+``diagnose()``. The lake is one handle (warehouse.writer.Lake), resolved once.
 """
 from __future__ import annotations
 

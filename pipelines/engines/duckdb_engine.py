@@ -92,9 +92,11 @@ class DuckDBEngine:
                 "select column_name from duckdb_columns() where table_name = ? and data_type = 'VARCHAR' "
                 "and database_name = 'temp' order by column_index", [name]).fetchall()
             for (col,) in texts:
+                values = f"select distinct {_q(col)} from {_q(name)} where {_q(col)} is not null order by 1"
+                if self.con.execute(f"select count(*) from ({values})").fetchone()[0] == 0:
+                    continue  # all null: nothing to code (an ENUM needs a value)
                 enum = f"__enum_{next(_ids)}"
-                self.con.execute(f"create type {_q(enum)} as enum (select distinct {_q(col)} from {_q(name)} "
-                                 f"where {_q(col)} is not null order by 1)")
+                self.con.execute(f"create type {_q(enum)} as enum ({values})")
                 self.con.execute(f"alter table {_q(name)} alter {_q(col)} type {_q(enum)}")
         finally:
             self.con.execute("reset preserve_insertion_order")

@@ -59,6 +59,23 @@ def test_a_full_diagnose_equals_the_reference(lakes, name):
     assert_same_alerts(expected, shipped(lake))
 
 
+def test_a_run_that_logs_no_precision_nor_gpu(tmp_path):
+    """A run with only loss, LR and grad norm (text columns all null): the shared pass and the rules take it
+    as the reference does."""
+    lake = str(tmp_path / "lake")
+    n = 600
+    rng = np.random.default_rng(1)
+    t0 = dt.datetime(2026, 3, 2, tzinfo=dt.timezone.utc)
+    Lake(lake).write("train_steps", pa.table({
+        "run_id": ["bare"] * n, "step": np.arange(n), "ts": [t0 + dt.timedelta(seconds=i) for i in range(n)],
+        "loss": np.r_[np.full(300, 2.0), np.full(300, 9.0)] * rng.lognormal(0, 0.01, n),
+        "lr": np.r_[np.linspace(1e-3, 1e-4, 400), np.full(200, 1e-2)], "grad_norm": rng.lognormal(0, 0.1, n),
+        "model": ["m"] * n, "hardware": ["cpu"] * n}), "bare")
+    expected = reference_alerts(lake, DuckDBEngine())
+    assert {a["rule"] for a in expected} >= {"lr_schedule_anomaly", "loss_spike"}
+    assert_same_alerts(expected, shipped(lake))
+
+
 def extend(lake: str) -> None:
     """New data of every kind a diagnose must notice: an existing run logs 400 more steps (its blocks all
     move: their size follows its length) and its loss climbs; a new run of an existing model starts; a
