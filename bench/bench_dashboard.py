@@ -63,7 +63,8 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.password = secrets.token_urlsafe(16)
         env = {**os.environ, "MHW_SUPERSET_PASSWORD": self.password,
-               "MHW_SUPERSET_HOME": str(work / "superset"), "MHW_SERVING": str(serving)}
+               "MHW_SUPERSET_HOME": str(work / "superset"), "MHW_SERVING": str(serving),
+               "MHW_LAKE": str(serving.parent / "lake")}  # the start's provisioning audits into the bench's lake
         self.log = open(work / "superset.log", "w")
         self.proc = subprocess.Popen([str(BI_PYTHON), "-m", "dashboards.serve", "--port", str(self.port)],
                                      cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT,

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from model import train  # noqa: E402
-from model.telemetry import Telemetry  # noqa: E402
+from warehouse.telemetry import Telemetry  # noqa: E402
 
 
 def one_run(steps: int, telemetry: bool, lake: str, out: str, seed: int) -> tuple[list[float], float, float]:

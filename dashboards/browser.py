@@ -8,7 +8,10 @@ Logs in through the login form, opens the dashboard, waits until every chart's d
 answered and no chart is still loading, then writes DIR/dashboard.png (full page) and
 DIR/report.json: per chart (slice_id) the request body the frontend built (its query context), the
 status and row count of the answer and the time it took; every chart error shown in the page;
-console errors; the wall time from navigation until the last chart rendered.
+console errors; the wall time from navigation until the last chart rendered. ``--watch A,B`` also
+reports, per chart, which of those strings (model names) its answer holds; ``--probe-sqllab`` whether
+the page offers "Edit dashboard" and what opening SQL Lab shows (a team user or viewer must get no
+editor).
 
 Password: MHW_SUPERSET_PASSWORD (user 'admin' unless --user).
 """
@@ -30,8 +33,33 @@ ERROR_SELECTORS = [".chart-container .alert-danger", "[data-test='chart-error']"
                    ".ant-alert-error", "[role='alert'].ant-alert-error", ".error-alert"]
 
 
+# What SQL Lab shows when it opens: its editor.
+SQLLAB_EDITOR = ".ace_editor, .ace_content, [data-test='sql-editor-tabs'], #ace-editor"
+
+
+def log_in(page, url: str, user: str, password: str, out: Path, timeout_s: float) -> None:
+    """Through the login form, as a person does. The form can take the keys before its script is
+    ready (seen on a loaded machine: Enter did nothing): then fill it in and send it again."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    page.goto(f"{url}/login/", wait_until="domcontentloaded")
+    tries = 3
+    for attempt in range(tries):
+        page.wait_for_selector("input[name='password'], #password", state="visible", timeout=timeout_s * 1000)
+        page.fill("input[name='username'], #username", user)
+        page.fill("input[name='password'], #password", password)
+        page.keyboard.press("Enter")
+        try:
+            page.wait_for_url(lambda u: "/login" not in u, timeout=timeout_s * 1000 / tries)
+            return
+        except PlaywrightTimeout:
+            page.screenshot(path=str(out / f"login-{attempt + 1}.png"), full_page=True)
+    raise RuntimeError(f"login as {user!r} did not leave the login page ({tries} tries; see {out}/login-*.png)")
+
+
 def open_dashboard(url: str, slug: str, user: str, password: str, out: Path,
-                   timeout_s: float = 120.0, width: int = 1600, height: int = 1400) -> dict:
+                   timeout_s: float = 120.0, width: int = 1600, height: int = 1400,
+                   watch: tuple[str, ...] = (), probe_sqllab: bool = False) -> dict:
     from playwright.sync_api import sync_playwright
 
     requests: dict[int, dict] = {}  # per slice_id: the chart data request and its answer
@@ -59,7 +87,9 @@ def open_dashboard(url: str, slug: str, user: str, password: str, out: Path,
             entry["status"] = resp.status
             entry["seconds"] = time.monotonic() - entry.get("started", time.monotonic())
             try:
-                data = resp.json()
+                body = resp.text()
+                entry["watched"] = sorted(w for w in watch if w in body)
+                data = json.loads(body)
                 entry["rowcounts"] = [r.get("rowcount") for r in data.get("result", [])]
                 entry["errors"] = [r.get("error") for r in data.get("result", []) if r.get("error")]
             except Exception as e:  # noqa: BLE001 - an unreadable answer is itself the finding
@@ -75,11 +105,7 @@ def open_dashboard(url: str, slug: str, user: str, password: str, out: Path,
             page.on("request", on_request)
             page.on("response", on_response)
 
-            page.goto(f"{url}/login/", wait_until="domcontentloaded")
-            page.fill("input[name='username'], #username", user)
-            page.fill("input[name='password'], #password", password)
-            page.keyboard.press("Enter")
-            page.wait_for_url(lambda u: "/login" not in u, timeout=timeout_s * 1000)
+            log_in(page, url, user, password, out, timeout_s)
 
             t0 = time.monotonic()
             page.goto(f"{url}/superset/dashboard/{slug}/", wait_until="domcontentloaded")
@@ -105,11 +131,22 @@ def open_dashboard(url: str, slug: str, user: str, password: str, out: Path,
                                     ".dashboard-component-chart-holder .header-line").count()
             page.screenshot(path=str(out / "dashboard.png"), full_page=True)
             title = page.title()
+            can_edit = page.get_by_text("Edit dashboard").count() > 0
+            sqllab = None
+            if probe_sqllab:
+                page.goto(f"{url}/sqllab/", wait_until="domcontentloaded")
+                until = time.monotonic() + 30  # the editor, or a refusal, whichever shows first
+                while time.monotonic() < until and not page.locator(SQLLAB_EDITOR).count() \
+                        and "403 Forbidden" not in (page.content() or ""):
+                    page.wait_for_timeout(250)
+                sqllab = {"url": page.url, "editor": page.locator(SQLLAB_EDITOR).count() > 0,
+                          "forbidden": "403 Forbidden" in page.content()}
+                page.screenshot(path=str(out / "sqllab.png"), full_page=True)
         finally:
             browser.close()
 
     report = {
-        "title": title, "n_chart_holders": n_charts, "n_rendered_elements": rendered,
+        "title": title, "n_chart_holders": n_charts, "can_edit": can_edit, "sqllab": sqllab, "n_rendered_elements": rendered,
         "load_seconds": load_s, "chart_errors_in_page": errors,
         "console_errors": console_errors, "page_errors": page_errors,
         "charts": {str(k): {kk: vv for kk, vv in v.items() if kk != "started"} for k, v in requests.items()},
@@ -126,12 +163,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--user", default="admin")
     p.add_argument("--out", required=True, help="folder for dashboard.png and report.json")
     p.add_argument("--timeout", type=float, default=120.0)
+    p.add_argument("--watch", default="", help="comma-separated strings to look for in each chart's answer")
+    p.add_argument("--probe-sqllab", action="store_true", help="also open SQL Lab and report what it shows")
     args = p.parse_args(argv)
     password = os.environ.get("MHW_SUPERSET_PASSWORD")
     if not password:
         print("set MHW_SUPERSET_PASSWORD", file=sys.stderr)
         return 2
-    report = open_dashboard(args.url, args.slug, args.user, password, Path(args.out), args.timeout)
+    report = open_dashboard(args.url, args.slug, args.user, password, Path(args.out), args.timeout,
+                            watch=tuple(w for w in args.watch.split(",") if w), probe_sqllab=args.probe_sqllab)
     print(json.dumps({k: report[k] for k in ("title", "n_chart_holders", "load_seconds",
                                              "chart_errors_in_page")}, default=str))
     return 0

@@ -5,13 +5,16 @@ One process does the whole start: generate the SECRET_KEY on first start (into t
 home, .mhw/superset by default), remove a ``<serving>.wal`` (read-only opens would replay it over the
 serving file; no one writes that file in place), migrate the SQLite metadata DB, sync roles, create or
 update the admin user, import the YAML bundle of dashboards/assets (rendered for this machine's serving
-file), then serve with gunicorn on 127.0.0.1 only, from the app already loaded (no second 15 s import).
+file), provision the teams of conf/teams.yaml (dashboards/provision.py: roles, row-level security,
+users), then serve with gunicorn on 127.0.0.1 only, from the app already loaded (no second 15 s import).
 
     MHW_SUPERSET_HOME      Superset home (metadata DB, secret); default <repo>/.mhw/superset
     MHW_SUPERSET_PASSWORD  admin password; without it a password is generated and printed once,
                            when the admin is first created (set it later to reset the password)
     MHW_SUPERSET_PORT      port on 127.0.0.1; default 8088 (or --port)
     MHW_SERVING            serving DuckDB file the dashboards read (default from conf/mhw.yaml)
+    MHW_TEAMS              teams file (default conf/teams.yaml)
+    MHW_LAKE               lake whose audit trail records the provisioning (default from conf/mhw.yaml)
 """
 from __future__ import annotations
 
@@ -46,8 +49,8 @@ def configure_env(home: Path) -> None:
         sys.path.insert(0, str(REPO_ROOT))
 
 
-def set_up(app, serving: str | None) -> None:
-    """Migrate, sync roles, admin user, import the bundle: idempotent, every start."""
+def set_up(app, serving: str | None, home: Path) -> None:
+    """Migrate, sync roles, admin user, import the bundle, provision the teams: idempotent, every start."""
     import flask_migrate
     import superset
     from flask import g
@@ -80,6 +83,10 @@ def set_up(app, serving: str | None) -> None:
         db.session.commit()
         db.engine.dispose()  # no connection crosses gunicorn's fork
         print(f"Superset: imported {len(bundle.load())} assets from {bundle.ASSETS}", flush=True)
+    from dashboards import provision
+
+    counts = provision.run_audited(app, None, home)
+    print("Superset teams: " + ", ".join(f"{k} {v}" for k, v in counts.items()), flush=True)
 
 
 def serve(app, port: int, workers: int, threads: int) -> None:
@@ -125,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     from superset.app import create_app
 
     app = create_app()
-    set_up(app, args.serving)
+    set_up(app, args.serving, home)
     if args.setup_only:
         return 0
     print(f"Superset: http://127.0.0.1:{args.port}/  (home {home})", flush=True)

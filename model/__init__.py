@@ -2,7 +2,9 @@
 
 - ``train``: ``mhw train`` -- the training loop (one file, top to bottom), its default config, DDP
 - ``evaluate``: ``mhw eval`` -- quality, robustness, latency, errors and precision suites
-- ``hf_callback``: ``MHWCallback`` -- the same telemetry for HF ``Trainer`` users
-- ``telemetry``: runs / train_steps / eval_results / system_samples writers and the system sampler
-- ``config``, ``data``, ``models``, ``metrics``, ``checkpoint``, ``hardware``: what those jobs share
+- ``hf_callback``: the old path of ``mhw.integrations.hf.MHWCallback`` (HF ``Trainer`` users)
+- ``config``, ``data``, ``models``, ``metrics``, ``checkpoint``: what those jobs share
+
+Their telemetry writers (``warehouse.telemetry``) and hardware fingerprint (``warehouse.hardware``)
+live in ``warehouse/``, which the telemetry client (``mhw``) shares without importing this package.
 """

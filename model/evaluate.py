@@ -35,12 +35,12 @@ from pathlib import Path
 import pyarrow as pa
 import torch
 
-from model import checkpoint, data, hardware, models
+from model import checkpoint, data, models
 from model.config import CONFIGS_DIR, CfgNode, add_override_arguments, load_yaml, overrides_from_args
 from model.metrics import f1_score, forward_loss, score
-from model.telemetry import utcnow
 from model.train import autocast_for, build_config as train_config
-from warehouse import config as mhw_config
+from warehouse import audit, config as mhw_config, hardware
+from warehouse.telemetry import utcnow
 from warehouse.writer import Lake, check_slug, slugify
 
 SUITES = ("quality", "robustness", "latency", "errors", "precision")
@@ -359,6 +359,13 @@ def suite_precision(m: Loaded, val, sc: CfgNode, device: str):
 # the job
 
 
+def _counts(out: dict) -> dict:
+    metrics = sum(len(v) for v in out["results"].values())
+    return {"rows_in": metrics + out["latency_samples"], "metrics": metrics, "latency_samples": out["latency_samples"],
+            "run_id": out["run_id"], "checkpoint_step": out["checkpoint_step"]}
+
+
+@audit.audited("eval", counts=_counts)
 def evaluate(checkpoint_path: str, suites: list[str] | None = None, cfg: CfgNode | None = None,
              lake_root: str | None = None, hardware_key: str | None = None, device: str = "auto",
              data_overrides: dict | None = None) -> dict:

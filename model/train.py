@@ -34,11 +34,11 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from model import checkpoint, data, hardware, models
+from model import checkpoint, data, models
 from model.config import CfgNode, add_override_arguments, load_yaml, overrides_from_args
 from model.metrics import forward_loss, score
-from model.telemetry import Telemetry, checkpoint_block_rows, utcnow
-from warehouse import config as mhw_config
+from warehouse import audit, config as mhw_config, hardware
+from warehouse.telemetry import Telemetry, checkpoint_block_rows, utcnow
 
 
 def default_config() -> CfgNode:
@@ -168,6 +168,11 @@ def new_run_id(slug: str) -> str:
     return f"{slug}-{utcnow().strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(2)}"
 
 
+def _lake(a: dict) -> str:
+    return a["cfg"].telemetry.lake or (a.get("settings") or mhw_config.load()).lake_root
+
+
+@audit.audited("train", lake=_lake, counts=lambda s: {k: s[k] for k in ("run_id", "status", "steps", "model")})
 def train(cfg: CfgNode, settings: mhw_config.Settings | None = None) -> dict:
     """Run one training job to the end (or to divergence). Returns a summary: run_id, status, steps,
     final_loss, nonfinite_steps, losses (this process's per-step losses), val (last validation),

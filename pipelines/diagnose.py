@@ -56,7 +56,7 @@ from pipelines import changes, lakefiles, models, notify, sketch
 from pipelines.alerts import alert_key, read_alerts, write_alerts
 from pipelines.engines import ENGINES, open_engine
 from pipelines.models import SQL_DIR
-from warehouse import config
+from warehouse import audit, config
 from warehouse.schemas import TABLES
 from warehouse.sqltext import literal
 from warehouse.writer import SLUG, Lake
@@ -627,6 +627,12 @@ class DiagnoseResult:
         return bool(self.failing(level))
 
 
+def _counts(r: DiagnoseResult) -> dict:
+    return {"alerts_new": len(r.new), "alerts": len(r.alerts), "notified": r.notified, "alerts_total": r.total,
+            "runs_in_scope": r.runs_in_scope, "pairs_in_scope": r.pairs_in_scope, "full": r.full}
+
+
+@audit.audited("diagnose", counts=_counts)
 def diagnose(lake_root: Lake | str | None = None, engine="duckdb", *, config_path: str | None = None,
              full: bool = False, notify_alerts: bool = True, master: str | None = None,
              conf: dict[str, str] | None = None, notifiers: list | None = None,

@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from warehouse import config
+from warehouse import audit, config
 from warehouse.query import connect
 from warehouse.schemas import RUN_ID_CHARS
 from warehouse.writer import slugify
@@ -116,6 +116,7 @@ def diagnose() -> dict:
             "new_severities": sorted({a["severity"] for a in r.new})}
 
 
+@audit.audited("notify", counts=lambda r: {"notified": r["notified"]})
 def notify(diagnosed: dict) -> dict:
     """Send every alert no notifier has taken yet, then mark them notified; fail the task while the
     alerts table holds an open alert at or above ``orchestration.fail_on`` (new or not: a retry, or

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import pyarrow.parquet as pq
 import pyarrow as pa
 
+from warehouse import audit
 from warehouse.schemas import FACT_TABLES, TABLES
 from warehouse.writer import Lake, parquet_options
 
@@ -115,13 +116,14 @@ def apply_retention(lake: Lake, retention_days: dict[str, int], today: dt.date |
         if name not in FACT_TABLES:
             raise ValueError(f"retention applies to fact tables only, not {name!r}")
         cutoff = today - dt.timedelta(days=int(days))
-        for part, _ in list(_partitions(lake.table_dir(name))):
+        for part, files in list(_partitions(lake.table_dir(name))):
             date = dt.date.fromisoformat(os.path.basename(part).split("=", 1)[1])
             if date < cutoff:
                 with lake.transaction():
                     os.makedirs(trash, exist_ok=True)
                     os.rename(part, os.path.join(trash, f"{name}-{uuid.uuid4().hex}"))  # atomic: gone at once
                 deleted.append(part)
+                audit.record(files_deleted=len(files), retention_files_deleted=len(files))
     return deleted
 
 
@@ -130,6 +132,14 @@ def empty_trash(lake: Lake, older_than_s: float = 600) -> int:
     return lake.remove_old("_trash", older_than_s)
 
 
+def _counts(r: MaintenanceResult) -> dict:
+    return {"partitions": r.compacted_partitions + len(r.deleted_partitions),
+            "files_deleted": r.files_before - r.files_after,  # retention's add up in apply_retention
+            "compacted_partitions": r.compacted_partitions, "compacted_files": r.files_before,
+            "retention_partitions": len(r.deleted_partitions), "trash_emptied": r.trash_emptied}
+
+
+@audit.audited("maintenance", counts=_counts)
 def run_maintenance(lake_root: str, settings: dict, min_age_s: float = 3600) -> MaintenanceResult:
     lake = Lake(lake_root)
     res = MaintenanceResult()

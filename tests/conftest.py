@@ -28,3 +28,52 @@ def lake_root(tmp_path, monkeypatch):
     monkeypatch.setenv("MHW_LAKE", str(root))
     monkeypatch.setenv("MHW_SERVING", str(tmp_path / "serving.duckdb"))
     return str(root)
+
+
+class CollectorProcess:
+    """A real ``mhw collect`` process on 127.0.0.1 writing into ``lake``, started (and restarted on
+    the same port) and stopped (SIGTERM) or killed (SIGKILL) by the test."""
+
+    def __init__(self, lake: str, token: str, env: dict | None = None):
+        self.lake, self.token, self.port, self.proc = lake, token, 0, None
+        self.env = {**os.environ, **(env or {}), "MHW_COLLECTOR_TOKEN": token, "PYTHONUNBUFFERED": "1"}
+        self.env.pop("MHW_COLLECTOR", None)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "CollectorProcess":
+        import subprocess
+
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mhw", "collect", "--address", f"127.0.0.1:{self.port}", "--lake", self.lake],
+            env=self.env, cwd=str(REPO), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        line = self.banner = self.proc.stdout.readline()  # "mhw collect: listening on http://127.0.0.1:PORT, ..."
+        if "listening on http://127.0.0.1:" not in line:
+            self.proc.kill()
+            raise RuntimeError(f"mhw collect did not start: {line}{self.proc.stdout.read()}")
+        self.port = int(line.split("http://127.0.0.1:")[1].split(",")[0])
+        return self
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(timeout=30)
+
+    def stop(self) -> str:
+        """SIGTERM, then what the collector printed."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        out, _ = self.proc.communicate(timeout=60)
+        return out
+
+
+@pytest.fixture
+def collector(lake_root):
+    """A real ``mhw collect`` on a free port of 127.0.0.1, writing into the test's lake."""
+    import secrets
+
+    c = CollectorProcess(lake_root, secrets.token_urlsafe(16)).start()
+    yield c
+    if c.proc.poll() is None:
+        c.stop()

@@ -21,9 +21,14 @@ class Settings:
     flush_seconds: float
     checkpoints_root: str
     raw: dict
+    base: str = str(REPO_ROOT)  # what a relative path in the file is relative to
 
     def section(self, name: str) -> dict:
         return self.raw.get(name) or {}
+
+    def path(self, section: str, key: str, default: str) -> str:
+        """A path setting, resolved as the file's own paths are (relative to the repo or the file)."""
+        return _resolve(self.section(section).get(key) or default, Path(self.base))
 
 
 def is_remote(location: str | os.PathLike) -> bool:
@@ -70,4 +75,5 @@ def load(config_path: str | os.PathLike | None = None) -> Settings:
         flush_seconds=float(w.get("flush_seconds", 30)),
         checkpoints_root=location("MHW_CHECKPOINTS", "checkpoints", "root", ".mhw/checkpoints"),
         raw=raw,
+        base=str(base),
     )

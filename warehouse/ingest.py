@@ -79,7 +79,7 @@ import pyarrow.parquet as pq
 
 from warehouse.importers import FORMATS, Parsed, Record, RunMeta, SourceError, StepClock, json_type, parse, sources
 from warehouse.importers.jsonl import record as jsonl_record
-from warehouse import jsonl_columns
+from warehouse import audit, jsonl_columns
 from warehouse.schemas import DERIVED_TABLES, MAX_FIELDS, NAME_CHARS, TABLES, TS, Table
 from warehouse.writer import Lake, PartitionError, WriteResult, check_slug, conform, slugify
 
@@ -1167,6 +1167,7 @@ def _meta(args) -> tuple[RunMeta, list[str]]:
     return meta, notes
 
 
+@audit.audited("ingest")
 def run(args: argparse.Namespace) -> int:
     if args.lake:
         lake_root = args.lake
@@ -1229,15 +1230,26 @@ def run(args: argparse.Namespace) -> int:
             runs = ingester.finish()
     finally:
         shutil.rmtree(spool, ignore_errors=True)
+    audit.record(**_counts(results, errors))  # committed: the audit entry's counts
     _report(results, runs, errors, lake, sys.stdout)
     for e in errors:
         print(f"mhw ingest: error: {e}", file=sys.stderr)
     if errors:
+        audit.error("; ".join(errors[:3]) + (f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""))
         return 2
     if not any(r.rows for r in results):
         print("mhw ingest: nothing ingested", file=sys.stderr)
+        audit.error("nothing ingested")
         return 1
     return 0
+
+
+def _counts(results: list[SourceResult], errors: list[str]) -> dict:
+    """What one ingest call did, for its audit entry."""
+    return {"rows_in": sum(sum(r.rows.values()) for r in results),
+            "rows_quarantined": sum(len(r.rejects) for r in results),
+            "files_deleted": sum(len(r.removed) for r in results),
+            "sources": [r.source for r in results], "files_failed": len(errors)}
 
 
 def _is_stream(path: str) -> bool:

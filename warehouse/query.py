@@ -1,13 +1,22 @@
 """DuckDB over the lake: one view per lake table (hive partitions as columns), plus the cubes of the
 serving file when it exists, attached read-only. ``mhw query "SQL"`` runs SQL on that connection,
 locked down to reading (warehouse/readonly.py): no file outside the lake and the serving file, no
-setting changes, and only read statements."""
+setting changes, and only read statements.
+
+``--team NAME`` (conf/teams.yaml, warehouse/teams.py) restricts all of it to the team's models, as
+Superset's row-level security does: each lake view reads only the team's ``model=`` partitions, and
+DuckDB may open no other file (not another model's partition, not the serving file); the cubes the
+query names are copied from the serving file, filtered to the team's rows (never a rolled-up
+``model = 'ALL'`` row), and the file is detached before the query runs. Tables without a model
+column (quarantine, audit_log, the audit trail) are empty for a team, except the model-free
+``sketch_bounds`` and ``build_info``."""
 from __future__ import annotations
 
 import argparse
 import contextlib
 import functools
 import os
+import re
 import sys
 
 import duckdb
@@ -73,18 +82,26 @@ def _q(name: str) -> str:
     return f'"{name}"'
 
 
+# Serving tables without a model column that hold no model's data: a team sees them whole.
+MODEL_FREE = ("sketch_bounds", "build_info")
+
+
 def connect(lake_root: str | None = None, serving_path: str | None = None,
             read_only_serving: bool = True, locked: bool = True,
-            con: duckdb.DuckDBPyConnection | None = None) -> duckdb.DuckDBPyConnection:
+            con: duckdb.DuckDBPyConnection | None = None, team=None,
+            sql: str | None = None) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with a view per lake table and, if the serving file exists,
     that file attached read-only as ``serving`` with a view per cube in the main schema. ``locked``
     (the default): once the views exist, files outside the lake and the serving file cannot be
     opened and no setting can change (readonly.lock_down). ``con``: a fresh in-memory connection to
-    set up so (default: a new one)."""
+    set up so (default: a new one). ``team`` (a warehouse.teams.Team): only that team's rows, see
+    the module docstring; ``sql``, the query to come, names the cubes worth copying."""
     settings = config.load()
     lake_root = lake_root or settings.lake_root
     serving_path = serving_path if serving_path is not None else settings.serving_path
     con = duckdb.connect() if con is None else con
+    if team is not None:
+        return _connect_team(con, lake_root, serving_path, team, sql, locked)
     con.execute(f"set disabled_optimizers = {literal(DISABLED_OPTIMIZERS)}")
     for table in TABLES.values():
         con.execute(view_sql(lake_root, table))
@@ -103,6 +120,63 @@ def connect(lake_root: str | None = None, serving_path: str | None = None,
     return con
 
 
+def _connect_team(con, lake_root: str, serving_path: str, team, sql: str | None, locked: bool):
+    if config.is_remote(lake_root):
+        raise ValueError("--team needs a local lake (its partitions are listed to pick the team's)")
+    con.execute(f"set disabled_optimizers = {literal(DISABLED_OPTIMIZERS)}")
+    lake_root = os.path.abspath(lake_root)
+    allowed = []
+    for table in TABLES.values():
+        dirs = []
+        if "model" in table.partition_by:
+            base = os.path.join(lake_root, table.name)
+            dirs = [os.path.join(base, d) for d in sorted(_listdir(base))
+                    if d.startswith("model=") and team.owns(d[len("model="):])]
+        allowed += [d + os.sep for d in dirs]
+        con.execute(_team_view_sql(table, dirs))
+    if serving_path and os.path.exists(serving_path):
+        con.execute(f"attach {literal(serving_path)} as serving (read_only)")
+        names = {r[0]: r[1] for r in con.execute(
+            "select table_name, list(column_name) from information_schema.columns "
+            "where table_catalog = 'serving' group by table_name").fetchall()}
+        for n, cols in names.items():
+            if n in TABLES:
+                continue
+            if n in MODEL_FREE:
+                where = "true"
+            elif "model" in cols and sql is not None and not re.search(rf"\b{re.escape(n)}\b", sql, re.I):
+                where = "false"  # not named by the query: its columns, none of its rows
+            elif "model" in cols:
+                where = team.predicate()
+            else:
+                where = "false"
+            con.execute(f"create table {_q(n)} as select * from serving.main.{_q(n)} where {where}")
+        con.execute("detach serving")
+    if locked:
+        readonly.lock_down(con, directories=allowed, paths=[])
+    return con
+
+
+def _team_view_sql(table: Table, dirs: list[str]) -> str:
+    """``view_sql`` over the given partition folders only (none: an empty view)."""
+    dirs = [d for d in dirs if any(f.endswith(".parquet") for _, _, fs in os.walk(d) for f in fs)]
+    if not dirs:
+        nulls = ", ".join(f"cast(null as {duck_type(c.type)}) as {_q(c.name)}" for c in table.columns)
+        return f"create or replace view {table.name} as select {nulls} where false"
+    cols = ", ".join(f"cast({_q(c.name)} as {duck_type(c.type)}) as {_q(c.name)}" for c in table.columns)
+    globs = ", ".join(literal(f"{d}/**/*.parquet") for d in dirs)
+    hive_types = ", ".join(f"{literal(k)}: {literal(duck_type(table.column(k).type))}" for k in table.partition_by)
+    return (f"create or replace view {table.name} as select {cols} from read_parquet([{globs}], "
+            f"hive_partitioning = true, union_by_name = true, hive_types = {{{hive_types}}})")
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except FileNotFoundError:
+        return []
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("sql", help="SQL to run; lake tables and cubes are views by their names; read "
                    f"statements only ({readonly.READ_KINDS})")
@@ -110,6 +184,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lake", help="lake root (default from config)")
     p.add_argument("--serving", help="serving DuckDB file (default from config)")
     p.add_argument("--max-rows", type=int, default=200, help="rows printed in table format")
+    p.add_argument("--team", help="only this team's models (conf/teams.yaml or $MHW_TEAMS), as its "
+                                  "Superset users see them; no rolled-up 'ALL' rows")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -123,9 +199,18 @@ def run(args: argparse.Namespace) -> int:
         return 2
     # The lake lock, shared, for the whole read: no ingest commits while the query lists and reads
     # files, and the query never sees half of a killed one (warehouse/commit.py).
+    team = None
+    if getattr(args, "team", None):
+        from warehouse import teams
+
+        try:
+            team = teams.load().team(args.team)
+        except teams.TeamsError as e:
+            print(f"mhw query: {e}", file=sys.stderr)
+            return 2
     with _read_lock(args.lake or config.load().lake_root):
         try:
-            connect(args.lake, args.serving, con=con)
+            connect(args.lake, args.serving, con=con, team=team, sql=args.sql)
             cur = con.execute(args.sql)
             cols = [d[0] for d in cur.description] if cur.description else []
             rows = cur.fetchall() if cols else []

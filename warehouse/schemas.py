@@ -313,9 +313,45 @@ ALERTS = Table(
     doc="One row per alert of the health diagnostics (mhw diagnose); derived from the fact tables.",
 )
 
+AUDIT_LOG = Table(
+    name="audit_log",
+    columns=_fields(
+        ("entry_id", STRING, "id of the entry; its file is audit-<entry_id>.parquet"),
+        ("command", STRING, "ingest | build | diagnose | notify | maintenance | simulate | train | eval | provision | …"),
+        ("status", STRING, "started (running, or killed before it ended) | ok | failed"),
+        ("user", STRING, "OS user of the process (Superset provisioning: the user Superset runs as)"),
+        ("via", STRING, "cli | python | airflow <dag>.<task> <run_id> | superset"),
+        ("host", STRING, "machine the command ran on"),
+        ("pid", INT64, "process id (with host and started_at: tells a running command from a killed one)"),
+        ("command_line", STRING, "the process's argv"),
+        ("args", STRING, "the command's arguments, as JSON (long lists cut, with their length)"),
+        ("started_at", TIMESTAMP, "UTC time the command started"),
+        ("ended_at", TIMESTAMP, "UTC time it ended (null while started)"),
+        ("duration_s", FLOAT64, "wall seconds (null while started)"),
+        ("exit_code", INT32, "the command's exit code (0 ok; null while started)"),
+        ("rows_in", INT64, "rows the command wrote into lake tables (ingest, simulate, train, eval)"),
+        ("rows_quarantined", INT64, "rows rejected into quarantine (ingest)"),
+        ("files_deleted", INT64, "lake files deleted (retention, replaced ingests, compaction's folded files)"),
+        ("partitions", INT64, "partitions rebuilt (build), compacted or aged out (maintenance)"),
+        ("alerts_new", INT64, "alerts never seen before (diagnose)"),
+        ("counts", STRING, "every count the command reported, as JSON"),
+        ("error", STRING, "why it failed: the exception, or the exit code"),
+        ("date", DATE, "UTC date of started_at (partition key)"),
+    ),
+    partition_by=("date",),
+    time_column="started_at",
+    required=("entry_id", "command", "status", "started_at"),
+    doc="One row per lake-changing command (warehouse/audit.py): who ran what, when, with which counts, "
+        "and how it ended. Written 'started' before the command changes anything and rewritten in place "
+        "(same key) when it ends, so a killed command never claims success.",
+    wide=(("command_line", PATH_CHARS), ("args", TEXT_CHARS), ("counts", TEXT_CHARS), ("error", TEXT_CHARS)),
+)
+
 TABLES: dict[str, Table] = {
     t.name: t for t in (RUNS, TRAIN_STEPS, STEP_METRICS, EVAL_RESULTS, LATENCY_SAMPLES, SYSTEM_SAMPLES, QUARANTINE,
-                        ALERTS)
+                        ALERTS, AUDIT_LOG)
 }
-DERIVED_TABLES = ("alerts",)  # written by the pipelines, never ingested; not compacted or aged out
+# Written by the pipelines, never ingested (no one can forge an alert or an audit entry through
+# mhw ingest); not compacted or aged out.
+DERIVED_TABLES = ("alerts", "audit_log")
 FACT_TABLES = tuple(n for n, t in TABLES.items() if t.partition_by == FACT_PARTITIONS and n not in DERIVED_TABLES)

@@ -37,7 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pyarrow as pa
 
-from warehouse import config
+from warehouse import audit, config
 from warehouse.writer import Lake
 
 # model slug, family, parameters, loss floor, tokens per optimizer step
@@ -104,6 +104,7 @@ def _date(epoch_s: float) -> dt.date:
     return dt.datetime.fromtimestamp(epoch_s, dt.timezone.utc).date()
 
 
+@audit.audited("simulate", counts=lambda totals: {"rows_in": sum(totals.values()), **totals})
 def simulate(lake_root: str, rows: int, seed: int = 0, days: int = 14,
              end_date: dt.date = dt.date(2026, 11, 22), incident_rate: float = 0.15,
              steps_per_run: int | None = None, magnitude: float = 1.0, fleet_incidents: int = 2,

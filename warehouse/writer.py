@@ -12,9 +12,7 @@
 """
 from __future__ import annotations
 
-import hashlib
 import os
-import re
 import shutil
 import threading
 import time
@@ -32,48 +30,9 @@ import pyarrow.parquet as pq
 
 from warehouse import commit
 from warehouse.config import is_remote
-from warehouse.schemas import SLUG_CHARS, TABLES, Table
-
-# A partition value or file key is a slug: it can never name a path outside its partition.
-SLUG = re.compile(rf"^[A-Za-z0-9][A-Za-z0-9._+-]{{0,{SLUG_CHARS - 1}}}$")
-# A free-form name longer than a slug keeps its head and a hash of the whole name, so two long names
-# that share their first characters stay two names (truncating them made them one).
-NAME_HASH_HEX = 16
-
-
-class PartitionError(ValueError):
-    """A partition value or key that is not a safe slug (e.g. ``../../etc`` or ``a/b``)."""
-
-
-def _shown(value) -> str:
-    """``value`` for an error message: a long string is cut, never repeated whole."""
-    return repr(value[:60] + "...") if isinstance(value, str) and len(value) > 60 else repr(value)
-
-
-def check_slug(what: str, value) -> str:
-    if isinstance(value, str) and SLUG.match(value):
-        return value
-    if isinstance(value, str) and len(value) > SLUG_CHARS:
-        raise PartitionError(f"{what}={_shown(value)} is too long: {len(value):,} characters, at most {SLUG_CHARS}")
-    raise PartitionError(
-        f"{what}={_shown(value)} is not allowed: use 1-{SLUG_CHARS} letters, digits and . _ + -, starting with a "
-        f"letter or digit (no '/', '=', spaces or '..' paths)"
-    )
-
-
-def slugify(value: str, limit: int = SLUG_CHARS) -> str:
-    """Turn a free-form name (``org/model name``) into a partition-safe slug (``org--model-name``).
-    A slug over ``limit`` keeps its first characters and a visible hash of all of it (``<111
-    chars>-<16 hex>``): distinct names stay distinct. A name with no letters or digits (``..``, ``/``)
-    is an error, never a made-up name. A smaller ``limit`` leaves room for what a caller appends."""
-    s = re.sub(r"[^A-Za-z0-9._+-]+", "-", value.replace("/", "--")).strip("-._+")
-    if not s:
-        raise PartitionError(f"{_shown(value)} has no letters or digits to make a name of")
-    if len(s) > min(limit, SLUG_CHARS):
-        digest = hashlib.sha1(s.encode()).hexdigest()[:NAME_HASH_HEX]
-        s = f"{s[:min(limit, SLUG_CHARS) - NAME_HASH_HEX - 1]}-{digest}"
-    return check_slug("name", s)
-
+# the names of files: re-exported, since callers have always found them here
+from warehouse.keys import SLUG, PartitionError, block_key, block_of, check_slug, slugify  # noqa: F401
+from warehouse.schemas import TABLES, Table
 
 @dataclass
 class WriteResult:
@@ -213,6 +172,43 @@ class Lake:
                 path = f"{info.path}/{key}.parquet"
                 if info.type == pafs.FileType.Directory and os.path.normpath(path) not in keep:
                     self.delete(path)
+
+    def merge(self, table_name: str, data: pa.Table, key: str) -> WriteResult:
+        """Write ``data`` into ``key``'s rows, one row per natural key (``merge_key``): a row of
+        ``data`` replaces the key's row with the same natural key (the last one of ``data`` if it
+        repeats one), the key's other rows stay. Re-applying the same ``data`` changes nothing, so a
+        retried delivery lands once; a run resumed mid-block replaces the steps it logs again and
+        keeps the block's earlier ones. One transaction (or part of the caller's)."""
+        table = TABLES[table_name]
+        names = merge_key(table_name)
+        data = _last_per_key(conform(table, data), names)
+        with self.transaction():
+            old = self._rows_of_key(table, key, data)
+            if old is not None and old.num_rows:
+                old = conform(table, old)
+                old = old.filter(pc.invert(pc.is_in(_key_strings(old, names), value_set=_key_strings(data, names))))
+                data = pa.concat_tables([old, data])
+            return self.write(table_name, data, key)
+
+    def _rows_of_key(self, table: Table, key: str, data: pa.Table) -> pa.Table | None:
+        """Every row ``key`` holds under the partitions of ``data`` other than the date (a run's
+        model and hardware), whatever the date: read back to be merged."""
+        check_slug("key", key)
+        fixed = table.partition_by[:-1] if table.partition_by[-1:] == ("date",) else table.partition_by
+        combos = {tuple(r.values()) for r in data.select(list(fixed)).to_pylist()} if fixed else {()}
+        parts = []
+        for values in combos:
+            parent = "/".join([self.table_dir(table.name), *(f"{k}={check_slug(k, v)}" for k, v in zip(fixed, values))])
+            dirs = [i.path for i in self.fs.get_file_info(pafs.FileSelector(parent, allow_not_found=True))
+                    if i.type == pafs.FileType.Directory]
+            files = [i.path for i in self.fs.get_file_info([f"{d}/{key}.parquet" for d in dirs])
+                     if i.type == pafs.FileType.File]
+            for path in files:
+                part = pq.read_table(path, filesystem=self.fs, schema=table.file_schema)
+                for k, v in zip(fixed, values):
+                    part = part.append_column(table.schema.field(k), pa.array([v] * part.num_rows, table.schema.field(k).type))
+                parts.append(part.drop_columns([c for c in part.column_names if c == "date"]))
+        return pa.concat_tables(parts, promote_options="default") if parts else None
 
     def put_table(self, path: str, data: pa.Table) -> None:
         """Write one Parquet file at ``path`` (inside the lake root), atomically, in a transaction."""
@@ -400,14 +396,8 @@ class BufferedWriter:
         self.rows_written = 0
         self.files: list[str] = []
 
-    def _block_of(self, row: dict) -> int:
-        if row.get("step") is not None:
-            return int(row["step"]) // self.flush_rows
-        ts = row.get(TABLES[self.table].time_column)
-        return int(ts.timestamp() // 3600) if ts is not None else 0
-
     def append(self, row: dict, block: int | None = None) -> None:
-        b = self._block_of(row) if block is None else block
+        b = block_of(self.table, row, self.flush_rows) if block is None else block
         rows = self._blocks.get(b)
         if rows is None:
             done = [k for k in self._blocks if k < b]
@@ -434,7 +424,7 @@ class BufferedWriter:
     def _submit(self, block: int, rows: list[dict]) -> None:
         if not rows:
             return
-        key = f"{self.prefix}-b{block:09d}"
+        key = block_key(self.prefix, block)
         if self._pool is not None:
             try:
                 self._pending.append(self._pool.submit(self._write, key, rows))
@@ -461,6 +451,38 @@ class BufferedWriter:
 
     def __exit__(self, *exc):
         self.close()
+
+
+# The natural key Lake.merge merges a table's rows by: the table's own (warehouse/schemas.py); a
+# rejected row is one field of one line of one source.
+MERGE_KEYS = {"quarantine": ("target_table", "source", "line", "field")}
+
+
+def merge_key(table_name: str) -> tuple[str, ...]:
+    names = MERGE_KEYS.get(table_name) or TABLES[table_name].key
+    if not names:
+        raise ValueError(f"{table_name} has no natural key: its rows cannot be merged, only written")
+    return names
+
+
+def _key_strings(data: pa.Table, names: tuple[str, ...]) -> pa.Array:
+    """One string per row naming its natural key (nulls spelled out, so they compare equal)."""
+    cols = [pc.fill_null(pc.cast(data.column(n), pa.string()), "\x00") for n in names]
+    return cols[0] if len(cols) == 1 else pc.binary_join_element_wise(*cols, "\x1f")
+
+
+def _last_per_key(data: pa.Table, names: tuple[str, ...]) -> pa.Table:
+    """``data`` with one row per natural key: the last of each."""
+    keys = _key_strings(data, names).combine_chunks() if data.num_rows else None
+    if keys is None or pc.count_distinct(keys).as_py() == data.num_rows:
+        return data
+    last = {k: i for i, k in enumerate(keys.to_pylist())}
+    return data.take(pa.array(sorted(last.values()), pa.int64()))
+
+
+def rows_table(table_name: str, rows: list[dict]) -> pa.Table:
+    """Rows (dicts) as a pyarrow table of ``table_name``'s types, with the columns they name."""
+    return pa.Table.from_pylist(rows, schema=_present(TABLES[table_name].schema, rows))
 
 
 def _present(schema: pa.Schema, rows: list[dict]) -> pa.Schema:

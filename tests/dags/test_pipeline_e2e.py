@@ -4,6 +4,7 @@ import duckdb
 import pytest
 
 from pipelines.airflow_local import run_dag_test
+from warehouse import audit
 from warehouse.query import connect
 
 pytestmark = pytest.mark.airflow_server  # every DAG run end to end, through Airflow
@@ -40,6 +41,13 @@ def test_train_evaluate_build_diagnose(lake_root, tmp_path, monkeypatch, airflow
     # and served by the same DAG run (its one build runs after diagnose), for the dashboard's Alerts chart
     assert ("divergence", "critical", 25) in con.execute(
         "select rule, severity, step_start from alert_list where run_id = ?", [run_id]).fetchall()
+    # Each task that changed the lake left one audit entry, saying which DAG and task ran it (the
+    # training and evaluation subprocesses too: Airflow exports its context to their environment).
+    entries = audit.read(lake_root)
+    assert sorted({e["command"] for e in entries}) == ["build", "diagnose", "eval", "notify", "train"]
+    assert all(e["status"] == "ok" and e["via"].startswith("airflow ") for e in entries), entries
+    assert [e["via"].split()[1] for e in entries if e["command"] in ("train", "build")] == \
+        ["train_model.train", "build_cubes.build"]
 
     # Catch-up and retries are safe: a second evaluate_models finds nothing new, adds no row.
     run_dag_test("evaluate_models")

@@ -32,19 +32,28 @@ def run_mhw(*args: str, env: dict) -> None:
 class Superset:
     """A running Superset and an authenticated REST session to it."""
 
-    def __init__(self, url: str, password: str, serving: Path, home: Path, log: Path):
+    def __init__(self, url: str, password: str, serving: Path, home: Path, log: Path, user: str = "admin",
+                 lake: Path | None = None):
         import requests
 
         self.url, self.password, self.serving, self.home, self.log = url, password, serving, home, log
+        self.user, self.lake = user, lake
         self.http = requests.Session()
         token = self.http.post(f"{url}/api/v1/security/login", json={
-            "username": "admin", "password": password, "provider": "db", "refresh": False}, timeout=30)
+            "username": user, "password": password, "provider": "db", "refresh": False}, timeout=30)
         token.raise_for_status()
         self.http.headers["Authorization"] = f"Bearer {token.json()['access_token']}"
         # POSTs outside the exempt list (SQL Lab) also need the CSRF token of this session.
         csrf = self.http.get(f"{url}/api/v1/security/csrf_token/", timeout=30).json()["result"]
         self.http.headers["X-CSRFToken"] = csrf
         self.http.headers["Referer"] = url
+
+    def as_user(self, user: str, password: str) -> "Superset":
+        """The same Superset through another login (raises if the login is refused)."""
+        return Superset(self.url, password, self.serving, self.home, self.log, user=user, lake=self.lake)
+
+    def put(self, path: str, **kw):
+        return self.http.put(f"{self.url}{path}", timeout=kw.pop("timeout", 60), **kw)
 
     def get(self, path: str, **kw):
         return self.http.get(f"{self.url}{path}", timeout=kw.pop("timeout", 60), **kw)
@@ -60,13 +69,15 @@ class Superset:
             {"columns": ["id", "uuid", "slice_name"], "page_size": 100})}).json()["result"]
         return {r["uuid"]: r["id"] for r in rows}
 
-    def browser(self, out: Path, timeout: float = 150.0) -> dict:
-        """Open the dashboard in headless Chromium (dashboards/browser.py in .venv-bi)."""
+    def browser(self, out: Path, timeout: float = 150.0, slug: str = "model-health", watch=(),
+                probe_sqllab: bool = False) -> dict:
+        """Open a dashboard in headless Chromium (dashboards/browser.py in .venv-bi), as this login."""
         import json
 
         env = {**os.environ, "MHW_SUPERSET_PASSWORD": self.password}
-        subprocess.run([str(BI_PYTHON), "-m", "dashboards.browser", "--url", self.url,
-                        "--out", str(out), "--timeout", str(timeout)],
+        subprocess.run([str(BI_PYTHON), "-m", "dashboards.browser", "--url", self.url, "--user", self.user,
+                        "--slug", slug, "--out", str(out), "--timeout", str(timeout), "--watch", ",".join(watch),
+                        *(["--probe-sqllab"] if probe_sqllab else [])],
                        cwd=REPO, env=env, check=True, timeout=timeout + 120)
         return json.loads((out / "report.json").read_text())
 
@@ -91,8 +102,9 @@ def superset(tmp_path_factory):
     home = root / "home"
     port = free_port()
     password = secrets.token_urlsafe(16)
+    # The provisioning at start leaves its audit entry in the fixture's lake, not the repo's.
     env = {**os.environ, "MHW_SUPERSET_PASSWORD": password, "MHW_SUPERSET_HOME": str(home),
-           "MHW_SERVING": str(serving)}
+           "MHW_SERVING": str(serving), "MHW_LAKE": str(root / "lake")}
     log = root / "superset.log"
     with open(log, "w") as f:
         proc = subprocess.Popen([str(BI_PYTHON), "-m", "dashboards.serve", "--port", str(port),
@@ -104,7 +116,7 @@ def superset(tmp_path_factory):
             wait_until_up(f"{url}/health", proc, 300, "Superset")
         except RuntimeError as e:
             pytest.fail(f"{e}:\n{log.read_text()[-4000:]}")
-        yield Superset(url, password, serving, home, log)
+        yield Superset(url, password, serving, home, log, lake=root / "lake")
     finally:
         stop_group(proc)  # gunicorn master and its worker: our own group only
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from model import checkpoint, evaluate, train
-from warehouse import cli
+from warehouse import audit, cli
 from warehouse.query import connect
 
 SMALL = {  # suites shrunk to test size
@@ -82,6 +82,8 @@ def test_every_suite_writes_every_metric_linked_to_its_training_run(trained, lak
     assert con.execute("select count(*) from eval_results").fetchone()[0] == n_metrics
     assert lake(lake_root).execute("select count(*) from latency_samples").fetchone()[0] == 12
     assert lake(lake_root).execute("select count(*) from runs").fetchone()[0] == 1
+    entries = audit.read(lake_root)  # one audit entry per evaluation, with the rows it wrote
+    assert [(e["command"], e["status"], e["rows_in"]) for e in entries] == [("eval", "ok", n_metrics + 12)] * 2
 
 
 def test_classifier_gets_accuracy_f1_and_int8(trained, lake_root):

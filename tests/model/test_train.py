@@ -12,9 +12,9 @@ import psutil
 import pytest
 import torch
 
-from model import checkpoint, data, hardware, train
+from model import checkpoint, data, train
 from model.config import CfgNode
-from warehouse import cli
+from warehouse import audit, cli
 from warehouse.query import connect
 
 REPO = Path(__file__).resolve().parents[2]
@@ -87,6 +87,8 @@ def test_resume_from_mid_run_checkpoint_continues_the_same_curve_without_duplica
     run_id = lake(lake_root).execute("select run_id from runs").fetchone()[0]
     assert lake(lake_root).execute("select status from runs").fetchone()[0] == "failed"
     assert lake(lake_root).execute("select max(step) from train_steps").fetchone()[0] == 24
+    (crashed,) = audit.read(lake_root)
+    assert crashed["status"] == "failed" and "injected failure" in crashed["error"]
 
     # resume from the middle checkpoint (step 10, not the latest): steps 10..24 are logged again
     ckpts = checkpoint.all_in(tmp_path / "b" / "out" / run_id)
@@ -115,6 +117,10 @@ def test_nan_loss_is_kept_as_data_and_counted(tmp_path, lake_root):
     # the non-finite step was skipped, so the weights (and every later loss) stayed finite
     assert all(math.isfinite(v) for k, v in losses.items() if k != 3)
     assert lake(lake_root).execute("select count(*) from train_steps where isnan(loss)").fetchone()[0] == 1
+    (entry,) = audit.read(lake_root)  # one audit entry: the run, its steps and status
+    assert (entry["command"], entry["status"]) == ("train", "ok")
+    assert {k: json.loads(entry["counts"])[k] for k in ("run_id", "steps", "status")} == \
+        {"run_id": s["run_id"], "steps": 8, "status": "completed"}
 
 
 def test_stop_on_nan_ends_the_run_as_diverged(tmp_path, lake_root):
@@ -258,18 +264,6 @@ def test_hf_datasets_folder_loads(tmp_path):
     cfg.name, cfg.path = "hf_disk", str(tmp_path / "ds")
     tr, va = data.build(cfg, "cls", data.ByteTokenizer(), 8)
     assert (tr.n, va.n) == (30, 2)
-
-
-@pytest.mark.parametrize("name, mem, count, want", [
-    ("NVIDIA H100 80GB HBM3", 79.6, 8, "h100-sxm-80gb-x8"),  # memory in GiB, as the driver counts it
-    ("NVIDIA A100-SXM4-80GB", 79.2, 8, "a100-sxm-80gb-x8"),
-    ("NVIDIA H100 PCIe", 79.6, 1, "h100-pcie-80gb-x1"),
-    ("Tesla T4", 14.7, 4, "t4-15gb-x4"),
-])
-def test_hardware_fingerprint_is_a_readable_slug(name, mem, count, want):
-    assert hardware._gpu_slug(name, mem, count) == want
-    assert hardware.fingerprint().startswith("cpu-" if not torch.cuda.is_available() else "")
-    assert hardware.peak_flops(name) and hardware.peak_flops(None) is None
 
 
 # -----------------------------------------------------------------------------

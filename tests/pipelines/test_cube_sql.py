@@ -41,7 +41,7 @@ def test_the_build_runs_every_model_after_its_inputs():
         seen.add(m.name)
     assert {m.serve for m in MODELS if m.serve} == {
         "train_health", "train_step_time_sketch", "eval_health", "latency_health", "latency_sketch", "system_health",
-        "alert_health", "alert_list", "loss_curve"}
+        "alert_health", "alert_list", "loss_curve", "audit_trail"}
 
 
 @pytest.mark.parametrize("path", ALL_SQL, ids=lambda p: p.stem)

@@ -184,3 +184,43 @@ def test_publish_replaces_whole_or_not_at_all(tmp_path):
     publish(fs, path, lambda f: f.write(b"new"), True, staging=str(tmp_path / "_tmp"), durable=True,
             before=lambda p: seen.append(open(p, "rb").read(4)))
     assert seen == [b"PAR1"] and open(path, "rb").read() == b"new" and os.listdir(tmp_path / "_tmp") == []
+
+
+# --- Lake.merge: what the telemetry sinks and the collector write with ---------------------------------
+
+def lake_rows(root, table="train_steps", cols="run_id, step, loss"):
+    return duckdb.sql(f"select {cols} from read_parquet('{root}/{table}/**/*.parquet', hive_partitioning=true) "
+                      "order by all").fetchall()
+
+
+def test_merge_replaces_rows_of_the_same_key_keeps_the_others_and_lands_a_retry_once(tmp_path):
+    lake = Lake(tmp_path)
+    lake.merge("train_steps", steps(60), "r1-steps-b0")  # crosses midnight: two date partitions
+    redo = steps(10, step0=55, start=T0 + dt.timedelta(seconds=55)).set_column(
+        3, "loss", pa.array([9.0] * 10))  # steps 55-64: 55-59 again (the next day's), 60-64 new
+    for _ in range(2):  # a retried delivery merges onto itself
+        lake.merge("train_steps", redo, "r1-steps-b0")
+        got = lake_rows(tmp_path)
+        assert [s for _, s, _ in got] == list(range(65))
+        assert [loss for _, s, loss in got if s >= 55] == [9.0] * 10
+        assert [loss for _, s, loss in got if s < 55] == [1.0 / (i + 1) for i in range(55)]
+    assert len(list(tmp_path.rglob("r1-steps-b0.parquet"))) == 2  # one file per date partition, still
+
+
+def test_merge_keeps_the_last_row_of_a_repeated_key_and_matches_null_key_columns(tmp_path):
+    lake = Lake(tmp_path)
+    lake.merge("train_steps", pa.concat_tables([steps(3), steps(1).set_column(3, "loss", pa.array([7.0]))]), "k")
+    assert lake_rows(tmp_path) == [("r1", 0, 7.0), ("r1", 1, 0.5), ("r1", 2, 1.0 / 3)]
+
+    def evals(value):  # precision, part of eval_results' key, is null: a null matches a null
+        return pa.table({"run_id": ["e"], "checkpoint_step": [5], "suite": ["validation"], "metric": ["loss"],
+                         "value": [value], "ts": [T0], "model": ["m"], "hardware": ["h"]})
+    lake.merge("eval_results", evals(1.0), "e-val")
+    lake.merge("eval_results", evals(2.0), "e-val")
+    assert lake_rows(tmp_path, "eval_results", "metric, precision, value") == [("loss", None, 2.0)]
+
+
+def test_merge_needs_a_natural_key(tmp_path):
+    data = pa.table({"run_id": ["r"], "latency_ms": [1.0], "ts": [T0], "model": ["m"], "hardware": ["h"]})
+    with pytest.raises(ValueError, match="latency_samples has no natural key"):
+        Lake(tmp_path).merge("latency_samples", data, "k")
