@@ -58,6 +58,20 @@ class Listing:
         now = self._prints[table]
         return {key_of(kd) for kd in set(now) | set(recorded) if now.get(kd) != recorded.get(kd)}
 
+    def changed_files(self, table: str, recorded: Record | None) -> dict[PartitionKey, tuple[list[FileEntry], set[str]]]:
+        """Per changed partition: its files that are new or changed since ``recorded``, and the names
+        (paths under the table) of the recorded files that are gone or changed. A consumer whose cost
+        should follow the changed files, not the changed partitions, reads only the former."""
+        recorded = recorded or {}
+        out = {}
+        for key in self.changed(table, recorded):
+            kd = lakefiles.key_dir(TABLES[table].partition_by, key)
+            before = {tuple(f) for f in recorded.get(kd, [])}
+            entries = self.partitions[table].get(key, [])
+            now = {tuple(f): e for f, e in zip(self._prints[table].get(kd, []), entries)}
+            out[key] = ([e for f, e in now.items() if f not in before], {f[0] for f in before - set(now)})
+        return out
+
     def files(self, table: str, keys=None) -> list[str]:
         """The paths of ``table``'s files, of the partitions in ``keys`` (all when None)."""
         parts = self.partitions[table]

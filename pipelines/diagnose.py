@@ -22,8 +22,10 @@ engine, instead of each reading and sorting raw train_steps.
 
 Incremental like ``mhw build``, on the same change log (pipelines/changes.py):
 ``<lake>/_diagnose/manifest.json`` keeps, per lake partition of train_steps, eval_results and
-latency_samples, its files (name, size, mtime) and the training runs in it. Run rules are recomputed for
-the runs found in changed partitions, over every partition those runs have rows in; fleet rules for the
+latency_samples, its files (name, size, mtime) and the training runs in each file. Run rules are
+recomputed for the runs in new, changed or removed files, over every partition those runs have rows in
+(a run's peers are read as they are: a run whose peers change but not its own rows keeps its verdict
+until its own rows change or a full diagnose); fleet rules for the
 model × hardware pairs with a changed partition, over all of that pair's days (their trailing baselines
 need the history), and a rule declared ``fleet by model`` for every pair of those models. A change of
 any rule SQL, shared model or of the configuration makes the diagnose full. Airflow calls
@@ -65,6 +67,7 @@ DIAGNOSTICS_DIR = SQL_DIR / "diagnostics"
 SHARED_DIR = DIAGNOSTICS_DIR / "shared"  # what rules read instead of raw rows, computed once per diagnose
 DEFAULT_CONFIG = config.REPO_ROOT / "conf" / "diagnostics.yaml"
 MANIFEST = "_diagnose/manifest.json"
+MANIFEST_VERSION = 2  # 2: the runs of each file (1: of each partition)
 SEVERITIES = notify.SEVERITIES
 HEADER_KEYS = ("rule", "purpose", "grain", "scope", "subject", "sources", "params", "audits")
 SCOPES = ("run", "fleet")
@@ -393,12 +396,19 @@ class Scope:
     data_root: str = ""  # where the listed files lie: the lake's snapshot (``<data_root>/<table>/…``)
 
 
-def _run_ids(fs, files: list[str], column: str) -> list[str]:
+def _run_ids(fs, files: list[str], column: str) -> dict[str, list[str]]:
+    """The training runs in each of ``files`` (path -> sorted run ids), from one read of one column."""
+    if not files:
+        return {}
     data = ds.dataset(files, filesystem=fs, format="parquet")
     if column not in data.schema.names:
-        return []
-    ids = pc.unique(data.to_table(columns=[column]).column(column).combine_chunks())
-    return sorted(v for v in ids.to_pylist() if v is not None)
+        return {f: [] for f in files}
+    table = data.to_table(columns=[column, "__filename"]).group_by(["__filename", column]).aggregate([])
+    out: dict[str, list[str]] = {f: [] for f in files}
+    for name, run in zip(table.column("__filename").to_pylist(), table.column(column).to_pylist()):
+        if run is not None:
+            out[name].append(run)
+    return {f: sorted(ids) for f, ids in out.items()}
 
 
 def find_scope(lake: Lake | str, definition: str, full: bool, data_root: str | None = None) -> Scope:
@@ -407,31 +417,38 @@ def find_scope(lake: Lake | str, definition: str, full: bool, data_root: str | N
     lake = Lake.of(lake)
     old = lakefiles.read_json(lake.fs, f"{lake.root}/{MANIFEST}") or {}
     root = data_root or lake.root
-    full = bool(full or old.get("definition") != definition)
+    full = bool(full or old.get("definition") != definition or old.get("version") != MANIFEST_VERSION)
     old_sources = {} if full else old.get("sources", {})
     listing = changes.Listing(lake, root, [*WATCHED, *PEER_TABLES.values()])
     listings = listing.partitions
     sources, runs, pairs = {}, set(), set()
     for table, column in WATCHED.items():
         cols = TABLES[table].partition_by
+        table_dir = listing.table_dir(table)
         before = old_sources.get(table, {})
-        changed = listing.changed(table, {kd: v["files"] for kd, v in before.items()})
-        now: dict[str, dict] = {}  # partition -> its files and the training runs in it
+        changed = listing.changed_files(table, {kd: v["files"] for kd, v in before.items()})
+        # the run ids of new and changed files only (one read); a changed partition's other files keep theirs
+        fresh = _run_ids(lake.fs, [f.path for new, _ in changed.values() for f in new], column) if column else {}
+        now: dict[str, dict] = {}  # partition -> its files, and the training runs in each file
         for key, files in listings[table].items():
             kd = lakefiles.key_dir(cols, key)
             if key not in changed:
                 now[kd] = before[kd]
-            else:  # read the run ids of changed partitions only
-                now[kd] = {"files": listing.record(table)[kd],
-                           "runs": _run_ids(lake.fs, [f.path for f in files], column) if column else []}
-        for key in changed:  # new, changed or gone: their runs and pairs are recomputed
+                continue
+            kept = before.get(kd, {}).get("runs", {})
+            now[kd] = {"files": listing.record(table)[kd],
+                       "runs": {rel: fresh[f.path] if f.path in fresh else kept.get(rel, [])
+                                for f in files for rel in [f.path[len(table_dir):].lstrip("/")]}}
+        for key, (new, gone) in changed.items():  # what is new, changed or gone is recomputed
             kd = lakefiles.key_dir(cols, key)
             pairs.add(key[:2])
-            runs.update(now.get(kd, {}).get("runs", []), before.get(kd, {}).get("runs", []))
+            runs.update(*(fresh.get(f.path, []) for f in new), *(before.get(kd, {}).get("runs", {}).get(rel, [])
+                                                               for rel in gone))
         sources[table] = now
 
-    def runs_in(table: str, key) -> list[str]:
-        return sources[table][lakefiles.key_dir(TABLES[table].partition_by, key)]["runs"]
+    def runs_in(table: str, key) -> set[str]:
+        return {r for ids in sources[table][lakefiles.key_dir(TABLES[table].partition_by, key)]["runs"].values()
+                for r in ids}
 
     run_files = {table: sorted(f.path for key, files in listings[table].items()
                                if column and runs.intersection(runs_in(table, key)) for f in files)
@@ -454,7 +471,7 @@ def find_scope(lake: Lake | str, definition: str, full: bool, data_root: str | N
                      for f in files)
         for view, table in PEER_TABLES.items()}
     return Scope(full=full, runs=runs, pairs=pairs, run_files=run_files, pair_files=pair_files,
-                 peer_files=peer_files, manifest={"version": 1, "definition": definition, "sources": sources},
+                 peer_files=peer_files, manifest={"version": MANIFEST_VERSION, "definition": definition, "sources": sources},
                  model_pairs=model_pairs | pairs, model_pair_files=model_pair_files,
                  data_root=root)
 
