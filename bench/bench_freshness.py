@@ -9,7 +9,8 @@ start-up is not counted); then one 2,000-step block of a new run is appended thr
 and the incremental diagnose and build that bring it to the alerts and the serving file are timed.
 Each figure is wall seconds and CPU seconds of this process (all its threads): this machine is shared
 and busy, and CPU seconds move far less with the load than wall seconds; the ratios are what to read.
-The load average is printed at start and end.
+The peak memory of each step is the process's resident high-water mark (VmHWM), reset before the step
+(/proc/self/clear_refs). The load average is printed at start and end.
 """
 from __future__ import annotations
 
@@ -49,11 +50,23 @@ def cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def timed(fn) -> tuple[float, float]:
-    """(wall s, CPU s) of one call."""
+def peak_gb() -> float:
+    """The resident high-water mark of this process since the last reset, GB (Linux)."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 2**20
+
+
+def reset_peak() -> None:
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def timed(fn) -> tuple[float, float, float]:
+    """(wall s, CPU s, peak resident GB) of one call."""
+    reset_peak()
     w, c = time.perf_counter(), cpu()
     fn()
-    return time.perf_counter() - w, cpu() - c
+    return time.perf_counter() - w, cpu() - c, peak_gb()
 
 
 def measure(rows: int, lakes: str) -> dict:
@@ -64,7 +77,9 @@ def measure(rows: int, lakes: str) -> dict:
         shutil.rmtree(os.path.join(lake, leftover), ignore_errors=True)
     serving = os.path.join(lakes, f"serving-{rows}.duckdb")
     out = {"rows": rows}
-    out["full build"] = timed(lambda: build(lake, serving, full=True))
+    built = []
+    out["full build"] = timed(lambda: built.append(build(lake, serving, full=True)))
+    out["build models"] = {k: v for k, v in built[0].seconds.items() if ":" not in k and k not in ("total", "list")}
     out["full diagnose"] = timed(lambda: diagnose(lake, full=True, notify_alerts=False))
     out["raw scan"] = timed(lambda: raw_scan(lake))
     writer = Lake(lake)
@@ -105,6 +120,14 @@ def main() -> None:
         print(f"| {r['rows']:,} | {ws(b)} | {ws(d)} | {d[0] / b[0]:.2f}, {d[1] / b[1]:.2f} | {ws(s)} | "
               f"{b[0] / s[0]:.2f}, {b[1] / s[1]:.2f} | {ws(r['incr. diagnose'])} | {ws(r['incr. build'])} | "
               f"{ws(inc)} |")
+    print("\npeak resident memory, GB (each step's own high-water mark):")
+    for r in results:
+        print(f"- {r['rows']:,} rows: " + ", ".join(f"{k} {r[k][2]:.2f}" for k in
+                                                   ("full build", "full diagnose", "incr. diagnose", "incr. build")))
+    print("\nwhere the full build's wall time goes (seconds per model, the five longest; models run side by side):")
+    for r in results:
+        top = sorted(r["build models"].items(), key=lambda kv: -kv[1])[:5]
+        print(f"- {r['rows']:,} rows: " + ", ".join(f"{k} {v:.1f}" for k, v in top))
     if len(results) > 1:
         a, z = results[0], results[-1]
 

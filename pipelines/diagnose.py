@@ -52,6 +52,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 import yaml
 
 from pipelines import changes, lakefiles, models, notify, sketch
@@ -391,24 +392,29 @@ class Scope:
     pair_files: dict[str, list[str]]  # table -> files of the pairs in scope
     manifest: dict  # to save once the alerts are written
     peer_files: dict[str, list[str]] = field(default_factory=dict)  # PEER_TABLES -> files of the runs' models
+    step_files: dict[str, tuple[str, int, list[str]]] = field(default_factory=dict)  # train_steps file -> model, bytes, runs
     model_pairs: set[tuple[str, str]] = field(default_factory=set)  # every pair of a model with a pair in scope
     model_pair_files: dict[str, list[str]] = field(default_factory=dict)  # table -> files of those pairs
     data_root: str = ""  # where the listed files lie: the lake's snapshot (``<data_root>/<table>/…``)
 
 
 def _run_ids(fs, files: list[str], column: str) -> dict[str, list[str]]:
-    """The training runs in each of ``files`` (path -> sorted run ids), from one read of one column."""
-    if not files:
-        return {}
-    data = ds.dataset(files, filesystem=fs, format="parquet")
-    if column not in data.schema.names:
-        return {f: [] for f in files}
-    table = data.to_table(columns=[column, "__filename"]).group_by(["__filename", column]).aggregate([])
-    out: dict[str, list[str]] = {f: [] for f in files}
-    for name, run in zip(table.column("__filename").to_pylist(), table.column(column).to_pylist()):
-        if run is not None:
-            out[name].append(run)
-    return {f: sorted(ids) for f, ids in out.items()}
+    """The training runs in each of ``files`` (path -> sorted run ids): the column read dictionary-encoded,
+    so a file's runs are its dictionary, never a string per row."""
+    out = {}
+    for path in files:
+        with fs.open_input_file(path) as f:
+            pf = pq.ParquetFile(f, read_dictionary=[column])
+            if column not in pf.schema_arrow.names:
+                out[path] = []
+                continue
+            col = pf.read(columns=[column]).column(column)
+        ids = set()
+        for chunk in col.chunks:
+            ids.update(v for v in pc.unique(chunk).dictionary.to_pylist() if v is not None) \
+                if pa.types.is_dictionary(chunk.type) else ids.update(v for v in chunk.to_pylist() if v is not None)
+        out[path] = sorted(ids)
+    return out
 
 
 def find_scope(lake: Lake | str, definition: str, full: bool, data_root: str | None = None) -> Scope:
@@ -470,7 +476,11 @@ def find_scope(lake: Lake | str, definition: str, full: bool, data_root: str | N
                      if view != PEER_STEPS or not runs.issuperset(runs_in(table, key))
                      for f in files)
         for view, table in PEER_TABLES.items()}
-    return Scope(full=full, runs=runs, pairs=pairs, run_files=run_files, pair_files=pair_files,
+    steps_dir = listing.table_dir("train_steps")
+    step_files = {f.path: (key[0], f.size, sources["train_steps"][lakefiles.key_dir(TABLES["train_steps"].partition_by, key)]
+                           ["runs"].get(f.path[len(steps_dir):].lstrip("/"), []))
+                  for key, files in listings["train_steps"].items() for f in files}
+    return Scope(full=full, runs=runs, pairs=pairs, run_files=run_files, pair_files=pair_files, step_files=step_files,
                  peer_files=peer_files, manifest={"version": MANIFEST_VERSION, "definition": definition, "sources": sources},
                  model_pairs=model_pairs | pairs, model_pair_files=model_pair_files,
                  data_root=root)
@@ -478,6 +488,9 @@ def find_scope(lake: Lake | str, definition: str, full: bool, data_root: str | N
 
 # --- running the rules ------------------------------------------------------------------------------
 
+# Parquet bytes of train_steps per batch of the run rules: ~5 M rows of a simulated fleet, which the
+# engine holds as ~1.5 GB (run_steps); a 40 M-row lake in one batch took 20 GB (bench/RESULTS.md)
+BATCH_BYTES = 320 << 20
 # the raw train_steps columns run_steps carries (peer_train_steps has them)
 _SHARED_STEP_COLUMNS = ("model", "hardware", "precision", "run_id", "step", "ts", "loss", "lr", "grad_norm",
                         "tokens_per_s", "step_time_ms", "data_time_ms", "gpu_util", "gpu_mem_gb", "gpu_mem_total_gb")
@@ -488,9 +501,13 @@ def _pairs_table(pairs) -> pa.Table:
                      "hardware": pa.array([p[1] for p in pairs], pa.string())})
 
 
+def _runs_table(runs) -> pa.Table:
+    return pa.table({"run_id": pa.array(sorted(runs), pa.string())})
+
+
 def _helper_tables(scope: Scope, cfg: DiagnosticsConfig) -> dict[str, pa.Table]:
     return {
-        "diagnose_runs": pa.table({"run_id": pa.array(sorted(scope.runs), pa.string())}),
+        "diagnose_runs": _runs_table(scope.runs),
         "diagnose_pairs": _pairs_table(scope.pairs),
         "metric_directions": cfg.metric_directions,
         "latency_slos": cfg.latency_slos,
@@ -499,47 +516,109 @@ def _helper_tables(scope: Scope, cfg: DiagnosticsConfig) -> dict[str, pa.Table]:
     }
 
 
+def run_batches(scope: Scope, budget: int = BATCH_BYTES) -> list[set[str]]:
+    """The runs in scope in batches for the run rules: whole models together (a model's runs are each
+    other's peers, read once), each batch's train_steps files within ``budget`` bytes where a model
+    allows; a model over it is cut by run (its other runs are then read raw as peers). The engine holds
+    one batch's steps at a time: memory follows the budget, not the lake."""
+    weight: dict[str, float] = {}
+    model_of: dict[str, str] = {}
+    for model, size, runs in scope.step_files.values():
+        for r in runs:
+            if r in scope.runs:
+                weight[r] = weight.get(r, 0.0) + size / len(runs)  # a file's bytes shared by its runs
+                model_of.setdefault(r, model)
+    by_model: dict[str, list[str]] = {}
+    for r in sorted(weight):
+        by_model.setdefault(model_of[r], []).append(r)
+    batches: list[set[str]] = []
+    current, used = set(scope.runs) - set(weight), 0.0  # runs with evals only ride with the first batch
+    for model in sorted(by_model, key=lambda m: (-sum(weight[r] for r in by_model[m]), m)):
+        if current and used + sum(weight[r] for r in by_model[model]) > budget:  # no room for the model
+            batches.append(current)
+            current, used = set(), 0.0
+        for r in by_model[model]:
+            if used > 0 and used + weight[r] > budget:  # a model over the budget alone is cut by run
+                batches.append(current)
+                current, used = set(), 0.0
+            current.add(r)
+            used += weight[r]
+    if current or not batches:
+        batches.append(current)
+    return batches
+
+
 def run_rules(eng, lake: Lake | str, rules: dict[str, Rule], cfg: DiagnosticsConfig, scope: Scope,
-              log=None) -> tuple[dict[str, pa.Table], dict[str, float]]:
-    """Each enabled rule's rows (CONTRACT columns) on ``eng``, and seconds per rule."""
+              log=None, budget: int | None = None) -> tuple[dict[str, pa.Table], dict[str, float]]:
+    """Each enabled rule's rows (CONTRACT columns) on ``eng``, and seconds per rule (and per shared
+    model). Run rules run per batch of runs (``run_batches``, within ``budget`` bytes of train_steps)."""
     say = log or (lambda *_: None)
     root = scope.data_root or Lake.of(lake).root
     for name, table in _helper_tables(scope, cfg).items():
         eng.register_arrow(name, table)
-    out, seconds = {}, {}
-    for kind, by_model, files in (("run", False, scope.run_files), ("fleet", False, scope.pair_files),
-                                  ("fleet", True, scope.model_pair_files)):
-        chosen = [r for r in rules.values() if r.scope == kind and r.by_model == by_model and cfg.rules[r.name].enabled]
-        if not chosen or not (scope.runs if kind == "run" else scope.pairs):
+    parts: dict[str, list[pa.Table]] = {}
+    seconds: dict[str, float] = {}
+
+    def run(rule: Rule) -> None:
+        t = time.perf_counter()
+        result = eng.query(render(rule, cfg.rules[rule.name].params))
+        if result.column_names != CONTRACT.names:
+            raise RuntimeError(f"{rule.path}: returns {result.column_names}, expected {CONTRACT.names}")
+        parts.setdefault(rule.name, []).append(result.cast(CONTRACT))
+        seconds[rule.name] = seconds.get(rule.name, 0.0) + time.perf_counter() - t
+
+    def register(table: str, files: list[str], name: str | None = None) -> None:
+        eng.register_files(name or table, files, TABLES[table].schema, TABLES[table].partition_by, f"{root}/{table}")
+
+    chosen = [r for r in rules.values() if r.scope == "run" and cfg.rules[r.name].enabled]
+    if chosen and scope.runs:
+        shared = [(n, m) for n, m in load_shared().items() if any(n in r.sources for r in chosen)]
+        batches = run_batches(scope, budget or BATCH_BYTES)
+        for i, batch in enumerate(batches):
+            _run_batch(scope, batch, register, eng, shared, seconds)
+            for rule in chosen:
+                run(rule)
+            say(f"run rules: batch {i + 1} of {len(batches)}, {len(batch)} run(s)")
+        eng.register_arrow("diagnose_runs", _runs_table(scope.runs))
+    for by_model, files in ((False, scope.pair_files), (True, scope.model_pair_files)):
+        chosen = [r for r in rules.values() if r.scope == "fleet" and r.by_model == by_model and cfg.rules[r.name].enabled]
+        if not chosen or not scope.pairs:
             continue
-        if by_model:
-            eng.register_arrow("diagnose_pairs", _pairs_table(scope.model_pairs))
+        eng.register_arrow("diagnose_pairs", _pairs_table(scope.model_pairs if by_model else scope.pairs))
         for table in WATCHED:
-            eng.register_files(table, files[table], TABLES[table].schema, TABLES[table].partition_by,
-                               f"{root}/{table}")
-        if kind == "run":
-            for view, table in PEER_TABLES.items():
-                eng.register_files(view if view != PEER_STEPS else f"__{view}_others", scope.peer_files.get(view, []),
-                                   TABLES[table].schema, TABLES[table].partition_by, f"{root}/{table}")
-            t = time.perf_counter()
-            for name, m in load_shared().items():  # one pass over raw rows, for every rule
-                if any(name in r.sources for r in chosen):
-                    eng.materialize(name, m.sql)
-                    seconds[name] = time.perf_counter() - t
-                    say(f"{name}: {seconds[name]:.2f}s")
-            # the peers of the runs in scope: those runs (already read) and the other runs' raw rows
-            cols = ", ".join(_SHARED_STEP_COLUMNS)
-            eng.register_view(PEER_STEPS, f"select {cols} from run_steps union all select {cols} "
-                                          f"from __{PEER_STEPS}_others where run_id not in (select run_id from diagnose_runs)")
+            register(table, files[table])
         for rule in chosen:
-            t = time.perf_counter()
-            result = eng.query(render(rule, cfg.rules[rule.name].params))
-            if result.column_names != CONTRACT.names:
-                raise RuntimeError(f"{rule.path}: returns {result.column_names}, expected {CONTRACT.names}")
-            out[rule.name] = result.cast(CONTRACT)
-            seconds[rule.name] = time.perf_counter() - t
-            say(f"{rule.name}: {result.num_rows} alert(s) ({seconds[rule.name]:.2f}s)")
+            run(rule)
+    out = {name: pa.concat_tables(tables) for name, tables in parts.items()}
+    for name, table in out.items():
+        say(f"{name}: {table.num_rows} alert(s) ({seconds[name]:.2f}s)")
     return out, seconds
+
+
+def _run_batch(scope: Scope, batch: set[str], register, eng, shared, seconds: dict[str, float]) -> None:
+    """Views of one batch of runs: their rows (train_steps, eval_results), the peer tables of their models,
+    and the shared models computed over them."""
+    eng.register_arrow("diagnose_runs", _runs_table(batch))
+    steps = [p for p, (_, _, runs) in scope.step_files.items() if batch.intersection(runs)]
+    # the batch's steps; of the other watched tables the files of every run in scope (small, and the
+    # rules keep only the rows of diagnose_runs)
+    for table in WATCHED:
+        register(table, steps if table == "train_steps" else scope.run_files[table])
+    models = {scope.step_files[p][0] for p in steps}
+    for view, table in PEER_TABLES.items():
+        if view == PEER_STEPS:  # the other runs of those models, raw: the batch's own are in run_steps
+            register(table, [p for p, (model, _, runs) in scope.step_files.items()
+                             if model in models and not batch.issuperset(runs)], f"__{view}_others")
+        else:
+            register(table, scope.peer_files.get(view, []), view)
+    for name, m in shared:  # one pass over raw rows, for every rule
+        t = time.perf_counter()
+        eng.materialize(name, m.sql)
+        seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - t
+    # the peers of the batch's runs: those runs (already read) and the other runs' raw rows
+    cols = ", ".join(_SHARED_STEP_COLUMNS)
+    eng.register_view(PEER_STEPS, f"select {cols} from run_steps union all select {cols} "
+                                  f"from __{PEER_STEPS}_others where run_id not in (select run_id from diagnose_runs)")
 
 
 class _Fields(string.Formatter):

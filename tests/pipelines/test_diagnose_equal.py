@@ -7,6 +7,7 @@ test_diagnose_spark.py."""
 from __future__ import annotations
 
 import datetime as dt
+import os
 import shutil
 
 import numpy as np
@@ -57,6 +58,24 @@ def test_a_full_diagnose_equals_the_reference(lakes, name):
     expected = reference_alerts(lake, DuckDBEngine())
     assert len(expected) >= {"rules": 16, "sim": 60, "real": 15}[name]
     assert_same_alerts(expected, shipped(lake))
+
+
+@pytest.mark.slow  # a diagnose in a dozen batches, and the reference
+def test_run_rules_in_batches_equal_the_reference(lakes, monkeypatch):
+    """A budget that cuts the runs in scope into a dozen batches, most models split across two: every
+    batch holds only its runs' steps and reads its models' other runs raw as peers; the alerts do not
+    change."""
+    from pipelines import diagnose as diagnose_mod
+
+    lake = lakes("sim")
+    files = [p for paths in Lake(lake).list_files("train_steps").values() for p in paths]
+    budget = sum(os.path.getsize(p) for p in files) // 12
+    monkeypatch.setattr(diagnose_mod, "BATCH_BYTES", budget)
+    said: list[str] = []
+    result = diagnose(lake, full=True, notify_alerts=False, log=said.append)
+    batches = [m for m in said if m.startswith("run rules: batch")]
+    assert len(batches) >= 10, batches
+    assert_same_alerts(reference_alerts(lake, DuckDBEngine()), result.alerts)
 
 
 def test_a_run_that_logs_no_precision_nor_gpu(tmp_path):
