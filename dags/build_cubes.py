@@ -4,7 +4,8 @@
 Runs whenever a job updates the lake (scheduled on the lake's Assets), in data order: computes the
 health diagnostics of what changed (the rules read the lake, not the cubes), then brings the cubes
 and the serving file up to date in one incremental build (only the partitions that changed, the
-alerts among them), then notifies about new alerts and logs a short health summary.
+alerts and repairs among them), then notifies about new alerts and logs a short health summary. The
+diagnose task updates the `lake.alerts` Asset, which `repair_runs` is scheduled on.
 
 Engine and cluster come from `orchestration.engine` / `orchestration.spark_master` in the config;
 with `orchestration.fail_on: critical`, the `notify` task fails while a critical alert is open (after
@@ -19,7 +20,8 @@ from pipelines.assets import CUBES, LAKE
 
 
 @dag(
-    schedule=(LAKE["train_steps"] | LAKE["eval_results"] | LAKE["latency_samples"] | LAKE["system_samples"]),
+    schedule=(LAKE["train_steps"] | LAKE["eval_results"] | LAKE["latency_samples"] | LAKE["system_samples"]
+              | LAKE["serving_scrapes"] | LAKE["serving_requests"] | LAKE["repairs"]),
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
@@ -27,7 +29,7 @@ from pipelines.assets import CUBES, LAKE
     doc_md=__doc__,
 )
 def build_cubes():
-    @task
+    @task(outlets=[LAKE["alerts"]])  # repair_runs reacts to new alerts
     def diagnose() -> dict:
         from pipelines import jobs
 

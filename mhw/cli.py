@@ -19,11 +19,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "audit-log": ("pipelines.audit_log", "list the audit trail: who changed the lake, when, with which counts"),
     "diagnose": ("pipelines.diagnose", "compute health alerts (training runs, fleet) incrementally and notify new ones"),
     "alerts": ("pipelines.alerts", "list health alerts (--since, --rule, --severity; table or json)"),
+    "repair": ("pipelines.repair", "repair flagged training runs: plan, --apply (retrain, judge, until healed or escalated)"),
     "collect": ("warehouse.collector", "receive telemetry over HTTP from nodes without lake access (token, 127.0.0.1 by default)"),
     "query": ("warehouse.query", "run SQL over the lake (and the serving file) with DuckDB"),
     "simulate": ("warehouse.simulate", "generate realistic fleet telemetry with planted incidents"),
     "train": ("model.train", "train a GPT-2 / BERT model from configs/*.yaml, with telemetry into the lake"),
     "eval": ("model.evaluate", "evaluate a checkpoint (quality, robustness, latency, errors, precision)"),
+    "serve": ("model.serve", "serve a checkpoint over HTTP on 127.0.0.1, with Prometheus /metrics (vLLM's families)"),
+    "scrape": ("warehouse.scrape", "land inference servers' Prometheus /metrics (vLLM, TGI, Triton) in the lake"),
 }
 
 

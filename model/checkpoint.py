@@ -1,8 +1,13 @@
 """Checkpoints for exact resume: model, optimizer, scheduler, GradScaler, step, every RNG state, the
 resolved config and the run's identity. Files are ``<out_dir>/ckpt-<step>.pt``, written aside and
-renamed, so a run killed mid-save never leaves a truncated checkpoint behind."""
+renamed, so a run killed mid-save never leaves a truncated checkpoint behind.
+
+The best checkpoint (lowest validation loss) is also kept as ``<out_dir>/best.pt``, a hard link that
+``keep_last`` never prunes, with ``best.json`` beside it (its step and validation metrics) so that a
+process without torch (mhw repair, an Airflow worker) can read which one it is."""
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -12,6 +17,7 @@ import numpy as np
 import torch
 
 _NAME = re.compile(r"^ckpt-(\d+)\.pt$")
+BEST, BEST_INFO = "best.pt", "best.json"
 
 
 def path_for(out_dir: str | Path, step: int) -> Path:
@@ -72,3 +78,45 @@ def load(path: str | Path, map_location="cpu") -> dict:
     # weights_only=False: the file holds RNG states and the config as Python objects. Load only
     # checkpoints this project wrote (a checkpoint is code, as any pickle is).
     return torch.load(resolve(path), map_location=map_location, weights_only=False)
+
+
+def mark_best(path: str | Path, step: int, metrics: dict) -> Path:
+    """Keep the checkpoint at ``path`` as ``best.pt`` beside it (a hard link: no copy, and pruning
+    ``ckpt-*.pt`` leaves it), and its step and validation metrics in ``best.json``. Both replaced
+    atomically; the checkpoint first, so ``best.json`` never names a state that is not ``best.pt``."""
+    path = Path(path)
+    best, tmp = path.parent / BEST, path.parent / f".{BEST}.tmp"
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(path, tmp)
+    except OSError:  # a file system without hard links
+        import shutil
+        shutil.copy2(path, tmp)
+    os.replace(tmp, best)
+    return _best_info(best, step, metrics, path)
+
+
+def save_best(out_dir: str | Path, step: int, state: dict, metrics: dict) -> Path:
+    """``best.pt`` saved on its own, for a validation step between scheduled checkpoints (the best
+    state must not wait for the next checkpoint, which is past it), and ``best.json``."""
+    best = save(Path(out_dir) / BEST, state)
+    return _best_info(best, step, metrics, best)
+
+
+def _best_info(best: Path, step: int, metrics: dict, source: Path) -> Path:
+    info = {"step": int(step), "checkpoint": str(source), "best": str(best),
+            "metrics": {k: float(v) for k, v in metrics.items()}}
+    tmp_info = best.parent / f".{BEST_INFO}.tmp"
+    tmp_info.write_text(json.dumps(info, sort_keys=True))
+    os.replace(tmp_info, best.parent / BEST_INFO)
+    return best
+
+
+def best_info(out_dir: str | Path) -> dict | None:
+    """``best.json`` of a run's checkpoint folder (step, metrics, paths), or None if it has none."""
+    p = Path(out_dir) / BEST_INFO
+    try:
+        info = json.loads(p.read_text())
+    except (OSError, ValueError):
+        return None
+    return info if (Path(out_dir) / BEST).exists() else None

@@ -16,13 +16,16 @@ time, in file order (shuffle the files beforehand: there is no shuffle buffer), 
 at the end of the source it starts again (a new pass). ``data.path`` may be a file, a folder, or a
 named pipe. Validation is ``data.val_path`` (read into memory), else the first ``data.val_examples``
 examples of the stream, which every pass then skips. The time a step waits for the source is the
-trainer's ``data_time_ms``.
+trainer's ``data_time_ms``; ``data.prefetch_batches`` reads that many batches ahead on a background
+thread (``Loader``), so reading the source overlaps the steps instead of adding to them.
 """
 from __future__ import annotations
 
 import itertools
 import json
+import queue
 import random
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +48,7 @@ def default_config() -> CfgNode:
         streaming=False,     # text / jsonl: read data.path lazily, a batch at a time (big corpora, pipes, mounts)
         val_path=None,       # streaming: validation file (same format); null = the stream's first val_examples
         val_examples=200,    # streaming without val_path: examples (jsonl lines, text lines) held out from the head
+        prefetch_batches=0,  # batches read ahead on a background thread (0: read in the training loop)
     )
 
 
@@ -464,3 +468,46 @@ class Sampler:
     def epoch(self, step: int) -> float | None:
         """Fractional epoch after ``step`` (0-based) completes (None for a stream of unknown length)."""
         return (step + 1) * self.global_batch / self.n if self.n else None
+
+
+class Loader:
+    """The micro-batches of steps ``start``..``stop`` in the sampler's order. ``depth`` > 0: one
+    background thread reads up to ``depth`` batches ahead (in order: a stream cannot go back), so a
+    slow source or tokenizing on the fly overlaps the forward and backward passes; 0: each batch is
+    read when asked for. A reader error is raised in the training loop, at the batch it failed on."""
+
+    def __init__(self, ds, sampler: Sampler, start: int, stop: int, grad_accum: int, depth: int = 0):
+        self.ds, self.sampler, self.depth = ds, sampler, int(depth or 0)
+        self._q: queue.Queue = queue.Queue(maxsize=max(1, self.depth))
+        self._stop = threading.Event()
+        if self.depth > 0:
+            order = ((step, micro) for step in range(start, stop) for micro in range(grad_accum))
+            threading.Thread(target=self._read, args=(order,), name="mhw-loader", daemon=True).start()
+
+    def _read(self, order) -> None:
+        for key in order:
+            try:
+                item = (key, self.ds.batch(self.sampler.indices(*key)))
+            except BaseException as e:  # noqa: BLE001 - handed to the training loop
+                item = (key, e)
+            while not self._stop.is_set():
+                try:
+                    self._q.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if self._stop.is_set() or isinstance(item[1], BaseException):
+                return
+
+    def batch(self, step: int, micro: int) -> dict:
+        if self.depth == 0:
+            return self.ds.batch(self.sampler.indices(step, micro))
+        key, item = self._q.get()
+        if isinstance(item, BaseException):
+            raise item
+        if key != (step, micro):
+            raise RuntimeError(f"loader out of order: read {key}, the loop is at {(step, micro)}")
+        return item
+
+    def close(self) -> None:
+        self._stop.set()

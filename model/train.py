@@ -13,6 +13,9 @@ Stream a corpus that does not fit in memory (a file, a folder, a named pipe), va
 Resume an interrupted run (same run_id, same loss curve) or fine-tune from weights:
     mhw train --config configs/gpt2-tiny.yaml --resume out/<run_id>          # latest ckpt in the folder
     mhw train --config configs/bert-tiny-cls.yaml --init-from path/to/hf_dir  # or a ckpt-*.pt
+Fork a new run from another run's checkpoint with changed hyperparameters (what mhw repair does):
+    mhw train --config configs/gpt2-tiny.yaml --trainer.fork_from=out/<run_id>/ckpt-0000100.pt \
+        --trainer.lr=1e-3 --trainer.grad_clip=1.0 --telemetry.parent_run_id=<run_id>
 DDP on 8 GPUs of one node (telemetry from rank 0 only):
     torchrun --standalone --nproc_per_node=8 -m model.train --config configs/gpt2-124m.yaml
 DDP on 2 CPU processes (gloo), as the tests do:
@@ -68,6 +71,11 @@ def default_config() -> CfgNode:
         out_dir="out/{run_id}",  # checkpoints; {run_id} and {slug} are filled in
         init_from=None,         # fine-tune from a ckpt-*.pt of this project or a HF save_pretrained folder
         resume=None,            # continue a run from a ckpt-*.pt, or the latest one in a folder
+        fork_from=None,         # start a new run from another run's ckpt-*.pt: its weights, optimizer moments,
+                                # step and data order, with this config's LR, schedule, clipping and weight
+                                # decay (the architecture, dropout included, is the checkpoint's); a resume wins
+        keep_best=True,         # keep the checkpoint of lowest validation loss as best.pt (+ best.json), a
+                                # hard link that keep_last never prunes: early stopping after the fact
         log_interval=10,        # print to the console every this many steps (telemetry: telemetry.every_steps)
         stop_on_nan=False,      # stop at the first non-finite loss, status 'diverged'
         skip_nonfinite=True,    # skip the optimizer step when gradients are not finite (fp16 always does)
@@ -78,6 +86,7 @@ def default_config() -> CfgNode:
         enabled=True,           # write runs / train_steps / eval_results / system_samples
         lake=None,              # lake root; null = conf/mhw.yaml (or $MHW_LAKE)
         run_id=None,            # null = <slug>-<utc time>-<random>; a resume keeps the checkpoint's
+        parent_run_id=None,     # the run this one repairs or was forked from (runs.parent_run_id)
         every_steps=1,          # one train_steps row per this many steps (HF's logging_steps): see log_row
         hardware=None,          # hardware partition key; null = fingerprint of this machine
         system_interval_s=5.0,  # system sampler period; 0 disables the sampler
@@ -93,7 +102,8 @@ HASH_EXCLUDE = ("telemetry.lake", "telemetry.run_id", "telemetry.hardware", "tel
                 "telemetry.flush_rows", "telemetry.flush_seconds", "telemetry.enabled", "telemetry.every_steps",
                 "trainer.out_dir",
                 "trainer.resume", "trainer.log_interval", "trainer.inject_nan_at_step",
-                "trainer.inject_error_at_step", "trainer.keep_last")
+                "trainer.inject_error_at_step", "trainer.keep_last", "trainer.keep_best", "telemetry.parent_run_id",
+                "data.prefetch_batches")
 
 
 def build_config(path: str | None = None, overrides: dict | None = None) -> CfgNode:
@@ -203,16 +213,18 @@ def train(cfg: CfgNode, settings: mhw_config.Settings | None = None) -> dict:
     ctx = autocast_for(precision, device_type)
 
     # -----------------------------------------------------------------------------
-    # resume or start: a resumed run keeps its run_id, start time and config recipe
-    resume_ckpt = checkpoint.load(tc.resume) if tc.resume else None
-    if resume_ckpt is not None:
+    # resume or start: a resumed run keeps its run_id, start time and config recipe; a fork is a new
+    # run that starts at another run's checkpoint step (a retried fork resumes its own checkpoints)
+    forked = bool(tc.fork_from) and not tc.resume
+    resume_ckpt = checkpoint.load(tc.resume or tc.fork_from) if (tc.resume or tc.fork_from) else None
+    if resume_ckpt is not None and not forked:
         run_id = cfg.telemetry.run_id or resume_ckpt["run_id"]
         started_at = resume_ckpt["started_at"]
         start_step = resume_ckpt["step"]
     else:
         run_id = cfg.telemetry.run_id or new_run_id(mc.slug)
         started_at = utcnow()
-        start_step = 0
+        start_step = resume_ckpt["step"] if forked else 0
     out_dir = Path(tc.out_dir.format(run_id=run_id, slug=mc.slug)).resolve()
     tc.out_dir = str(out_dir)
 
@@ -255,7 +267,13 @@ def train(cfg: CfgNode, settings: mhw_config.Settings | None = None) -> dict:
     if resume_ckpt is not None:
         model.load_state_dict(resume_ckpt["model"])
         optimizer.load_state_dict(resume_ckpt["optimizer"])
-        scheduler.load_state_dict(resume_ckpt["scheduler"])
+        if forked:  # the moments are the parent's; LR, schedule and decay are this config's, at its step
+            for group, decay in zip(optimizer.param_groups, (tc.weight_decay, 0.0)):
+                group.update(initial_lr=tc.lr, weight_decay=decay, betas=(tc.beta1, tc.beta2))
+            scheduler = torch.optim.lr_scheduler.LambdaLR(
+                optimizer, WarmupCosine(tc.warmup_steps, tc.max_steps, tc.min_lr / tc.lr), last_epoch=start_step - 1)
+        else:
+            scheduler.load_state_dict(resume_ckpt["scheduler"])
         scaler.load_state_dict(resume_ckpt["scaler"])
         checkpoint.set_rng_state(resume_ckpt["rng"][rank] if rank < len(resume_ckpt["rng"]) else resume_ckpt["rng"][0])
     else:
@@ -267,6 +285,7 @@ def train(cfg: CfgNode, settings: mhw_config.Settings | None = None) -> dict:
     if ddp:
         model = DDP(model, device_ids=[local_rank] if use_cuda else None)
     sampler = data.Sampler(train_ds.n, tc.batch_size, tc.grad_accum, tc.seed, rank, world)
+    loader = data.Loader(train_ds, sampler, start_step, tc.max_steps, tc.grad_accum, cfg.data.prefetch_batches)
 
     # -----------------------------------------------------------------------------
     # telemetry: rank 0 only; blocks aligned to checkpoints so a resume rewrites instead of duplicating
@@ -282,6 +301,7 @@ def train(cfg: CfgNode, settings: mhw_config.Settings | None = None) -> dict:
         gpu_count=world if use_cuda else 0, precision=precision, dataset=cfg.data.path or cfg.data.name,
         config_hash=cfg.hash(HASH_EXCLUDE), code_version=hardware.code_version(), started_at=started_at,
         ended_at=None, status="running", source="trainer", steps=start_step,
+        parent_run_id=cfg.telemetry.parent_run_id,
         config_json=json.dumps(cfg.to_dict(), sort_keys=True, default=str))
     peak = hardware.peak_flops(hardware.gpu_name()) if use_cuda else None
     gpu_total = hardware.gpu_mem_total_gb() if use_cuda else None
@@ -290,24 +310,48 @@ def train(cfg: CfgNode, settings: mhw_config.Settings | None = None) -> dict:
         print(f"run {run_id}: {mc.family} {n_params / 1e6:.2f}M params, {precision} on {hw} (x{world} procs), "
               f"steps {start_step}->{tc.max_steps}, {tokens_per_step} tokens/step, out_dir {out_dir}")
 
+    # best.pt: the checkpoint of lowest validation loss so far (a resume carries on from its best.json)
+    val_at: dict[int, dict] = {}
+    best_loss = ((checkpoint.best_info(out_dir) or {}).get("metrics", {}).get("loss", math.inf)
+                 if tc.resume else math.inf)
+
     def validate(step: int) -> dict:
         m = score(raw_model, val_ds, task, tc.batch_size, tc.eval_batches, device, autocast_for(precision, device_type))
         n = m.pop("n")
+        val_at[step] = dict(m)
         telemetry.evaluation(step, "validation", m, n=n)
         if master:
             print(f"step {step}: validation " + ", ".join(f"{k} {v:.4f}" for k, v in m.items()))
         return m
 
+    def state_at(step: int, rngs: list) -> dict:
+        return {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "step": step,
+                "rng": rngs, "config": cfg.to_dict(), "hf_config": hf_conf, "family": mc.family,
+                "tokenizer": tok.name, "run_id": run_id, "started_at": started_at, "model_slug": mc.slug,
+                "hardware": hw, "precision": precision}
+
     def save(step: int, rngs: list) -> Path:
-        state = {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "step": step,
-                 "rng": rngs, "config": cfg.to_dict(), "hf_config": hf_conf, "family": mc.family,
-                 "tokenizer": tok.name, "run_id": run_id, "started_at": started_at, "model_slug": mc.slug,
-                 "hardware": hw, "precision": precision}
         # The rows this checkpoint covers are on disk before it is: a kill between the two then
         # loses only rows the resume rewrites, never rows it skips.
         telemetry.flush(wait=True)
-        return checkpoint.save(checkpoint.path_for(out_dir, step), state, keep_last=tc.keep_last)
+        path = checkpoint.save(checkpoint.path_for(out_dir, step), state_at(step, rngs), keep_last=tc.keep_last)
+        keep_best(step, path)
+        return path
+
+    def keep_best(step: int, path: Path | None = None) -> None:
+        """best.pt, when this step's validation is the lowest so far: a link to the step's checkpoint,
+        or, between checkpoints, a save of its own (this rank's RNG: it is a model to keep, not a
+        point to resume a DDP run from)."""
+        nonlocal best_loss
+        loss = val_at.get(step, {}).get("loss", math.nan)
+        if not (tc.keep_best and math.isfinite(loss) and loss < best_loss):
+            return
+        best_loss = loss
+        if path is not None:
+            checkpoint.mark_best(path, step, val_at[step])
+        else:
+            checkpoint.save_best(out_dir, step, state_at(step, [checkpoint.rng_state()]), val_at[step])
 
     status, losses, nonfinite, last_val, last_ckpt = "failed", [], 0, {}, None
     step, loss_f = start_step, math.nan
@@ -320,6 +364,8 @@ def train(cfg: CfgNode, settings: mhw_config.Settings | None = None) -> dict:
             # rewrites the block that step starts, exactly as the interrupted run wrote it)
             if tc.eval_interval and step % tc.eval_interval == 0 and master:
                 last_val = validate(step)
+                if not (tc.ckpt_interval and step % tc.ckpt_interval == 0 and step > start_step):
+                    keep_best(step)  # between checkpoints (a checkpoint step links its own below)
             if tc.ckpt_interval and step % tc.ckpt_interval == 0 and step > start_step:
                 rngs = gather_rng(ddp, world)
                 if master:
@@ -336,7 +382,7 @@ def train(cfg: CfgNode, settings: mhw_config.Settings | None = None) -> dict:
             loss_sum = torch.zeros((), device=device)
             for micro in range(tc.grad_accum):
                 td = time.perf_counter()
-                batch = train_ds.batch(sampler.indices(step, micro))
+                batch = loader.batch(step, micro)
                 batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
                 data_s += time.perf_counter() - td
                 if ddp:
@@ -414,6 +460,7 @@ def train(cfg: CfgNode, settings: mhw_config.Settings | None = None) -> dict:
             dist.barrier()  # leave together: no rank tears the process group down under another
     finally:
         # a crash still leaves the telemetry up to the last flush, and a runs row that says so
+        loader.close()
         try:
             telemetry.write_run(ended_at=utcnow(), status=status, steps=step,
                                 final_loss=loss_f if losses else None)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from pipelines.notify import SEVERITIES, jsonable, rank
 from warehouse import config
 from warehouse.output import write_rows
-from warehouse.schemas import ALERTS
+from warehouse.schemas import ALERTS, Table
 
 # pyarrow, and the pandas that pyarrow.dataset imports (~2.5 s of start-up, bench/bench_startup.py), are
 # imported where alerts are read or written: `mhw alerts` on a lake without alerts never pays for them.
@@ -41,16 +41,21 @@ def alert_key(rule: str, model: str, hardware: str) -> str:
 
 def read_alerts(lake: Lake) -> list[dict]:
     """Every alert in the lake as dicts (partition columns included). Small: alerts, not telemetry."""
+    return read_rows(lake, ALERTS)
+
+
+def read_rows(lake: Lake, table: Table) -> list[dict]:
+    """Every row of a small derived table (alerts, repairs) as dicts, partition columns included."""
     import pyarrow as pa
     import pyarrow.dataset as ds
 
-    files = [p for paths in lake.list_files(TABLE).values() for p in paths]
+    files = [p for paths in lake.list_files(table.name).values() for p in paths]
     if not files:
         return []
-    part = ds.partitioning(pa.schema([(k, ALERTS.schema.field(k).type) for k in ALERTS.partition_by]),
+    part = ds.partitioning(pa.schema([(k, table.schema.field(k).type) for k in table.partition_by]),
                            flavor="hive")
     data = ds.dataset(files, filesystem=lake.fs, format="parquet", partitioning=part,
-                      partition_base_dir=lake.table_dir(TABLE), schema=ALERTS.schema)
+                      partition_base_dir=lake.table_dir(table.name), schema=table.schema)
     return data.to_table().to_pylist()
 
 

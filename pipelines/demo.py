@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from pipelines.localhost import free_port, stop_group, wait_until_up
-from warehouse import cli, config
+from warehouse import cli, config, scrape
 from warehouse.simulate import simulate
 
 # (config, precision, optimizer steps, overrides): enough steps for each tiny model to visibly learn on
@@ -50,6 +50,62 @@ def dag_test(dag_id: str, conf: dict | None, log: Path) -> float:
         print(open(log).read()[-4000:], file=sys.stderr)
         raise SystemExit(f"DAG {dag_id} failed (exit {rc}); its log: {log}")
     return time.perf_counter() - t0
+
+
+def start_serving(settings, logs: Path):
+    """``mhw serve`` on the newest fp32 GPT-2 checkpoint of the demo's training, not waited for (it
+    loads while evaluate_models runs). None when there is no such checkpoint."""
+    from model import serve
+    from warehouse.hardware import fingerprint
+
+    found = sorted(Path(settings.checkpoints_root).glob("gpt2-tiny-fp32-*/ckpt-*.pt"), key=os.path.getmtime)
+    if not found:
+        return None
+    port, log = free_port(), logs / "serve-requests.jsonl"
+    log.unlink(missing_ok=True)
+    proc = serve.spawn(str(found[-1]), port, str(logs / "serve.log"), hardware=fingerprint(), request_log=str(log),
+                       wait=False)
+    return {"proc": proc, "port": port, "log": log, "hardware": fingerprint(), "checkpoint": str(found[-1])}
+
+
+def load_and_scrape(served: dict, settings, logs: Path) -> dict:
+    """Scrape the server, send it a bounded load (every 10th request invalid), scrape again, stop it
+    and ingest its request log. Returns the load's own exact figures."""
+    from model import loadgen, serve
+
+    url = f"http://127.0.0.1:{served['port']}"
+    try:
+        serve.wait_ready(served["proc"], served["port"], str(logs / "serve.log"))
+        target = f"{url}/metrics"
+        scrape.scrape(target, served["hardware"], "fp32", None, settings.lake_root)
+        load = loadgen.run_load(url, requests=120, concurrency=2, bad_every=10, max_tokens=8, deadline_s=30)
+        scrape.scrape(target, served["hardware"], "fp32", None, settings.lake_root)
+    finally:
+        serve.stop(served["proc"])
+    cli.main(["ingest", str(served["log"]), "--hardware", served["hardware"]])
+    return load.figures()
+
+
+SERVING_SUMMARY = """
+    select model, hardware, source, n_requests, n_client_error + n_server_error + n_other_error as n_failed,
+        round(qps, 2) as qps, round(e2e_p50_ms, 1) as e2e_p50_ms,
+        round(e2e_p95_ms, 1) || ' (' || round(e2e_p95_lo_ms, 1) || '-' || round(e2e_p95_hi_ms, 1) || ')' as e2e_p95_ms,
+        round(ttft_p95_ms, 1) as ttft_p95_ms, round(itl_p95_ms, 2) as itl_p95_ms,
+        round(output_tokens_per_s, 1) as out_tokens_per_s
+    from serving_health where period = 'day' order by model, hardware, source"""
+
+
+def serving_summary() -> str:
+    """The day rows of the serving cube, as a small table (the p95's bucket bounds in brackets)."""
+    from warehouse.query import connect
+
+    cur = connect().execute(SERVING_SUMMARY)
+    names = [d[0] for d in cur.description]
+    rows = [[("" if v is None else str(v)) for v in r] for r in cur.fetchall()]
+    width = [max(len(n), *(len(r[i]) for r in rows)) if rows else len(n) for i, n in enumerate(names)]
+    lines = ["  ".join(n.ljust(w) for n, w in zip(names, width))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, width)) for r in rows]
+    return "Serving health (serving_health, day rows):\n" + "\n".join(lines)
 
 
 def show_dashboard(logs: Path) -> dict:
@@ -101,31 +157,41 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     totals = simulate(settings.lake_root, args.rows, seed=0)
-    print(f"[1/6] simulated {sum(totals.values()):,} fleet telemetry rows into {settings.lake_root} "
+    print(f"[1/7] simulated {sum(totals.values()):,} fleet telemetry rows into {settings.lake_root} "
           f"({time.perf_counter() - t0:.1f} s)")
 
     if SAMPLE.exists():
-        print(f"[2/6] importing a real Hugging Face Trainer log: {SAMPLE.name}")
+        print(f"[2/7] importing a real Hugging Face Trainer log: {SAMPLE.name}")
         started = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=1)).isoformat(timespec="seconds")
         cli.main(["ingest", str(SAMPLE), "--model", "distilbert/lora-imdb", "--hardware", "t4-16gb-x1",
                   "--precision", "fp16", "--run-id", "lora-imdb-distilbert", "--started-at", started])
     else:
-        print(f"[2/6] no sample log at {SAMPLE}: skipping the import")
+        print(f"[2/7] no sample log at {SAMPLE}: skipping the import")
 
     for i, (cfg, precision, steps, overrides) in enumerate(TRAININGS):
         conf = {"config": cfg, "precision": precision, "steps": args.steps or steps, "overrides": overrides}
         secs = dag_test("train_model", conf, logs / f"train_model-{i}.log")
-        print(f"[3/6] train_model {cfg} {precision} {' '.join(overrides)}: success ({secs:.0f} s)")
+        print(f"[3/7] train_model {cfg} {precision} {' '.join(overrides)}: success ({secs:.0f} s)")
+    served = start_serving(settings, logs)  # loads its checkpoint while the evals run
     secs = dag_test("evaluate_models", None, logs / "evaluate_models.log")
-    print(f"[4/6] evaluate_models: success ({secs:.0f} s)")
+    print(f"[4/7] evaluate_models: success ({secs:.0f} s)")
+    if served is not None:
+        t = time.perf_counter()
+        fig = load_and_scrape(served, settings, logs)
+        print(f"[5/7] mhw serve {Path(served['checkpoint']).parent.name}: {fig['n_requests']} requests "
+              f"({fig['n_client_error']} invalid, {fig['qps']:.0f}/s), e2e p95 {fig['e2e_p95_ms']:.1f} ms, "
+              f"scraped before and after, request log ingested ({time.perf_counter() - t:.0f} s)")
+    else:
+        print("[5/7] no fp32 GPT-2 checkpoint to serve: skipping the serving step")
     secs = dag_test("build_cubes", None, logs / "build_cubes.log")
-    print(f"[5/6] build_cubes (diagnose → build → notify → summarize): success ({secs:.0f} s)\n")
+    print(f"[6/7] build_cubes (diagnose → build → notify → summarize): success ({secs:.0f} s)\n")
 
     from pipelines.summary import health_summary
 
     print(health_summary())
+    print(serving_summary())
     report = show_dashboard(logs)
-    print(f"[6/6] dashboard '{report['title']}': {report['n_chart_holders']} charts, "
+    print(f"[7/7] dashboard '{report['title']}': {report['n_chart_holders']} charts, "
           f"{len(report['chart_errors_in_page'])} chart errors, loaded in {report['load_seconds']:.1f} s; "
           f"screenshot {report['screenshot']}")
     if report["chart_errors_in_page"]:

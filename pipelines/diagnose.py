@@ -18,11 +18,12 @@ DuckDB or Spark through pipelines.engines. Every rule returns one row per anomal
 
 One pass over raw rows: the run rules read ``run_steps`` (sql/diagnostics/shared/), every logged step
 of the runs in scope with its place among the run's logs, computed once per diagnose and held by the
-engine, instead of each reading and sorting raw train_steps.
+engine, instead of each reading and sorting raw train_steps; the runs in scope go in batches of whole
+models within a budget of train_steps bytes (``run_batches``), so memory follows the budget, not the lake.
 
 Incremental like ``mhw build``, on the same change log (pipelines/changes.py):
-``<lake>/_diagnose/manifest.json`` keeps, per lake partition of train_steps, eval_results and
-latency_samples, its files (name, size, mtime) and the training runs in each file. Run rules are
+``<lake>/_diagnose/manifest.json`` keeps, per lake partition of train_steps, eval_results,
+latency_samples and the serving tables, its files (name, size, mtime) and the training runs in each file. Run rules are
 recomputed for the runs in new, changed or removed files, over every partition those runs have rows in
 (a run's peers are read as they are: a run whose peers change but not its own rows keeps its verdict
 until its own rows change or a full diagnose); fleet rules for the
@@ -73,7 +74,8 @@ SEVERITIES = notify.SEVERITIES
 HEADER_KEYS = ("rule", "purpose", "grain", "scope", "subject", "sources", "params", "audits")
 SCOPES = ("run", "fleet")
 # tables whose partitions decide what is recomputed, and the column naming a partition's training runs
-WATCHED = {"train_steps": "run_id", "eval_results": "train_run_id", "latency_samples": None}
+WATCHED = {"train_steps": "run_id", "eval_results": "train_run_id", "latency_samples": None,
+           "serving_scrapes": None, "serving_requests": None}
 # views for run rules that compare a run with the other runs of its model: view -> lake table
 PEER_TABLES = {"peer_train_steps": "train_steps", "peer_eval_results": "eval_results", "runs": "runs"}
 # peer_train_steps is run_steps (the runs in scope, already read) and the raw rows of the other runs

@@ -30,6 +30,19 @@ def lake_root(tmp_path, monkeypatch):
     return str(root)
 
 
+@pytest.fixture(scope="session")
+def serve_checkpoint(tmp_path_factory):
+    """A tiny GPT-2 checkpoint of a real (3-step) mhw train run: what mhw serve serves in the tests."""
+    from model import train
+
+    tmp = tmp_path_factory.mktemp("serve-ckpt")
+    out = train.train(train.build_config("configs/gpt2-tiny.yaml", {
+        "trainer.eval_interval": 0, "trainer.log_interval": 0, "telemetry.system_interval_s": 0,
+        "telemetry.lake": str(tmp / "lake"), "trainer.out_dir": str(tmp / "out" / "{run_id}"),
+        "trainer.max_steps": 3, "trainer.batch_size": 4, "model.block_size": 32, "data.n_examples": 200}))
+    return out["checkpoint"]
+
+
 class CollectorProcess:
     """A real ``mhw collect`` process on 127.0.0.1 writing into ``lake``, started (and restarted on
     the same port) and stopped (SIGTERM) or killed (SIGKILL) by the test."""

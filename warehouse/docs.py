@@ -37,6 +37,15 @@ EXAMPLES: dict[str, dict] = {
     "system_samples": {"table": "system_samples", "run_id": "gpt2-small-20240501-a1", "model": "gpt2-small",
                        "hardware": "a100-40gb-x1", "ts": "2024-05-01T12:31:00Z", "device": "cuda:0",
                        "util": 97.0, "mem_used_gb": 31.2, "mem_total_gb": 40.0, "power_w": 310.5},
+    "serving_scrapes": {"table": "serving_scrapes", "target": "http://10.0.0.5:8000/metrics", "model": "llama-8b",
+                        "hardware": "h100-80gb-x1", "precision": "bf16", "scraped_at": "2024-05-01T14:01:00Z",
+                        "server": "vllm", "metric": "e2e_seconds_bucket", "le": 0.5, "labels": "engine=0",
+                        "value": 1841.0, "created_at": "2024-05-01T09:12:44Z",
+                        "prev_scraped_at": "2024-05-01T14:00:00Z", "prev_value": 1790.0,
+                        "source_metric": "vllm:e2e_request_latency_seconds_bucket"},
+    "serving_requests": {"table": "serving_requests", "model": "llama-8b", "hardware": "h100-80gb-x1",
+                         "precision": "bf16", "ts": "2024-05-01T14:00:00.125Z", "status": "200", "e2e_ms": 812.4,
+                         "ttft_ms": 95.1, "itl_ms": 22.3, "prompt_tokens": 412, "output_tokens": 33},
     "quarantine": {"target_table": "train_steps", "source": "/data/steps.jsonl", "line": 42, "field": "loss",
                    "reason": "wrong type: expected a number, got string 'abc'",
                    "raw": "{\"table\": \"train_steps\", \"loss\": \"abc\", \"...\": \"...\"}",
@@ -137,11 +146,12 @@ def render_importers() -> str:
            "`--format auto` (the default) picks the format from the name and first bytes: `*tfevents*` files "
            "are TensorBoard, files with `:::MLLOG` lines MLPerf, a file named `*trainer_state*` or a JSON "
            "document with `log_history` a Trainer state, a JSON document with `results` and `versions` or "
-           "`configs` lm-eval results, `*.jsonl` or a first line starting with `{` JSON lines. A directory is an "
+           "`configs` lm-eval results, a first line that is an object with `e2e_ms` and no `table` a per-request "
+           "serving log, `*.jsonl` or a first line starting with `{` JSON lines. A directory is an "
            "MLflow file store (folders with a run's `meta.yaml`) or a TensorBoard log dir. Their rows go through "
            "the same checks, keys and quarantine as JSON lines.", ""]
     for fmt, module in (("hf-trainer", "hf_trainer"), ("tensorboard", "tensorboard"), ("mlperf", "mlperf"),
-                        ("lm-eval", "lm_eval"), ("mlflow", "mlflow")):
+                        ("lm-eval", "lm_eval"), ("mlflow", "mlflow"), ("serving-log", "serving_log")):
         mod = importlib.import_module(f"warehouse.importers.{module}")
         out += [f"### `--format {fmt}`", "", _md(mod.__doc__), ""]
     mlperf = importlib.import_module("warehouse.importers.mlperf")

@@ -49,7 +49,9 @@ two ingests of one lake take turns (the records are read, then written), readers
 or none of it, and a call killed midway is rolled back by the next process that takes the lock. A
 source is known by its identity (``Ingester.identify``), not the path it was named by: symlinks, hard
 links and copies of an ingested file are that file again. Pipes and FIFOs are read once, streamed to
-a temp file, before the lock is taken.
+a temp file, before the lock is taken. A JSON-lines file is read once too: hashed as it is parsed,
+its identity settled when its rows are staged (a copy of a source ingested before is then read again
+as that source, which is rare).
 
 Exit status: 0 when rows were written (even with rejects), 1 when nothing was, 2 when a file could
 not be read or parsed at all (the other files are still ingested).
@@ -57,7 +59,9 @@ not be read or parsed at all (the other files are still ingested).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
+import importlib.abc
 import hashlib
 import json
 import math
@@ -66,8 +70,9 @@ import shutil
 import stat
 import sys
 import tempfile
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -81,7 +86,7 @@ from warehouse.importers import FORMATS, Parsed, Record, RunMeta, SourceError, S
 from warehouse.importers.jsonl import record as jsonl_record
 from warehouse import audit, jsonl_columns
 from warehouse.schemas import DERIVED_TABLES, MAX_FIELDS, NAME_CHARS, TABLES, TS, Table
-from warehouse.writer import Lake, PartitionError, WriteResult, check_slug, conform, slugify
+from warehouse.writer import Lake, PartitionError, WriteResult, check_slug, conform, parquet_bytes, slugify
 
 LOADABLE = tuple(n for n in TABLES if n != "quarantine" and n not in DERIVED_TABLES)  # quarantine: ingest writes it
 SHOWN_REJECTS = 10  # reject lines printed before the count by reason
@@ -334,6 +339,15 @@ UNKEYED = tuple(n for n in LOADABLE if not TABLES[n].key)  # raw samples: kept p
 ENDED = ("completed", "failed", "diverged", "killed")
 STAMPED_BY = {"train_steps": "step", "step_metrics": "step", "eval_results": "checkpoint_step"}
 STAGE_ROWS = 1 << 18  # rows of one table gathered before they are staged as one part
+WRITERS = 2  # partitions of a run's rows encoded as Parquet at once
+
+
+class _Moved(Exception):
+    """The source read is one known by another identity (its bytes were ingested before as that)."""
+
+    def __init__(self, identity: str, digest: str):
+        super().__init__(identity)
+        self.identity, self.digest = identity, digest
 
 
 class _Listing:
@@ -416,11 +430,12 @@ class _Store:
         return f"{self.root}/sources/{skey}/{table}-{gen}-{n:05d}.arrow"
 
     def put_part(self, path: str, batches: list[pa.RecordBatch]) -> None:
-        sink = pa.BufferOutputStream()
-        with pa.ipc.new_file(sink, batches[0].schema, options=pa.ipc.IpcWriteOptions(compression="lz4")) as w:
-            for b in batches:
-                w.write_batch(b)
-        self._write(path, sink.getvalue())
+        def write(f):  # streamed to the file: a part in memory whole costs its pages twice
+            with pa.ipc.new_file(f, batches[0].schema, options=pa.ipc.IpcWriteOptions(compression="lz4")) as w:
+                for b in batches:
+                    w.write_batch(b)
+
+        self.lake.put_file(path, write, ".arrow")
 
     def commit(self, skey: str, record: dict, parts: dict[str, int]) -> None:
         """Record what the source gave (its parts are written) and delete what an earlier ingest of it
@@ -589,10 +604,14 @@ class Ingester:
         return self._add(parts, result, parsed.clock, identity or os.path.realpath(parsed.source), digest, path)
 
     def add_jsonl(self, source: str, table: str | None, shown_as: str, fill: dict | None = None,
-                  identity: str | None = None, digest: str | None = None, path: str | None = None) -> SourceResult:
+                  identity: str | None = None, digest: str | None = None, path: str | None = None,
+                  resolve=None) -> SourceResult:
         """``add`` for a JSON-lines file, read in blocks and validated in columns
         (warehouse/jsonl_columns.py): the same rows and rejects as ``add(parse(source))``, in memory
-        that does not grow with the file."""
+        that does not grow with the file. Without ``digest``, the bytes are hashed as they are read
+        (read once), and ``resolve(digest)`` then gives the source's identity (``identify``): where
+        that is not ``identity`` (a copy of a source ingested before), nothing is kept and _Moved
+        says which it is."""
         result = SourceResult(shown_as, "jsonl")
 
         def row_path(lineno, line, size):
@@ -600,22 +619,31 @@ class Ingester:
             return None if rec is None else self._check(rec, shown_as, fill)
 
         reader = jsonl_columns.Reader(table, _fills(fill), row_path)
+        hashed = hashlib.sha1() if digest is None else None
 
         def parts():
             try:
                 with open(source, "rb") as f:
-                    for block in reader.blocks(f):
+                    for block in reader.blocks(f, hashed.update if hashed else None):
                         result.rejects += block.rejects
                         yield from block.rows.items()
             except OSError as e:
                 raise SourceError(f"{source}: cannot read: {e.strerror or e}") from e
 
-        return self._add(parts(), result, None, identity or os.path.realpath(source), digest, path)
+        def settle() -> tuple[str, str | None]:
+            if hashed is None:
+                return identity, digest
+            read = hashlib.sha1(hashed.digest()).hexdigest()  # content_digest of a file
+            return (resolve(read) if resolve else identity), read
+
+        return self._add(parts(), result, None, identity or os.path.realpath(source), digest, path, settle)
 
     def _add(self, parts, result: SourceResult, clock: StepClock | None, identity: str, digest: str | None,
-             path: str | None) -> SourceResult:
+             path: str | None, settle=None) -> SourceResult:
         """Stage validated rows (``(table, Arrow rows)`` in file order) as they come, then record the
-        source, link it to its runs and write its quarantine rows and its tables without a key."""
+        source, link it to its runs and write its quarantine rows and its tables without a key.
+        ``settle()``, once the rows are staged, gives (identity, digest) when they were not known
+        before: a source that turns out to be another is abandoned (_Moved)."""
         skey = _digest(identity)
         previous = (self.store.record(skey) or {}).get("runs", {})
         stage = _Staging(self.store, skey, (self.store.record(skey) or {}).get("gen", 0) + 1)
@@ -625,6 +653,10 @@ class Ingester:
                 for name, rows in parts:
                     stage.add(name, rows, spool)
                 stage.flush()
+                if settle is not None:
+                    settled, digest = settle()
+                    if settled != identity:
+                        raise _Moved(settled, digest)
             except BaseException:
                 stage.abandon()  # parts of a source never recorded: nothing names them
                 raise
@@ -710,36 +742,45 @@ class Ingester:
 
     def _write_rows(self, name: str, key: str, parts, in_order: bool) -> WriteResult:
         """Write rows under ``key`` as Lake.write would. Rows that come in partition order are written
-        a partition at a time as they are read (memory: one partition); others are gathered and
-        handed to Lake.write whole."""
+        a partition at a time as they are read (memory: WRITERS + 1 partitions, encoded side by side);
+        others are gathered and handed to Lake.write whole."""
         if not in_order:
             data = pa.concat_tables(list(parts))
             return self.lake.write(name, data, key) if data.num_rows else WriteResult()
         table, res = TABLES[name], WriteResult()
         pending, where, done = [], None, set()
-        for part in parts:
-            if not part.num_rows:
-                continue
-            data = conform(table, part)
-            for values, piece in _partition_runs(table, data):
-                if values != where:
-                    self._put(table, key, where, pending, res)
-                    if values in done:  # the staging checked the order; a failure here is a bug, not data
-                        raise RuntimeError(f"{name} rows of {key} are not in partition order")
-                    pending, where = [], values
-                    done.add(values)
-                pending.append(piece)
-        self._put(table, key, where, pending, res)
+        jobs: deque = deque()
+        written: list[WriteResult] = []
+        with self.lake.transaction() as tx, ThreadPoolExecutor(WRITERS, thread_name_prefix="mhw-write") as pool:
+            def put(values, pending):  # Parquet encoding lets go of the GIL: partitions are written side by side
+                if pending:
+                    jobs.append(pool.submit(self._put, table, key, values, pending, tx))
+                while len(jobs) > WRITERS:
+                    written.append(jobs.popleft().result())
+
+            for part in parts:
+                if not part.num_rows:
+                    continue
+                data = conform(table, part)
+                for values, piece in _partition_runs(table, data):
+                    if values != where:
+                        put(where, pending)
+                        if values in done:  # the staging checked the order; a failure here is a bug, not data
+                            raise RuntimeError(f"{name} rows of {key} are not in partition order")
+                        pending, where = [], values
+                        done.add(values)
+                    pending.append(piece)
+            put(where, pending)
+            written += [j.result() for j in jobs]
+        for w in written:
+            res += w
         return res
 
-    def _put(self, table: Table, key: str, values: tuple | None, pending: list, res: WriteResult) -> None:
-        if not pending:
-            return
+    def _put(self, table: Table, key: str, values: tuple, pending: list, tx) -> WriteResult:
         data = pa.concat_tables(pending)
         path = f"{self.lake.partition_dir(table, dict(zip(table.partition_by, values)))}/{key}.parquet"
-        self.lake.put_table(path, data.select(table.file_schema.names))
-        res.rows += data.num_rows
-        res.files.append(path)
+        self.lake.put_file(path, parquet_bytes(data.select(table.file_schema.names)), ".parquet", tx)
+        return WriteResult(data.num_rows, [path])
 
     def finish(self) -> list[RunResult]:
         """Rebuild each touched run from all of its files: one row per key, the most advanced file's
@@ -1167,8 +1208,13 @@ def _meta(args) -> tuple[RunMeta, list[str]]:
     return meta, notes
 
 
-@audit.audited("ingest")
 def run(args: argparse.Namespace) -> int:
+    with _arrow_without_pandas():  # the audit entry too: its row is pyarrow's first conversion
+        return _run(args)
+
+
+@audit.audited("ingest")
+def _run(args: argparse.Namespace) -> int:
     if args.lake:
         lake_root = args.lake
     else:
@@ -1206,25 +1252,38 @@ def run(args: argparse.Namespace) -> int:
                     continue
                 for source, fmt in found:
                     piped = digest is not None
+                    shown_as = shown if piped else source
+                    as_read = fmt == "jsonl" and not piped  # its bytes are hashed as they are parsed: read once
                     try:
-                        d = digest or content_digest(source)
+                        d = digest or (None if as_read else content_digest(source))
                     except OSError as e:
                         errors.append(f"{source}: cannot read: {e.strerror or e}")
                         continue
                     ident = ingester.identify(None if piped else source, d, args.source_name)
                     if ident in seen:
-                        print(f"note: {shown if piped else source} is {seen[ident]} again (same file or same "
-                              f"bytes): ingested once")
+                        print(f"note: {shown_as} is {seen[ident]} again (same file or same bytes): ingested once")
                         continue
-                    seen[ident] = shown if piped else source
+                    seen[ident] = shown_as
                     try:
                         where = None if piped else source
                         if fmt == "jsonl":  # read in blocks, validated in columns; the flags fill what lines leave out
-                            results.append(ingester.add_jsonl(source, args.table, shown if piped else source,
-                                                              meta.given(), ident, d, where))
+                            def identity_of(read, source=source):
+                                return ingester.identify(source, read, args.source_name)
+
+                            try:
+                                results.append(ingester.add_jsonl(source, args.table, shown_as, meta.given(), ident,
+                                                                  d, where, identity_of if as_read else None))
+                            except _Moved as moved:  # the bytes of a source ingested before: that source again
+                                if moved.identity in seen:
+                                    print(f"note: {shown_as} is {seen[moved.identity]} again (same file or same "
+                                          f"bytes): ingested once")
+                                    continue
+                                seen[moved.identity] = shown_as
+                                results.append(ingester.add_jsonl(source, args.table, shown_as, meta.given(),
+                                                                  moved.identity, moved.digest, where))
                         else:  # importers placed the flags themselves
                             parsed = parse(source, fmt, meta, args.table)
-                            results.append(ingester.add(parsed, shown if piped else source, None, ident, d, where))
+                            results.append(ingester.add(parsed, shown_as, None, ident, d, where))
                     except SourceError as e:
                         errors.append(str(e).replace(source, shown) if piped else str(e))
             runs = ingester.finish()
@@ -1250,6 +1309,31 @@ def _counts(results: list[SourceResult], errors: list[str]) -> dict:
             "rows_quarantined": sum(len(r.rejects) for r in results),
             "files_deleted": sum(len(r.removed) for r in results),
             "sources": [r.source for r in results], "files_failed": len(errors)}
+
+
+class _NoPandas(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "pandas" or name.startswith("pandas."):
+            raise ImportError("pandas is not imported while mhw ingest runs")
+        return None
+
+
+@contextlib.contextmanager
+def _arrow_without_pandas():
+    """pyarrow imports pandas on its first conversion of Python values, only to recognise pandas
+    objects (0.3 s of CPU, a third of a small ingest's); this project hands it none. While ``mhw
+    ingest`` runs in a process that has not imported pandas, that import fails at once and pyarrow
+    goes on without it (it tries again when pandas is asked for by name: ``to_pandas``,
+    ``from_pandas``). No importer imports pandas (every format was ingested without it)."""
+    if "pandas" in sys.modules:
+        yield
+        return
+    finder = _NoPandas()
+    sys.meta_path.insert(0, finder)
+    try:
+        yield
+    finally:
+        sys.meta_path.remove(finder)
 
 
 def _is_stream(path: str) -> bool:

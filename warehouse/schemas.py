@@ -137,7 +137,7 @@ RUNS = Table(
         ("source", STRING, "trainer | hf-trainer | tensorboard | mlperf | jsonl | synthetic"),
         ("final_loss", FLOAT64, "last training loss (NaN if diverged)"),
         ("steps", INT64, "optimizer steps completed"),
-        ("parent_run_id", STRING, "training run an eval run belongs to"),
+        ("parent_run_id", STRING, "training run an eval run belongs to, or that a repair run repairs (repairs)"),
         ("config_json", STRING, "resolved config as JSON"),
         *_KEYS,
     ),
@@ -262,6 +262,57 @@ SYSTEM_SAMPLES = Table(
     key=("run_id", "device", "ts"),
 )
 
+SERVING_SCRAPES = Table(
+    name="serving_scrapes",
+    columns=_fields(
+        ("target", STRING, "URL of the /metrics endpoint scraped"),
+        ("scraped_at", TIMESTAMP, "UTC time of the scrape"),
+        ("precision", STRING, "precision the model is served in"),
+        ("server", STRING, "vllm | tgi | triton | unknown: whose metric families the scrape had"),
+        ("metric", STRING, "canonical name: requests, e2e_seconds_bucket/_count/_sum, ttft_seconds_*, "
+                           "itl_seconds_*, prompt_tokens, output_tokens, queue_depth, running, cache_usage, up"),
+        ("status", STRING, "requests only: the status as the server labels it (2xx, 5xx, stop, abort, …)"),
+        ("status_class", STRING, "requests only: ok | client_error | server_error | error"),
+        ("le", FLOAT64, "histogram buckets only: the bucket's inclusive upper bound (inf for +Inf)"),
+        ("labels", STRING, "the series' other labels, k=v sorted and comma-joined (engine=0), so replicas "
+                           "inside one server stay apart"),
+        ("value", FLOAT64, "cumulative value (counters, buckets, _count, _sum) or the gauge's value"),
+        ("created_at", TIMESTAMP, "when the series (its _created sample), else the server process, started; "
+                                  "null when the server does not say"),
+        ("prev_scraped_at", TIMESTAMP, "the target's previous landed scrape (null: its first)"),
+        ("prev_value", FLOAT64, "the same series' value in that scrape (null: not in it)"),
+        ("source_metric", STRING, "the sample's name as the server exposes it"),
+        *_KEYS,
+    ),
+    partition_by=FACT_PARTITIONS,
+    time_column="scraped_at",
+    required=("target", "model", "hardware", "scraped_at", "metric"),
+    doc="One row per canonical sample of one scrape of an inference server's Prometheus /metrics (mhw scrape): "
+        "cumulative values with the previous scrape's beside them, so per-interval deltas (resets handled) "
+        "are a row-local computation (sql/cubes/serving_scrape_base.sql).",
+)
+
+SERVING_REQUESTS = Table(
+    name="serving_requests",
+    columns=_fields(
+        ("request_id", STRING, "the server's request id (optional)"),
+        ("ts", TIMESTAMP, "UTC time the request arrived"),
+        ("precision", STRING, "precision the model served in"),
+        ("status", STRING, "status as logged: an HTTP code (200, 500), or ok, error, timeout, stop, abort …"),
+        ("status_class", STRING, "ok | client_error | server_error | error (derived from status when absent)"),
+        ("e2e_ms", FLOAT64, "end-to-end latency, ms (arrival to last byte)"),
+        ("ttft_ms", FLOAT64, "time to first token, ms"),
+        ("itl_ms", FLOAT64, "mean inter-token latency of the request, ms ((e2e - ttft) / (output tokens - 1))"),
+        ("prompt_tokens", INT64, "tokens in the prompt"),
+        ("output_tokens", INT64, "tokens generated"),
+        *_KEYS,
+    ),
+    partition_by=FACT_PARTITIONS,
+    time_column="ts",
+    required=("model", "hardware", "ts"),
+    doc="One row per request from an inference server's per-request log, kept raw so percentiles merge exactly.",
+)
+
 QUARANTINE = Table(
     name="quarantine",
     columns=_fields(
@@ -313,6 +364,48 @@ ALERTS = Table(
     doc="One row per alert of the health diagnostics (mhw diagnose); derived from the fact tables.",
 )
 
+REPAIRS = Table(
+    name="repairs",
+    columns=_fields(
+        ("attempt_id", STRING, "stable id of one attempt: hash of the alert and the attempt number (a retry rewrites it)"),
+        ("repair_id", STRING, "stable id of the repair: hash of the parent run and the alert it answers"),
+        ("attempt", INT32, "1, 2, ... in policy order; 0 for a repair that trained nothing (advice, escalation)"),
+        ("alert_id", STRING, "the alert the repair answers (alerts.alert_id)"),
+        ("rule", STRING, "that alert's rule: the policy of conf/repair.yaml that was applied"),
+        ("severity", STRING, "that alert's severity"),
+        ("onset_step", INT64, "that alert's first anomalous step (alerts.step_start)"),
+        ("parent_run_id", STRING, "the training run being repaired"),
+        ("child_run_id", STRING, "the run this attempt trained (runs.parent_run_id is the parent); null if none"),
+        ("action", STRING, "retrain | mark_best | advise | escalate"),
+        ("patch", STRING, "name of the policy's patch (conf/repair.yaml)"),
+        ("patch_json", STRING, "the config keys the patch changed, as JSON {key: [before, after]}"),
+        ("resume_step", INT64, "parent checkpoint step the child started from (null: from scratch)"),
+        ("checkpoint", STRING, "the checkpoint the attempt produced or marked (the child's last, or the parent's best)"),
+        ("verdict", STRING, "running | healed | not_healed | escalated | advised"),
+        ("reason", STRING, "why: the checks behind the verdict, or why a person must look"),
+        ("observed", FLOAT64, "the child's loss at its end (validation loss for overfitting)"),
+        ("expected", FLOAT64, "the reference it was held to (healthy peers, else the parent before the onset)"),
+        ("margin", FLOAT64, "healed if observed <= expected * (1 + margin)"),
+        ("compute_s", FLOAT64, "wall seconds the attempt's training took"),
+        ("samples", INT64, "training samples the attempt processed (steps x batch x accumulation)"),
+        ("owner", STRING, "who ran the attempt: airflow:<dag run>, or cli:<host>:<pid>"),
+        ("alert_start_at", TIMESTAMP, "UTC start of the alert's anomaly (its date is the partition, as in alerts)"),
+        ("alert_detected_at", TIMESTAMP, "UTC time diagnose first computed the alert"),
+        ("started_at", TIMESTAMP, "UTC time the attempt was claimed"),
+        ("verdict_at", TIMESTAMP, "UTC time of the verdict (null while running)"),
+        ("seconds_to_verdict", FLOAT64, "verdict_at - alert_detected_at, seconds"),
+        ("notified_at", TIMESTAMP, "UTC time the notifiers took the verdict (null: not yet)"),
+        *_KEYS,
+    ),
+    partition_by=FACT_PARTITIONS,
+    time_column="alert_start_at",
+    required=("attempt_id", "repair_id", "parent_run_id", "model", "hardware", "alert_start_at"),
+    doc="One row per attempt of the closed-loop repair (mhw repair): the alert, the patch, the parent and "
+        "child runs, the verdict, the compute spent. Derived: written by pipelines/repair.py.",
+    key=("attempt_id",),
+    wide=(("patch_json", TEXT_CHARS), ("reason", TEXT_CHARS), ("checkpoint", PATH_CHARS)),
+)
+
 AUDIT_LOG = Table(
     name="audit_log",
     columns=_fields(
@@ -348,10 +441,10 @@ AUDIT_LOG = Table(
 )
 
 TABLES: dict[str, Table] = {
-    t.name: t for t in (RUNS, TRAIN_STEPS, STEP_METRICS, EVAL_RESULTS, LATENCY_SAMPLES, SYSTEM_SAMPLES, QUARANTINE,
-                        ALERTS, AUDIT_LOG)
+    t.name: t for t in (RUNS, TRAIN_STEPS, STEP_METRICS, EVAL_RESULTS, LATENCY_SAMPLES, SYSTEM_SAMPLES,
+                        SERVING_SCRAPES, SERVING_REQUESTS, QUARANTINE, ALERTS, AUDIT_LOG, REPAIRS)
 }
-# Written by the pipelines, never ingested (no one can forge an alert or an audit entry through
-# mhw ingest); not compacted or aged out.
-DERIVED_TABLES = ("alerts", "audit_log")
+# Written by the pipelines, never ingested (no one can forge an alert, an audit entry or a repair
+# through mhw ingest); not compacted or aged out.
+DERIVED_TABLES = ("alerts", "audit_log", "repairs")
 FACT_TABLES = tuple(n for n, t in TABLES.items() if t.partition_by == FACT_PARTITIONS and n not in DERIVED_TABLES)

@@ -4,7 +4,9 @@ Many models × hardware types × precisions × days of training runs, each with 
 (power-law decay to a floor), warmup + cosine LR, grad norms, throughput set by model size, hardware
 and precision, system samples, validation evals and latency samples at checkpoints; plus a serving
 fleet: every model on every hardware type in fp32, bf16 and int8 is evaluated daily (quality and
-robustness suites) and timed on live-like requests.
+robustness suites) and timed on live-like requests, and serves a few minutes of live traffic a day,
+seen both as scrapes of its server's /metrics (``serving_scrapes``) and as its request log
+(``serving_requests``).
 
 Incidents are planted with ground truth in ``<lake>/_ground_truth/incidents.parquet``, one incident
 type per diagnostic rule (pipelines/diagnose.py), so the rules can be scored:
@@ -18,7 +20,9 @@ type per diagnostic rule (pipelines/diagnose.py), so the rules can be scored:
   ``onset_date``): eval_regression (one suite), latency_slo_breach and error_rate_breach (one serving
   precision), throughput_regression (training runs started from that day are slower: a bad driver or
   node; recorded only where a slowed run has an earlier full-speed run of its precision to be
-  compared with), precision_gap (int8 loses accuracy against fp32 for the whole window).
+  compared with), precision_gap (int8 loses accuracy against fp32 for the whole window);
+  serving_slo_breach, serving_error_breach and serving_saturation on the live traffic of one
+  serving precision (``_serving_tables``).
 
 ``magnitude`` scales every incident (1.0 = the default size; smaller is subtler, see ``_pair_tables``
 and ``_fleet_tables`` for what it multiplies). Runs without an incident, and model × hardware pairs
@@ -69,7 +73,12 @@ RUN_INCIDENTS = ["divergence", "loss_spike", "exploding_gradients", "vanishing_g
                  "overfitting", "lr_schedule_anomaly", "throughput_drop", "data_stall",
                  "gpu_underutilization", "memory_pressure", "underfitting"]
 FLEET_INCIDENTS = ["eval_regression", "latency_slo_breach", "error_rate_breach", "throughput_regression",
-                   "precision_gap"]
+                   "precision_gap", "serving_slo_breach", "serving_error_breach", "serving_saturation"]
+SERVING_INCIDENTS = ("serving_slo_breach", "serving_error_breach", "serving_saturation")
+LIVE_DAYS = 7  # live traffic on the window's last days only (serving incidents start on day 4 or later)
+LIVE_REQUESTS = 60  # live requests a serving precision answers a day, within one 5-minute window
+LIVE_SCRAPES = 6  # scrapes of its server's /metrics in that window, one a minute
+LIVE_LE = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, float("inf"))  # seconds
 INCIDENTS = RUN_INCIDENTS + FLEET_INCIDENTS
 EVAL_CHECKPOINTS = 8  # validation evals per training run, evenly spaced
 RELEASE_EVERY_DAYS = 5  # the serving fleet promotes a new checkpoint this often
@@ -161,6 +170,9 @@ def simulate(lake_root: str, rows: int, seed: int = 0, days: int = 14,
         for name, t in _fleet_tables(np.random.default_rng(serve_rngs[p]), seed, mi, model, hw, days,
                                      start_epoch, plan, magnitude, serving_requests):
             tables.setdefault(name, []).append(t)
+        for name, t in _serving_tables(np.random.default_rng([seed, 4, p]), model, hw, days, start_epoch, plan,
+                                       magnitude):
+            tables.setdefault(name, []).append(t)
         for f in plan:
             if f["incident"] == "throughput_regression" and n_slowed == 0:
                 continue  # no slowed run has a full-speed run of its precision before it: nothing to see
@@ -172,7 +184,8 @@ def simulate(lake_root: str, rows: int, seed: int = 0, days: int = 14,
                    for name, ts in tables.items()}
         return results, truth
 
-    totals = {"train_steps": 0, "runs": 0, "eval_results": 0, "latency_samples": 0, "system_samples": 0}
+    totals = {"train_steps": 0, "runs": 0, "eval_results": 0, "latency_samples": 0, "system_samples": 0,
+              "serving_scrapes": 0, "serving_requests": 0}
     truth, written = [], {name: [] for name in totals}
     with ThreadPoolExecutor(min(2, os.cpu_count() or 1)) as pool:
         for results, t in pool.map(one_pair, range(len(pairs))):
@@ -202,7 +215,7 @@ def _plan_fleet(rng, n_pairs: int, days: int, per_type: int) -> list[dict]:
             slot += 1
             day = 0 if kind == "precision_gap" else int(rng.integers(4, days))
             precision = "int8" if kind == "precision_gap" else None
-            if kind in ("latency_slo_breach", "error_rate_breach"):
+            if kind in ("latency_slo_breach", "error_rate_breach", *SERVING_INCIDENTS):
                 precision = SERVING_PRECISIONS[int(rng.integers(0, len(SERVING_PRECISIONS)))]
             suite = {"eval_regression": ["quality", "robustness"][int(rng.integers(0, 2))],
                      "precision_gap": "quality"}.get(kind)
@@ -477,6 +490,104 @@ def _fleet_tables(rng, seed, mi, model, hw, days, start_epoch, plan, m, n_reques
         "ok": ok, "model": _const(nr, m_name), "hardware": _const(nr, h_name),
     })
     return [("eval_results", eval_t), ("latency_samples", lat_t)]
+
+
+def _serving_tables(rng, model, hw, days, start_epoch, plan, m):
+    """Live traffic of one model × hardware pair: each of the last LIVE_DAYS days, each serving precision
+    answers LIVE_REQUESTS requests within one 5-minute window (its peak), logged one line per request (serving_requests)
+    and scraped from its server's /metrics once a minute (serving_scrapes, as warehouse/scrape.py lands
+    them: cumulative values beside the previous scrape's; the server starts just before the window).
+    A live request takes about four times the eval latency (a generation, not one forward pass), 2 %
+    are clients' 400s, 0.2 % server errors, a couple of requests wait. Planted from the incident's
+    day, on its precision:
+
+    - serving_slo_breach: live requests take (1 + 12m)× longer;
+    - serving_error_breach: 15 %·m of them fail with 500;
+    - serving_saturation: 8 + 6m requests wait in the queue.
+    """
+    m_name, _, n_params, _, _ = model
+    h_name, _, _, _, peak_tflops = hw
+    incidents = {(f["incident"], f["precision"]): f["day"] for f in plan if f["incident"] in SERVING_INCIDENTS}
+    # one scrape's series: (metric, status, le); values are computed for all of them at once
+    series = [("requests", "2xx", None), ("requests", "4xx", None), ("requests", "5xx", None),
+              ("e2e_seconds_sum", None, None), ("e2e_seconds_count", None, None), ("output_tokens", None, None),
+              *[("e2e_seconds_bucket", None, le) for le in LIVE_LE],
+              ("queue_depth", None, None), ("cache_usage", None, None), ("up", None, None)]
+    n_series, n = len(series), LIVE_REQUESTS
+    les = np.array(LIVE_LE) * 1e3
+    log_cols: dict[str, list] = {k: [] for k in ("ts", "p", "status", "e2e", "ttft", "out", "prompt")}
+    sc_cols: dict[str, list] = {k: [] for k in ("at", "p", "value", "prev", "created", "prev_at")}
+    for d in range(max(0, days - LIVE_DAYS), days):
+        for pi, q in enumerate(SERVING_PRECISIONS):
+            hit = {k for k in SERVING_INCIDENTS if d >= incidents.get((k, q), days)}
+            t_w = start_epoch + d * 86_400 + int(rng.integers(12 * 12, 20 * 12)) * 300  # a 5-minute boundary
+            arrival = t_w + np.sort(rng.uniform(0, 296, n))
+            e2e = 4 * _latency_base_ms(n_params, q, peak_tflops) * rng.lognormal(0, 0.25, n)
+            if "serving_slo_breach" in hit:
+                e2e = e2e * (1 + 12 * m)
+            u = rng.random(n)
+            fail = 0.15 * m if "serving_error_breach" in hit else 0.002
+            status = np.where(u < 0.02, 400, np.where(u < 0.02 + fail, 500, 200))
+            out = rng.integers(16, 65, n)
+            for k, v in (("ts", arrival), ("p", np.full(n, pi)), ("status", status), ("e2e", e2e),
+                         ("ttft", e2e * rng.uniform(0.1, 0.3, n)), ("out", out), ("prompt", rng.integers(20, 400, n))):
+                log_cols[k].append(v)
+            # the scrapes: cumulative counts of the requests that arrived by each scrape
+            at = t_w + 1 + 59 * np.arange(LIVE_SCRAPES)
+            done = arrival[None, :] <= at[:, None]
+            ok = done & (status == 200)[None, :]
+            vals = np.column_stack([
+                ok.sum(1), (done & (status == 400)).sum(1), (done & (status == 500)).sum(1),
+                (ok * e2e).sum(1) / 1e3, ok.sum(1), (ok * out).sum(1),
+                *[(ok & (e2e <= le)[None, :]).sum(1) for le in les],
+                rng.poisson((8 + 6 * m if "serving_saturation" in hit else 0.0) + 0.3, LIVE_SCRAPES),
+                rng.uniform(0.1, 0.6, LIVE_SCRAPES), np.ones(LIVE_SCRAPES)]).astype(float)
+            prev = np.vstack([np.full(n_series, np.nan), vals[:-1]])
+            sc_cols["at"].append(np.repeat(at, n_series).astype(float))
+            sc_cols["p"].append(np.full(LIVE_SCRAPES * n_series, pi))
+            sc_cols["value"].append(vals.ravel())
+            sc_cols["prev"].append(prev.ravel())
+            sc_cols["created"].append(np.full(LIVE_SCRAPES * n_series, t_w - 5.0))
+            sc_cols["prev_at"].append(np.repeat(np.concatenate([[np.nan], at[:-1]]), n_series).astype(float))
+    lc = {k: np.concatenate(v) for k, v in log_cols.items()}
+    ok = lc["status"] == 200
+    nl = len(ok)
+    itl = (lc["e2e"] - lc["ttft"]) / (lc["out"] - 1)
+    codes = np.select([lc["status"] == 200, lc["status"] == 400], [0, 1], 2)
+    logs = pa.table({
+        "ts": _ts((lc["ts"] * 1e6).astype(np.int64)), "precision": _dict_col(lc["p"], SERVING_PRECISIONS),
+        "status": _dict_col(codes, ["200", "400", "500"]),
+        "status_class": _dict_col(codes, ["ok", "client_error", "server_error"]), "e2e_ms": lc["e2e"],
+        "ttft_ms": pa.array(lc["ttft"], mask=~ok), "itl_ms": pa.array(itl, mask=~ok),
+        "prompt_tokens": lc["prompt"].astype(np.int64), "output_tokens": np.where(ok, lc["out"], 0).astype(np.int64),
+        "model": _const(nl, m_name), "hardware": _const(nl, h_name)})
+    sc = {k: np.concatenate(v) for k, v in sc_cols.items()}
+    ns = len(sc["value"])
+    idx = np.tile(np.arange(n_series), ns // n_series)
+    names = sorted({x[0] for x in series})
+    status_names = ["2xx", "4xx", "5xx"]
+    st_idx = np.array([status_names.index(x[1]) if x[1] else -1 for x in series])[idx]
+    le = np.array([np.nan if x[2] is None else x[2] for x in series])[idx]
+
+    def ts_col(secs: np.ndarray) -> pa.Array:
+        return pa.array(np.nan_to_num(secs * 1e6).astype(np.int64).astype("datetime64[us]"),
+                        pa.timestamp("us"), mask=np.isnan(secs)).cast(pa.timestamp("us", tz="UTC"))
+
+    targets = [f"sim://{m_name}/{h_name}/{q}/metrics" for q in SERVING_PRECISIONS]
+    scrapes = pa.table({
+        "target": _dict_col(sc["p"], targets), "scraped_at": ts_col(sc["at"]),
+        "precision": _dict_col(sc["p"], SERVING_PRECISIONS), "server": _const(ns, "vllm"),
+        "metric": _dict_col(np.array([names.index(x[0]) for x in series])[idx], names),
+        "status": pa.DictionaryArray.from_arrays(pa.array(st_idx, mask=st_idx < 0).cast(pa.int32()),
+                                                 pa.array(status_names)).cast(pa.string()),
+        "status_class": pa.DictionaryArray.from_arrays(pa.array(st_idx, mask=st_idx < 0).cast(pa.int32()),
+                                                       pa.array(["ok", "client_error", "server_error"])).cast(pa.string()),
+        "le": pa.array(le, mask=np.isnan(le)), "labels": _const(ns, ""), "value": sc["value"],
+        "created_at": ts_col(sc["created"]), "prev_scraped_at": ts_col(sc["prev_at"]),
+        "prev_value": pa.array(sc["prev"], mask=np.isnan(sc["prev"])), "source_metric": _dict_col(
+            np.array([names.index(x[0]) for x in series])[idx], names),
+        "model": _const(ns, m_name), "hardware": _const(ns, h_name)})
+    return [("serving_requests", logs), ("serving_scrapes", scrapes)]
 
 
 def _write_truth(lake: Lake, truth: list[dict]) -> None:

@@ -220,6 +220,16 @@ class Lake:
         with self.transaction() as tx:
             self._publish(path, lambda f: f.write(data), ".bytes", tx)
 
+    def put_file(self, path: str, write, suffix: str, tx: "commit.Transaction | None" = None) -> None:
+        """Write one file at ``path`` (inside the lake root) as ``write(f)`` writes it to a binary file:
+        streamed, atomically, in a transaction (``tx``: the caller's, for a pool thread, which has
+        none of its own; else this thread's)."""
+        if tx is not None:
+            self._publish(path, write, suffix, tx)
+            return
+        with self.transaction() as tx:
+            self._publish(path, write, suffix, tx)
+
     def delete(self, path: str) -> bool:
         """Delete the file at ``path`` if it exists (in a transaction), and the folders it leaves
         empty. Returns whether there was a file."""

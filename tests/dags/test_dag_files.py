@@ -4,7 +4,7 @@ import pytest
 
 from pipelines.airflow_local import DAGS
 
-DAG_IDS = ["build_cubes", "evaluate_models", "maintenance", "train_model"]
+DAG_IDS = ["build_cubes", "evaluate_models", "maintenance", "repair_runs", "scrape_serving", "train_model"]
 
 
 @pytest.fixture(scope="module")
@@ -58,11 +58,32 @@ def test_build_cubes_runs_on_lake_assets(dagbag):
     # data order: the rules read the lake; one build then serves the cubes and the alerts
     assert _edges(dag) == {("diagnose", "build"), ("build", "notify"), ("notify", "summarize")}
     consumed = {a.name for a in dag.timetable.asset_condition.objects}
-    assert consumed == {"lake.train_steps", "lake.eval_results", "lake.latency_samples", "lake.system_samples"}
+    assert consumed == {"lake.train_steps", "lake.eval_results", "lake.latency_samples", "lake.system_samples",
+                        "lake.serving_scrapes", "lake.serving_requests", "lake.repairs"}
     assert {a.name for a in dag.get_task("build").outlets} == {"serving.cubes"}
+    assert {a.name for a in dag.get_task("diagnose").outlets} == {"lake.alerts"}  # what repair_runs reacts to
+
+
+def test_repair_runs_reacts_to_alerts(dagbag):
+    dag = dagbag.dags["repair_runs"]
+    assert _edges(dag) == {("enabled", "plan"), ("plan", "train"), ("train", "judge"), ("judge", "notify")}
+    assert dag.timetable.asset_condition.name == "lake.alerts"
+    train, judge = dag.get_task("train"), dag.get_task("judge")
+    assert train.pool == "gpu" and train.retries == 2 and judge.retries == 2
+    assert {"lake.train_steps", "lake.runs", "lake.repairs"} <= {a.name for a in train.outlets}
+    # the judge's diagnose updates the alerts: the next attempt runs in the DAG run that event starts
+    assert {a.name for a in judge.outlets} == {"lake.alerts", "lake.repairs"}
+    assert dag.max_active_runs == 1
 
 
 def test_maintenance_is_daily(dagbag):
     dag = dagbag.dags["maintenance"]
     assert [t.task_id for t in dag.tasks] == ["compact_and_retain"]
     assert dag.schedule == "@daily"
+
+
+def test_scrape_serving_maps_one_task_per_target_every_minute(dagbag):
+    dag = dagbag.dags["scrape_serving"]
+    assert _edges(dag) == {("find_targets", "scrape")}
+    assert dag.schedule == "* * * * *" and dag.max_active_runs == 1
+    assert {a.name for a in dag.get_task("scrape").outlets} == {"lake.serving_scrapes"}

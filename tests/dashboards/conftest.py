@@ -82,13 +82,60 @@ class Superset:
         return json.loads((out / "report.json").read_text())
 
 
+def land_serving(lake: Path, root: Path) -> None:
+    """Live serving telemetry for the Serving charts, through the project's real paths: expositions of
+    mhw serve's own metric families (model.serve.Metrics on prometheus_client) taken every 20 minutes
+    of a 4-hour life and landed by mhw scrape, and a per-request log landed by mhw ingest."""
+    import datetime as dt
+    import json
+    import math
+    import random
+    import time
+
+    from prometheus_client import generate_latest
+
+    from model.serve import Metrics
+    from warehouse import scrape
+
+    rng = random.Random(5)
+    log = root / "requests.jsonl"
+    with open(log, "w") as out:
+        for model, hw in (("gpt2-124m", "l4-24gb-x1"), ("llama-7b", "h100-sxm-80gb-x8")):
+            m, born = Metrics(model), time.time()
+            for i in range(12):
+                at = dt.datetime.fromtimestamp(born + 1200 * (i + 1), dt.timezone.utc)
+                for k in range(rng.randint(40, 120)):
+                    e2e = rng.lognormvariate(math.log(0.3 if model == "llama-7b" else 0.08), 0.4)
+                    code = 500 if rng.random() < 0.02 * (i % 3) else 400 if rng.random() < 0.03 else 200
+                    m.http.labels(handler="/v1/completions", method="POST", status=f"{code // 100}xx").inc()
+                    row = {"model": model, "hardware": hw, "precision": "bf16", "status": code, "e2e_ms": e2e * 1e3,
+                           "ts": (at - dt.timedelta(seconds=rng.uniform(0, 1200))).isoformat()}
+                    if code == 200:
+                        m.e2e.observe(e2e)
+                        m.ttft.observe(e2e / 5)
+                        m.itl.observe(e2e / 40)
+                        m.success.labels(model_name=model, finished_reason="length").inc()
+                        m.generation_tokens.inc(32)
+                        row.update(ttft_ms=e2e * 200, itl_ms=e2e * 25, output_tokens=32)
+                    out.write(json.dumps(row) + "\n")
+                m.waiting.set(rng.randint(0, 6))
+                m.kv_usage.set(rng.random())
+                scrape.scrape(f"file://{root}/metrics-{model}", hw, "bf16", None, str(lake),
+                              text=generate_latest(m.registry).decode(), at=at)
+    run_mhw("ingest", str(log), env={**os.environ, "MHW_LAKE": str(lake)})
+
+
 def build_serving(root: Path, rows: int, seed: int = 11) -> Path:
-    """A lake and its serving file, made by the project's own simulate and build."""
+    """A lake and its serving file, made by the project's own simulate and build, with live serving
+    telemetry beside the simulated fleet (land_serving)."""
     env = {**os.environ, "MHW_LAKE": str(root / "lake"), "MHW_SERVING": str(root / "serving.duckdb")}
     run_mhw("simulate", "--rows", str(rows), "--seed", str(seed), "--incident-rate", "0.3", env=env)
+    land_serving(root / "lake", root)
     # As the build_cubes DAG does: diagnose (the rules read the lake), then one build that serves the
-    # cubes and the alerts (alert_list).
+    # cubes and the alerts (alert_list); between them, as repair_runs would, the repairs.
     run_mhw("diagnose", "--no-notify", "--quiet", env=env)
+    # Simulated runs are imported runs: their repairs are advice, not restarts (rows for repair_health).
+    run_mhw("repair", "--min-severity", "warning", "--apply", env=env)
     run_mhw("build", "--quiet", env=env)
     return root / "serving.duckdb"
 

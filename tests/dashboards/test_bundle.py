@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import sqlglot
+import yaml
 import sqlglot.expressions as exp
 
 from dashboards import bundle
@@ -55,6 +56,32 @@ def test_uuids_are_unique_and_links_resolve():
         for f in dash["metadata"]["native_filter_configuration"]:
             for t in f["targets"]:
                 assert not t or t["datasetUuid"] in DATASETS, f["name"]
+
+
+class _UniqueKeys(yaml.SafeLoader):
+    """A loader that refuses a key twice in one mapping (PyYAML keeps the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        keys = [self.construct_object(k, deep=deep) for k, _ in node.value]
+        twice = sorted({k for k in keys if keys.count(k) > 1}, key=str)
+        assert not twice, f"{node.start_mark}: keys given twice: {twice}"
+        return super().construct_mapping(node, deep)
+
+
+def test_dashboard_layouts_are_one_tree_with_no_id_given_twice():
+    """Two branches each adding a ``ROW-7`` merge cleanly as text and lose one row's charts."""
+    for path in sorted((REPO / "dashboards" / "assets" / "dashboards").glob("*.yaml")):
+        position = yaml.load(path.read_text(), Loader=_UniqueKeys)["position"]
+        seen = []
+        for key, node in position.items():
+            if not isinstance(node, dict):
+                continue
+            assert node["id"] == key, (path.name, key)
+            for child in node.get("children", []):
+                assert child in position, (path.name, key, child)
+                assert position[child]["parents"][-1] == key, (path.name, child, "names another parent")
+                seen.append(child)
+        assert len(seen) == len(set(seen)), (path.name, "a node placed twice")
 
 
 def test_every_dataset_but_the_audit_trail_has_a_model_column():

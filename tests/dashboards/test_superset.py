@@ -122,9 +122,31 @@ ORACLES = {
                                and suite = 'quality' and metric = 'accuracy' group by all""", "series"),
     "eval_regressions": (eval_regressions,
                          ("keyed", ["model", "hardware", "precision", "metric", "checkpoint_step"])),
+    "serving_qps": ("select period_start, model, sum(qps) from serving_health "
+                    "where period = 'hour' and source = 'scrape' group by all", "series"),
+    "serving_error_rate": ("select period_start, model, (sum(n_requests) - sum(n_ok)) / nullif(sum(n_requests), 0) "
+                           "from serving_health where period = 'hour' and source = 'scrape' group by all", "series"),
+    "serving_queue_depth": ("select period_start, model, sum(queue_depth_mean) from serving_health "
+                            "where period = 'hour' and source = 'scrape' group by all", "series"),
+    "serving_latency": ("""select model, hardware, precision, source, sum(n_requests),
+                               (sum(n_requests) - sum(n_ok)) / nullif(sum(n_requests), 0), max(e2e_p95_ms),
+                               max(ttft_p95_ms), max(itl_p95_ms), sum(output_tokens_per_s)
+                           from serving_health where period = 'day' group by all""",
+                        ("keyed", ["model", "hardware", "precision", "source"])),
     # the served alerts, every one, newest first (the order is checked apart: ties have none)
     "alerts": ("select start_at, severity, rule, model, hardware, message, action from alert_list "
                "order by start_at desc", "rows"),
+    # the repair funnel per rule, from the served alerts and repair attempts (not the funnel cube)
+    "repair_funnel": ("""with funnel as (
+                             select rule, count(*) filter (where severity in ('warning', 'critical')) as n_alerts,
+                                    0 as n_repairs, 0 as n_healed
+                             from alert_list where scope = 'run' group by rule
+                             union all
+                             select rule, 0, count(distinct repair_id),
+                                    count(distinct repair_id) filter (where verdict = 'healed')
+                             from repair_list group by rule)
+                         select rule, sum(n_alerts), sum(n_repairs), sum(n_healed) from funnel group by rule""",
+                      ("keyed", ["rule"])),
 }
 
 
@@ -146,7 +168,8 @@ def expected(con, chart: str, oracles=None):
     if shape == "scalar":
         return rows[0][0] if rows else None
     if shape == "series":  # (x, series) -> value, nulls dropped as the chart drops them
-        return {(ms(x) if isinstance(x, dt.date) else x, s): v for x, s, v in rows if v is not None}
+        return {(x.timestamp() * 1000 if isinstance(x, dt.datetime) else ms(x) if isinstance(x, dt.date) else x, s): v
+                for x, s, v in rows if v is not None}
     if shape == "rows":  # every row, in order; timestamps as Superset's JSON writes them
         return [tuple(v.timestamp() * 1000 if isinstance(v, dt.datetime) else v for v in r)
                 for r in rows]

@@ -71,7 +71,7 @@ def test_help_lists_every_command_without_importing_any(env):
     assert not names & modules, sorted(names & modules)
 
 
-@pytest.mark.parametrize("name", ["query", "alerts", "simulate", "audit", "ingest"])
+@pytest.mark.parametrize("name", ["query", "alerts", "simulate", "audit", "ingest", "repair"])
 def test_each_command_has_its_own_help(name, capsys):
     with pytest.raises(SystemExit) as e:
         cli.main([name, "--help"])

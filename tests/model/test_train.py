@@ -380,3 +380,76 @@ def test_sparse_telemetry_logs_span_means_and_resumes_to_the_same_rows(tmp_path,
     # logging every N steps is how a run is watched, not what it computes
     assert train.build_config("configs/gpt2-tiny.yaml", {"telemetry.every_steps": 7}).hash(train.HASH_EXCLUDE) == \
         train.build_config("configs/gpt2-tiny.yaml").hash(train.HASH_EXCLUDE)
+
+
+@pytest.mark.slow  # three real training runs
+def test_a_fork_is_a_new_run_from_the_parents_checkpoint_with_its_own_hyperparameters(tmp_path, lake_root):
+    parent = train.train(tiny(tmp_path, lake_root, **{"trainer.max_steps": 20}))
+    ckpt = checkpoint.path_for(parent["out_dir"], 10)
+    # the parent's own config from its checkpoint step: the same curve, bit for bit, as a new run
+    same = train.train(tiny(tmp_path, lake_root, **{"trainer.max_steps": 20, "trainer.fork_from": str(ckpt),
+                                                    "telemetry.parent_run_id": parent["run_id"]}))
+    assert same["run_id"] != parent["run_id"] and same["status"] == "completed"
+    assert same["losses"] == pytest.approx(parent["losses"][10:], rel=1e-6)
+    # a new LR and clipping take effect at the fork step: the schedule is rebuilt there, the moments kept
+    half = train.train(tiny(tmp_path, lake_root, **{"trainer.max_steps": 20, "trainer.fork_from": str(ckpt),
+                                                    "trainer.lr": 1.5e-3, "trainer.min_lr": 1.5e-4}))
+    lr = dict(lake(lake_root).execute("select run_id || ':' || step, lr from train_steps where step in (10, 19)").fetchall())
+    for step in (10, 19):
+        assert lr[f"{half['run_id']}:{step}"] == pytest.approx(lr[f"{parent['run_id']}:{step}"] / 2, rel=1e-6)
+    assert half["losses"][0] == pytest.approx(parent["losses"][10], rel=1e-6)  # same weights at the fork
+    assert half["losses"][-1] != pytest.approx(parent["losses"][-1], rel=1e-6)
+    runs = dict(lake(lake_root).execute("select run_id, parent_run_id from runs").fetchall())
+    assert runs == {parent["run_id"]: None, same["run_id"]: parent["run_id"], half["run_id"]: None}
+    assert lake(lake_root).execute("select min(step), count(*) from train_steps where run_id = ?",
+                                   [same["run_id"]]).fetchall() == [(10, 10)]
+
+
+@pytest.mark.slow  # a real training run
+def test_the_best_checkpoint_is_kept_whatever_keep_last_prunes(tmp_path, lake_root):
+    # 64 examples, gpt2-tiny's own block and batch: memorized, validation best near step 40 of 100;
+    # validated every 10 steps, checkpointed every 50: the best state falls between checkpoints
+    s = train.train(tiny(tmp_path, lake_root, **{"trainer.max_steps": 100, "data.n_examples": 64,
+                                                 "model.block_size": 64, "trainer.batch_size": 16,
+                                                 "trainer.eval_batches": 4, "trainer.ckpt_interval": 50,
+                                                 "trainer.keep_last": 1}))
+    out = Path(s["out_dir"])
+    assert [p.name for p in checkpoint.all_in(out)] == ["ckpt-0000100.pt"]
+    val = dict(lake(lake_root).execute("select checkpoint_step, value from eval_results where metric = 'loss'").fetchall())
+    best = min(val, key=val.get)
+    assert 0 < best < 100 and best != 50, "the run was meant to overfit between its checkpoints"
+    info = checkpoint.best_info(out)
+    assert info["step"] == best and info["metrics"]["loss"] == pytest.approx(val[best])
+    kept = checkpoint.load(out / "best.pt")
+    assert kept["step"] == best and kept["run_id"] == s["run_id"]
+    # it is the state that was validated: scoring it again gives the logged validation loss
+    m = train.models.from_hf_config("gpt2", kept["hf_config"])
+    m.load_state_dict(kept["model"])
+    cfg = tiny(tmp_path, lake_root, **{"data.n_examples": 64, "model.block_size": 64})
+    tok = data.build_tokenizer(cfg.data)
+    _, val_ds = data.build(cfg.data, "lm", tok, 64)
+    again = train.score(m, val_ds, "lm", 16, 4, "cpu", train.nullcontext())  # as validate() scored it
+    assert again["loss"] == pytest.approx(val[best], rel=1e-5)
+
+
+def test_the_loader_reads_ahead_the_same_batches_in_order():
+    ds = data.lm_data(data.arithmetic_texts(400, 3, __import__("random").Random(0)), data.ByteTokenizer(), 16)
+    sampler = data.Sampler(ds.n, 4, 2, seed=1)
+    inline = data.Loader(ds, sampler, 3, 9, 2)
+    ahead = data.Loader(ds, sampler, 3, 9, 2, depth=3)
+    for step in range(3, 9):
+        for micro in range(2):
+            a, b = inline.batch(step, micro), ahead.batch(step, micro)
+            assert all(torch.equal(a[k], b[k]) for k in a)
+    ahead.close()
+
+    class Broken:
+        def batch(self, idx):
+            raise OSError("the mount went away")
+    bad = data.Loader(Broken(), sampler, 0, 4, 1, depth=2)
+    with pytest.raises(OSError, match="the mount went away"):
+        bad.batch(0, 0)
+    skipping = data.Loader(ds, sampler, 0, 4, 1, depth=2)
+    with pytest.raises(RuntimeError, match="loader out of order"):
+        skipping.batch(1, 0)
+    skipping.close()

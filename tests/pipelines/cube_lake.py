@@ -105,6 +105,82 @@ def system_rows(rng, model: str, hw: str, day: dt.date, n: int = 40) -> pa.Table
     })
 
 
+SERVING_LE = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, math.inf]
+
+
+def serving_scrape_rows(rng, model: str, hw: str, day: dt.date, n: int = 40, hour: int = 5, *,
+                        failed_at: int | None = 10, restart_at: int | None = 20, slow_from: int | None = None,
+                        fail_from: int | None = None, queue_from: int | None = None,
+                        p_status=(0.9, 0.06, 0.04)) -> pa.Table:
+    """One target scraped every minute as warehouse/scrape.py lands it: cumulative counters and
+    buckets with the previous scrape's values beside them, a failed scrape (up = 0) at minute
+    ``failed_at``, a restart at ``restart_at`` (the counters fall back, the series start again), queue
+    and cache gauges. From ``slow_from`` requests take ~3 s, from ``fail_from`` a fifth fail with 5xx,
+    from ``queue_from`` about 10 requests wait (incidents for the serving rules)."""
+    target = f"http://{model}-{hw}:8000/metrics"
+    start = dt.datetime.combine(day, dt.time(hour), UTC)
+    rows, prev, prev_at, created = [], {}, None, start - dt.timedelta(seconds=30)
+    cum: dict = {}
+    for i in range(n):
+        at = start + dt.timedelta(minutes=i, seconds=float(rng.uniform(0, 2)))
+        if i == failed_at:  # the target did not answer: nothing but up = 0
+            rows.append({"target": target, "scraped_at": at, "precision": "bf16", "metric": "up", "labels": "",
+                         "value": 0.0, "prev_scraped_at": prev_at, "model": model, "hardware": hw})
+            continue
+        if i == restart_at:  # restarted: every series starts again from zero
+            cum, created = {}, at - dt.timedelta(seconds=5)
+        served = rng.poisson(30)
+        slow = slow_from is not None and i >= slow_from
+        lat = rng.lognormal(math.log(3.0 if slow else 0.08), 0.3 if slow else 0.6, served)
+        p = (0.76, 0.04, 0.2) if fail_from is not None and i >= fail_from else p_status
+        status = rng.choice(["2xx", "4xx", "5xx"], p=list(p), size=served)
+        for st in ("2xx", "4xx", "5xx"):
+            cum[("requests", st, None)] = cum.get(("requests", st, None), 0.0) + float((status == st).sum())
+        for le in SERVING_LE:
+            cum[("e2e_seconds_bucket", None, le)] = cum.get(("e2e_seconds_bucket", None, le), 0.0) + float((lat <= le).sum())
+        cum[("e2e_seconds_sum", None, None)] = cum.get(("e2e_seconds_sum", None, None), 0.0) + float(lat.sum())
+        cum[("e2e_seconds_count", None, None)] = cum.get(("e2e_seconds_count", None, None), 0.0) + served
+        cum[("output_tokens", None, None)] = cum.get(("output_tokens", None, None), 0.0) + 40.0 * served
+        values = dict(cum)
+        queued = queue_from is not None and i >= queue_from
+        values[("queue_depth", None, None)] = float(rng.integers(8, 13) if queued else rng.integers(0, 6))
+        values[("cache_usage", None, None)] = float(rng.uniform(0.2, 0.9))
+        values[("up", None, None)] = 1.0
+        for (metric, st, le), v in values.items():
+            cls = {"2xx": "ok", "4xx": "client_error", "5xx": "server_error"}.get(st)
+            rows.append({"target": target, "scraped_at": at, "precision": "bf16", "server": "vllm", "metric": metric,
+                         "status": st, "status_class": cls, "le": le, "labels": "engine=0", "value": v,
+                         "created_at": created, "prev_scraped_at": prev_at, "prev_value": prev.get((metric, st, le)),
+                         "source_metric": metric, "model": model, "hardware": hw})
+        prev, prev_at = values, at
+    return pa.Table.from_pylist(rows)
+
+
+def serving_request_rows(rng, model: str, hw: str, day: dt.date, n: int = 200, start_s: float = 7200,
+                         every_s: float = 17.0, slow_from: int | None = None, fail_from: int | None = None,
+                         p_status=(0.85, 0.05, 0.07, 0.03)) -> pa.Table:
+    """A per-request log: successes and failures of every class, and the latencies a naive cube gets
+    wrong (NaN, inf, zero, null TTFT). From request ``slow_from`` they take ~3 s, from ``fail_from``
+    a fifth fail with 500."""
+    e2e = rng.lognormal(math.log(120), 0.5, n)
+    if slow_from is not None:
+        e2e[slow_from:] = rng.lognormal(math.log(3000), 0.3, n - slow_from)
+    ttft = e2e * rng.uniform(0.05, 0.3, n)
+    itl = (e2e - ttft) / 20
+    e2e[3], e2e[4], e2e[5], ttft[6] = np.nan, np.inf, 0.0, np.nan
+    status = rng.choice(["200", "400", "500", "abort"], p=list(p_status), size=n)
+    if fail_from is not None:
+        status[fail_from:] = rng.choice(["200", "500"], p=[0.8, 0.2], size=n - fail_from)
+    cls = [{"200": "ok", "400": "client_error", "500": "server_error"}.get(x, "error") for x in status]
+    return pa.table({
+        "request_id": [f"r{i}" for i in range(n)], "ts": _ts(day, np.arange(n) * every_s + start_s),
+        "precision": ["bf16"] * n, "status": status.tolist(), "status_class": cls, "e2e_ms": e2e,
+        "ttft_ms": pa.array([None if i == 7 else float(v) for i, v in enumerate(ttft)], pa.float64()),
+        "itl_ms": itl, "prompt_tokens": rng.integers(10, 500, n), "output_tokens": rng.integers(1, 40, n),
+        "model": [model] * n, "hardware": [hw] * n,
+    })
+
+
 def write_day(lake: Lake, day_index: int, seed: int = 0, key: str = "k0") -> None:
     """Everything for one day: train steps of two runs per (model, hardware), evals, latency, system.
     One file key per day (the writer lets a key live in one date of a model and hardware only)."""
@@ -123,6 +199,8 @@ def write_day(lake: Lake, day_index: int, seed: int = 0, key: str = "k0") -> Non
             lake.write("latency_samples", latency_rows(rng, model, hw, day, ckpt), key)
             lake.write("eval_results", eval_rows(rng, model, hw, day, ckpt), key)
             lake.write("system_samples", system_rows(rng, model, hw, day), key)
+            lake.write("serving_scrapes", serving_scrape_rows(rng, model, hw, day), key)
+            lake.write("serving_requests", serving_request_rows(rng, model, hw, day), key)
 
 
 def write_edge_run(lake: Lake) -> None:
@@ -134,6 +212,46 @@ def write_edge_run(lake: Lake) -> None:
         "precision": ["fp32"] * n, "loss": np.ones(n), "step_time_ms": v, "model": [MODELS[0]] * n,
         "hardware": [HARDWARE[0]] * n,
     }), "edge")
+
+
+def write_repairs(lake: Lake) -> dict:
+    """Training-run alerts over two days and the repairs that answered some of them (a repair healed
+    on its second attempt, one escalated, one advised, one still running; an alert never repaired,
+    NaN and null measurements), through the writers pipelines use. Returns the funnel they make, per
+    (date, model, hardware, rule): (n_alerts, n_repairs, n_attempts, n_healed, n_escalated, n_advised)."""
+    from pipelines.alerts import alert_key, write_alerts
+    from pipelines.repair import write_attempt
+
+    m, hw = MODELS[0], HARDWARE[0]
+    day = [dt.datetime.combine(DAY0 + dt.timedelta(days=d), dt.time(6), UTC) for d in range(2)]
+    alerts = []
+    for i, (rule, sev, d) in enumerate([("divergence", "critical", 0), ("underfitting", "warning", 0),
+                                        ("underfitting", "warning", 1), ("plateau", "info", 1),
+                                        ("throughput_drop", "warning", 1), ("overfitting", "warning", 0)]):
+        alerts.append({"alert_id": f"a{i}", "rule": rule, "severity": sev, "scope": "run", "run_id": f"r{i}",
+                       "step_start": 10, "start_at": day[d], "detected_at": day[d], "model": m, "hardware": hw,
+                       "date": day[d].date(), "message": "m", "action": "a"})
+    write_alerts(lake, alerts, {alert_key(a["rule"], m, hw) for a in alerts})
+
+    def attempt(alert_i, n, action, verdict, child=None, compute=None, secs=None, observed=None):
+        a = alerts[alert_i]
+        write_attempt(lake, {"attempt_id": f"t{alert_i}-{n}", "repair_id": f"rep{alert_i}", "attempt": n,
+                             "alert_id": a["alert_id"], "rule": a["rule"], "severity": a["severity"], "onset_step": 10,
+                             "parent_run_id": a["run_id"], "child_run_id": child, "action": action, "patch": "p",
+                             "verdict": verdict, "compute_s": compute, "samples": 100 if compute else None,
+                             "observed": observed, "seconds_to_verdict": secs, "alert_start_at": a["start_at"],
+                             "alert_detected_at": a["start_at"], "started_at": a["start_at"], "model": m,
+                             "hardware": hw})
+    attempt(0, 1, "retrain", "not_healed", "c0-1", 12.5, 30.0, float("nan"))
+    attempt(0, 2, "retrain", "healed", "c0-2", 10.0, 95.0, 2.1)
+    attempt(1, 1, "retrain", "escalated", "c1-1", 7.0, 40.0, 3.0)
+    attempt(4, 0, "escalate", "escalated", secs=5.0)
+    attempt(2, 1, "retrain", "running", "c2-1")
+    attempt(5, 0, "advise", "advised", secs=1.0)
+    d0, d1 = DAY0, DAY0 + dt.timedelta(days=1)
+    return {(d0, m, hw, "divergence"): (1, 1, 2, 1, 0, 0), (d0, m, hw, "underfitting"): (1, 1, 1, 0, 1, 0),
+            (d1, m, hw, "underfitting"): (1, 1, 1, 0, 0, 0), (d1, m, hw, "plateau"): (0, 0, 0, 0, 0, 0),
+            (d1, m, hw, "throughput_drop"): (1, 1, 0, 0, 1, 0), (d0, m, hw, "overfitting"): (1, 1, 0, 0, 0, 1)}
 
 
 def make_lake(root: str) -> str:
@@ -174,6 +292,9 @@ def serving_tables(path: str) -> dict[str, pa.Table]:
         t = con.sql(f'select * from s.main."{name}"').to_arrow_table()
         keys = [c for c in t.column_names if pa.types.is_string(t.schema.field(c).type)
                 or pa.types.is_integer(t.schema.field(c).type) or pa.types.is_date(t.schema.field(c).type)]
+        # then timestamps and doubles: rows the exact columns do not tell apart (an hour, a bound)
+        keys += [c for c in t.column_names if pa.types.is_timestamp(t.schema.field(c).type)]
+        keys += [c for c in t.column_names if pa.types.is_floating(t.schema.field(c).type)]
         out[name] = t.sort_by([(k, "ascending") for k in keys])
     con.close()
     return out

@@ -3,7 +3,8 @@ they are compared on.
 
 The reference rules are the rules as they were before issue 14 (tests/fixtures/diagnose_reference/,
 copied from sql/diagnostics at 4db215b): each reads raw rows itself (train_steps, eval_results,
-latency_samples, runs) over the whole lake, with nothing shared between rules and no scope machinery.
+latency_samples, the serving tables, runs) over the whole lake, with nothing shared between rules and no
+scope machinery.
 A rule with no copy there is its own reference (its SQL did not change). ``reference_alerts`` runs them
 on any engine over views of every file of the lake and turns the rows into alerts with the shipped
 ``to_alerts`` (ids, severities and texts are not what changed).
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from pipelines import lakefiles, sketch
-from pipelines.diagnose import CONTRACT, load_config, load_rule, load_rules, render, to_alerts
+from pipelines.diagnose import CONTRACT, WATCHED, load_config, load_rule, load_rules, render, to_alerts
 from warehouse.cli import main as mhw
 from warehouse.schemas import TABLES
 from warehouse.writer import Lake
@@ -54,7 +55,7 @@ def reference_alerts(lake: str, engine, config_path: str | None = None) -> list[
     cfg = load_config(config_path, rules)
     handle = Lake(lake)
     root = handle.root
-    for table in ("train_steps", "eval_results", "latency_samples", "runs"):
+    for table in (*WATCHED, "runs"):  # every table a rule reads (the serving tables of issue 18 too)
         spec = TABLES[table]
         files = [f.path for parts in lakefiles.list_partitions(handle.fs, f"{root}/{table}", spec.partition_by).values()
                  for f in parts]
@@ -62,8 +63,7 @@ def reference_alerts(lake: str, engine, config_path: str | None = None) -> list[
             engine.register_files(view, files, spec.schema, spec.partition_by, f"{root}/{table}")
     runs = engine.query("select run_id from train_steps where run_id is not null union "
                         "select train_run_id from eval_results where train_run_id is not null")
-    pairs = engine.query("select model, hardware from train_steps union select model, hardware from eval_results "
-                         "union select model, hardware from latency_samples")
+    pairs = engine.query(" union ".join(f"select model, hardware from {table}" for table in WATCHED))
     for name, table in {"diagnose_runs": runs, "diagnose_pairs": pairs,
                         "metric_directions": cfg.metric_directions, "latency_slos": cfg.latency_slos,
                         "eval_references": cfg.eval_references, "sketch_bounds": sketch.bounds_table()}.items():

@@ -41,7 +41,8 @@ def test_the_build_runs_every_model_after_its_inputs():
         seen.add(m.name)
     assert {m.serve for m in MODELS if m.serve} == {
         "train_health", "train_step_time_sketch", "eval_health", "latency_health", "latency_sketch", "system_health",
-        "alert_health", "alert_list", "loss_curve", "audit_trail"}
+        "alert_health", "alert_list", "loss_curve", "audit_trail", "serving_health", "repair_list",
+        "repair_health"}
 
 
 @pytest.mark.parametrize("path", ALL_SQL, ids=lambda p: p.stem)
@@ -135,3 +136,27 @@ def test_window_order_keeps_duckdb_null_ordering_on_spark():
     spark = to_spark("select sum(n) over (partition by a order by b rows between unbounded preceding "
                      "and current row) from t")
     assert "ORDER BY b NULLS LAST" in spark
+
+
+def test_the_repair_funnel_counts_alerts_repairs_and_verdicts(tmp_path):
+    """repairs_daily (served as repair_health): per day, model, hardware and rule, the run alerts at
+    warning or critical, the repairs, their attempts and final verdicts, from the writers' own rows."""
+    import datetime as dt
+
+    from cube_lake import write_repairs
+    from pipelines.build import build
+    from warehouse.query import connect
+    from warehouse.writer import Lake
+
+    want = write_repairs(Lake(str(tmp_path / "lake")))
+    build(str(tmp_path / "lake"), str(tmp_path / "s.duckdb"), cubes_root=str(tmp_path / "cubes"))
+    con = connect(lake_root=str(tmp_path / "lake"), serving_path=str(tmp_path / "s.duckdb"))
+    rows = con.execute("select date, model, hardware, rule, n_alerts, n_repairs, n_attempts, n_healed, n_escalated, "
+                       "n_advised, n_open, compute_s, samples, mean_s_to_verdict from repair_health").fetchall()
+    got = {r[:4]: r[4:10] for r in rows}
+    assert got == want
+    by_rule = {(r[0], r[3]): r for r in rows}
+    day0, day1 = dt.date(2026, 1, 1), dt.date(2026, 1, 2)
+    assert by_rule[(day0, "divergence")][10:] == (0, 22.5, 200, 95.0)  # compute of both attempts, the final's time
+    assert by_rule[(day1, "underfitting")][10] == 1  # still running: open
+    assert con.execute("select count(*) from repair_list").fetchall() == [(6,)]

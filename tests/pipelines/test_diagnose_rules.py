@@ -10,6 +10,7 @@ import pyarrow as pa
 import pytest
 import yaml
 
+from cube_lake import serving_request_rows, serving_scrape_rows
 from pipelines import sketch
 from pipelines.diagnose import diagnose, load_rules
 from warehouse.writer import Lake
@@ -196,7 +197,26 @@ RUN_CASES = ["divergence", "loss_spike", "loss_spike_sparse", "memory_pressure_s
              "plateau", "plateau_slowed", "underfitting", "underfitting_peers", "overfitting", "lr_schedule_anomaly", "lr_schedule_anomaly_nan", "lr_schedule_anomaly_climb", "throughput_drop",
              "data_stall", "gpu_underutilization", "gpu_underutilization_relative", "memory_pressure"]
 ALSO_FIRES = {("exploding_gradients-bad", "plateau"), ("underfitting-bad", "plateau")}
-FLEET_CASES = ["eval_regression", "latency_slo_breach", "error_rate_breach", "throughput_regression", "precision_gap"]
+FLEET_CASES = ["eval_regression", "latency_slo_breach", "error_rate_breach", "throughput_regression", "precision_gap",
+               "serving_slo_breach", "serving_error_breach", "serving_saturation"]
+
+
+def serving(lake: Lake) -> None:
+    """Live traffic of one model on two hardware types for an hour, from /metrics scrapes and a request
+    log: hw-ok steady (a few clients' 4xx, no server errors, a short queue); hw-bad gets slow (~3 s
+    against the 2 s default SLO), fails a fifth of its requests with 5xx and queues ~10 deep in its
+    second half. Both have a failed scrape and a restart, which must change nothing."""
+    day = DAY0.date()
+    quiet = dict(p_status=(0.95, 0.05, 0.0))
+    scrapes = [serving_scrape_rows(np.random.default_rng(1), "m-srv", "hw-ok", day, n=60, hour=9, **quiet),
+               serving_scrape_rows(np.random.default_rng(2), "m-srv", "hw-bad", day, n=60, hour=9, slow_from=30,
+                                   fail_from=30, queue_from=30, **quiet)]
+    logs = [serving_request_rows(np.random.default_rng(3), "m-srv", "hw-ok", day, n=600, start_s=9 * 3600,
+                                 every_s=6.0, p_status=(0.95, 0.05, 0.0, 0.0)),
+            serving_request_rows(np.random.default_rng(4), "m-srv", "hw-bad", day, n=600, start_s=9 * 3600,
+                                 every_s=6.0, slow_from=300, fail_from=300, p_status=(0.95, 0.05, 0.0, 0.0))]
+    lake.write("serving_scrapes", pa.concat_tables(scrapes, promote_options="default"), "scrapes")
+    lake.write("serving_requests", pa.concat_tables(logs), "requests")
 
 
 def build_lake(root: str) -> None:
@@ -221,6 +241,7 @@ def build_lake(root: str) -> None:
         requests("m-err", "hw-bad", fail_from=5), requests("m-err", "hw-ok")]), "requests")
     lake.write("train_steps", pa.concat_tables(daily_runs("m-tput", "hw-bad", slow_from=6) + daily_runs("m-tput", "hw-ok")),
                "daily-runs")
+    serving(lake)
 
 
 @pytest.fixture(scope="module")

@@ -19,8 +19,10 @@ RUN, MODEL, HW = "r1", "gpt2-tiny", "cpu-x1"
 STEP = {"table": "train_steps", "run_id": RUN, "model": MODEL, "hardware": HW}
 
 
-def _row_path(self, source, table, shown_as, fill=None, identity=None, digest=None, path=None):
+def _row_path(self, source, table, shown_as, fill=None, identity=None, digest=None, path=None, resolve=None):
     """What ``mhw ingest`` did before the column path: every line through json.loads and validate."""
+    digest = digest or ingest.content_digest(source)
+    identity = resolve(digest) if resolve else identity
     return self.add(parse(source, "jsonl", RunMeta(), table), shown_as, fill, identity, digest, path)
 
 
@@ -40,12 +42,13 @@ def _nan(v):
     return "NaN" if isinstance(v, float) and v != v else v  # NaN == NaN, for comparing lakes
 
 
-def ingest_both(tmp_path, monkeypatch, text: bytes | str, *flags: str, block: int = 4096, unit: int = 1024):
+def ingest_both(tmp_path, monkeypatch, text: bytes | str, *flags: str, block: int = 4096, batch: int = 16):
     """(column-path lake rows, row-path lake rows, column exit code, row exit code) of one file."""
     path = tmp_path / "log.jsonl"
     path.write_bytes(text.encode() if isinstance(text, str) else text)
     monkeypatch.setattr(jsonl_columns, "read_blocks", functools.partial(jsonl_columns.read_blocks, size=block))
-    monkeypatch.setattr(jsonl_columns, "UNIT_BYTES", unit)
+    monkeypatch.setattr(jsonl_columns, "BATCH_ROWS", batch)  # DuckDB reads many batches
+    monkeypatch.setattr(jsonl_columns, "ROW_PATH_LINES", 0)  # a small file takes the columns too
     init, seen = jsonl_columns.Reader.__init__, []
 
     def counting(self, default, fill, row_path):  # how many lines the column path handed to the row path
@@ -142,7 +145,7 @@ def test_odd_lines_give_the_row_paths_lake_and_quarantine(tmp_path, monkeypatch)
 def test_lines_over_the_bound_and_blocks_that_end_mid_line(tmp_path, monkeypatch):
     big = step(1, dataset="x" * (jsonl_columns.LINE_BYTES + 10))
     text = "\n".join([step(0), big, step(2), big + "\r", step(3), "x" * 9000, step(4)]) + "\r\n"
-    cols, rows = ingest_both(tmp_path, monkeypatch, text, block=1000, unit=300)
+    cols, rows = ingest_both(tmp_path, monkeypatch, text, block=1000, batch=3)
     if cols != rows:
         _debug(cols, rows)
     assert cols == rows
@@ -159,6 +162,24 @@ def test_flags_fill_what_lines_leave_out(tmp_path, monkeypatch):
         _debug(cols, rows)
     assert cols == rows
     assert len(cols[0]["train_steps"]) >= 299
+
+
+def test_flags_fill_lines_read_from_their_head(tmp_path, monkeypatch):
+    """Lines that lead with the same run and model (a head the columns parse past) and leave the
+    hardware and precision to the flags; some name another model or null the precision the flag fills."""
+    lines = [json.dumps({"run_id": "r9", "model": "gpt2-tiny", "step": i, "ts": f"2026-11-01T10:{i % 60:02d}:00Z",
+                         "loss": 1.0 / (i + 1), **({"precision": None} if i % 7 == 0 else {})}) for i in range(300)]
+    lines[17] = lines[17].replace('"gpt2-tiny"', '"gpt2-tiny2"')  # another model: a line of the same shape
+    lines[18] = lines[18].replace('"gpt2-tiny"', '"a/b"')
+    lines[40] = lines[40].replace('"r9"', '"r19"')
+    cols, rows = ingest_both(tmp_path, monkeypatch, "\n".join(lines), "--table", "train_steps",
+                             "--hardware", "cpu-x1", "--precision", "bf16")
+    if cols != rows:
+        _debug(cols, rows)
+    assert cols == rows
+    lake, _ = cols
+    assert len(lake["train_steps"]) == 299 and len(lake["quarantine"]) == 1
+    assert ingest_both.row_path_lines < 10
 
 
 MUTATIONS = [
@@ -195,19 +216,68 @@ def fuzz_text(seed: int, n: int = 1500, bad: float = 0.2) -> str:
 
 @pytest.mark.parametrize("seed", range(6))
 def test_random_mixes_give_the_row_paths_lake_and_quarantine(tmp_path, monkeypatch, seed):
-    cols, rows = ingest_both(tmp_path, monkeypatch, fuzz_text(seed), block=2048 + 997 * seed, unit=512 + 131 * seed)
+    cols, rows = ingest_both(tmp_path, monkeypatch, fuzz_text(seed), block=2048 + 997 * seed, batch=5 + 7 * seed)
     if cols != rows:
         _debug(cols, rows)
     assert cols == rows
     assert cols[0]["train_steps"] and cols[0]["quarantine"]
-    assert ingest_both.row_path_lines < 1500 * 0.7  # units of a few lines: a bad line sends a few with it
+    assert ingest_both.row_path_lines < 1500 * 0.4  # ~20% are broken, cut or of a shape of their own
 
 
-def test_with_units_of_many_lines_most_take_the_column_path(tmp_path, monkeypatch):
-    cols, rows = ingest_both(tmp_path, monkeypatch, fuzz_text(99, 4000, bad=0.01), block=1 << 16, unit=1 << 13)
+def test_in_big_blocks_only_the_odd_lines_take_the_row_path(tmp_path, monkeypatch):
+    cols, rows = ingest_both(tmp_path, monkeypatch, fuzz_text(99, 4000, bad=0.01), block=1 << 16, batch=1024)
     assert cols == rows
-    # ~1.5% of the lines are broken or cut: each sends at most its leaf (LEAF_LINES) to the row path
-    assert ingest_both.row_path_lines < 4000 * 0.2
+    # ~1.5% of the lines are broken or cut; the others' shapes are few and the columns take them
+    assert ingest_both.row_path_lines < 4000 * 0.04
+
+
+# Lines of several tables and value kinds (nulls, epoch and ISO times, NaN and Infinity, booleans,
+# integers written 64.0), for the digit fuzz below.
+KINDS = [
+    lambda i, r: {**STEP, "step": i, "ts": f"2026-11-0{1 + i % 9}T10:{i % 60:02d}:00.5Z", "loss": r.uniform(0, 5),
+                  "lr": r.choice([3e-4, 1e-5, 2]), "grad_norm": r.choice([1.5, None, float("nan")])},
+    lambda i, r: {**STEP, "step": i, "ts": 1_785_000_000 + i, "loss": r.choice([float("inf"), -float("inf"), 1.0]),
+                  "tokens_per_s": None, "epoch": i / 7},
+    lambda i, r: {"table": "latency_samples", "run_id": "e1", "model": MODEL, "hardware": HW, "ts": 1_785_000_000.25 + i,
+                  "latency_ms": r.uniform(1, 9), "ok": r.choice([True, False]), "batch_size": 8, "seq_len": 128},
+    lambda i, r: {"table": "eval_results", "run_id": "e1", "train_run_id": RUN, "model": MODEL, "hardware": HW,
+                  "checkpoint_step": i, "suite": "quality", "metric": "loss", "value": r.choice([2.5, float("nan")]),
+                  "n": 64.0, "ts": "2026-11-02 11:00:00"},
+    lambda i, r: {"table": "runs", "run_id": f"r{i % 3}", "model": MODEL, "hardware": HW, "kind": "train",
+                  "started_at": "2026-11-01T09:00:00+01:00", "gpu_count": 1, "n_params": 10 ** 9, "final_loss": None},
+]
+SIGNS = "0123456789+-"
+
+
+def digit_fuzz_text(seed: int, n: int = 1200, bad: float = 0.4) -> str:
+    """Lines of a few shapes, a share of them with digits and signs put in, taken out or changed
+    anywhere (keys, table names, strings, numbers, NaN): a line's shape stays that of good lines,
+    so only the column checks stand between it and the lake."""
+    r = random.Random(seed)
+    out = []
+    for i in range(n):
+        line = json.dumps(KINDS[i % len(KINDS)](i, r), allow_nan=True)
+        if r.random() < bad:
+            chars = list(line)
+            for _ in range(r.randint(1, 3)):
+                at = r.randrange(1, len(chars) - 1)
+                if chars[at] in SIGNS and r.random() < 0.5:
+                    del chars[at]
+                else:
+                    chars.insert(at, r.choice(SIGNS))
+            line = "".join(chars)
+        out.append(line)
+    return "\n".join(out) + "\n"
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_lines_that_differ_from_good_ones_in_digits_and_signs(tmp_path, monkeypatch, seed):
+    cols, rows = ingest_both(tmp_path, monkeypatch, digit_fuzz_text(seed), block=8192 + 1999 * seed, batch=7 + 5 * seed)
+    if cols != rows:
+        _debug(cols, rows)
+    assert cols == rows
+    lake, _ = cols
+    assert lake["train_steps"] and lake["latency_samples"] and lake["eval_results"] and lake["quarantine"]
 
 
 def _debug(cols, rows):

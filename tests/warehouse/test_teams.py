@@ -91,6 +91,7 @@ def served(tmp_path_factory):
     lake, serving = str(root / "lake"), str(root / "serving.duckdb")
     simulate(lake, 3000, seed=7, days=3, incident_rate=0.5, serving_requests=16)
     diagnose(lake, notify_alerts=False)
+    assert cli.main(["repair", "--lake", lake, "--min-severity", "info", "--apply"]) == 0  # advice: repairs rows
     build(lake, serving)
     (root / "teams.yaml").write_text(TEAMS)
     return lake, serving, root / "teams.yaml"

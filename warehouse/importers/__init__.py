@@ -10,6 +10,7 @@ to ``warehouse.ingest``, which validates, writes and quarantines the rows of eve
     mlperf       ``:::MLLOG {json}`` lines of mlperf-logging             (warehouse/importers/mlperf.py)
     lm-eval      lm-evaluation-harness results JSON                      (warehouse/importers/lm_eval.py)
     mlflow       MLflow file store: ``mlruns/`` or one run folder of it  (warehouse/importers/mlflow.py)
+    serving-log  per-request serving log, JSON lines with ``e2e_ms``    (warehouse/importers/serving_log.py)
 
 Numbers a format logs per step that have no ``train_steps`` column go to ``step_metrics`` (one row
 per run, step and metric), so nothing numeric is dropped. Run ids are stable: the file's own id
@@ -30,9 +31,9 @@ from datetime import datetime, timedelta
 
 from warehouse.schemas import LINE_BYTES, RAW_HEAD, TABLES
 
-FORMATS = ("jsonl", "hf-trainer", "tensorboard", "mlperf", "lm-eval", "mlflow")
+FORMATS = ("jsonl", "hf-trainer", "tensorboard", "mlperf", "lm-eval", "mlflow", "serving-log")
 _MODULES = {"jsonl": "jsonl", "hf-trainer": "hf_trainer", "tensorboard": "tensorboard", "mlperf": "mlperf",
-            "lm-eval": "lm_eval", "mlflow": "mlflow"}
+            "lm-eval": "lm_eval", "mlflow": "mlflow", "serving-log": "serving_log"}
 DIRECTORY_FORMATS = ("tensorboard", "mlflow")  # formats whose source may be a folder
 
 
@@ -121,30 +122,43 @@ BLOCK_BYTES = 1 << 23  # what read_blocks reads at a time: 8 MiB, ~25,000 lines 
 
 def line_breaks(data: bytes) -> int:
     """How many line breaks ``data`` holds, as read_lines counts them (``\\r\\n`` is one)."""
-    n = data.count(b"\n")
+    import numpy as np  # counts 4x faster than bytes.count; only ingest, which has it loaded, comes here
+
+    n = int(np.count_nonzero(np.frombuffer(data, np.uint8) == 10))
     return n + data.count(b"\r") - data.count(b"\r\n") if b"\r" in data else n
 
 
-def read_blocks(f, size: int = BLOCK_BYTES, limit: int = LINE_BYTES):
+def read_blocks(f, size: int = BLOCK_BYTES, limit: int = LINE_BYTES, seen=None):
     """``(first line number, block, size)`` for the binary file ``f`` read in blocks of about ``size``
     bytes, each holding whole lines as read_lines splits them: a block ends just after a line break
     (or at the end of the file), so ``read_lines`` of a block gives exactly the lines read_lines of the
     file gives there, numbered from the block's first. ``size`` is None for a block; a line over
     ``limit`` that does not end within a block comes as read_lines gives it (its first RAW_HEAD bytes
-    and its length, the rest read and dropped), so memory stays bounded whatever the file holds."""
+    and its length, the rest read and dropped), so memory stays bounded whatever the file holds.
+    Blocks are bytearrays. ``seen(bytes)``, when given, is called with every byte read, in order (a
+    hash of the file, read once)."""
     keep = min(RAW_HEAD, limit)
     lineno, buf = 1, b""
     while True:
-        data = f.read(size)
-        buf = buf + data if buf else data
-        if not data:  # the end: what is left is whole lines, the last one without its break
+        # read into place after what is left of the last read: a block's bytes are never copied
+        fresh = bytearray(len(buf) + size)
+        fresh[:len(buf)] = buf
+        with memoryview(fresh) as view, view[len(buf):] as room:
+            got = f.readinto(room)
+            if seen is not None and got:
+                with room[:got] as read:
+                    seen(read)
+        del fresh[len(buf) + got:]
+        buf = fresh
+        if not got:  # the end: what is left is whole lines, the last one without its break
             if buf:
                 yield lineno, buf, None
             return
         # after the last break whose end is known (a final \r may be half of a \r\n)
         cut = max(buf.rfind(b"\n"), buf.rfind(b"\r", 0, len(buf) - 1)) + 1
         if cut:
-            block, buf = (buf, b"") if cut == len(buf) else (buf[:cut], buf[cut:])
+            block, buf = (buf, b"") if cut == len(buf) else (buf, buf[cut:])
+            del block[cut:]
             yield lineno, block, None
             lineno += line_breaks(block)
             del block
@@ -156,6 +170,8 @@ def read_blocks(f, size: int = BLOCK_BYTES, limit: int = LINE_BYTES):
                 length, rest, pending_cr = len(buf), None, False
                 while rest is None:
                     data = f.read(size)
+                    if seen is not None:
+                        seen(data)
                     if not data:
                         yield lineno, head, length
                         return
@@ -167,6 +183,8 @@ def read_blocks(f, size: int = BLOCK_BYTES, limit: int = LINE_BYTES):
                     pending_cr = m.group() == b"\r" and not rest
             if pending_cr:
                 data = f.read(size)
+                if seen is not None:
+                    seen(data)
                 rest = data[1:] if data.startswith(b"\n") else data
             buf = rest
             yield lineno, head, length
@@ -342,6 +360,8 @@ def detect(path: str) -> str:
     text = head.lstrip(b"\xef\xbb\xbf")
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     first = lines[0] if lines else b""
+    if first.startswith(b"{") and _is_serving_log(first):
+        return "serving-log"
     if name.endswith((".jsonl", ".ndjson")):
         return "jsonl"
     # One JSON document? Parsed whole only when named .json or when its first 64 KiB hold a line break:
@@ -367,6 +387,12 @@ def detect(path: str) -> str:
         f"{path}: cannot tell its format (not JSON lines, trainer_state.json, lm-eval results, MLLOG, MLflow or "
         f"TensorBoard); pass --format"
     )
+
+
+def _is_serving_log(first: bytes) -> bool:
+    from warehouse.importers.serving_log import looks_like
+
+    return looks_like(first)
 
 
 LM_EVAL_KEYS = ("versions", "configs", "n-shot", "higher_is_better")  # beside 'results' in lm-eval output
