@@ -413,8 +413,10 @@ def _run_ids(fs, files: list[str], column: str) -> dict[str, list[str]]:
             col = pf.read(columns=[column]).column(column)
         ids = set()
         for chunk in col.chunks:
-            ids.update(v for v in pc.unique(chunk).dictionary.to_pylist() if v is not None) \
-                if pa.types.is_dictionary(chunk.type) else ids.update(v for v in chunk.to_pylist() if v is not None)
+            # the values the chunk's indices use (a dictionary may hold more than its chunk's rows)
+            values = chunk.dictionary.take(pc.unique(chunk.indices)) if pa.types.is_dictionary(chunk.type) \
+                else pc.unique(chunk)
+            ids.update(v for v in values.to_pylist() if v is not None)
         out[path] = sorted(ids)
     return out
 
