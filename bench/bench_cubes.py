@@ -46,6 +46,7 @@ from pipelines.models import load_models  # noqa: E402
 from warehouse import query  # noqa: E402
 from warehouse.schemas import TABLES  # noqa: E402
 from warehouse.sqltext import literal  # noqa: E402
+from warehouse.writer import Lake  # noqa: E402
 
 SQL = str(REPO / "sql")  # main() pins a copy: other engineers edit sql/ while a bench runs
 
@@ -100,7 +101,8 @@ def scanned_columns() -> dict[str, list[str]]:
 
 def raw_scan(lake: str) -> float:
     eng = DuckDBEngine()
-    fs, root, _ = lakefiles.resolve(lake)
+    handle = Lake(lake)
+    fs, root = handle.fs, handle.root
     statements = []
     for table, cols in scanned_columns().items():
         parts = lakefiles.list_partitions(fs, f"{root}/{table}", TABLES[table].partition_by)
@@ -125,7 +127,8 @@ def base_models(lake: str) -> dict[str, float]:
     """Raw rows -> finest-grain cubes: every model that reads raw rows, alone, one after another."""
     from pipelines import sketch
     eng = DuckDBEngine()
-    fs, root, _ = lakefiles.resolve(lake)
+    handle = Lake(lake)
+    fs, root = handle.fs, handle.root
     eng.register_arrow("sketch_bounds", sketch.bounds_table())
     for table in TABLES:
         if table in scanned_columns():
@@ -143,7 +146,8 @@ def base_models(lake: str) -> dict[str, float]:
 
 
 def busiest_day(lake: str) -> tuple[str, float]:
-    fs, root, _ = lakefiles.resolve(lake)
+    handle = Lake(lake)
+    fs, root = handle.fs, handle.root
     parts = lakefiles.list_partitions(fs, f"{root}/train_steps", TABLES["train_steps"].partition_by)
     sizes: dict[str, int] = {}
     for (_, _, day), files in parts.items():

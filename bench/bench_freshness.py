@@ -1,27 +1,38 @@
-"""Diagnose against build, and the freshness of one appended block, side by side in one run.
+"""Diagnose against build, the raw-scan floor, and the freshness of one appended block, side by side in
+one run (issue 14).
 
-    .venv/bin/python bench/bench_freshness.py [--rows 2000000 10000000]
+    .venv/bin/python bench/bench_freshness.py [--rows 10000000 40000000] [--lakes DIR]
 
-For each lake size (``mhw simulate``): a full build and a full diagnose (in process, so start-up is
-not counted), their ratio; then one 2,000-step block of a new run is appended through the training
-writer and the incremental diagnose and build that bring it to the alerts and the serving file are
-timed. The ratios are what to read: these machines are noisy, and the load average is printed.
+For each lake size (``mhw simulate``, seed 5; kept in ``--lakes`` and reused when there): a full build,
+a full diagnose and a raw scan of the columns the build reads (bench_cubes.raw_scan), in process (so
+start-up is not counted); then one 2,000-step block of a new run is appended through the lake writer,
+and the incremental diagnose and build that bring it to the alerts and the serving file are timed.
+Each figure is wall seconds and CPU seconds of this process (all its threads): this machine is shared
+and busy, and CPU seconds move far less with the load than wall seconds; the ratios are what to read.
+The peak memory of each step is the process's resident high-water mark (VmHWM), reset before the step
+(/proc/self/clear_refs). The load average is printed at start and end.
 """
 from __future__ import annotations
 
 import argparse
 import datetime as dt
 import os
+import resource
 import shutil
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import pyarrow as pa
 
-from pipelines.build import build
-from pipelines.diagnose import diagnose
-from warehouse.simulate import simulate
-from warehouse.writer import Lake
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench_cubes import raw_scan  # noqa: E402
+from pipelines.build import build  # noqa: E402
+from pipelines.diagnose import diagnose  # noqa: E402
+from warehouse.simulate import simulate  # noqa: E402
+from warehouse.writer import Lake  # noqa: E402
 
 
 def block(n: int = 2000) -> pa.Table:
@@ -34,46 +45,96 @@ def block(n: int = 2000) -> pa.Table:
     })
 
 
-def measure(rows: int, work: str) -> dict:
-    lake, serving = os.path.join(work, f"lake-{rows}"), os.path.join(work, f"serving-{rows}.duckdb")
-    simulate(lake, rows, seed=5)
+def cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def peak_gb() -> float:
+    """The resident high-water mark of this process since the last reset, GB (Linux)."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 2**20
+
+
+def reset_peak() -> None:
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def timed(fn) -> tuple[float, float, float]:
+    """(wall s, CPU s, peak resident GB) of one call."""
+    reset_peak()
+    w, c = time.perf_counter(), cpu()
+    fn()
+    return time.perf_counter() - w, cpu() - c, peak_gb()
+
+
+def measure(rows: int, lakes: str) -> dict:
+    lake = os.path.join(lakes, f"lake-{rows}")
+    if not os.path.isdir(os.path.join(lake, "train_steps")):
+        simulate(lake, rows, seed=5)
+    for leftover in ("cubes", "alerts", "_diagnose"):  # what an earlier run of this bench left
+        shutil.rmtree(os.path.join(lake, leftover), ignore_errors=True)
+    serving = os.path.join(lakes, f"serving-{rows}.duckdb")
     out = {"rows": rows}
-    t = time.perf_counter()
-    build(lake, serving, full=True)
-    out["full build"] = time.perf_counter() - t
-    t = time.perf_counter()
-    diagnose(lake, full=True, notify_alerts=False)
-    out["full diagnose"] = time.perf_counter() - t
-    Lake(lake).write("train_steps", block(), "fresh-run-b000000000")
-    t = time.perf_counter()
-    diagnose(lake, notify_alerts=False)
-    out["incr. diagnose"] = time.perf_counter() - t
-    t = time.perf_counter()
-    build(lake, serving)
-    out["incr. build"] = time.perf_counter() - t
-    shutil.rmtree(lake)
+    built = []
+    out["full build"] = timed(lambda: built.append(build(lake, serving, full=True)))
+    out["build models"] = {k: v for k, v in built[0].seconds.items() if ":" not in k and k not in ("total", "list")}
+    out["full diagnose"] = timed(lambda: diagnose(lake, full=True, notify_alerts=False))
+    out["raw scan"] = timed(lambda: raw_scan(lake))
+    writer = Lake(lake)
+    writer.write("train_steps", block(), "fresh-run-b000000000")
+    try:
+        out["incr. diagnose"] = timed(lambda: diagnose(lake, notify_alerts=False))
+        out["incr. build"] = timed(lambda: build(lake, serving))
+    finally:  # the lake is kept for the next run as simulated
+        for path in writer.list_files("train_steps").get("fresh-run-b000000000.parquet", []):
+            writer.delete(path)
     return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--rows", type=int, nargs="+", default=[2_000_000, 10_000_000])
+    ap.add_argument("--rows", type=int, nargs="+", default=[10_000_000, 40_000_000])
+    ap.add_argument("--lakes", help="folder that keeps the simulated lakes between runs (default: a temp folder)")
     args = ap.parse_args()
     load = os.getloadavg()[0]
-    with tempfile.TemporaryDirectory(prefix="mhw-fresh-") as work:
-        results = [measure(n, work) for n in args.rows]
-    print(f"# diagnose vs build, {dt.date.today()}; load average {load:.1f} at start, {os.getloadavg()[0]:.1f} at end\n")
-    print("| train_steps rows | full build s | full diagnose s | diagnose / build | appended block: diagnose s "
-          "| build s | together s |")
-    print("|---:|---:|---:|---:|---:|---:|---:|")
+    with tempfile.TemporaryDirectory(prefix="mhw-fresh-") as tmp:
+        lakes = args.lakes or tmp
+        os.makedirs(lakes, exist_ok=True)
+        results = []
+        for n in args.rows:
+            results.append(measure(n, lakes))
+            print(f"measured {n:,} rows, load {os.getloadavg()[0]:.1f}", file=sys.stderr, flush=True)
+    print(f"# diagnose vs build, {dt.date.today()}; load average {load:.1f} at start, "
+          f"{os.getloadavg()[0]:.1f} at end; wall s / CPU s\n")
+    print("| train_steps rows | full build | full diagnose | diagnose / build (wall, CPU) | raw scan | "
+          "build / raw scan (wall, CPU) | appended block: diagnose | build | together |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+
+    def ws(x):
+        return f"{x[0]:.1f} / {x[1]:.1f}"
     for r in results:
-        print(f"| {r['rows']:,} | {r['full build']:.1f} | {r['full diagnose']:.1f} | "
-              f"{r['full diagnose'] / r['full build']:.2f} | {r['incr. diagnose']:.2f} | {r['incr. build']:.2f} | "
-              f"{r['incr. diagnose'] + r['incr. build']:.2f} |")
+        b, d, s = r["full build"], r["full diagnose"], r["raw scan"]
+        inc = (r["incr. diagnose"][0] + r["incr. build"][0], r["incr. diagnose"][1] + r["incr. build"][1])
+        print(f"| {r['rows']:,} | {ws(b)} | {ws(d)} | {d[0] / b[0]:.2f}, {d[1] / b[1]:.2f} | {ws(s)} | "
+              f"{b[0] / s[0]:.2f}, {b[1] / s[1]:.2f} | {ws(r['incr. diagnose'])} | {ws(r['incr. build'])} | "
+              f"{ws(inc)} |")
+    print("\npeak resident memory, GB (each step's own high-water mark):")
+    for r in results:
+        print(f"- {r['rows']:,} rows: " + ", ".join(f"{k} {r[k][2]:.2f}" for k in
+                                                   ("full build", "full diagnose", "incr. diagnose", "incr. build")))
+    print("\nwhere the full build's wall time goes (seconds per model, the five longest; models run side by side):")
+    for r in results:
+        top = sorted(r["build models"].items(), key=lambda kv: -kv[1])[:5]
+        print(f"- {r['rows']:,} rows: " + ", ".join(f"{k} {v:.1f}" for k, v in top))
     if len(results) > 1:
-        a, b = results[0], results[-1]
-        fa, fb = a["incr. diagnose"] + a["incr. build"], b["incr. diagnose"] + b["incr. build"]
-        print(f"\nappended block, {b['rows'] / a['rows']:.0f}x the history: {fb / fa:.2f}x the time")
+        a, z = results[0], results[-1]
+
+        def together(r, i):
+            return r["incr. diagnose"][i] + r["incr. build"][i]
+        print(f"\nappended block, {z['rows'] / a['rows']:.0f}x the history: {together(z, 0) / together(a, 0):.2f}x "
+              f"the wall time, {together(z, 1) / together(a, 1):.2f}x the CPU time")
 
 
 if __name__ == "__main__":

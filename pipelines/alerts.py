@@ -133,7 +133,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     root = args.lake or config.load().lake_root
-    if "://" in root or os.path.isdir(os.path.join(root, TABLE)):
+    if config.is_remote(root) or os.path.isdir(os.path.join(root, TABLE)):
         from warehouse.writer import Lake
 
         alerts = read_alerts(Lake(root))

@@ -42,7 +42,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from pipelines import lakefiles, serving, sketch
+from pipelines import changes, lakefiles, serving, sketch
 from pipelines.engines import ENGINES, open_engine
 from pipelines.lakefiles import PartitionKey
 from pipelines.models import Model, definition_hash, load_models
@@ -120,9 +120,10 @@ def split_partitions(table: pa.Table, cols: tuple[str, ...]) -> dict[PartitionKe
 class CubeStore:
     """``<cubes>/<model>/…`` Parquet outputs of the models, plus the manifest."""
 
-    def __init__(self, root: str):
-        self.uri = root
-        self.fs, self.root, self.local = lakefiles.resolve(root)
+    def __init__(self, where: Lake | str):
+        self.location = Lake.of(where)  # the one handle: filesystem, root, URI, local or not
+        self.uri, self.fs, self.root, self.local = (self.location.uri, self.location.fs, self.location.root,
+                                                    self.location.local)
 
     def model_dir(self, name: str) -> str:
         return f"{self.root}/{name}"
@@ -217,26 +218,26 @@ def _counts(r: BuildResult) -> dict:
 
 
 @audit.audited("build", counts=_counts)
-def build(lake_root: str | None = None, serving_path: str | None = None, engine="duckdb",
+def build(lake_root: Lake | str | None = None, serving_path: str | None = None, engine="duckdb",
           full: bool = False, master: str | None = None, conf: dict[str, str] | None = None,
-          cubes_root: str | None = None, log=None, jobs: int | None = None,
+          cubes_root: Lake | str | None = None, log=None, jobs: int | None = None,
           sql_dir: str | None = None) -> BuildResult:
     """Bring the cubes and the serving file up to date with the lake. Returns what was rebuilt.
 
-    ``engine`` is "duckdb", "spark", or an engine already open (it is then left open, so one
-    SparkSession can serve several builds). ``sql_dir`` replaces sql/ (a pinned copy of the models)."""
+    ``lake_root`` and ``cubes_root`` are handles (warehouse.writer.Lake) or paths/URIs (default: the
+    config's lake, and ``cubes`` inside it). ``engine`` is "duckdb", "spark", or an engine already open
+    (it is then left open, so one SparkSession can serve several builds). ``sql_dir`` replaces sql/ (a
+    pinned copy of the models)."""
     settings = config.load()
-    lake_root = lake_root or settings.lake_root
+    lake = Lake.of(lake_root or settings.lake_root)
     serving_path = serving_path or settings.serving_path
-    cubes_root = cubes_root or f"{lake_root.rstrip('/')}/cubes"
+    store = CubeStore(cubes_root or lake.under("cubes"))
     say = log or (lambda *_: None)
     t_start = time.perf_counter()
 
-    store = CubeStore(cubes_root)
     with _exclusive(store), _serving_lock(serving_path), contextlib.ExitStack() as reading:  # later builds wait
         store.remove_leftovers()
-        return _build(lake_root, serving_path, engine, full, master, conf, store, say, jobs, t_start, sql_dir,
-                      reading)
+        return _build(lake, serving_path, engine, full, master, conf, store, say, jobs, t_start, sql_dir, reading)
 
 
 @contextlib.contextmanager
@@ -263,11 +264,10 @@ def _serving_lock(serving_path: str):
         yield
 
 
-def _build(lake_root, serving_path, engine, full, master, conf, store, say, jobs, t_start, sql_dir,
+def _build(lake: Lake, serving_path, engine, full, master, conf, store, say, jobs, t_start, sql_dir,
            reading: contextlib.ExitStack) -> BuildResult:
     models = load_models(Path(sql_dir)) if sql_dir else load_models()
     by_name = {m.name: m for m in models}
-    lake_fs, lake_path, _ = lakefiles.resolve(lake_root)
     definition = definition_hash(models, _bounds_version())
     old = store.manifest()
     full = bool(full or old.get("definition") != definition)
@@ -275,30 +275,25 @@ def _build(lake_root, serving_path, engine, full, master, conf, store, say, jobs
     engine_name = engine if own_engine else engine.name
     result = BuildResult(engine=engine_name, full=full, build_id=uuid.uuid4().hex[:12])
 
-    # 1. What changed in the lake since the last build, per raw partition. The build reads a snapshot
-    # (hard links taken under the lake lock, warehouse/commit.py): an ingest committing meanwhile
-    # replaces and deletes files the build listed without taking them from it.
+    # 1. What changed in the lake since the last build, per raw partition (pipelines/changes.py). The
+    # build reads a snapshot (hard links taken under the lake lock, warehouse/commit.py): an ingest
+    # committing meanwhile replaces and deletes files the build listed without taking them from it.
     t = time.perf_counter()
     raw_tables = sorted({s for m in models for s in m.sources if s in TABLES})
-    lake_path = reading.enter_context(Lake(lake_root).snapshot(raw_tables))
-    listings, prints, changed = {}, {}, {}
-    for name in raw_tables:
-        table_dir = f"{lake_path}/{name}"
-        listings[name] = lakefiles.list_partitions(lake_fs, table_dir, TABLES[name].partition_by)
-        prints[name] = {lakefiles.key_dir(TABLES[name].partition_by, k): lakefiles.fingerprint(v, table_dir)
-                        for k, v in listings[name].items()}
-        before = old.get("sources", {}).get(name, {})
-        keys = set(prints[name]) | set(before)
-        changed[name] = {tuple(p.split("=", 1)[1] for p in k.split("/")) for k in keys
-                         if prints[name].get(k) != before.get(k)}
+    lake_path = reading.enter_context(lake.snapshot(raw_tables))
+    listing = changes.Listing(lake, lake_path, raw_tables)
+    listings = listing.partitions
+    recorded = old.get("sources", {})
+    changed = {name: listing.changed(name, recorded.get(name)) for name in raw_tables}
+    records = {name: listing.record(name) for name in raw_tables}
     if not any(v for name, v in changed.items() if name not in PASSIVE):
-        for name in PASSIVE:  # kept as changed (the manifest keeps the old listing) for the next build
+        for name in PASSIVE:  # kept as changed (the record keeps the old listing) for the next build
             if name in changed:
-                changed[name], prints[name] = set(), old.get("sources", {}).get(name, {})
+                changed[name], records[name] = set(), recorded.get(name, {})
     result.seconds["list"] = time.perf_counter() - t
 
-    eng = open_engine(engine, master=master, conf=conf,
-                      filesystem=None if "://" not in lake_root else lake_fs) if own_engine else engine
+    eng = open_engine(engine, master=master, conf=conf, filesystem=lake.engine_filesystem) \
+        if own_engine else engine
     bounds = sketch.bounds_table()
     # The next serving file is written while the models run: each served model as soon as it is built.
     publisher = serving.Publisher(serving_path, models, store, full, result.build_id, old.get("build_id"))
@@ -353,13 +348,13 @@ def _build(lake_root, serving_path, engine, full, master, conf, store, say, jobs
     result.serving_mode = publisher.finish(info={
         "engine": engine_name, "full": full,
         "built_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "lake": lake_root})
+        "lake": lake.uri})
     result.seconds["serve"] = time.perf_counter() - t
     if result.serving_mode == "unchanged":  # nothing was rebuilt: the live build stays current
         result.build_id = old["build_id"]
 
     store.save_manifest({"version": 1, "definition": definition, "build_id": result.build_id,
-                         "engine": engine_name, "sources": prints})
+                         "engine": engine_name, "sources": records})
     result.seconds["total"] = time.perf_counter() - t_start
     return result
 

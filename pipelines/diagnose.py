@@ -16,12 +16,21 @@ DuckDB or Spark through pipelines.engines. Every rule returns one row per anomal
 - the ``alerts`` lake table (pipelines/alerts.py), keeping ``detected_at`` and ``notified_at`` of
   alerts seen before; notifiers (pipelines/notify.py) get only alerts never notified.
 
-Incremental like ``mhw build``: ``<lake>/_diagnose/manifest.json`` keeps, per lake partition of
-train_steps, eval_results, latency_samples and the serving tables, its files (name, size, mtime) and the training runs
-in it. Run rules are recomputed for the runs found in changed partitions, over every partition those
-runs have rows in; fleet rules for the model × hardware pairs with a changed partition, over all of
-that pair's days (their trailing baselines need the history). A change of any rule SQL or of the
-configuration makes the diagnose full. Airflow calls ``diagnose()``.
+One pass over raw rows: the run rules read ``run_steps`` (sql/diagnostics/shared/), every logged step
+of the runs in scope with its place among the run's logs, computed once per diagnose and held by the
+engine, instead of each reading and sorting raw train_steps; the runs in scope go in batches of whole
+models within a budget of train_steps bytes (``run_batches``), so memory follows the budget, not the lake.
+
+Incremental like ``mhw build``, on the same change log (pipelines/changes.py):
+``<lake>/_diagnose/manifest.json`` keeps, per lake partition of train_steps, eval_results,
+latency_samples and the serving tables, its files (name, size, mtime) and the training runs in each file. Run rules are
+recomputed for the runs in new, changed or removed files, over every partition those runs have rows in
+(a run's peers are read as they are: a run whose peers change but not its own rows keeps its verdict
+until its own rows change or a full diagnose); fleet rules for the
+model × hardware pairs with a changed partition, over all of that pair's days (their trailing baselines
+need the history), and a rule declared ``fleet by model`` for every pair of those models. A change of
+any rule SQL, shared model or of the configuration makes the diagnose full. Airflow calls
+``diagnose()``. The lake is one handle (warehouse.writer.Lake), resolved once.
 
 Rules of scope ``live`` (run_hung, run_lost: by the clock, ``now``) and ``hosts`` (straggler_host:
 across jobs) are recomputed at every diagnose instead (pipelines/fleet.py).
@@ -47,9 +56,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 import yaml
 
-from pipelines import fleet, lakefiles, models, notify, sketch
+from pipelines import changes, fleet, lakefiles, models, notify, sketch
 from pipelines.alerts import alert_key, read_alerts, write_alerts
 from pipelines.engines import ENGINES, open_engine
 from pipelines.models import SQL_DIR
@@ -59,8 +69,10 @@ from warehouse.sqltext import literal
 from warehouse.writer import SLUG, Lake
 
 DIAGNOSTICS_DIR = SQL_DIR / "diagnostics"
+SHARED_DIR = DIAGNOSTICS_DIR / "shared"  # what rules read instead of raw rows, computed once per diagnose
 DEFAULT_CONFIG = config.REPO_ROOT / "conf" / "diagnostics.yaml"
 MANIFEST = "_diagnose/manifest.json"
+MANIFEST_VERSION = 2  # 2: the runs of each file (1: of each partition)
 SEVERITIES = notify.SEVERITIES
 HEADER_KEYS = ("rule", "purpose", "grain", "scope", "subject", "sources", "params", "audits")
 SCOPES = ("run", "fleet", *fleet.KINDS)
@@ -69,6 +81,8 @@ WATCHED = {"train_steps": "run_id", "eval_results": "train_run_id", "latency_sam
            "serving_scrapes": None, "serving_requests": None}
 # views for run rules that compare a run with the other runs of its model: view -> lake table
 PEER_TABLES = {"peer_train_steps": "train_steps", "peer_eval_results": "eval_results", "runs": "runs"}
+# peer_train_steps is run_steps (the runs in scope, already read) and the raw rows of the other runs
+PEER_STEPS = "peer_train_steps"
 # what the engine layer is given besides lake tables
 HELPER_TABLES = ("diagnose_runs", "diagnose_pairs", "metric_directions", "latency_slos", "eval_references",
                  "sketch_bounds", "diagnose_clock", "live_processes", "straggler_verdicts")
@@ -170,6 +184,7 @@ class Rule:
     subject: tuple[str, ...]
     sources: tuple[str, ...]
     params: dict[str, Param]
+    by_model: bool = False  # a fleet rule whose pairs read the other hardware of their model (``fleet by model``)
 
 
 def parse_header(text: str) -> dict[str, str]:
@@ -188,9 +203,9 @@ def load_rule(path: Path) -> Rule:
         raise ConfigError(f"{path}: header lacks {missing}")
     if header["rule"] != path.stem:
         raise ConfigError(f"{path}: header names rule {header['rule']!r}, file is {path.stem!r}")
-    scope = header["scope"].split()[0]
-    if scope not in SCOPES:
-        raise ConfigError(f"{path}: scope must be one of {SCOPES}, got {scope!r}")
+    scope, *rest = header["scope"].split("(")[0].split()
+    if scope not in SCOPES or rest not in ([], ["by", "model"]) or (rest and scope != "fleet"):
+        raise ConfigError(f"{path}: scope must be one of {SCOPES} (or fleet by model), got {header['scope']!r}")
     params = parse_params(header["params"])
     used = set(re.findall(r"\{\{\s*([a-z_][a-z0-9_]*)\s*\}\}", text))
     if used != set(params):
@@ -200,11 +215,17 @@ def load_rule(path: Path) -> Rule:
     if unknown:
         raise ConfigError(f"{path}: subject columns {sorted(unknown)} are not output columns")
     return Rule(name=path.stem, path=path, sql=text, header=header, scope=scope, subject=subject,
-                sources=_names(header["sources"]), params=params)
+                sources=_names(header["sources"]), params=params, by_model=bool(rest))
 
 
 def load_rules(sql_dir: Path = DIAGNOSTICS_DIR) -> dict[str, Rule]:
     return {r.name: r for r in (load_rule(p) for p in sorted(Path(sql_dir).glob("*.sql")))}
+
+
+def load_shared(sql_dir: Path = SHARED_DIR) -> dict[str, models.Model]:
+    """The shared models rules read (sql/diagnostics/shared): each computed once per diagnose, for the
+    runs in scope, before the rules that read it."""
+    return {m.name: m for m in (models.load_model(p) for p in sorted(Path(sql_dir).glob("*.sql")))}
 
 
 def render(rule: Rule, values: dict) -> str:
@@ -363,6 +384,8 @@ def definition_hash(rules: dict[str, Rule], cfg: DiagnosticsConfig) -> str:
                             sort_keys=True).encode())
     for t in (cfg.metric_directions, cfg.latency_slos, cfg.eval_references):
         h.update(json.dumps(t.to_pylist(), sort_keys=True).encode())
+    for name, m in sorted(load_shared().items()):
+        h.update(json.dumps([name, m.sql]).encode())
     h.update(f"sketch:{sketch.GROWTH}:{sketch.B_MIN}:{sketch.B_MAX}".encode())
     return h.hexdigest()[:16]
 
@@ -378,81 +401,125 @@ class Scope:
     pair_files: dict[str, list[str]]  # table -> files of the pairs in scope
     manifest: dict  # to save once the alerts are written
     peer_files: dict[str, list[str]] = field(default_factory=dict)  # PEER_TABLES -> files of the runs' models
+    step_files: dict[str, tuple[str, int, list[str]]] = field(default_factory=dict)  # train_steps file -> model, bytes, runs
+    model_pairs: set[tuple[str, str]] = field(default_factory=set)  # every pair of a model with a pair in scope
+    model_pair_files: dict[str, list[str]] = field(default_factory=dict)  # table -> files of those pairs
     data_root: str = ""  # where the listed files lie: the lake's snapshot (``<data_root>/<table>/…``)
 
 
-def _run_ids(fs, files: list[str], column: str) -> list[str]:
-    data = ds.dataset(files, filesystem=fs, format="parquet")
-    if column not in data.schema.names:
-        return []
-    ids = pc.unique(data.to_table(columns=[column]).column(column).combine_chunks())
-    return sorted(v for v in ids.to_pylist() if v is not None)
-
-
-def find_scope(lake_root: str, definition: str, full: bool, data_root: str | None = None) -> Scope:
-    """What changed since the last diagnose; the files are listed under ``data_root`` (a snapshot
-    of the lake, ``Lake.snapshot``; default the lake itself)."""
-    fs, lake_path, _ = lakefiles.resolve(lake_root)
-    old = lakefiles.read_json(fs, f"{lake_path}/{MANIFEST}") or {}
-    root = data_root or lake_path
-    full = bool(full or old.get("definition") != definition)
-    old_sources = {} if full else old.get("sources", {})
-    sources, runs, pairs = {}, set(), set()
-    listings = {}
-    for table, column in WATCHED.items():
-        cols = TABLES[table].partition_by
-        table_dir = f"{root}/{table}"
-        listings[table] = listing = lakefiles.list_partitions(fs, table_dir, cols)
-        before = old_sources.get(table, {})
-        now: dict[str, dict] = {}
-        for key, files in listing.items():
-            kd = lakefiles.key_dir(cols, key)
-            prints = lakefiles.fingerprint(files, table_dir)
-            prev = before.get(kd)
-            if prev is not None and prev.get("files") == prints:
-                now[kd] = prev
+def _run_ids(fs, files: list[str], column: str) -> dict[str, list[str]]:
+    """The training runs in each of ``files`` (path -> sorted run ids): the column read dictionary-encoded,
+    so a file's runs are its dictionary, never a string per row."""
+    out = {}
+    for path in files:
+        with fs.open_input_file(path) as f:
+            pf = pq.ParquetFile(f, read_dictionary=[column])
+            if column not in pf.schema_arrow.names:
+                out[path] = []
                 continue
-            ids = _run_ids(fs, [f.path for f in files], column) if column else []
-            now[kd] = {"files": prints, "runs": ids}
-            pairs.add(key[:2])
-            runs.update(ids)
-            runs.update((prev or {}).get("runs", []))
-        for kd, prev in before.items():  # partitions that are gone: their runs and pairs change too
-            if kd not in now:
-                values = dict(p.split("=", 1) for p in kd.split("/"))
-                pairs.add((values["model"], values["hardware"]))
-                runs.update(prev.get("runs", []))
-        sources[table] = now
-    run_files, pair_files = {}, {}
+            col = pf.read(columns=[column]).column(column)
+        ids = set()
+        for chunk in col.chunks:
+            # the values the chunk's indices use (a dictionary may hold more than its chunk's rows)
+            values = chunk.dictionary.take(pc.unique(chunk.indices)) if pa.types.is_dictionary(chunk.type) \
+                else pc.unique(chunk)
+            ids.update(v for v in values.to_pylist() if v is not None)
+        out[path] = sorted(ids)
+    return out
+
+
+def find_scope(lake: Lake | str, definition: str, full: bool, data_root: str | None = None) -> Scope:
+    """What changed since the last diagnose (pipelines/changes.py); the files are listed under
+    ``data_root`` (a snapshot of the lake, ``Lake.snapshot``; default the lake itself)."""
+    lake = Lake.of(lake)
+    old = lakefiles.read_json(lake.fs, f"{lake.root}/{MANIFEST}") or {}
+    root = data_root or lake.root
+    full = bool(full or old.get("definition") != definition or old.get("version") != MANIFEST_VERSION)
+    old_sources = {} if full else old.get("sources", {})
+    listing = changes.Listing(lake, root, [*WATCHED, *PEER_TABLES.values()])
+    listings = listing.partitions
+    sources, runs, pairs = {}, set(), set()
     for table, column in WATCHED.items():
         cols = TABLES[table].partition_by
-        run_files[table] = sorted(
-            f.path for key, files in listings[table].items()
-            if column and runs.intersection(sources[table][lakefiles.key_dir(cols, key)]["runs"]) for f in files)
-        pair_files[table] = sorted(f.path for key, files in listings[table].items() if key[:2] in pairs
-                                   for f in files)
+        table_dir = listing.table_dir(table)
+        before = old_sources.get(table, {})
+        changed = listing.changed_files(table, {kd: v["files"] for kd, v in before.items()})
+        # the run ids of new and changed files only (one read); a changed partition's other files keep theirs
+        fresh = _run_ids(lake.fs, [f.path for new, _ in changed.values() for f in new], column) if column else {}
+        now: dict[str, dict] = {}  # partition -> its files, and the training runs in each file
+        for key, files in listings[table].items():
+            kd = lakefiles.key_dir(cols, key)
+            if key not in changed:
+                now[kd] = before[kd]
+                continue
+            kept = before.get(kd, {}).get("runs", {})
+            now[kd] = {"files": listing.record(table)[kd],
+                       "runs": {rel: fresh[f.path] if f.path in fresh else kept.get(rel, [])
+                                for f in files for rel in [f.path[len(table_dir):].lstrip("/")]}}
+        for key, (new, gone) in changed.items():  # what is new, changed or gone is recomputed
+            kd = lakefiles.key_dir(cols, key)
+            pairs.add(key[:2])
+            runs.update(*(fresh.get(f.path, []) for f in new), *(before.get(kd, {}).get("runs", {}).get(rel, [])
+                                                               for rel in gone))
+        sources[table] = now
+
+    def runs_in(table: str, key) -> set[str]:
+        return {r for ids in sources[table][lakefiles.key_dir(TABLES[table].partition_by, key)]["runs"].values()
+                for r in ids}
+
+    run_files = {table: sorted(f.path for key, files in listings[table].items()
+                               if column and runs.intersection(runs_in(table, key)) for f in files)
+                 for table, column in WATCHED.items()}
+    pair_files = {table: sorted(f.path for key, files in listings[table].items() if key[:2] in pairs for f in files)
+                  for table in WATCHED}
+    # Fleet rules by model (throughput_regression) compare a pair with its model on other hardware: every
+    # pair of a model with a changed pair is recomputed, over all of their files.
+    changed_models = {p[0] for p in pairs}
+    model_pairs = {key[:2] for table in WATCHED for key in listings[table] if key[0] in changed_models}
+    model_pair_files = {table: sorted(f.path for key, files in listings[table].items() if key[:2] in model_pairs
+                                      for f in files) for table in WATCHED}
     # Run rules that compare a run with its peers (underfitting) read every run of the same models,
     # on any hardware and day: the train_steps and runs partitions of those models.
-    models = {key[0] for key, files in listings["train_steps"].items()
-              if runs.intersection(sources["train_steps"][lakefiles.key_dir(TABLES["train_steps"].partition_by, key)]["runs"])}
-    peer_files = {}
-    for view, table in PEER_TABLES.items():
-        listing = listings[table] if table in listings else \
-            lakefiles.list_partitions(fs, f"{root}/{table}", TABLES[table].partition_by)
-        peer_files[view] = sorted(f.path for key, files in listing.items() if key[0] in models for f in files)
-    return Scope(full=full, runs=runs, pairs=pairs, run_files=run_files, pair_files=pair_files,
-                 peer_files=peer_files, manifest={"version": 1, "definition": definition, "sources": sources},
+    models = {key[0] for key in listings["train_steps"] if runs.intersection(runs_in("train_steps", key))}
+    peer_files = {
+        view: sorted(f.path for key, files in listings[table].items() if key[0] in models
+                     # the rows of runs in scope are read once, into run_steps: only partitions with other runs
+                     if view != PEER_STEPS or not runs.issuperset(runs_in(table, key))
+                     for f in files)
+        for view, table in PEER_TABLES.items()}
+    steps_dir = listing.table_dir("train_steps")
+    step_files = {f.path: (key[0], f.size, sources["train_steps"][lakefiles.key_dir(TABLES["train_steps"].partition_by, key)]
+                           ["runs"].get(f.path[len(steps_dir):].lstrip("/"), []))
+                  for key, files in listings["train_steps"].items() for f in files}
+    return Scope(full=full, runs=runs, pairs=pairs, run_files=run_files, pair_files=pair_files, step_files=step_files,
+                 peer_files=peer_files, manifest={"version": MANIFEST_VERSION, "definition": definition, "sources": sources},
+                 model_pairs=model_pairs | pairs, model_pair_files=model_pair_files,
                  data_root=root)
 
 
 # --- running the rules ------------------------------------------------------------------------------
 
+# Parquet bytes of train_steps per batch of the run rules: ~5 M rows of a simulated fleet, which the
+# engine holds as ~1.5 GB (run_steps); a 40 M-row lake in one batch took 20 GB (bench/RESULTS.md)
+BATCH_BYTES = 320 << 20
+# the raw train_steps columns run_steps carries (peer_train_steps has them)
+_SHARED_STEP_COLUMNS = ("model", "hardware", "precision", "run_id", "step", "ts", "loss", "lr", "grad_norm",
+                        "tokens_per_s", "step_time_ms", "data_time_ms", "gpu_util", "gpu_mem_gb", "gpu_mem_total_gb")
+
+def _pairs_table(pairs) -> pa.Table:
+    pairs = sorted(pairs)
+    return pa.table({"model": pa.array([p[0] for p in pairs], pa.string()),
+                     "hardware": pa.array([p[1] for p in pairs], pa.string())})
+
+
+def _runs_table(runs) -> pa.Table:
+    return pa.table({"run_id": pa.array(sorted(runs), pa.string())})
+
+
 def _helper_tables(scope: Scope, cfg: DiagnosticsConfig) -> dict[str, pa.Table]:
-    pairs = sorted(scope.pairs)
     return {
-        "diagnose_runs": pa.table({"run_id": pa.array(sorted(scope.runs), pa.string())}),
-        "diagnose_pairs": pa.table({"model": pa.array([p[0] for p in pairs], pa.string()),
-                                    "hardware": pa.array([p[1] for p in pairs], pa.string())}),
+        "diagnose_runs": _runs_table(scope.runs),
+        "diagnose_pairs": _pairs_table(scope.pairs),
         "metric_directions": cfg.metric_directions,
         "latency_slos": cfg.latency_slos,
         "eval_references": cfg.eval_references,
@@ -460,32 +527,107 @@ def _helper_tables(scope: Scope, cfg: DiagnosticsConfig) -> dict[str, pa.Table]:
     }
 
 
-def run_rules(eng, lake_root: str, rules: dict[str, Rule], cfg: DiagnosticsConfig, scope: Scope,
-              log=None) -> tuple[dict[str, pa.Table], dict[str, float]]:
-    """Each enabled rule's rows (CONTRACT columns) on ``eng``, and seconds per rule."""
+def run_batches(scope: Scope, budget: int = BATCH_BYTES) -> list[set[str]]:
+    """The runs in scope in batches for the run rules: whole models together (a model's runs are each
+    other's peers, read once), each batch's train_steps files within ``budget`` bytes where a model
+    allows; a model over it is cut by run (its other runs are then read raw as peers). The engine holds
+    one batch's steps at a time: memory follows the budget, not the lake."""
+    weight: dict[str, float] = {}
+    model_of: dict[str, str] = {}
+    for model, size, runs in scope.step_files.values():
+        for r in runs:
+            if r in scope.runs:
+                weight[r] = weight.get(r, 0.0) + size / len(runs)  # a file's bytes shared by its runs
+                model_of.setdefault(r, model)
+    by_model: dict[str, list[str]] = {}
+    for r in sorted(weight):
+        by_model.setdefault(model_of[r], []).append(r)
+    batches: list[set[str]] = []
+    current, used = set(scope.runs) - set(weight), 0.0  # runs with evals only ride with the first batch
+    for model in sorted(by_model, key=lambda m: (-sum(weight[r] for r in by_model[m]), m)):
+        if current and used + sum(weight[r] for r in by_model[model]) > budget:  # no room for the model
+            batches.append(current)
+            current, used = set(), 0.0
+        for r in by_model[model]:
+            if used > 0 and used + weight[r] > budget:  # a model over the budget alone is cut by run
+                batches.append(current)
+                current, used = set(), 0.0
+            current.add(r)
+            used += weight[r]
+    if current or not batches:
+        batches.append(current)
+    return batches
+
+
+def run_rules(eng, lake: Lake | str, rules: dict[str, Rule], cfg: DiagnosticsConfig, scope: Scope,
+              log=None, budget: int | None = None) -> tuple[dict[str, pa.Table], dict[str, float]]:
+    """Each enabled rule's rows (CONTRACT columns) on ``eng``, and seconds per rule (and per shared
+    model). Run rules run per batch of runs (``run_batches``, within ``budget`` bytes of train_steps)."""
     say = log or (lambda *_: None)
-    root = scope.data_root or lakefiles.resolve(lake_root)[1]
+    root = scope.data_root or Lake.of(lake).root
     for name, table in _helper_tables(scope, cfg).items():
         eng.register_arrow(name, table)
-    out, seconds = {}, {}
-    for kind, files in (("run", scope.run_files), ("fleet", scope.pair_files)):
-        chosen = [r for r in rules.values() if r.scope == kind and cfg.rules[r.name].enabled]
-        if not chosen or not (scope.runs if kind == "run" else scope.pairs):
+    parts: dict[str, list[pa.Table]] = {}
+    seconds: dict[str, float] = {}
+
+    def run(rule: Rule) -> None:
+        t = time.perf_counter()
+        result = eng.query(render(rule, cfg.rules[rule.name].params))
+        parts.setdefault(rule.name, []).append(named(rule, result))
+        seconds[rule.name] = seconds.get(rule.name, 0.0) + time.perf_counter() - t
+
+    def register(table: str, files: list[str], name: str | None = None) -> None:
+        eng.register_files(name or table, files, TABLES[table].schema, TABLES[table].partition_by, f"{root}/{table}")
+
+    chosen = [r for r in rules.values() if r.scope == "run" and cfg.rules[r.name].enabled]
+    if chosen and scope.runs:
+        shared = [(n, m) for n, m in load_shared().items() if any(n in r.sources for r in chosen)]
+        batches = run_batches(scope, budget or BATCH_BYTES)
+        for i, batch in enumerate(batches):
+            _run_batch(scope, batch, register, eng, shared, seconds)
+            for rule in chosen:
+                run(rule)
+            say(f"run rules: batch {i + 1} of {len(batches)}, {len(batch)} run(s)")
+        eng.register_arrow("diagnose_runs", _runs_table(scope.runs))
+    for by_model, files in ((False, scope.pair_files), (True, scope.model_pair_files)):
+        chosen = [r for r in rules.values() if r.scope == "fleet" and r.by_model == by_model and cfg.rules[r.name].enabled]
+        if not chosen or not scope.pairs:
             continue
+        eng.register_arrow("diagnose_pairs", _pairs_table(scope.model_pairs if by_model else scope.pairs))
         for table in WATCHED:
-            eng.register_files(table, files[table], TABLES[table].schema, TABLES[table].partition_by,
-                               f"{root}/{table}")
-        if kind == "run":
-            for view, table in PEER_TABLES.items():
-                eng.register_files(view, scope.peer_files.get(view, []), TABLES[table].schema,
-                                   TABLES[table].partition_by, f"{root}/{table}")
+            register(table, files[table])
         for rule in chosen:
-            t = time.perf_counter()
-            result = eng.query(render(rule, cfg.rules[rule.name].params))
-            out[rule.name] = named(rule, result)
-            seconds[rule.name] = time.perf_counter() - t
-            say(f"{rule.name}: {result.num_rows} alert(s) ({seconds[rule.name]:.2f}s)")
+            run(rule)
+    out = {name: pa.concat_tables(tables) for name, tables in parts.items()}
+    for name, table in out.items():
+        say(f"{name}: {table.num_rows} alert(s) ({seconds[name]:.2f}s)")
     return out, seconds
+
+
+def _run_batch(scope: Scope, batch: set[str], register, eng, shared, seconds: dict[str, float]) -> None:
+    """Views of one batch of runs: their rows (train_steps, eval_results), the peer tables of their models,
+    and the shared models computed over them."""
+    eng.register_arrow("diagnose_runs", _runs_table(batch))
+    steps = [p for p, (_, _, runs) in scope.step_files.items() if batch.intersection(runs)]
+    # the batch's steps; of the other watched tables the files of every run in scope (small, and the
+    # rules keep only the rows of diagnose_runs)
+    for table in WATCHED:
+        register(table, steps if table == "train_steps" else scope.run_files[table])
+    models = {scope.step_files[p][0] for p in steps}
+    for view, table in PEER_TABLES.items():
+        if view == PEER_STEPS:  # the other runs of those models, raw: the batch's own are in run_steps
+            register(table, [p for p, (model, _, runs) in scope.step_files.items()
+                             if model in models and not batch.issuperset(runs)], f"__{view}_others")
+        else:
+            register(table, scope.peer_files.get(view, []), view)
+    for name, m in shared:  # one pass over raw rows, for every rule
+        t = time.perf_counter()
+        eng.materialize(name, m.sql)
+        seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - t
+    # the peers of the batch's runs: those runs (already read) and the other runs' raw rows
+    cols = ", ".join(_SHARED_STEP_COLUMNS)
+    eng.register_view(PEER_STEPS, f"select {cols} from run_steps union all select {cols} "
+                                  f"from __{PEER_STEPS}_others where run_id not in (select run_id from diagnose_runs)")
 
 
 def named(rule: Rule, result: pa.Table) -> pa.Table:
@@ -611,7 +753,7 @@ def _counts(r: DiagnoseResult) -> dict:
 
 
 @audit.audited("diagnose", counts=_counts)
-def diagnose(lake_root: str | None = None, engine="duckdb", *, config_path: str | None = None,
+def diagnose(lake_root: Lake | str | None = None, engine="duckdb", *, config_path: str | None = None,
              full: bool = False, notify_alerts: bool = True, master: str | None = None,
              conf: dict[str, str] | None = None, notifiers: list | None = None,
              now: dt.datetime | None = None, log=None) -> DiagnoseResult:
@@ -621,25 +763,24 @@ def diagnose(lake_root: str | None = None, engine="duckdb", *, config_path: str 
     ``engine``: "duckdb", "spark", or an engine already open (pipelines.engines; left open)."""
     say = log or (lambda *_: None)
     t0 = time.perf_counter()
-    lake_root = lake_root or config.load().lake_root
     now = now or dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
     rules = load_rules()
     cfg = load_config(config_path, rules)
-    lake = Lake(lake_root)
+    lake = Lake.of(lake_root or config.load().lake_root)  # the one handle, passed everywhere from here
     # The rules read a snapshot (hard links taken under the lake lock): an ingest committing while
     # they run cannot take files from them.
     reading = contextlib.ExitStack()
     try:
         data_root = reading.enter_context(lake.snapshot(sorted({*WATCHED, *PEER_TABLES.values(), *fleet.TABLES_READ})))
-        return _diagnose(lake, lake_root, rules, cfg, data_root, engine, full, notify_alerts, master, conf,
+        return _diagnose(lake, rules, cfg, data_root, engine, full, notify_alerts, master, conf,
                          notifiers, now, say, t0, reading)
     finally:
         reading.close()
 
 
-def _diagnose(lake, lake_root, rules, cfg, data_root, engine, full, notify_alerts, master, conf, notifiers, now,
+def _diagnose(lake, rules, cfg, data_root, engine, full, notify_alerts, master, conf, notifiers, now,
               say, t0, reading) -> DiagnoseResult:
-    scope = find_scope(lake_root, definition_hash(rules, cfg), full, data_root)
+    scope = find_scope(lake, definition_hash(rules, cfg), full, data_root)
     result = DiagnoseResult(engine=getattr(engine, "name", engine), full=scope.full, runs_in_scope=len(scope.runs),
                             pairs_in_scope=len(scope.pairs))
     result.seconds["scope"] = time.perf_counter() - t0
@@ -649,12 +790,11 @@ def _diagnose(lake, lake_root, rules, cfg, data_root, engine, full, notify_alert
     rows: dict[str, pa.Table] = {}
     live = fleet.find_scope(lake, data_root, rules, cfg, now)
     if scope.runs or scope.pairs or live.files:
-        fs, _, _ = lakefiles.resolve(lake_root)
         own = isinstance(engine, str)
-        eng = open_engine(engine, master=master, conf=conf, filesystem=None if "://" not in lake_root else fs) \
+        eng = open_engine(engine, master=master, conf=conf, filesystem=lake.engine_filesystem) \
             if own else engine
         try:
-            rows, per_rule = run_rules(eng, lake_root, rules, cfg, scope, log=say)
+            rows, per_rule = run_rules(eng, lake, rules, cfg, scope, log=say)
             # live and hosts rules: by the clock, and across jobs (the straggler verdicts just computed)
             verdicts = fleet.verdicts(rows.get(fleet.VERDICT_RULE), read_alerts(lake), scope.runs, scope.full)
             more, more_s = fleet.run_rules(eng, rules, cfg, live, data_root, verdicts, render, log=say)
@@ -669,7 +809,7 @@ def _diagnose(lake, lake_root, rules, cfg, data_root, engine, full, notify_alert
     # Merge with the alerts already stored: what was recomputed is replaced, the rest is kept.
     t = time.perf_counter()
     with lake.transaction():  # read, merge and rewrite the alerts as one commit
-        _store_alerts(lake, lake_root, rules, cfg, scope, rows, result, notify_alerts, notifiers, now, live)
+        _store_alerts(lake, rules, cfg, scope, rows, result, notify_alerts, notifiers, now, live)
         result.marked_lost = fleet.mark_lost(lake, result.alerts, live)
     result.seconds["alerts"] = time.perf_counter() - t
     lake.put_bytes(f"{lake.root}/{MANIFEST}", json.dumps(scope.manifest).encode())
@@ -677,7 +817,7 @@ def _diagnose(lake, lake_root, rules, cfg, data_root, engine, full, notify_alert
     return result
 
 
-def _store_alerts(lake, lake_root, rules, cfg, scope, rows, result, notify_alerts, notifiers, now, live) -> None:
+def _store_alerts(lake, rules, cfg, scope, rows, result, notify_alerts, notifiers, now, live) -> None:
     existing = read_alerts(lake)
     before = {a["alert_id"]: a for a in existing}
 
@@ -689,7 +829,9 @@ def _store_alerts(lake, lake_root, rules, cfg, scope, rows, result, notify_alert
             return True
         if rule is None or not cfg.rules[rule.name].enabled:
             return False
-        return a.get("run_id") in scope.runs if rule.scope == "run" else (a["model"], a["hardware"]) in scope.pairs
+        if rule.scope == "run":
+            return a.get("run_id") in scope.runs
+        return (a["model"], a["hardware"]) in (scope.model_pairs if rule.by_model else scope.pairs)
 
     fresh: dict[str, dict] = {}
     for name, table in rows.items():

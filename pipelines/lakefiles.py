@@ -1,11 +1,10 @@
-"""Files of the lake and of the cube store, local or on an object store, through one pyarrow
-filesystem: listing partitions with their files' sizes and mtimes (what the build manifest compares),
+"""Files of the lake and of the cube store, local or on an object store, through the pyarrow
+filesystem of their handle (warehouse.writer.Lake): listing partitions with their files' sizes and mtimes (what the build manifest compares),
 and atomic Parquet writes (warehouse.writer.publish, the one atomic writer: written aside, then
 renamed; one PUT on object stores)."""
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -14,15 +13,6 @@ import pyarrow.fs as pafs
 from warehouse.writer import parquet_bytes, publish
 
 PartitionKey = tuple[str, ...]  # partition values in partition-column order, dates as YYYY-MM-DD
-
-
-def resolve(root: str) -> tuple[pafs.FileSystem, str, bool]:
-    """(filesystem, path inside it, is_local) for a local folder or an object-store URI."""
-    root = str(root)
-    if "://" in root:
-        fs, path = pafs.FileSystem.from_uri(root)
-        return fs, path.rstrip("/"), False
-    return pafs.LocalFileSystem(), os.path.abspath(root), True
 
 
 @dataclass(frozen=True)

@@ -31,8 +31,14 @@ class Settings:
         return _resolve(self.section(section).get(key) or default, Path(self.base))
 
 
+def is_remote(location: str | os.PathLike) -> bool:
+    """Whether a lake root (or any location) is an object-store URI (``s3://bucket/lake``, ``file:///…``)
+    rather than a local path: the one place that says so (warehouse.writer.Lake keeps the answer)."""
+    return "://" in str(location)
+
+
 def _resolve(path: str, base: Path) -> str:
-    if "://" in path or os.path.isabs(path):
+    if is_remote(path) or os.path.isabs(path):
         return path
     return str((base / path).resolve())
 

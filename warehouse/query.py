@@ -54,7 +54,7 @@ def table_glob(lake_root: str, name: str) -> str:
 
 
 def _has_files(lake_root: str, name: str) -> bool:
-    if "://" in lake_root:
+    if config.is_remote(lake_root):
         return True  # listing object stores is costly; let DuckDB find out
     d = os.path.join(lake_root, name)
     for _, _, files in os.walk(d):
@@ -114,14 +114,14 @@ def connect(lake_root: str | None = None, serving_path: str | None = None,
             if n not in TABLES:
                 con.execute(f"create or replace view {_q(n)} as select * from serving.main.{_q(n)}")
     if locked:
-        lake_dir = lake_root if "://" in lake_root else os.path.abspath(lake_root)
+        lake_dir = lake_root if config.is_remote(lake_root) else os.path.abspath(lake_root)
         readonly.lock_down(con, directories=[lake_dir],
                            paths=[os.path.abspath(serving_path)] if serving_path else [])
     return con
 
 
 def _connect_team(con, lake_root: str, serving_path: str, team, sql: str | None, locked: bool):
-    if "://" in lake_root:
+    if config.is_remote(lake_root):
         raise ValueError("--team needs a local lake (its partitions are listed to pick the team's)")
     con.execute(f"set disabled_optimizers = {literal(DISABLED_OPTIMIZERS)}")
     lake_root = os.path.abspath(lake_root)
@@ -225,6 +225,6 @@ def _read_lock(lake_root: str):
     """``Lake(lake_root).read_lock()`` without building a Lake, whose pyarrow filesystem would cost
     this command more start-up than all the rest (bench/bench_startup.py): the lake lock, shared, on a
     local lake; nothing on an object store."""
-    if "://" in lake_root:
+    if config.is_remote(lake_root):
         return contextlib.nullcontext()
     return commit.locked(os.path.abspath(lake_root), "shared")

@@ -29,6 +29,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from warehouse import commit
+from warehouse.config import is_remote
 # the names of files: re-exported, since callers have always found them here
 from warehouse.keys import SLUG, PartitionError, block_key, block_of, check_slug, slugify  # noqa: F401
 from warehouse.schemas import TABLES, Table
@@ -62,20 +63,38 @@ def conform(table: Table, data: pa.Table) -> pa.Table:
 
 
 class Lake:
-    """A lake root (local folder or object-store URI) and the only code that writes files into it."""
+    """A lake root (local folder or object-store URI) and the only code that writes files into it. The
+    one handle on a location: its filesystem, its root inside that filesystem, its URI, whether it is
+    local. Resolved once (``Lake.of``) and passed everywhere: builds, diagnoses, cube stores, engines."""
 
     def __init__(self, root: str | os.PathLike, durable: bool = True):
         """``durable=False`` skips the fsync before each rename: files still appear atomically to
         readers, but a power loss may lose recent ones. For regenerable bulk data (``simulate``)."""
         root = str(root)
         self.durable = durable
-        if "://" in root:
-            self.fs, self.root = pafs.FileSystem.from_uri(root)
+        if is_remote(root):
+            self.fs, path = pafs.FileSystem.from_uri(root)
+            self.root = path.rstrip("/")
             self.local = False
         else:
             self.fs, self.root = pafs.LocalFileSystem(), os.path.abspath(root)
             self.local = True
-        self.uri = root if not self.local else self.root
+        self.uri = root.rstrip("/") if not self.local else self.root
+
+    @classmethod
+    def of(cls, where: "Lake | str | os.PathLike") -> "Lake":
+        """``where`` as a handle: a Lake is passed through, a path or URI resolved."""
+        return where if isinstance(where, Lake) else cls(where)
+
+    @property
+    def engine_filesystem(self) -> pafs.FileSystem | None:
+        """What an engine reads this lake's files through: None for a local folder (DuckDB and Spark
+        read local paths themselves), the pyarrow filesystem of an object store."""
+        return None if self.local else self.fs
+
+    def under(self, name: str) -> "Lake":
+        """A handle on ``<root>/<name>`` on the same filesystem (the cube store beside the lake)."""
+        return Lake(f"{self.uri}/{name}", self.durable)
 
     def __repr__(self) -> str:
         return f"Lake({self.uri!r})"

@@ -4,6 +4,8 @@ else differs between them.
 
     engine.register_files(name, files, schema, partition_cols)  # a view over Parquet files
     engine.register_arrow(name, table)                           # a small table (sketch bounds)
+    engine.register_view(name, sql)                              # a view over the others
+    engine.materialize(name, sql)                                # computed once, read by many queries
     engine.query(sql) -> pyarrow.Table                           # DuckDB SQL
     engine.session() -> engine                                   # own temp views, shared resources
 """

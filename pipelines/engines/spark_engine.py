@@ -85,11 +85,13 @@ class SparkEngine:
             builder = builder.config(k, v)
         self.spark = builder.getOrCreate()
         self.spark.sparkContext.setLogLevel("ERROR")
+        self._cached: dict = {}
 
     def session(self) -> "SparkEngine":
         """A new SparkSession on the same SparkContext: its own temp views, the same executors."""
         other = object.__new__(SparkEngine)
         other.spark, other.local_cores = self.spark.newSession(), self.local_cores
+        other._cached = {}
         return other
 
     def register_arrow(self, name: str, table: pa.Table) -> None:
@@ -115,6 +117,21 @@ class SparkEngine:
         # The schema contract: exactly the declared columns, in order, with their types.
         df = df.select([F.col(f.name).cast(_spark_type(f.type)).alias(f.name) for f in schema])
         df.createOrReplaceTempView(name)
+
+    def materialize(self, name: str, sql: str) -> None:
+        """The result of ``sql`` cached (memory, else disk) as temp view ``name``: computed once, read by
+        many queries. A name materialized again drops the old cache."""
+        from pyspark import StorageLevel
+        old = self._cached.pop(name, None)
+        df = self.spark.sql(_translated(sql)).persist(StorageLevel.MEMORY_AND_DISK)
+        df.count()  # compute it now, not once per reader
+        df.createOrReplaceTempView(name)
+        self._cached[name] = df
+        if old is not None:
+            old.unpersist()
+
+    def register_view(self, name: str, sql: str) -> None:
+        self.spark.sql(_translated(sql)).createOrReplaceTempView(name)
 
     def query(self, sql: str) -> pa.Table:
         return normalize(self.spark.sql(_translated(sql)).toArrow())

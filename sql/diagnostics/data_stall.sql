@@ -5,7 +5,7 @@
 --   first stalled block to the last.
 -- scope: run (recomputed for the runs whose train_steps changed)
 -- subject: run_id
--- sources: train_steps, diagnose_runs
+-- sources: run_steps
 -- params: block_steps int >= 2; max_data_share float > 0 < 1; min_blocks int >= 1; min_block_points int >= 1
 -- audits: tests/pipelines/test_diagnose_rules.py (fires when half of each step waits for data, quiet on
 --   the clean twin)
@@ -26,9 +26,7 @@ logged as (
         s.ts,
         s.step_time_ms,
         s.data_time_ms
-    from train_steps as s
-    inner join diagnose_runs as r
-        on r.run_id = s.run_id
+    from run_steps as s
     where s.step_time_ms > 0
         and s.step_time_ms < cast('Infinity' as double)
         and s.data_time_ms >= 0

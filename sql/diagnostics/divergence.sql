@@ -5,7 +5,7 @@
 --   runs from the first to the last non-finite step seen.
 -- scope: run (recomputed for the runs whose train_steps changed)
 -- subject: run_id
--- sources: train_steps, diagnose_runs
+-- sources: run_steps
 -- params: min_nonfinite_steps int >= 1
 -- audits: tests/pipelines/test_diagnose_rules.py (fires on a NaN loss, quiet on its finite twin)
 --
@@ -25,9 +25,7 @@ steps as (
         s.ts,
         s.loss,
         not (abs(s.loss) < cast('Infinity' as double)) as is_nonfinite
-    from train_steps as s
-    inner join diagnose_runs as r
-        on r.run_id = s.run_id
+    from run_steps as s
     where s.loss is not null
 ),
 

@@ -6,7 +6,7 @@
 --   to the last.
 -- scope: run (recomputed for the runs whose train_steps changed)
 -- subject: run_id
--- sources: train_steps, diagnose_runs
+-- sources: run_steps
 -- params: target_blocks int >= 2; min_block_logs int >= 3; max_block_logs int >= 3; growth_factor float > 1;
 --   min_loss_gain float >= 0; extreme_factor float > 1; min_blocks int >= 1; critical_loss_rise float >= 0
 -- audits: tests/pipelines/test_diagnose_rules.py (fires on exponential growth with the loss stalled, quiet
@@ -37,19 +37,11 @@ logged as (
         s.step,
         s.ts,
         s.grad_norm,
-        s.loss
-    from train_steps as s
-    inner join diagnose_runs as r
-        on r.run_id = s.run_id
-    where abs(s.grad_norm) < cast('Infinity' as double)
-),
-
-numbered as (
-    select
-        *,
-        row_number() over (partition by run_id order by step) - 1 as log_no,
-        count(*) over (partition by run_id) as n_logs
-    from logged
+        s.loss,
+        s.grad_log_no as log_no,  -- its place among the run's finite grad norms
+        s.grad_logs as n_logs
+    from run_steps as s
+    where s.grad_log_no is not null
 ),
 
 steps as (
@@ -58,7 +50,7 @@ steps as (
         cast(floor(log_no / greatest({{ min_block_logs }}, least({{ max_block_logs }},
             floor(n_logs / {{ target_blocks }})))) as bigint) as block,
         greatest({{ min_block_logs }}, least({{ max_block_logs }}, floor(n_logs / {{ target_blocks }}))) as block_logs
-    from numbered
+    from logged
 ),
 
 blocks as (

@@ -6,7 +6,7 @@
 --   first such block to the last.
 -- scope: run (recomputed for the runs whose train_steps changed)
 -- subject: run_id
--- sources: train_steps, runs, diagnose_runs
+-- sources: run_steps, runs
 -- params: block_steps int >= 2; min_util float >= 0 <= 100; min_util_share float > 0 < 1;
 --   min_history_blocks int >= 1; min_blocks int >= 1; min_block_points int >= 1
 -- audits: tests/pipelines/test_diagnose_rules.py (fires at 35 % utilization, and on a fall from 90 % to
@@ -28,9 +28,7 @@ with
 
 accelerated as (
     select s.run_id
-    from train_steps as s
-    inner join diagnose_runs as r
-        on r.run_id = s.run_id
+    from run_steps as s
     where s.gpu_mem_total_gb > 0
     group by s.run_id
     union
@@ -49,9 +47,7 @@ logged as (
         s.step,
         s.ts,
         s.gpu_util
-    from train_steps as s
-    inner join diagnose_runs as r
-        on r.run_id = s.run_id
+    from run_steps as s
     inner join accelerated as a
         on a.run_id = s.run_id
     where s.gpu_util >= 0

@@ -6,7 +6,7 @@
 --   the last.
 -- scope: run (recomputed for the runs whose train_steps changed)
 -- subject: run_id
--- sources: train_steps, diagnose_runs
+-- sources: run_steps
 -- params: window_logs int >= 3; z_threshold float > 0; min_ratio float >= 1; min_rel_scale float >= 0;
 --   min_start_scale float >= 0; min_over_max float >= 1; episode_gap_logs int >= 1; recover_windows int >= 1; recover_tol float >= 0;
 --   min_episodes int >= 2
@@ -37,21 +37,26 @@ logged as (
         s.hardware,
         s.precision,
         s.run_id,
+        s.run_no,
         s.step,
         s.ts,
-        s.loss
-    from train_steps as s
-    inner join diagnose_runs as r
-        on r.run_id = s.run_id
-    where abs(s.loss) < cast('Infinity' as double)
+        s.loss,
+        s.loss_log_no as log_no  -- its place among the run's finite losses
+    from run_steps as s
+    where s.loss_log_no is not null
 ),
 
 differenced as (
+    -- each loss against the finite loss logged before it (a join on integers, not lag(): DuckDB's
+    -- median() over a window's output, below, takes 20x as long as over a join's, bench/RESULTS.md)
     select
-        *,
-        abs(loss - lag(loss) over (partition by run_id order by step)) as step_change,
-        row_number() over (partition by run_id order by step) - 1 as log_no
+        logged.*,
+        abs(logged.loss - before.loss) as step_change,
+        logged.loss - before.loss as rise
     from logged
+    left join logged as before
+        on before.run_no = logged.run_no
+        and before.log_no = logged.log_no - 1
 ),
 
 windows as (
@@ -61,37 +66,17 @@ windows as (
     from differenced
 ),
 
--- Each window's medians from ranks: (lo + hi) / 2 of its middle value(s), which is what median()
--- returns on both engines, bit for bit. DuckDB's median aggregate keeps a sort per group: over the
--- million windows of 10 M steps it took ~100 s of this rule's 110 s; one partitioned sort of all the
--- rows takes a few seconds (bench/RESULTS.md, issue 14).
-ranked as (
-    select
-        run_id,
-        window_no,
-        step,
-        loss,
-        step_change,
-        row_number() over (partition by run_id, window_no order by loss) as loss_rank,
-        row_number() over (partition by run_id, window_no order by step_change nulls last) as change_rank,
-        count(*) over (partition by run_id, window_no) as n_window,
-        count(step_change) over (partition by run_id, window_no) as n_changes
-    from windows
-),
-
 window_levels as (
     select
         run_id,
         window_no,
-        (min(loss) filter (where loss_rank = floor((n_window + 1) / 2))
-            + min(loss) filter (where loss_rank = floor(n_window / 2) + 1)) / 2 as loss_median,
-        (min(step_change) filter (where change_rank = floor((n_changes + 1) / 2))
-            + min(step_change) filter (where change_rank = floor(n_changes / 2) + 1)) / 2 as change_median,
+        median(loss) as loss_median,
+        median(step_change) as change_median,
         max(loss) as loss_max,
         count(*) as n_logs,
         min(step) as first_step,
         max(step) as last_step
-    from ranked
+    from windows
     group by run_id, window_no
 ),
 
@@ -108,7 +93,6 @@ scored as (
         windows.*,
         prev.loss_median as before_median,
         prev.loss_max as before_max,
-        windows.loss - lag(windows.loss) over (partition by windows.run_id order by windows.step) as rise,
         prev.first_step as baseline_from,
         prev.last_step as baseline_to,
         -- noise sigma from the median absolute step-to-step change (/ 0.6745 / sqrt 2): a steady trend

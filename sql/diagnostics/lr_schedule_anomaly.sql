@@ -6,7 +6,7 @@
 --   to the last.
 -- scope: run (recomputed for the runs whose train_steps changed)
 -- subject: run_id
--- sources: train_steps, runs, diagnose_runs
+-- sources: run_steps, runs
 -- params: jump_ratio float > 1
 -- audits: tests/pipelines/test_diagnose_rules.py (fires on a 10x jump after decay and on a NaN LR,
 --   quiet on warmup + cosine); tests/pipelines/test_diagnose_real.py (real CPU trainings whose LR was
@@ -24,24 +24,22 @@
 with
 
 steps as (
+    -- what the per-step work needs, on integers (the run's number and the step's place among its
+    -- logged LRs); the anomalies get their model, hardware, precision and time at the end
     select
-        s.model,
-        s.hardware,
-        s.precision,
+        s.run_no,
         s.run_id,
         s.step,
-        s.ts,
-        s.lr
-    from train_steps as s
-    inner join diagnose_runs as r
-        on r.run_id = s.run_id
+        s.lr,
+        s.lr_log_no
+    from run_steps as s
     where s.lr is not null
 ),
 
 with_previous as (
     select
         *,
-        lag(lr) over (partition by run_id order by step) as prev_lr
+        lag(lr) over (partition by run_no order by lr_log_no) as prev_lr
     from steps
 ),
 
@@ -64,37 +62,50 @@ warmup_ends as (
     -- declared, else the first step whose LR is below the one before (decay has begun); a run with
     -- neither (its LR only ever rose, its warmup unknown) is not judged for a climb
     select
-        with_previous.run_id,
+        with_previous.run_no,
+        min(case when with_previous.lr < with_previous.prev_lr then with_previous.step end) as first_decay,
         coalesce(max(declared_warmups.warmup), min(case when with_previous.lr < with_previous.prev_lr
             then with_previous.step end)) as warm_end
     from with_previous
     left join declared_warmups
         on declared_warmups.run_id = with_previous.run_id
-    group by with_previous.run_id
+    group by with_previous.run_no
 ),
 
 with_decay as (
     select
         with_previous.*,
-        max(case when with_previous.lr < with_previous.prev_lr then 1 else 0 end) over (
-            partition by with_previous.run_id order by with_previous.step
-            rows between unbounded preceding and 1 preceding) as has_decayed,
+        -- decay has begun before this step: the run's first decrease is earlier (no window needed)
+        case when warmup_ends.first_decay < with_previous.step then 1 else 0 end as has_decayed,
         min(case when with_previous.step >= warmup_ends.warm_end and with_previous.lr >= 0
             and with_previous.lr < cast('Infinity' as double) then with_previous.lr end) over (
-            partition by with_previous.run_id order by with_previous.step
+            partition by with_previous.run_no order by with_previous.lr_log_no
             rows between unbounded preceding and 1 preceding) as low_since_warmup,
         warmup_ends.warm_end
     from with_previous
     inner join warmup_ends
-        on warmup_ends.run_id = with_previous.run_id
+        on warmup_ends.run_no = with_previous.run_no
 ),
 
-anomalies as (
+flagged as (
     select *
     from with_decay
     where not (lr >= 0 and lr < cast('Infinity' as double))
         or (has_decayed = 1 and lr > {{ jump_ratio }} * prev_lr)
         or (step > warm_end and lr > {{ jump_ratio }} * low_since_warmup)
+),
+
+anomalies as (
+    select
+        flagged.*,
+        s.model,
+        s.hardware,
+        s.precision,
+        s.ts
+    from flagged
+    inner join run_steps as s
+        on s.run_no = flagged.run_no
+        and s.step = flagged.step
 ),
 
 per_run as (

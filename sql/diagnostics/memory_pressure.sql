@@ -5,7 +5,7 @@
 --   the first such block to the last.
 -- scope: run (recomputed for the runs whose train_steps changed)
 -- subject: run_id
--- sources: train_steps, diagnose_runs
+-- sources: run_steps
 -- params: block_steps int >= 2; max_mem_share float > 0 <= 1; min_blocks int >= 1; critical_mem_share float > 0 <= 1
 -- audits: tests/pipelines/test_diagnose_rules.py (fires at 98 % of capacity, quiet at 70 %)
 --
@@ -25,9 +25,7 @@ logged as (
         s.step,
         s.ts,
         s.gpu_mem_gb / nullif(s.gpu_mem_total_gb, 0) as mem_share
-    from train_steps as s
-    inner join diagnose_runs as r
-        on r.run_id = s.run_id
+    from run_steps as s
     where s.gpu_mem_total_gb > 0
         and s.gpu_mem_total_gb < cast('Infinity' as double)
         and s.gpu_mem_gb >= 0

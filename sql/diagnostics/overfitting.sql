@@ -5,7 +5,7 @@
 --   range runs from the first checkpoint after the best to the latest.
 -- scope: run (recomputed for the runs whose train_steps or eval_results changed)
 -- subject: run_id, suite
--- sources: eval_results, train_steps, diagnose_runs
+-- sources: eval_results, run_steps, diagnose_runs
 -- params: suites strings; metric string; min_rise float > 0; noise_z float >= 0; min_after int >= 1;
 --   single_rise float > 0; train_points int >= 1
 -- audits: tests/pipelines/test_diagnose_rules.py (fires on a rising validation loss, quiet on the twin
@@ -149,10 +149,8 @@ logged as (
         s.run_id,
         s.step,
         s.loss
-    from train_steps as s
-    inner join diagnose_runs as r
-        on r.run_id = s.run_id
-    where abs(s.loss) < cast('Infinity' as double)
+    from run_steps as s
+    where s.loss_log_no is not null
 ),
 
 logging_intervals as (

@@ -6,7 +6,7 @@
 --   of the flat window of the first block of that stretch to the latest block.
 -- scope: run (recomputed for the runs whose train_steps changed)
 -- subject: run_id
--- sources: train_steps, diagnose_runs
+-- sources: run_steps
 -- params: target_blocks int >= 4; min_loss_share float >= 0; min_block_logs int >= 1; max_block_logs int >= 1; window_frac float > 0 <= 1;
 --   min_rel_improvement float >= 0; pace_window_frac float > 0 < 1; min_pace float > 0 < 1;
 --   pace_z float >= 0; min_window_blocks int >= 3
@@ -49,21 +49,12 @@ logged as (
         s.run_id,
         s.step,
         s.ts,
-        s.loss
-    from train_steps as s
-    inner join diagnose_runs as r
-        on r.run_id = s.run_id
-    where abs(s.loss) < cast('Infinity' as double)
-),
-
-numbered as (
-    select
-        *,
-        row_number() over (partition by run_id order by step) - 1 as log_no,
-        count(*) over (partition by run_id) as n_logs,
-        (max(step) over (partition by run_id) - min(step) over (partition by run_id))
-            / greatest(count(*) over (partition by run_id) - 1, 1) as step_interval
-    from logged
+        s.loss,
+        s.loss_log_no as log_no,  -- its place among the run's finite losses
+        s.loss_logs as n_logs,
+        (s.last_loss_step - s.first_loss_step) / greatest(s.loss_logs - 1, 1) as step_interval
+    from run_steps as s
+    where s.loss_log_no is not null
 ),
 
 steps as (
@@ -73,7 +64,7 @@ steps as (
             floor(n_logs / {{ target_blocks }})))) as bigint) as block,
         greatest({{ min_block_logs }}, least({{ max_block_logs }}, floor(n_logs / {{ target_blocks }})))
             * step_interval as block_span
-    from numbered
+    from logged
 ),
 
 all_blocks as (

@@ -6,7 +6,7 @@
 --   first slow block to the last.
 -- scope: run (recomputed for the runs whose train_steps changed)
 -- subject: run_id
--- sources: train_steps, diagnose_runs
+-- sources: run_steps
 -- params: target_blocks int >= 2; min_block_logs int >= 3; max_block_logs int >= 3; max_drop float > 0 < 1;
 --   window_blocks int >= 1; min_history_blocks int >= 1; min_blocks int >= 1
 -- audits: tests/pipelines/test_diagnose_rules.py (fires on a 2x slowdown, quiet on the clean twin and on
@@ -32,22 +32,11 @@ logged as (
         case
             when s.step_time_ms > coalesce(s.data_time_ms, 0)
                 then s.tokens_per_s * s.step_time_ms / (s.step_time_ms - coalesce(s.data_time_ms, 0))
-        end as compute_tokens_per_s
-    from train_steps as s
-    inner join diagnose_runs as r
-        on r.run_id = s.run_id
-    where s.tokens_per_s > 0
-        and s.tokens_per_s < cast('Infinity' as double)
-        and s.step_time_ms > 0
-        and s.step_time_ms < cast('Infinity' as double)
-),
-
-numbered as (
-    select
-        *,
-        row_number() over (partition by run_id order by step) - 1 as log_no,
-        count(*) over (partition by run_id) as n_logs
-    from logged
+        end as compute_tokens_per_s,
+        s.tput_log_no as log_no,  -- its place among the run's rows with tokens/s and step time > 0, finite
+        s.tput_logs as n_logs
+    from run_steps as s
+    where s.tput_log_no is not null
 ),
 
 steps as (
@@ -56,7 +45,7 @@ steps as (
         cast(floor(log_no / greatest({{ min_block_logs }}, least({{ max_block_logs }},
             floor(n_logs / {{ target_blocks }})))) as bigint) as block,
         greatest({{ min_block_logs }}, least({{ max_block_logs }}, floor(n_logs / {{ target_blocks }}))) as block_logs
-    from numbered
+    from logged
 ),
 
 blocks as (

@@ -3,7 +3,8 @@
 --   a driver, firmware or library update, or nodes going bad on that hardware.
 -- grain: one row per model × hardware × episode (consecutive days with runs that regressed);
 --   precision names the worst series on the first day.
--- scope: fleet (recomputed for the model × hardware pairs whose train_steps changed)
+-- scope: fleet by model (recomputed for every model × hardware pair of a model with a changed pair: a
+--   run with no history is compared with the same model on the other hardware types)
 -- subject: model, hardware
 -- sources: train_steps, diagnose_pairs
 -- params: window_days int >= 1; min_history_runs int >= 1; max_drop float > 0 < 1; min_run_steps int >= 1;

@@ -7,7 +7,7 @@
 -- scope: run (recomputed for the runs whose train_steps changed; peers are read from every partition
 --   of the run's model)
 -- subject: run_id
--- sources: train_steps, peer_train_steps, peer_eval_results, runs, diagnose_runs
+-- sources: run_steps, peer_train_steps, peer_eval_results, runs
 -- params: min_logs int >= 3; start_frac float > 0 < 1; end_frac float > 0 < 1; min_learn float > 0 < 1;
 --   peer_frac float > 0 < 1; max_peer_gap float > 0; min_peers int >= 1; grid_cells int >= 10; val_suites strings
 -- audits: tests/pipelines/test_diagnose_rules.py (fires on a flat loss and on a run stuck above three
@@ -43,29 +43,24 @@ logged as (
         s.run_id,
         s.step,
         s.ts,
-        s.loss
-    from train_steps as s
-    inner join diagnose_runs as r
-        on r.run_id = s.run_id
-    where abs(s.loss) < cast('Infinity' as double)
+        s.loss,
+        s.loss_log_no as log_no,  -- its place among the run's finite losses
+        s.loss_logs as n_logs
+    from run_steps as s
+    where s.loss_log_no is not null
 ),
 
 diverged as (
     -- a run whose latest logged loss is NaN or inf is the divergence rule's: what it learned before is moot
     select
-        s.run_id
-    from train_steps as s
-    inner join diagnose_runs as r
-        on r.run_id = s.run_id
-    group by s.run_id
-    having not coalesce(abs(max_by(s.loss, s.step)) < cast('Infinity' as double), false)
+        run_id
+    from run_steps
+    group by run_id
+    having not coalesce(abs(max_by(loss, step)) < cast('Infinity' as double), false)
 ),
 
 numbered as (
-    select
-        *,
-        row_number() over (partition by run_id order by step) - 1 as log_no,
-        count(*) over (partition by run_id) as n_logs
+    select *
     from logged
     where run_id not in (select run_id from diverged)
 ),
@@ -184,24 +179,39 @@ own_window as (
     group by targets.run_id
 ),
 
-peer_window as (
-    select
-        targets.run_id,
-        peer_cells.run_id as peer_run_id,
-        median(peer_cells.cell_loss) as peer_level
+windows as (
+    -- the distinct windows targets are compared over: the runs of one model and data whose latest steps
+    -- end in the same grid cells share them (a few per cell of the grid, however many runs there are)
+    select distinct
+        model,
+        dataset,
+        first_cell,
+        last_cell
     from targets
+),
+
+window_levels as (
+    -- the level of every run whose logs cover a window: the candidates (a target among them is not
+    -- its own peer; see peer_refs)
+    select
+        windows.model,
+        windows.dataset,
+        windows.first_cell,
+        windows.last_cell,
+        peer_cells.run_id,
+        median(peer_cells.cell_loss) as peer_level
+    from windows
     inner join peer_spans
-        on peer_spans.model = targets.model
-        and peer_spans.dataset = targets.dataset
-        and peer_spans.run_id <> targets.run_id
-        and peer_spans.first_cell < targets.first_cell
-        and peer_spans.last_cell >= targets.last_cell
+        on peer_spans.model = windows.model
+        and peer_spans.dataset = windows.dataset
+        and peer_spans.first_cell < windows.first_cell
+        and peer_spans.last_cell >= windows.last_cell
     inner join peer_cells
         on peer_cells.run_id = peer_spans.run_id
-        and peer_cells.model = targets.model
-        and peer_cells.cell >= targets.first_cell
-        and peer_cells.cell <= targets.last_cell
-    group by targets.run_id, peer_cells.run_id
+        and peer_cells.model = windows.model
+        and peer_cells.cell >= windows.first_cell
+        and peer_cells.cell <= windows.last_cell
+    group by windows.model, windows.dataset, windows.first_cell, windows.last_cell, peer_cells.run_id
 ),
 
 validation as (
@@ -229,57 +239,152 @@ own_validation as (
     group by targets.run_id
 ),
 
-peer_validation as (
+val_levels as (
+    -- the validation loss of every run at a checkpoint step some target's latest validation is at
     select
-        own_validation.run_id,
-        validation.run_id as peer_run_id,
-        validation.val_loss as peer_level
-    from own_validation
-    inner join targets
-        on targets.run_id = own_validation.run_id
-    inner join validation
-        on validation.checkpoint_step = own_validation.val_step
-        and validation.model = targets.model
-        and validation.run_id <> own_validation.run_id
+        validation.model,
+        datasets.dataset,
+        validation.checkpoint_step,
+        validation.run_id,
+        validation.val_loss
+    from validation
     inner join datasets
         on datasets.run_id = validation.run_id
-        and datasets.dataset = targets.dataset
+    where validation.checkpoint_step in (select val_step from own_validation)
 ),
 
-peer_levels as (
-    -- the training loss over the window, and the validation loss at the run's latest checkpoint where
-    -- it and min_peers peers have one (fixed eval batches: far less noisy than training batches)
+candidates as (
+    -- every level a target may be compared with, by what it is compared under: the training loss over
+    -- a window (model, data, window cells), the validation loss at a checkpoint (model, data, step)
     select
-        peer_validation.run_id,
-        'validation' as basis,
-        peer_validation.peer_level
-    from peer_validation
+        'training' as basis,
+        model,
+        dataset,
+        first_cell as key_from,
+        last_cell as key_to,
+        run_id,
+        peer_level
+    from window_levels
     union all
     select
-        peer_window.run_id,
-        'training' as basis,
-        peer_window.peer_level
-    from peer_window
+        'validation' as basis,
+        model,
+        dataset,
+        checkpoint_step as key_from,
+        checkpoint_step as key_to,
+        run_id,
+        val_loss as peer_level
+    from val_levels
 ),
 
 ranked as (
     select
         *,
-        row_number() over (partition by run_id, basis order by peer_level) as peer_rank,
-        count(*) over (partition by run_id, basis) as n_ranked
-    from peer_levels
+        row_number() over (partition by basis, model, dataset, key_from, key_to order by peer_level)
+            as level_rank
+    from candidates
+),
+
+key_sizes as (
+    select
+        basis,
+        model,
+        dataset,
+        key_from,
+        key_to,
+        count(*) as n_levels
+    from candidates
+    group by basis, model, dataset, key_from, key_to
+),
+
+asked as (
+    -- what each target is compared under: its window, and its latest checkpoint where it has one
+    select
+        run_id,
+        'training' as basis,
+        model,
+        dataset,
+        first_cell as key_from,
+        last_cell as key_to
+    from targets
+    union all
+    select
+        own_validation.run_id,
+        'validation' as basis,
+        targets.model,
+        targets.dataset,
+        own_validation.val_step as key_from,
+        own_validation.val_step as key_to
+    from own_validation
+    inner join targets
+        on targets.run_id = own_validation.run_id
+),
+
+counted as (
+    -- the peers: the key's levels but the target's own
+    select
+        asked.*,
+        own.peer_level as own_level,
+        key_sizes.n_levels - case when own.run_id is null then 0 else 1 end as n_peers
+    from asked
+    inner join key_sizes
+        on key_sizes.basis = asked.basis
+        and key_sizes.model = asked.model
+        and key_sizes.dataset = asked.dataset
+        and key_sizes.key_from = asked.key_from
+        and key_sizes.key_to = asked.key_to
+    left join ranked as own
+        on own.basis = asked.basis
+        and own.model = asked.model
+        and own.dataset = asked.dataset
+        and own.key_from = asked.key_from
+        and own.key_to = asked.key_to
+        and own.run_id = asked.run_id
+),
+
+quartiles as (
+    select
+        *,
+        cast(ceil(0.25 * n_peers) as bigint) as k
+    from counted
+    where n_peers > 0
+),
+
+peer_refs as (
+    -- the lower quartile of the peers' levels: what healthy runs of this model reach by then (a sweep
+    -- or a fleet of faulty runs pulls a median up; a lucky seed alone does not set the bar). It is the
+    -- k-th smallest of the peers' levels, k = ceil(n_peers / 4): the key's k-th level, or its
+    -- (k+1)-th where the target's own level is among the key's and at or below the k-th
+    select
+        quartiles.run_id,
+        quartiles.basis,
+        quartiles.n_peers,
+        case
+            when quartiles.own_level <= min(ranked.peer_level) filter (where ranked.level_rank = quartiles.k)
+                then min(ranked.peer_level) filter (where ranked.level_rank = quartiles.k + 1)
+            else min(ranked.peer_level) filter (where ranked.level_rank = quartiles.k)
+        end as peer_ref
+    from quartiles
+    inner join ranked
+        on ranked.basis = quartiles.basis
+        and ranked.model = quartiles.model
+        and ranked.dataset = quartiles.dataset
+        and ranked.key_from = quartiles.key_from
+        and ranked.key_to = quartiles.key_to
+        and ranked.level_rank between quartiles.k and quartiles.k + 1
+    group by quartiles.run_id, quartiles.basis, quartiles.n_peers, quartiles.own_level, quartiles.k
 ),
 
 peers as (
-    -- the lower quartile of the peers' levels: what healthy runs of this model reach by then (a sweep
-    -- or a fleet of faulty runs pulls a median up; a lucky seed alone does not set the bar)
+    -- the training loss over the window, and the validation loss at the run's latest checkpoint where
+    -- it and min_peers peers have one (fixed eval batches: far less noisy than training batches)
     select
         run_id,
-        count(*) filter (where basis = 'training') as n_train_peers,
-        min(peer_level) filter (where basis = 'training' and peer_rank >= ceil(0.25 * n_ranked)) as train_ref,
-        count(*) filter (where basis = 'validation') as n_val_peers,
-        min(peer_level) filter (where basis = 'validation' and peer_rank >= ceil(0.25 * n_ranked)) as val_ref
-    from ranked
+        coalesce(sum(n_peers) filter (where basis = 'training'), 0) as n_train_peers,
+        min(peer_ref) filter (where basis = 'training') as train_ref,
+        coalesce(sum(n_peers) filter (where basis = 'validation'), 0) as n_val_peers,
+        min(peer_ref) filter (where basis = 'validation') as val_ref
+    from peer_refs
     group by run_id
 ),
 

@@ -5,7 +5,7 @@
 --   to the last.
 -- scope: run (recomputed for the runs whose train_steps changed)
 -- subject: run_id
--- sources: train_steps, diagnose_runs
+-- sources: run_steps
 -- params: target_blocks int >= 2; min_block_logs int >= 3; max_block_logs int >= 3; vanish_factor float > 1;
 --   min_grad_norm float >= 0; min_loss_share float >= 0; min_blocks int >= 1; min_history_blocks int >= 1
 -- audits: tests/pipelines/test_diagnose_rules.py (fires on a 1000x collapse, quiet on the clean twin);
@@ -31,19 +31,11 @@ logged as (
         s.step,
         s.ts,
         s.grad_norm,
-        s.loss
-    from train_steps as s
-    inner join diagnose_runs as r
-        on r.run_id = s.run_id
-    where abs(s.grad_norm) < cast('Infinity' as double)
-),
-
-numbered as (
-    select
-        *,
-        row_number() over (partition by run_id order by step) - 1 as log_no,
-        count(*) over (partition by run_id) as n_logs
-    from logged
+        s.loss,
+        s.grad_log_no as log_no,  -- its place among the run's finite grad norms
+        s.grad_logs as n_logs
+    from run_steps as s
+    where s.grad_log_no is not null
 ),
 
 steps as (
@@ -52,7 +44,7 @@ steps as (
         cast(floor(log_no / greatest({{ min_block_logs }}, least({{ max_block_logs }},
             floor(n_logs / {{ target_blocks }})))) as bigint) as block,
         greatest({{ min_block_logs }}, least({{ max_block_logs }}, floor(n_logs / {{ target_blocks }}))) as block_logs
-    from numbered
+    from logged
 ),
 
 blocks as (

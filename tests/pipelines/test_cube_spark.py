@@ -79,10 +79,11 @@ def test_the_audit_trail_is_the_same_on_both_engines(builds, spark_engine):
     from pipelines import lakefiles
     from pipelines.engines.duckdb_engine import DuckDBEngine
     from warehouse.schemas import TABLES
+    from warehouse.writer import Lake
 
     root = builds[0]
     table_dir = str(root / "lake" / "audit_log")
-    files = [f.path for fs_ in lakefiles.list_partitions(*lakefiles.resolve(table_dir)[:1], table_dir, ("date",)).values()
+    files = [f.path for fs_ in lakefiles.list_partitions(Lake(table_dir).fs, table_dir, ("date",)).values()
              for f in fs_]
     (model,) = [m for m in load_models() if m.name == "audit_entries"]
     out = {}
