@@ -47,7 +47,7 @@ demo: setup setup-bi
 	$(BIN)/python -m pipelines.demo
 
 test: setup setup-bi
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 # The markers are registered in pyproject.toml ([tool.pytest.ini_options]); tests/ marks by module.
 # -n auto: one pytest-xdist worker per core (the fast tests share nothing but the venv).
