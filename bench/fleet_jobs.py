@@ -97,6 +97,25 @@ class Job:
             time.sleep(0.1)
         raise TimeoutError(f"{self.run_id} did not reach step {step} in {timeout:.0f} s: {self.tail()}")
 
+    def wait_steps_after(self, t: float, n: int, timeout: float = 300) -> float:
+        """Wait until every rank logged ``n`` steps after the first one it marked past time ``t`` (a
+        fault's onset: on an idle machine a step takes ~10 ms and the watchdog's snapshots are a
+        heartbeat old, so a step number seen before the onset may already be long past)."""
+        first: dict[int, int] = {}
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            prog = self.progress()
+            for rank, s in prog.items():
+                if (s.get("last_step_at") or 0) > t:
+                    first.setdefault(rank, s["last_step"])
+            if prog and set(first) == set(prog) and all(s["last_step"] >= first[r] + n for r, s in prog.items()):
+                return time.time()
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.run_id} ended (status {self.proc.returncode}) {n} steps after its "
+                                   f"onset: {self.tail()}")
+            time.sleep(0.1)
+        raise TimeoutError(f"{self.run_id} did not log {n} steps after its onset in {timeout:.0f} s: {self.tail()}")
+
     def wait(self, timeout: float = 300) -> int:
         try:
             return self.proc.wait(timeout=timeout)

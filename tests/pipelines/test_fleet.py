@@ -198,14 +198,14 @@ def test_a_cpu_limited_rank_is_the_straggler_then_its_sigkill_is_run_lost(tmp_pa
     if why:
         pytest.skip(f"the straggler is made by a CPU quota on its cgroup: {why}")
     lake = str(tmp_path / "lake")
-    job = fj.launch(lake, "slowed", tmp_path / "work", nproc=2, steps=400)
+    job = fj.launch(lake, "slowed", tmp_path / "work", nproc=2, steps=2000)
     limit = fj.CpuLimit(f"mhw-test-{os.getpid()}", share=0.1)
     try:
         job.wait_step(10, timeout=180)
         rank1 = job.ranks()[1]
-        limit.add(rank1.pid)  # from step 10 on, rank 1 computes at a tenth of a core
-        job.wait_step(90, timeout=240)
-        time.sleep(fj.FLUSH_S + 1.5)  # the rows of step 90 flushed
+        limit.add(rank1.pid)  # from now on, rank 1 computes at a tenth of a core
+        job.wait_steps_after(time.time(), 80, timeout=240)  # 80 steps logged under the quota
+        time.sleep(fj.FLUSH_S + 1.5)  # and flushed
         # judged while the fault lasts: released first, the rank's fast steps after it (~25 ms each on
         # an idle machine, 100+ in these seconds) outnumber its slow windows, and a recovered rank is
         # no longer persistently slow (min_share)
