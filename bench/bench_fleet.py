@@ -59,6 +59,11 @@ from pipelines.diagnose import diagnose  # noqa: E402
 RULES = ("run_hung", "run_lost", "straggler", "straggler_host")
 HEARTBEAT_S = 1.0
 HUNG_WAIT_S = 5.0
+# A straggler's fault starts once a snapshot says every rank logged --onset; a snapshot is a heartbeat old,
+# and on a quiet machine the tiny job logs ~100 steps a second: the fault may start up to ~LAG_STEPS later.
+# Its job is that much longer, the fault lasts until 30 steps before the end (at least --slow-steps), and
+# its onset step is the first step its rank marked after the fault began.
+LAG_STEPS = 150
 # name, ranks, under mhw watch, fault, rank
 MATRIX = [
     ("twin-2a", 2, True, None, None),
@@ -97,7 +102,9 @@ def named(alerts, run_id, rule, rank):
 
 
 def run_job(name, nproc, watched, fault, target, lake, work, overlay, args) -> dict:
-    steps = args.onset + args.slow_steps + 30 if fault in ("cpu-quota", "hogs", "throttle") else args.steps
+    slowed = fault in ("cpu-quota", "hogs", "throttle")
+    steps = args.onset + args.slow_steps + 30 + LAG_STEPS if slowed else args.steps
+    end_step = steps - 30  # a slowed rank recovers here
     job = fj.launch(lake, name, work, nproc=nproc, steps=steps, watch=watched, heartbeat_s=HEARTBEAT_S,
                     hung_floor_s=30.0)
     out = {"name": name, "ranks": nproc, "watched": watched, "fault": fault, "rank": target,
@@ -123,6 +130,14 @@ def run_job(name, nproc, watched, fault, target, lake, work, overlay, args) -> d
         elif fault == "sigkill":
             os.kill(proc.pid, signal.SIGKILL)
         out["fault_at"] = t_fault
+        onset_step = args.onset
+        if slowed:  # the first step the rank marked under the fault (a heartbeat at most)
+            while job.proc.poll() is None and time.time() < t_fault + 10 * HEARTBEAT_S:
+                snap = job.progress().get(target) or {}
+                if (snap.get("last_step_at") or 0) > t_fault:
+                    onset_step = snap["last_step"]
+                    break
+                time.sleep(0.05)
         found, seen = None, 0
         deadline = t_fault + (args.timeout if out["expect"] == "straggler" else 60)
         while found is None and time.time() < deadline:
@@ -141,23 +156,23 @@ def run_job(name, nproc, watched, fault, target, lake, work, overlay, args) -> d
                 out["message"] = found["message"]
             if out["expect"] == "straggler" and job.proc.poll() is not None:
                 break
-            if fault == "cpu-quota" and undo is not None and _past(job, args.onset + args.slow_steps):
+            if fault == "cpu-quota" and undo is not None and _past(job, end_step):
                 undo.remove()
                 undo = None
         if isinstance(undo, fj.CpuLimit):
-            while not _past(job, args.onset + args.slow_steps) and job.proc.poll() is None:
+            while not _past(job, end_step) and job.proc.poll() is None:
                 time.sleep(0.2)
             undo.remove()
             undo = None
         elif undo is not None:
-            while not _past(job, args.onset + args.slow_steps) and job.proc.poll() is None:
+            while not _past(job, end_step) and job.proc.poll() is None:
                 time.sleep(0.2)
             undo.stop()
             undo = None
         if fault in ("sigstop",) and not watched:
             os.kill(proc.pid, signal.SIGKILL)  # nothing else will end it
         out["exit"] = job.wait(args.timeout)
-        out["onset_at"], out["onset_step"] = t_onset, args.onset
+        out["onset_at"], out["onset_step"] = t_onset, onset_step
         return out
     finally:
         if isinstance(undo, fj.CpuLimit):
