@@ -103,7 +103,10 @@ def named(alerts, run_id, rule, rank):
 
 def run_job(name, nproc, watched, fault, target, lake, work, overlay, args) -> dict:
     slowed = fault in ("cpu-quota", "hogs", "throttle")
-    steps = args.onset + args.slow_steps + 30 + LAG_STEPS if slowed else args.steps
+    # a stopped or killed job is ended by its fault: long enough that the fault lands mid-run (a job without
+    # a watchdog is seen at --onset from its heartbeats in the lake, a second or more late: on a quiet
+    # machine its 120 steps were over by then, and the kill hit a completed run)
+    steps = args.onset + args.slow_steps + 30 + LAG_STEPS if slowed else args.steps if fault is None else 5000
     end_step = steps - 30  # a slowed rank recovers here
     job = fj.launch(lake, name, work, nproc=nproc, steps=steps, watch=watched, heartbeat_s=HEARTBEAT_S,
                     hung_floor_s=30.0)
