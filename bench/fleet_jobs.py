@@ -86,35 +86,34 @@ class Job:
 
     def wait_step(self, step: int, timeout: float = 300) -> float:
         """Wait until every rank logged ``step``; returns when that was seen."""
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            prog = self.progress()
-            if prog and all((s.get("last_step") or -1) >= step for s in prog.values()):
-                return time.time()
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.run_id} ended (status {self.proc.returncode}) before step {step}: "
-                                   f"{self.tail()}")
-            time.sleep(0.1)
-        raise TimeoutError(f"{self.run_id} did not reach step {step} in {timeout:.0f} s: {self.tail()}")
+        return self._wait_until(lambda prog: all((s.get("last_step") or -1) >= step for s in prog.values()),
+                                f"step {step}", timeout)
 
     def wait_steps_after(self, t: float, n: int, timeout: float = 300) -> float:
         """Wait until every rank logged ``n`` steps after the first one it marked past time ``t`` (a
         fault's onset: on an idle machine a step takes ~10 ms and the watchdog's snapshots are a
         heartbeat old, so a step number seen before the onset may already be long past)."""
         first: dict[int, int] = {}
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            prog = self.progress()
+
+        def done(prog: dict) -> bool:
             for rank, s in prog.items():
                 if (s.get("last_step_at") or 0) > t:
                     first.setdefault(rank, s["last_step"])
-            if prog and set(first) == set(prog) and all(s["last_step"] >= first[r] + n for r, s in prog.items()):
+            return set(first) == set(prog) and all(s["last_step"] >= first[r] + n for r, s in prog.items())
+
+        return self._wait_until(done, f"{n} steps after its onset", timeout)
+
+    def _wait_until(self, done, what: str, timeout: float) -> float:
+        """Poll the ranks' progress until ``done(progress)``; returns when that was seen."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            prog = self.progress()
+            if prog and done(prog):
                 return time.time()
             if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.run_id} ended (status {self.proc.returncode}) {n} steps after its "
-                                   f"onset: {self.tail()}")
+                raise RuntimeError(f"{self.run_id} ended (status {self.proc.returncode}) before {what}: {self.tail()}")
             time.sleep(0.1)
-        raise TimeoutError(f"{self.run_id} did not log {n} steps after its onset in {timeout:.0f} s: {self.tail()}")
+        raise TimeoutError(f"{self.run_id} did not reach {what} in {timeout:.0f} s: {self.tail()}")
 
     def wait(self, timeout: float = 300) -> int:
         try:
