@@ -19,6 +19,9 @@
 -- least 3) is not min_learn (a share of its level) below the median of the first start_frac (at
 -- least 3). Scale-free: logged-step shares, not step counts, so 5 logs of a short fine-tune and 30 000
 -- of a pre-training run are judged alike.
+-- Where the run has min_peers peers over its last steps, they decide, not its own start: a run as flat
+-- as its peers at the same steps is where this model is by then (a classifier still on its ln 2
+-- plateau, a job killed before it left it), and a flat run with peers far below it is behind them.
 -- A run whose latest logged loss is not finite is left to the divergence rule.
 -- Stuck above its peers: the peers are the other runs of the same model and data (runs.dataset and the
 -- data section of runs.config_json where the job recorded one). The run's median training loss over
@@ -417,6 +420,7 @@ judged as (
         *,
         coalesce(has_val, false) as by_val,
         train_behind and (not coalesce(has_val, false) or val_behind) as is_behind,
+        coalesce(n_train_peers >= {{ min_peers }}, false) as has_peers,
         case when coalesce(has_val, false) then own_val else own_train end as own_level,
         case when coalesce(has_val, false) then val_ref else train_ref end as peer_level,
         case when coalesce(has_val, false) then n_val_peers else n_train_peers end as n_peers
@@ -426,7 +430,7 @@ judged as (
 flagged as (
     select *
     from judged
-    where is_flat or is_behind
+    where (is_flat and not has_peers) or is_behind
 ),
 
 final as (

@@ -162,3 +162,34 @@ def test_mistakes_in_the_config_are_caught(trained):
     assert "data_stall" in rules("gpt2-stall-s1")
     # batch size 1: never leaves the plateau
     assert "underfitting" in rules("gpt2-bs1-s1")
+
+
+def _underfitting_of(root: str, names: list[str]) -> dict[str, set[str]]:
+    import json
+
+    ids = {}
+    for name in names:
+        path = MATRIX / f"{name}.jsonl"
+        with open(path) as f:
+            ids[json.loads(f.readline())["run_id"]] = name
+        assert mhw(["ingest", str(path), "--lake", root]) == 0
+    found = {n: set() for n in names}
+    for a in diagnose(root, notify_alerts=False).alerts:
+        if a["run_id"] in ids and a["rule"] == "underfitting":
+            found[ids[a["run_id"]]].add(a["baseline"])
+    return found
+
+
+def test_a_run_as_flat_as_its_peers_at_the_same_steps_is_not_underfitting(tmp_path):
+    # bert-kill-s3 was SIGKILLed at step 140, its last logs still on bert's ln 2 plateau (0.70 -> 0.65),
+    # where every healthy bert seed is at those steps: alone, it never learned; beside its peers, it is
+    # where this model is by then. The LR blow-up and the climbing schedule stay flat far above them.
+    alone = _underfitting_of(str(tmp_path / "alone"), ["bert-kill-s3"])
+    assert alone["bert-kill-s3"] == {"its own first logged losses"}
+    peers = ["bert-healthy-s1", "bert-healthy-s2", "bert-healthy-s3", "bert-kill-s3", "bert-lr0.3-s3", "bert-minlr-s3"]
+    found = _underfitting_of(str(tmp_path / "peers"), peers)
+    assert found["bert-kill-s3"] == set()
+    assert found["bert-lr0.3-s3"] and found["bert-minlr-s3"]
+    # (bert-healthy-s3, validation 0.24 at step 300 against its two better seeds' 0.14-0.15, is behind
+    # them by more than max_peer_gap: the seed spread of a 300-step tiny model, bench/RESULTS.md)
+    assert not (found["bert-healthy-s1"] or found["bert-healthy-s2"])
