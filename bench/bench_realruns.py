@@ -53,7 +53,7 @@ HERE = Path(__file__).resolve().parent / "realruns"
 MATRIX, LABELS, PUBLIC = HERE / "matrix.yaml", HERE / "labels.yaml", HERE / "public.yaml"
 FIXTURES = REPO / "tests" / "fixtures" / "realruns"
 PUBLIC_DATA = REPO.parent / "shared" / "data" / "real"
-SPLITS = ("tuning", "held-out", "fresh")  # fresh: a second held-out set, trained after the first was read
+SPLITS = ("tuning", "held-out", "fresh", "fresh2")  # fresh, fresh2: held-out sets trained after the one before was read
 SPEC_KEYS = ("config", "overrides", "source", "kill_at_step", "resume")  # what a run computes
 
 
@@ -665,6 +665,23 @@ def measure(labeled: list[dict], steps: dict, val: dict, runs: dict, params: dic
     return measured
 
 
+def print_criteria(runs: list[dict], cache: Path, lake: str, params: dict, split: str | None) -> int:
+    """The measured criteria of the cached matrix runs of ``split``, read from the lake as trained."""
+    done = [r for r in runs if (not split or r["split"] == split)
+            and (cache / "runs" / f"{r['name']}-{spec_hash(r)}" / "result.json").exists()]
+    labeled = labeled_matrix(done)
+    by_name = {r["name"]: r for r in runs}
+    twin_ids = {r["run_id"]: run_id_of(by_name[r["twin"]]) if r.get("twin") else None for r in labeled}
+    steps, val, meta = telemetry(lake, sorted({r["run_id"] for r in labeled} | {t for t in twin_ids.values() if t}))
+    for r in labeled:
+        m = measure([r], steps, val, meta, params, twin_ids).get(r["run_id"], {})
+        print(f"{r['name']} [{r['split']}] labeled {r['families']}; criteria met "
+              f"{sorted(f for f, (ok, _) in m.items() if ok)}")
+        for f, (ok, what) in m.items():
+            print(f"    {'*' if ok else ' '} {f}: {what}")
+    return 0
+
+
 def evaluate(part: str, labeled: list[dict], lake: str, params: dict, fam_rules: dict, work: Path,
              twins: dict | None = None, measured_families: tuple = (), log=print) -> dict:
     """Diagnose a copy of ``lake``, measure the criteria, score the part."""
@@ -763,6 +780,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--export-fixtures", action="store_true",
                    help=f"write each trained matrix run's rows to {FIXTURES.relative_to(REPO)}/<name>.jsonl")
     p.add_argument("--criteria", action="store_true", help="print every run's measured criteria")
+    p.add_argument("--criteria-only", action="store_true",
+                   help="print the measured criteria of the cached matrix runs (of --split) and stop: no diagnose, "
+                        "no alert read (to label a new split before its alerts are seen)")
     args = p.parse_args(argv)
     cache = Path(args.cache).resolve()
     cache.mkdir(parents=True, exist_ok=True)
@@ -776,6 +796,8 @@ def main(argv: list[str] | None = None) -> int:
         train_matrix(todo, cache, lake, cache / "runs.jsonl")
     if args.no_score:
         return 0
+    if args.criteria_only:
+        return print_criteria(runs, cache, lake, params, args.split)
 
     done = [r for r in runs if (cache / "runs" / f"{r['name']}-{spec_hash(r)}" / "result.json").exists()]
     if len(done) < len(runs):
