@@ -17,12 +17,15 @@
 -- that is its own); without a measured wait, its step time. Logged steps are cut in windows of
 -- window_logs (times the run's logging interval; the first warmup_windows of a run, its warm-up, are
 -- not judged: the first iterations build buckets, caches and compiled graphs unevenly across ranks); in
--- each, the rank's median work is compared with the
--- median of the OTHER ranks' medians (leave-one-out: with two ranks, the other one). A window is slow
--- when the rank's work exceeds its peers' by more than min_slowdown (a share) and min_excess_ms.
--- Persistence, not one slow step: at least min_windows slow windows, and at least min_share of the
--- rank's windows from its first slow one on. observed / expected: the rank's and its peers' median work
--- over its slow windows; the baseline says what the job pays: the excess as a share of its step time.
+-- each, the rank's mean work per step is compared with the median of the OTHER ranks' means
+-- (leave-one-out: with two ranks, the other one). The mean, not the median: a synchronous job pays the
+-- sum of a rank's excess, and an intermittent slowdown (a duty-cycle throttle, a neighbour's bursts) is
+-- a few long steps in each window that a median never sees. A window is slow when the rank's work
+-- exceeds its peers' by more than min_slowdown (a share) and min_excess_ms. Persistence, not one slow
+-- step: at least min_windows slow windows, and at least min_share of the rank's windows from its first
+-- slow one to its last (an episode: a rank that recovers keeps its alert for the steps it straggled,
+-- and straggler_host counts the job). observed / expected: the rank's and its peers' median work over
+-- its slow windows; the baseline says what the job pays: the excess as a share of its step time.
 
 with
 
@@ -91,8 +94,8 @@ rank_windows as (
         rank,
         max(precision) as precision,
         max(host) as host,
-        median(work_ms) as work_ms,
-        median(step_time_ms) as step_ms,
+        avg(work_ms) as work_ms,
+        avg(step_time_ms) as step_ms,
         min(step) as first_step,
         max(step) as last_step,
         min(ts) as first_ts,
@@ -152,7 +155,8 @@ per_rank as (
         hardware,
         run_id,
         rank,
-        min(win) filter (where is_slow) as first_slow
+        min(win) filter (where is_slow) as first_slow,
+        max(win) filter (where is_slow) as last_slow
     from judged
     group by model, hardware, run_id, rank
 ),
@@ -179,7 +183,7 @@ persistent as (
     inner join per_rank as p
         on p.run_id = j.run_id
         and p.rank = j.rank
-    where j.win >= p.first_slow
+    where j.win between p.first_slow and p.last_slow
     group by j.model, j.hardware, j.run_id, j.rank
     having count(*) filter (where j.is_slow) >= {{ min_windows }}
         and count(*) filter (where j.is_slow) >= {{ min_share }} * count(*)
