@@ -671,7 +671,8 @@ def print_criteria(runs: list[dict], cache: Path, lake: str, params: dict, split
             and (cache / "runs" / f"{r['name']}-{spec_hash(r)}" / "result.json").exists()]
     labeled = labeled_matrix(done)
     by_name = {r["name"]: r for r in runs}
-    twin_ids = {r["run_id"]: run_id_of(by_name[r["twin"]]) if r.get("twin") else None for r in labeled}
+    twin_ids = {r["run_id"]: run_id_of(by_name[by_name[r["name"]]["twin"]]) if by_name[r["name"]].get("twin") else None
+                for r in labeled}
     steps, val, meta = telemetry(lake, sorted({r["run_id"] for r in labeled} | {t for t in twin_ids.values() if t}))
     for r in labeled:
         m = measure([r], steps, val, meta, params, twin_ids).get(r["run_id"], {})
