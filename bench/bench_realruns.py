@@ -268,12 +268,12 @@ def _rolling_medians(values: list[float], w: int) -> list[float]:
 
 def criteria(steps: list[dict], val: list[tuple[int, float]], params: dict, twin_val: list | None = None,
              fp16: bool = False, warmup_steps: int | None = None,
-             twin_steps: list | None = None) -> dict[str, tuple[bool, str]]:
+             twin_steps: list | None = None, run_row: dict | None = None) -> dict[str, tuple[bool, str]]:
     """Each family's criterion measured on one run: ``{family: (met, what was measured)}``.
 
     ``steps``: train_steps rows in step order; ``val``: (step, validation loss) in step order;
     ``twin_val``, ``twin_steps``: the healthy twin's validation losses and steps; ``warmup_steps``: from the run's config where
-    it has one. Nothing here reads an alert."""
+    it has one; ``run_row``: its runs row. Nothing here reads an alert."""
     P, out = params, {}
     logs = [r for r in steps if r.get("loss") is not None]
     finite = [(r["step"], r["loss"]) for r in logs if math.isfinite(r["loss"])]
@@ -428,6 +428,12 @@ def criteria(steps: list[dict], val: list[tuple[int, float]], params: dict, twin
            if _finite(r.get("gpu_mem_gb")) and _finite(r.get("gpu_mem_total_gb")) and r["gpu_mem_total_gb"] > 0]
     met = bool(util) and statistics.median(util) < p["util_below"] or bool(mem) and max(mem) > p["mem_above"]
     out["gpu"] = (met, f"median GPU util {statistics.median(util):.0f} %" if util else "no GPU utilization logged")
+
+    row = run_row or {}
+    if row.get("source") != "trainer":
+        out["lost"] = (False, f"an import (source {row.get('source')}): no process was watched")
+    else:  # scored after its training process exited: a run still 'running' never got its ending
+        out["lost"] = (row.get("status") == "running", f"runs row status {row.get('status')} after its process exited")
     return out
 
 
@@ -657,7 +663,8 @@ def measure(labeled: list[dict], steps: dict, val: dict, runs: dict, params: dic
         m = measured[r["run_id"]] = criteria(steps[r["run_id"]], val[r["run_id"]], params,
                                              twin_val=val.get(twin) if twin else None, fp16=fp16,
                                              warmup_steps=trainer.get("warmup_steps"),
-                                             twin_steps=steps.get(twin) if twin else None)
+                                             twin_steps=steps.get(twin) if twin else None,
+                                             run_row=runs.get(r["run_id"]))
         for fam in measured_families:
             if fam in r["tolerated"] or fam not in m:
                 continue
