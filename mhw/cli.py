@@ -45,7 +45,12 @@ def main(argv: list[str] | None = None) -> int:
             mod.add_arguments(p)
             p.set_defaults(_run=mod.run)
     args = parser.parse_args(argv)
-    return int(args._run(args) or 0)
+    from warehouse.commit import LakeLocked  # the standard library only
+    try:
+        return int(args._run(args) or 0)
+    except LakeLocked as e:  # a stopped process holds the lake: say who, and fail instead of hanging
+        print(f"mhw {args.command}: {e}", file=sys.stderr)
+        return 75  # EX_TEMPFAIL
 
 
 if __name__ == "__main__":

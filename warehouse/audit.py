@@ -40,6 +40,8 @@ import time
 import traceback
 import uuid
 
+from warehouse.commit import LakeLocked
+
 TABLE = "audit_log"
 COLUMN_COUNTS = ("rows_in", "rows_quarantined", "files_deleted", "partitions", "alerts_new")
 _ARG_CHARS = 512  # one argument's value, in an entry's JSON args
@@ -170,6 +172,8 @@ def entry(lake_root: str, command: str, args: dict | None = None, via: str | Non
     e = Entry(str(lake_root), command, args, via, user)
     try:
         e.write("started")
+    except LakeLocked:  # a stopped process holds the lake: its own message names it
+        raise
     except Exception as err:  # noqa: BLE001 - any reason the lake cannot take it: the command does not run
         raise RuntimeError(f"mhw {command}: cannot write its audit entry to {e.lake.uri}/{TABLE} ({err}); "
                            "nothing was changed") from err

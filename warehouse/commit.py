@@ -20,6 +20,13 @@ whatever lies there when the lock is next taken exclusively belongs to a dead pr
 A snapshot keeps an flock on ``<root>/_snapshots/<id>.lock`` for its life; one whose lock can be
 taken belongs to a dead reader and goes too.
 
+A stopped holder. A process stopped (SIGSTOP, a debugger) while it holds the lock would freeze every
+writer and reader of the lake, the diagnose that is to find it hung among them. A waiter looks the
+holder up (``/proc/locks``, then its ``/proc/<pid>/stat``): one that stays stopped for
+``MHW_LOCK_STOPPED_S`` seconds (10) cannot finish its transaction, and the waiter raises
+``LakeLocked`` naming it instead of waiting; a running holder is waited for up to ``MHW_LOCK_WAIT_S``
+(3600). Killing the holder frees the lake: the next taker undoes its half-done transaction.
+
 Object-store lakes have none of this (no flock, no hard links): each file is one atomic PUT.
 """
 from __future__ import annotations
@@ -30,6 +37,7 @@ import json
 import os
 import shutil
 import threading
+import time
 import uuid
 
 LOCK = "_lake.lock"
@@ -39,6 +47,74 @@ STAGING = "_tmp"
 JOURNAL = "journal.jsonl"
 
 _local = threading.local()
+
+
+class LakeLocked(RuntimeError):
+    """The lake lock is held by a process that is stopped, or longer than a waiter waits."""
+
+
+def _lock_holders(fd: int) -> list[int]:
+    """The pids holding an flock on ``fd``'s file (``/proc/locks``; waiters, marked ``->``, left out)."""
+    st = os.fstat(fd)
+    ident = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    pids = []
+    try:
+        with open("/proc/locks") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) > 5 and parts[1] == "FLOCK" and parts[5] == ident and parts[4].isdigit():
+                    pids.append(int(parts[4]))
+    except OSError:
+        pass
+    return pids
+
+
+def _process(pid: int) -> tuple[str, str]:
+    """(state letter, command line) of ``pid``; ('?', '') when it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        return state, cmd
+    except (OSError, IndexError):
+        return "?", ""
+
+
+def _flock(fd: int, op: int, root: str) -> None:
+    """flock ``fd`` (LOCK_EX or LOCK_SH), waiting for its holder unless it is stopped (module docstring)."""
+    try:
+        fcntl.flock(fd, op | fcntl.LOCK_NB)
+        return
+    except BlockingIOError:
+        pass
+    wait_s = float(os.environ.get("MHW_LOCK_WAIT_S", "3600"))
+    stopped_s = float(os.environ.get("MHW_LOCK_STOPPED_S", "10"))
+    start = time.monotonic()
+    stopped_since, next_look, pause = None, start, 0.002
+    while True:
+        time.sleep(pause)
+        pause = min(2 * pause, 0.05)
+        try:
+            fcntl.flock(fd, op | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            pass
+        now = time.monotonic()
+        if now < next_look:
+            continue
+        next_look = now + 0.5
+        holders = [(pid, *_process(pid)) for pid in _lock_holders(fd) if pid != os.getpid()]
+        stopped = bool(holders) and all(state in ("T", "t") for _, state, _ in holders)
+        stopped_since = (stopped_since or now) if stopped else None
+        waited = now - start
+        if (stopped and now - stopped_since >= stopped_s) or waited >= wait_s:
+            who = "; ".join(f"pid {pid} ({'stopped' if state in ('T', 't') else 'state ' + state}): {cmd[:200]}"
+                            for pid, state, cmd in holders) or "a process this one cannot see"
+            raise LakeLocked(f"{root}: the lake lock has been held for {waited:.0f} s by {who}. "
+                             + ("A stopped process cannot finish its write: resume it (SIGCONT) or kill it; "
+                                "the next writer undoes its half-done transaction." if stopped else
+                                f"Waited MHW_LOCK_WAIT_S = {wait_s:g} s."))
 
 
 class Transaction:
@@ -241,12 +317,12 @@ def locked(root: str, mode: str):
     try:
         recovered = None
         if mode == "exclusive":
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            _flock(fd, fcntl.LOCK_EX, root)
             recovered = recover(root)
         else:
-            fcntl.flock(fd, fcntl.LOCK_SH)
+            _flock(fd, fcntl.LOCK_SH, root)
             if pending(root):
-                fcntl.flock(fd, fcntl.LOCK_EX)
+                _flock(fd, fcntl.LOCK_EX, root)
                 recovered = recover(root)
                 fcntl.flock(fd, fcntl.LOCK_SH)
         held[root] = {"mode": mode, "tx": None, "recovered": recovered}

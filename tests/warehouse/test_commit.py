@@ -24,8 +24,8 @@ ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 T0 = dt.datetime(2026, 11, 2, tzinfo=dt.timezone.utc)
 
 
-def mhw(*argv, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "warehouse.cli", *map(str, argv)], env=ENV, capture_output=True,
+def mhw(*argv, env=None, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "warehouse.cli", *map(str, argv)], env=env or ENV, capture_output=True,
                           text=True, **kw)
 
 
@@ -325,3 +325,44 @@ def test_a_reingest_that_moves_rows_to_other_dates_leaves_no_empty_folders(tmp_p
     tables = [d for d in lake.iterdir() if d.is_dir() and not d.name.startswith("_")]
     assert [str(d) for t in tables for d in t.rglob("*") if d.is_dir() and not any(d.iterdir())] == []
     assert q(lake, "select count(*) from train_steps") == [(500,)]
+
+
+HOLDER = """
+import sys, time
+from warehouse import commit
+with commit.locked(sys.argv[1], "exclusive"):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+@pytest.mark.slow  # a lock holder stopped with SIGSTOP, three commands that must not wait for it forever
+def test_a_stopped_lock_holder_is_named_instead_of_waited_for_forever(tmp_path):
+    """A writer stopped (SIGSTOP) while it holds the lake lock would freeze every reader and writer,
+    the diagnose that is to find it hung among them: they fail naming it (exit 75), and once it is
+    killed the lake is whole and free again. A running holder is waited for."""
+    lake = tmp_path / "lake"
+    assert mhw("ingest", latency_file(tmp_path / "a.jsonl", 100), "--lake", lake).returncode == 0
+    script = tmp_path / "holder.py"
+    script.write_text(HOLDER)
+    holder = subprocess.Popen([sys.executable, str(script), lake], env=ENV, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        env = {**ENV, "MHW_LOCK_STOPPED_S": "1"}
+        # running: a reader waits for it (and here gives up after MHW_LOCK_WAIT_S, naming it)
+        r = mhw("query", "select count(*) from latency_samples", "--lake", lake,
+                env={**env, "MHW_LOCK_WAIT_S": "2"}, timeout=60)
+        assert r.returncode == 75 and f"pid {holder.pid} (state S)" in r.stderr and "Waited" in r.stderr, r.stderr
+        os.kill(holder.pid, signal.SIGSTOP)
+        for argv in (("query", "select count(*) from latency_samples"), ("diagnose", "--no-notify"),
+                     ("ingest", latency_file(tmp_path / "b.jsonl", 50, run="serve-2"))):
+            t0 = time.monotonic()
+            r = mhw(*argv, "--lake", lake, env=env, timeout=60)
+            assert r.returncode == 75, (argv, r.returncode, r.stderr[-500:])
+            assert f"pid {holder.pid} (stopped)" in r.stderr and "holder.py" in r.stderr, r.stderr
+            assert time.monotonic() - t0 < 30
+    finally:
+        holder.kill()
+        holder.wait()
+    assert mhw("ingest", tmp_path / "b.jsonl", "--lake", lake).returncode == 0
+    assert q(lake, "select count(*) from latency_samples") == [(150,)]
