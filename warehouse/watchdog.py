@@ -30,10 +30,12 @@ import argparse
 import hashlib
 import logging
 import os
+import select
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 
@@ -93,6 +95,89 @@ def describe(snap: dict) -> str:
             f"{snap.get('last_step')}, last checkpoint {'none' if ckpt is None else ckpt}")
 
 
+class Exits:
+    """When each watched process exited, to the millisecond: a thread waits on a pidfd per process
+    (Linux 5.3+) and notes each exit as it happens. torchrun ends the other ranks within its own 0.1 s
+    monitor interval once one dies, so a tick-by-tick look can see a killed rank and the ones torchrun
+    ended in one tick; the exit times tell them apart (the first gone is the one named). Without
+    pidfds: the tick's time."""
+
+    def __init__(self):
+        self.at: dict[int, float] = {}  # pid -> time.time() its exit was seen
+        self._lock = threading.Lock()
+        self._new: list[tuple[int, int]] = []  # (pid, pidfd) for the thread to add
+        self._closed = False
+        self._exited = threading.Event()
+        self._thread = None
+        if hasattr(os, "pidfd_open"):
+            self._wake_r, self._wake_w = os.pipe()
+            self._thread = threading.Thread(target=self._run, name="mhw-watch-exits", daemon=True)
+            self._thread.start()
+
+    def watch(self, pid: int, started: float) -> None:
+        """Watch ``pid``, the process of a snapshot taken at ``started`` (a reused pid is not it)."""
+        if self._thread is None or pid in self.at or any(p == pid for p, _ in self._new):
+            return
+        try:
+            fd = os.pidfd_open(pid)
+        except OSError:  # gone already, or not ours to watch: its tick will see it
+            return
+        try:
+            if psutil.Process(pid).create_time() > started + 1.0:
+                os.close(fd)
+                return
+        except psutil.Error:
+            pass  # gone between the two calls: the pidfd is readable and says so
+        with self._lock:
+            self._new.append((pid, fd))
+        os.write(self._wake_w, b"+")
+
+    def _run(self) -> None:
+        poll, fds = select.poll(), {}  # pidfd -> pid
+        poll.register(self._wake_r, select.POLLIN)
+        watched: set[int] = set()
+        while True:
+            for fd, _ in poll.poll():
+                if fd == self._wake_r:
+                    os.read(self._wake_r, 4096)
+                    with self._lock:
+                        new, self._new, closed = self._new, [], self._closed
+                    for pid, pfd in new:
+                        if pid in watched:
+                            os.close(pfd)
+                            continue
+                        watched.add(pid)
+                        fds[pfd] = pid
+                        poll.register(pfd, select.POLLIN)
+                    if closed:
+                        for pfd in fds:
+                            os.close(pfd)
+                        return
+                    continue
+                now = time.time()
+                pid = fds.pop(fd)
+                poll.unregister(fd)
+                os.close(fd)
+                with self._lock:
+                    self.at[pid] = now
+                self._exited.set()
+
+    def wait(self, timeout_s: float) -> None:
+        """Sleep up to ``timeout_s``; return as soon as a watched process exits."""
+        if self._exited.wait(max(0.0, timeout_s)):
+            self._exited.clear()
+
+    def close(self) -> None:
+        if self._thread is None:
+            return
+        with self._lock:
+            self._closed = True
+        os.write(self._wake_w, b"x")
+        self._thread.join(timeout=5)
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+
 class Watchdog:
     """Runs ``cmd`` and writes its processes' heartbeats into ``sink`` every ``interval_s``."""
 
@@ -112,13 +197,15 @@ class Watchdog:
             env = {**(self.env or os.environ), liveness.WATCHDOG_DIR_ENV: folder,
                    liveness.HEARTBEAT_ENV: repr(self.interval_s)}
             self.proc = subprocess.Popen(self.cmd, env=env, cwd=self.cwd, start_new_session=True)
+            exits = Exits()
             try:
-                return self._watch(folder)
+                return self._watch(folder, exits)
             finally:
+                exits.close()
                 if self.proc.poll() is None:  # the watchdog itself interrupted: take the job with it
                     self._kill_job(liveness.read_progress(folder))
 
-    def _watch(self, folder: str) -> int:
+    def _watch(self, folder: str, exits: Exits) -> int:
         """Poll the processes' states every ``tick`` (a rank's death is seen within it, before the
         launcher tears the others down: the first gone is the one named), write heartbeats every
         interval and as soon as a process is gone, act on a lost or hung job."""
@@ -137,7 +224,9 @@ class Watchdog:
                 if code is not None and state != "ended":
                     state = "exited"  # the launcher is gone; a straggling worker goes with it
                 if state == "exited":
-                    gone_at.setdefault(k, now)
+                    gone_at.setdefault(k, min(exits.at.get(s["pid"], now), now))
+                else:
+                    exits.watch(s["pid"], s["started"])
                 changed |= state == "exited" and states.get(k) != state  # stopped/running may flap (a throttle)
                 states[k] = state
             if code is not None:  # the launcher is done: what its processes left says how
@@ -173,7 +262,7 @@ class Watchdog:
                 proc.wait()
                 self.say("mhw watch: job killed (restart from the last checkpoint)")
                 return HUNG
-            time.sleep(tick)
+            exits.wait(tick)
 
     def _overdue(self, snap: dict) -> bool:
         return time.time() - _last_at(snap) > self.bounds.of(snap)

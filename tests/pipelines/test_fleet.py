@@ -220,11 +220,10 @@ def test_a_cpu_limited_rank_is_the_straggler_then_its_sigkill_is_run_lost(tmp_pa
         lost = diagnose(lake, notify_alerts=False, config_path=rules_overlay(tmp_path))
         (a,) = [a for a in lost.alerts if a["rule"] == "run_lost"]
         assert "exited without an ending" in a["message"]
-        # the rank named is the first seen gone; torchrun ends rank 0 within its own 0.1 s monitor
-        # interval, so both can be seen in one watchdog tick (a tie names the lower rank): rank 1 is
-        # seen gone, and no rank before it
+        # the rank named is the first gone: torchrun ends rank 0 within its own 0.1 s monitor interval,
+        # often inside one watchdog tick, and the watchdog's pidfds time each exit as it happens
         gone = dict(rows(lake, "select rank, min(ts) from heartbeats where state = 'exited' group by rank"))
-        assert 1 in gone and gone[1] == min(gone.values()) and a["rank"] in gone, (gone, a["rank"])
+        assert a["rank"] == 1 and all(gone[1] < t for r, t in gone.items() if r != 1), (gone, a["rank"])
         # seen gone by the watchdog (a tick of 1 s), not first by this later diagnose; slack for the load
         assert a["start_at"].timestamp() - killed_at < 5.0
         assert lost.marked_lost == ["slowed"]
