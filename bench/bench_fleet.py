@@ -55,6 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import fleet_jobs as fj  # noqa: E402
 from pipelines.diagnose import diagnose  # noqa: E402
+from warehouse.commit import LakeLocked  # noqa: E402
 
 RULES = ("run_hung", "run_lost", "straggler", "straggler_host")
 HEARTBEAT_S = 1.0
@@ -145,7 +146,12 @@ def run_job(name, nproc, watched, fault, target, lake, work, overlay, args) -> d
         deadline = t_fault + (args.timeout if out["expect"] == "straggler" else 60)
         while found is None and time.time() < deadline:
             t_diag = time.time()
-            r = diagnose(lake, notify_alerts=False, config_path=overlay)
+            try:
+                r = diagnose(lake, notify_alerts=False, config_path=overlay)
+            except LakeLocked as e:  # stopped inside a write: the lake's lock names it (warehouse/commit.py)
+                out.setdefault("lake_locked_after", time.time() - t_fault)
+                out["lake_locked"] = str(e)
+                continue
             out["diagnose_s"] = time.time() - t_diag  # the last one's: the one that found it, if any
             seen += 1
             hits = named(r.alerts, name, out["expect"], target)
@@ -272,6 +278,10 @@ def report_real(results, alerts) -> list[str]:
     lines.append(f"| all | {tp} | {fp} | {tp / (tp + fp) if tp + fp else float('nan'):.2f} | {m} | {c} | "
                  f"{c / m if m else float('nan'):.2f} |")
     lines += ["", "Messages:"] + [f"- {r['name']}: {r['message']}" for r in results if r.get("message")]
+    locked = [r for r in results if r.get("lake_locked")]
+    if locked:  # the fault stopped a process inside a write: diagnoses were refused, naming it
+        lines += ["", "Diagnoses refused while a stopped process held the lake lock (LakeLocked):"] + [
+            f"- {r['name']}: first {r['lake_locked_after']:.1f} s after the fault: {r['lake_locked'][:300]}" for r in locked]
     return lines
 
 
