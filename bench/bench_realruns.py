@@ -432,8 +432,10 @@ def criteria(steps: list[dict], val: list[tuple[int, float]], params: dict, twin
     row = run_row or {}
     if row.get("source") != "trainer":
         out["lost"] = (False, f"an import (source {row.get('source')}): no process was watched")
-    else:  # scored after its training process exited: a run still 'running' never got its ending
-        out["lost"] = (row.get("status") == "running", f"runs row status {row.get('status')} after its process exited")
+    else:  # scored after its training process exited: a run still 'running' never got its ending from its
+        # trainer ('lost': the diagnose of the scored copy marked it so, from its heartbeats)
+        out["lost"] = (row.get("status") in ("running", "lost"),
+                       f"runs row status {row.get('status')} after its process exited")
     return out
 
 
