@@ -169,6 +169,31 @@ def test_a_rerun_keeps_the_straggler_verdicts_of_runs_it_does_not_recompute(flee
     assert hosts(again) == hosts(found) and hosts(found)
 
 
+def rank_rows(run_id: str, slow) -> list[dict]:
+    """200 steps of a 2-rank job, 10 ms of work a step; ``slow(rank, step)`` -> extra ms of that step."""
+    t0 = NOW - dt.timedelta(seconds=60)
+    return [{"run_id": run_id, "step": step, "rank": rank, "local_rank": 0, "world_size": 2, "host": f"node-{rank}",
+             "ts": t0 + dt.timedelta(milliseconds=20 * step), "step_time_ms": 10.0 + slow(rank, step),
+             "comm_wait_ms": 0.0, "precision": "fp32", "model": MODEL, "hardware": HW}
+            for step in range(200) for rank in (0, 1)]
+
+
+def test_an_intermittent_straggler_is_judged_by_its_mean_and_kept_once_it_recovers(tmp_path):
+    """A rank stopped 50 ms once every 8 steps (a duty-cycle throttle: the median step never moves, the job
+    pays 6 ms a step) from step 40 to 150 is named, and stays named after it recovered; one 500 ms step
+    (a GC pause, a page fault) is one slow window, not a straggler."""
+    lake = Lake(str(tmp_path / "lake"))
+    lake.write("rank_steps", pa.Table.from_pylist(
+        rank_rows("throttled", lambda r, s: 50.0 if r == 1 and 40 <= s < 150 and s % 8 == 0 else 0.0)), "t")
+    lake.write("rank_steps", pa.Table.from_pylist(
+        rank_rows("one-pause", lambda r, s: 500.0 if r == 1 and s == 100 else 0.0)), "p")
+    found = [a for a in diagnose(lake.root, notify_alerts=False, now=NOW).alerts if a["rule"] == "straggler"]
+    assert [(a["run_id"], a["rank"], a["host"]) for a in found] == [("throttled", 1, "node-1")]
+    (a,) = found
+    assert a["step_start"] == 40 and 140 <= a["step_end"] < 160  # the episode, not the run
+    assert a["observed"] == pytest.approx(10 + 50 / 8, rel=0.15) and a["expected"] == pytest.approx(10.0)
+
+
 # --- real jobs --------------------------------------------------------------------------------------
 
 def rules_overlay(tmp_path) -> str:
