@@ -22,9 +22,10 @@
 -- sum of a rank's excess, and an intermittent slowdown (a duty-cycle throttle, a neighbour's bursts) is
 -- a few long steps in each window that a median never sees. A window is slow when the rank's work
 -- exceeds its peers' by more than min_slowdown (a share) and min_excess_ms. Persistence, not one slow
--- step: at least min_windows slow windows, and at least min_share of the rank's windows from its first
--- slow one to its last (an episode: a rank that recovers keeps its alert for the steps it straggled,
--- and straggler_host counts the job). observed / expected: the rank's and its peers' median work over
+-- step: at least min_windows slow windows, and, over the rank's windows from its first slow one to its
+-- last (an episode: a rank that recovers keeps its alert for the steps it straggled, and straggler_host
+-- counts the job), at least min_share of them slow or its mean work over them all min_slowdown above
+-- its peers' (a noisy neighbour comes and goes: slow in half the windows, slower overall). observed / expected: the rank's and its peers' median work over
 -- its slow windows; the baseline says what the job pays: the excess as a share of its step time.
 
 with
@@ -186,7 +187,8 @@ persistent as (
     where j.win between p.first_slow and p.last_slow
     group by j.model, j.hardware, j.run_id, j.rank
     having count(*) filter (where j.is_slow) >= {{ min_windows }}
-        and count(*) filter (where j.is_slow) >= {{ min_share }} * count(*)
+        and (count(*) filter (where j.is_slow) >= {{ min_share }} * count(*)
+            or avg(j.work_ms) > (1 + {{ min_slowdown }}) * avg(j.peer_ms))
 ),
 
 final as (
