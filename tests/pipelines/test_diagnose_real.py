@@ -108,23 +108,28 @@ TUNING = ["gpt2-healthy-s1", "gpt2-healthy-s2", "bert-healthy-s1", "bert-healthy
           "gpt2-bs1-s1"]
 
 
+def alerts_by_run(root: str, names: list[str]) -> dict[str, list[dict]]:
+    """Ingest these matrix runs into one lake (each run has the others as peers), diagnose it, and
+    return each run's alerts by its matrix name."""
+    import json
+
+    ids = {}
+    for name in names:
+        path = MATRIX / f"{name}.jsonl"
+        with open(path) as f:
+            ids[json.loads(f.readline())["run_id"]] = name
+        assert mhw(["ingest", str(path), "--lake", root]) == 0
+    found = {n: [] for n in names}
+    for a in diagnose(root, notify_alerts=False).alerts:
+        if a["run_id"] in ids:
+            found[ids[a["run_id"]]].append(a)
+    return found
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """The alerts of each run, by matrix name: all in one lake, so each run has its peers."""
-    import json
-
-    root = str(tmp_path_factory.mktemp("trained") / "lake")
-    names = {}
-    for name in TUNING:
-        path = MATRIX / f"{name}.jsonl"
-        with open(path) as f:
-            names[json.loads(f.readline())["run_id"]] = name
-        assert mhw(["ingest", str(path), "--lake", root]) == 0
-    found = {n: [] for n in TUNING}
-    for a in diagnose(root, notify_alerts=False).alerts:
-        if a["run_id"] in names:
-            found[names[a["run_id"]]].append(a)
-    return found
+    return alerts_by_run(str(tmp_path_factory.mktemp("trained") / "lake"), TUNING)
 
 
 @pytest.mark.parametrize("name", ["gpt2-healthy-s1", "gpt2-healthy-s2", "bert-healthy-s1", "bert-healthy-s2",
@@ -165,19 +170,8 @@ def test_mistakes_in_the_config_are_caught(trained):
 
 
 def _underfitting_of(root: str, names: list[str]) -> dict[str, set[str]]:
-    import json
-
-    ids = {}
-    for name in names:
-        path = MATRIX / f"{name}.jsonl"
-        with open(path) as f:
-            ids[json.loads(f.readline())["run_id"]] = name
-        assert mhw(["ingest", str(path), "--lake", root]) == 0
-    found = {n: set() for n in names}
-    for a in diagnose(root, notify_alerts=False).alerts:
-        if a["run_id"] in ids and a["rule"] == "underfitting":
-            found[ids[a["run_id"]]].add(a["baseline"])
-    return found
+    return {n: {a["baseline"] for a in alerts if a["rule"] == "underfitting"}
+            for n, alerts in alerts_by_run(root, names).items()}
 
 
 def test_a_run_as_flat_as_its_peers_at_the_same_steps_is_not_underfitting(tmp_path):
