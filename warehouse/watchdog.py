@@ -106,6 +106,7 @@ class Exits:
         self.at: dict[int, float] = {}  # pid -> time.time() its exit was seen
         self._lock = threading.Lock()
         self._new: list[tuple[int, int]] = []  # (pid, pidfd) for the thread to add
+        self._watched: set[int] = set()  # pids given a pidfd (the loop asks every tick)
         self._closed = False
         self._exited = threading.Event()
         self._thread = None
@@ -116,8 +117,9 @@ class Exits:
 
     def watch(self, pid: int, started: float) -> None:
         """Watch ``pid``, the process of a snapshot taken at ``started`` (a reused pid is not it)."""
-        if self._thread is None or pid in self.at or any(p == pid for p, _ in self._new):
+        if self._thread is None or pid in self._watched:
             return
+        self._watched.add(pid)
         try:
             fd = os.pidfd_open(pid)
         except OSError:  # gone already, or not ours to watch: its tick will see it
@@ -135,7 +137,6 @@ class Exits:
     def _run(self) -> None:
         poll, fds = select.poll(), {}  # pidfd -> pid
         poll.register(self._wake_r, select.POLLIN)
-        watched: set[int] = set()
         while True:
             for fd, _ in poll.poll():
                 if fd == self._wake_r:
@@ -143,10 +144,6 @@ class Exits:
                     with self._lock:
                         new, self._new, closed = self._new, [], self._closed
                     for pid, pfd in new:
-                        if pid in watched:
-                            os.close(pfd)
-                            continue
-                        watched.add(pid)
                         fds[pfd] = pid
                         poll.register(pfd, select.POLLIN)
                     if closed:
@@ -224,7 +221,7 @@ class Watchdog:
                 if code is not None and state != "ended":
                     state = "exited"  # the launcher is gone; a straggling worker goes with it
                 if state == "exited":
-                    gone_at.setdefault(k, min(exits.at.get(s["pid"], now), now))
+                    gone_at.setdefault(k, exits.at.get(s["pid"], now))
                 else:
                     exits.watch(s["pid"], s["started"])
                 changed |= state == "exited" and states.get(k) != state  # stopped/running may flap (a throttle)
