@@ -25,8 +25,9 @@
 -- step: at least min_windows slow windows, and, over the rank's windows from its first slow one to its
 -- last (an episode: a rank that recovers keeps its alert for the steps it straggled, and straggler_host
 -- counts the job), at least min_share of them slow or its mean work over them all min_slowdown above
--- its peers' (a noisy neighbour comes and goes: slow in half the windows, slower overall). observed / expected: the rank's and its peers' median work over
--- its slow windows; the baseline says what the job pays: the excess as a share of its step time.
+-- its peers' (a noisy neighbour comes and goes: slow in half the windows, slower overall).
+-- observed / expected: the rank's and its peers' median work over its slow windows; the baseline says
+-- what the job pays: the excess as a share of its step time.
 
 with
 
