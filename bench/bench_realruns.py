@@ -674,21 +674,29 @@ def measure(labeled: list[dict], steps: dict, val: dict, runs: dict, params: dic
     return measured
 
 
+def twins_of(done: list[dict], runs: list[dict]) -> dict[str, str]:
+    """{matrix run name: its twin's run id} for the runs of ``done`` that name a twin."""
+    by_name = {r["name"]: r for r in runs}
+    return {r["name"]: run_id_of(by_name[r["twin"]]) for r in done if r.get("twin")}
+
+
+def criteria_text(r: dict, m: dict) -> str:
+    """A labeled run's measured criteria, one line each under its labels (``*``: met)."""
+    met = sorted(f for f, (ok, _) in m.items() if ok)
+    return (f"  {r['name']} [{r['split']}] labeled {r['families']} tolerated {r['tolerated']}; criteria met {met}\n"
+            + "".join(f"      {'*' if ok else ' '} {f}: {what}\n" for f, (ok, what) in m.items()))
+
+
 def print_criteria(runs: list[dict], cache: Path, lake: str, params: dict, split: str | None) -> int:
     """The measured criteria of the cached matrix runs of ``split``, read from the lake as trained."""
     done = [r for r in runs if (not split or r["split"] == split)
             and (cache / "runs" / f"{r['name']}-{spec_hash(r)}" / "result.json").exists()]
     labeled = labeled_matrix(done)
-    by_name = {r["name"]: r for r in runs}
-    twin_ids = {r["run_id"]: run_id_of(by_name[by_name[r["name"]]["twin"]]) if by_name[r["name"]].get("twin") else None
-                for r in labeled}
-    steps, val, meta = telemetry(lake, sorted({r["run_id"] for r in labeled} | {t for t in twin_ids.values() if t}))
-    for r in labeled:
-        m = measure([r], steps, val, meta, params, twin_ids).get(r["run_id"], {})
-        print(f"{r['name']} [{r['split']}] labeled {r['families']}; criteria met "
-              f"{sorted(f for f, (ok, _) in m.items() if ok)}")
-        for f, (ok, what) in m.items():
-            print(f"    {'*' if ok else ' '} {f}: {what}")
+    twins = twins_of(done, runs)
+    twin_ids = {r["run_id"]: twins.get(r["name"]) for r in labeled}
+    steps, val, meta = telemetry(lake, sorted({r["run_id"] for r in labeled} | set(twins.values())))
+    measured = measure(labeled, steps, val, meta, params, twin_ids)
+    sys.stdout.write("".join(criteria_text(r, measured.get(r["run_id"], {})) for r in labeled))
     return 0
 
 
@@ -821,7 +829,7 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(exist_ok=True)
     say = lambda m: print(m, file=sys.stderr)  # noqa: E731
     matrix_labeled = labeled_matrix(done)
-    twins = {r["name"]: run_id_of(next(x for x in runs if x["name"] == r["twin"])) for r in done if r.get("twin")}
+    twins = twins_of(done, runs)
     ev_m = evaluate("matrix", matrix_labeled, lake, params, FAMILY_RULES, work, twins,
                     measured_families=tuple(labels.get("measured_on_matrix") or ()), log=say) if done else None
 
@@ -844,14 +852,7 @@ def main(argv: list[str] | None = None) -> int:
             report(part, ev, lab, out)
             if args.criteria:
                 out.write(f"measured criteria ({part}):\n")
-                for r in lab:
-                    m = ev["measured"].get(r["run_id"], {})
-                    met = sorted(f for f, (ok, _) in m.items() if ok)
-                    out.write(f"  {r['name']} [{r['split']}] labeled {r['families']} tolerated {r['tolerated']}; "
-                              f"criteria met {met}\n")
-                    for f, (ok, what) in m.items():
-                        out.write(f"      {'*' if ok else ' '} {f}: {what}\n")
-                out.write("\n")
+                out.write("".join(criteria_text(r, ev["measured"].get(r["run_id"], {})) for r in lab) + "\n")
     if args.json:
         figures = {"date": dt.date.today().isoformat(), "load_average": os.getloadavg(),
                    "ingested": ingested, "matrix_runs": results}
