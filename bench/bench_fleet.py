@@ -144,7 +144,9 @@ def run_job(name, nproc, watched, fault, target, lake, work, overlay, args) -> d
                 time.sleep(0.05)
         found, seen = None, 0
         deadline = t_fault + (args.timeout if out["expect"] == "straggler" else 60)
-        while found is None and time.time() < deadline:
+        # run_lost: its first alert (overdue heartbeats: a warning) is the detection; go on until it is
+        # proven (critical: the run is marked lost)
+        while (found is None or (out["expect"] == "run_lost" and "proven_at" not in out)) and time.time() < deadline:
             t_diag = time.time()
             try:
                 r = diagnose(lake, notify_alerts=False, config_path=overlay)
@@ -155,8 +157,11 @@ def run_job(name, nproc, watched, fault, target, lake, work, overlay, args) -> d
             out["diagnose_s"] = time.time() - t_diag  # the last one's: the one that found it, if any
             seen += 1
             hits = named(r.alerts, name, out["expect"], target)
-            if hits:
+            if hits and hits[0]["severity"] == "critical" and "proven_at" not in out:
+                out["proven_at"] = time.time()
+            if hits and found is None:
                 found = hits[0]
+                out["severity"] = found["severity"]
                 out["detected_at"] = time.time()
                 out["diagnoses"] = seen
                 out["evidence_at"] = found["end_at"].timestamp()
@@ -260,7 +265,9 @@ def report_real(results, alerts) -> list[str]:
                 over = secs - HUNG_WAIT_S
                 det = f"{secs:.1f} s (bound {HUNG_WAIT_S:.0f} s + {over:.1f} s = {over / HEARTBEAT_S:.1f} beats)"
             elif r["expect"] == "run_lost":
-                det = f"{secs:.1f} s ({secs / HEARTBEAT_S:.1f} beats)"
+                det = f"{secs:.1f} s ({secs / HEARTBEAT_S:.1f} beats, {r['severity']})"
+                if "proven_at" in r and r["proven_at"] > r["detected_at"]:
+                    det += f"; critical {r['proven_at'] - r['fault_at']:.1f} s"
             else:
                 det = f"{secs:.1f} s"
         fault = (r["fault"] or "-") + ("" if r["rank"] is None else f" ({r['rank']})")

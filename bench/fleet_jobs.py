@@ -275,7 +275,11 @@ def _spin() -> None:
 
 class Hogs:
     """``n`` busy processes pinned to ``core``, and the process ``pid`` (every thread of it) pinned
-    there with them; ``others`` (pids) pinned to the remaining cores."""
+    there with them; ``others`` (pids) pinned to the remaining cores. The calling process (the bench,
+    whose diagnoses run back to back while the fault lasts) goes onto ``core`` too, so the other ranks'
+    core holds them alone: in run 9 (bench/RESULTS.md) rank 0, alone on the other core, worked 9.4 ms a
+    step before the diagnoses began, 14-22 ms while they ran and 9.6 ms once they stopped, and was named
+    a straggler for the bench's own load."""
 
     def __init__(self, pid: int, core: int, n: int = 2, others: list[int] = ()):
         self.procs = [multiprocessing.Process(target=_spin, daemon=True) for _ in range(n)]
@@ -286,6 +290,7 @@ class Hogs:
             p.start()
             os.sched_setaffinity(p.pid, {self.core})
         pin(self.pid, {self.core})
+        pin(os.getpid(), {self.core})
         rest = set(range(os.cpu_count() or 1)) - {self.core} or {self.core}
         for pid in self.others:
             pin(pid, rest)
@@ -296,7 +301,7 @@ class Hogs:
             p.kill()
             p.join(timeout=5)
         everywhere = set(range(os.cpu_count() or 1))
-        for pid in [self.pid, *self.others]:
+        for pid in [self.pid, *self.others, os.getpid()]:
             pin(pid, everywhere)
 
 

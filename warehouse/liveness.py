@@ -188,8 +188,14 @@ class Heartbeat:
             log.warning("mhw: heartbeat of run %s rank %s not written: %s", snap["run_id"], snap["rank"], e)
 
     def _loop(self) -> None:
-        while not self._stop.wait(self.progress.interval_s):
+        # a fixed cadence: the n-th beat leaves at start + n intervals, not an interval after the last
+        # write ended (a write that waited for the lake's lock delays its own beat, not every later one,
+        # and run_lost's bound counts whole intervals from the latest beat)
+        every = self.progress.interval_s
+        due = time.monotonic() + every
+        while not self._stop.wait(max(0.0, due - time.monotonic())):
             self.beat()
+            due = max(due + every, time.monotonic())  # more than an interval behind: beat at once, then on
 
     def stop(self) -> None:
         """Stop beating, after a last beat (``ended`` if the run was ended)."""

@@ -237,7 +237,10 @@ class Watchdog:
                 return code
             if changed or now >= next_beat:
                 self._beat(snaps, states, gone_at)
-                next_beat = now + self.interval_s
+                if now >= next_beat:  # a fixed cadence (a changed state's beat is one more)
+                    next_beat += self.interval_s
+                    if next_beat <= now:  # the first beat, or more than an interval behind
+                        next_beat = now + self.interval_s
             gone = sorted((s for s in snaps if states[_key(s)] == "exited"), key=lambda s: gone_at[_key(s)])
             if gone and self.outcome is None:
                 # a rank died without ending its run: a DDP job cannot go on without it

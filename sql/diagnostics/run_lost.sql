@@ -7,14 +7,20 @@
 -- scope: live (recomputed at every diagnose, by its clock, for the runs with recent heartbeats)
 -- subject: run_id
 -- sources: live_processes
--- params: max_silent_beats float > 0
+-- params: overdue_beats float > 0; max_silent_beats float > 0
 -- audits: tests/pipelines/test_fleet.py (a SIGKILLed rank under torchrun and mhw watch, a killed trainer
 --   without a watchdog; quiet on a healthy twin, on runs that ended and on a resumed run)
 --
 -- A process is lost when its heartbeat says exited (its watchdog saw it gone without an ending), or
 -- when its heartbeats stopped: none for more than max_silent_beats of its interval (a watchdog that died
 -- with its host, or a process beating for itself). Without a watchdog a process stopped by SIGSTOP
--- stops beating too, and reads as lost. step_start is the last checkpoint, step_end the last step logged.
+-- stops beating too, and reads as lost. Two stages, as a node controller has (unknown, then evicted):
+-- heartbeats overdue by more than overdue_beats intervals is the rule's severity (a warning: the
+-- earliest sign, within two intervals of the death; a beat late by a slow write clears it at the next
+-- diagnose); exited, or silent past max_silent_beats, is escalated (critical: the run is marked lost in
+-- runs and its DAG task fails). Beats leave on a fixed cadence (warehouse/liveness.py), so a healthy
+-- process is overdue only when one write takes more than (overdue_beats - 1) intervals.
+-- step_start is the last checkpoint, step_end the last step logged.
 
 with
 
@@ -22,11 +28,12 @@ lost as (
     select
         *,
         ts as gone_at,  -- seen gone by its watchdog, or last seen alive
-        state = 'exited' as is_exited
+        state = 'exited' as is_exited,
+        state = 'exited' or silent_s > {{ max_silent_beats }} * interval_s as is_proven
     from live_processes
     where is_open
         and (state = 'exited'
-            or (state in ('running', 'stopped') and silent_s > {{ max_silent_beats }} * interval_s))
+            or (state in ('running', 'stopped') and silent_s > {{ overdue_beats }} * interval_s))
 ),
 
 ranked as (
@@ -37,7 +44,8 @@ ranked as (
         max(checkpoint_step) over (partition by run_id) as run_checkpoint,
         min(gone_at) over (partition by run_id) as start_at,
         max(ts) over (partition by run_id) as end_at,
-        max(silent_s) over (partition by run_id) as run_silent_s
+        max(silent_s) over (partition by run_id) as run_silent_s,
+        bool_or(is_proven) over (partition by run_id) as run_proven
     from lost
 ),
 
@@ -51,6 +59,7 @@ per_run as (
         rank,
         host,
         is_exited,
+        run_proven as is_proven,
         exit_code,
         run_checkpoint as checkpoint_step,
         last_step,
@@ -77,19 +86,23 @@ final as (
         cast(start_at as timestamptz) as start_at,
         cast(end_at as timestamptz) as end_at,
         cast(silent_s as double) as observed,
-        cast({{ max_silent_beats }} * interval_s as double) as expected,
+        cast((case when is_proven then {{ max_silent_beats }} else {{ overdue_beats }} end) * interval_s
+            as double) as expected,
         cast(concat(
             case
-                when is_exited then concat('exited without an ending',
+                when is_exited then concat('gone: exited without an ending',
                     case when exit_code < 0 then concat(' (signal ', cast(-exit_code as varchar), ')')
                          when exit_code is not null then concat(' (exit status ', cast(exit_code as varchar), ')')
                          else '' end)
-                else 'heartbeats stopped'
+                when is_proven then 'gone: heartbeats stopped'
+                else concat('heartbeats overdue (lost after ',
+                    cast(round({{ max_silent_beats }} * interval_s, 1) as varchar), ' s without one)')
             end,
-            '; ', cast(n_points as varchar), ' of ', cast(n_procs as varchar), ' processes gone'
+            '; ', cast(n_points as varchar), ' of ', cast(n_procs as varchar),
+            case when is_proven then ' processes gone' else ' processes overdue' end
         ) as varchar) as baseline,
         cast(n_points as bigint) as n_points,
-        cast(false as boolean) as escalate,
+        cast(is_proven as boolean) as escalate,
         cast(host as varchar) as host,
         cast(rank as bigint) as rank
     from per_run

@@ -66,6 +66,8 @@ CASES = {  # run -> (its heartbeats, its runs status, the alert expected: (rule,
     "exited": ([beat("exited", 0, state="exited", ts=29), beat("exited", 1, state="exited", ts=30, exit_code=-9)],
                "running", ("run_lost", 1, "critical")),
     "silent": ([beat("silent", 0, ts=60), beat("silent", 1, ts=61)], None, ("run_lost", 1, "critical")),
+    # 1.6 and 1.7 intervals since the last beats: overdue (a warning), not yet proven lost
+    "overdue": ([beat("overdue", 0, ts=16), beat("overdue", 1, ts=17)], "running", ("run_lost", 1, "warning")),
     "ended": ([beat("ended", 0, state="ended", ts=100), beat("ended", 1, state="ended", ts=100)], "completed", None),
     "closed": ([beat("closed", 0, ts=600)], "completed", None),  # its runs row ended it
     "resumed": ([beat("resumed", 0, state="exited", ts=3600, started=7200, attempt="a"),
@@ -114,21 +116,24 @@ def test_every_hung_and_lost_case_fires_once_naming_its_rank_and_host(judged):
     assert "restart from the checkpoint at step 900" in hung["action"]
     assert "signal 9" in lost["message"] and lost["start_at"] == ago(30)  # the first seen gone is named
     assert "stopped (state T)" in got["stopped"]["message"]
-    assert "heartbeats stopped" in got["silent"]["message"]
+    assert "gone: heartbeats stopped" in got["silent"]["message"]
+    assert "heartbeats overdue (lost after 20.0 s without one); 2 of 2 processes overdue" in got["overdue"]["message"]
 
 
 def test_lost_runs_are_marked_lost_in_runs(judged, beats_lake):
-    assert judged.marked_lost == ["exited"]  # "silent" has no runs row to mark
+    assert judged.marked_lost == ["exited"]  # "silent" has no runs row to mark; "overdue" is not proven
     status = dict(rows(beats_lake, "select run_id, status from runs"))
     assert status["exited"] == "lost" and status["hung"] == "running" and status["resumed"] == "running"
+    assert status["overdue"] == "running"
     assert rows(beats_lake, "select steps, ended_at from runs where run_id = 'exited'") == [(1001, ago(30))]
 
 
 def test_the_clock_alone_turns_a_silent_run_lost_and_a_revived_one_clears(beats_lake, judged):
     later = diagnose(beats_lake, notify_alerts=False, now=NOW + dt.timedelta(seconds=60))
     assert not later.full  # nothing in the lake changed: only the clock moved
-    lost = {a["run_id"] for a in later.current if a["rule"] == "run_lost"}
-    assert {"healthy", "pausing", "hung", "stopped"} <= lost and "exited" in lost  # marked lost: still lost
+    lost = {a["run_id"]: a["severity"] for a in later.current if a["rule"] == "run_lost"}
+    assert {"healthy", "pausing", "hung", "stopped", "overdue"} <= set(lost) and "exited" in lost  # marked lost: still lost
+    assert lost["overdue"] == "critical" and "overdue" in later.marked_lost  # 7.7 intervals: proven now
     # the healthy run beats again: its alert goes at the next diagnose
     Lake(beats_lake).write("heartbeats", pa.Table.from_pylist([beat("healthy", r, ts=-55, last=-55)
                                                                 for r in (0, 1)]), "healthy-hb-a")
