@@ -763,7 +763,10 @@ def diagnose(lake_root: Lake | str | None = None, engine="duckdb", *, config_pat
     ``engine``: "duckdb", "spark", or an engine already open (pipelines.engines; left open)."""
     say = log or (lambda *_: None)
     t0 = time.perf_counter()
-    now = now or dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    if now is None:  # to the millisecond (whole seconds put the clock up to a second behind: with
+        # heartbeats every second, run_lost and run_hung judged a second late)
+        now = dt.datetime.now(dt.timezone.utc)
+        now = now.replace(microsecond=now.microsecond // 1000 * 1000)
     rules = load_rules()
     cfg = load_config(config_path, rules)
     lake = Lake.of(lake_root or config.load().lake_root)  # the one handle, passed everywhere from here
