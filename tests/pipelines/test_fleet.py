@@ -195,7 +195,9 @@ def test_an_intermittent_straggler_is_judged_by_its_mean_and_kept_once_it_recove
     found = [a for a in diagnose(lake.root, notify_alerts=False, now=NOW).alerts if a["rule"] == "straggler"]
     assert [(a["run_id"], a["rank"], a["host"]) for a in found] == [("throttled", 1, "node-1")]
     (a,) = found
-    assert a["step_start"] == 40 and 140 <= a["step_end"] < 160  # the episode, not the run
+    # the episode, not the run: it ends in the window of steps 120-139 or 140-159 (one 50 ms stop in
+    # 140-159 is 25 % slower: at min_slowdown, not over it)
+    assert a["step_start"] == 40 and 120 <= a["step_end"] < 160
     assert a["observed"] == pytest.approx(10 + 50 / 8, rel=0.15) and a["expected"] == pytest.approx(10.0)
 
 
