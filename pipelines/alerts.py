@@ -39,17 +39,21 @@ def alert_key(rule: str, model: str, hardware: str) -> str:
     return f"{rule}-{digest}"
 
 
-def read_alerts(lake: Lake) -> list[dict]:
-    """Every alert in the lake as dicts (partition columns included). Small: alerts, not telemetry."""
-    return read_rows(lake, ALERTS)
+def read_alerts(lake: Lake, rules: set[str] | None = None) -> list[dict]:
+    """Every alert in the lake as dicts (partition columns included), or those of ``rules``: only
+    their files are read (a file per rule, model × hardware pair and day: ``alert_key``). Small:
+    alerts, not telemetry, but many files."""
+    keep = None if rules is None else (lambda name: name[: -len(".parquet")].rsplit("-", 1)[0] in rules)
+    return read_rows(lake, ALERTS, keep)
 
 
-def read_rows(lake: Lake, table: Table) -> list[dict]:
-    """Every row of a small derived table (alerts, repairs) as dicts, partition columns included."""
+def read_rows(lake: Lake, table: Table, keep=None) -> list[dict]:
+    """Every row of a small derived table (alerts, repairs) as dicts, partition columns included;
+    ``keep(file name)``: only the files it keeps."""
     import pyarrow as pa
     import pyarrow.dataset as ds
 
-    files = [p for paths in lake.list_files(table.name).values() for p in paths]
+    files = [p for name, paths in lake.list_files(table.name).items() if keep is None or keep(name) for p in paths]
     if not files:
         return []
     part = ds.partitioning(pa.schema([(k, table.schema.field(k).type) for k in table.partition_by]),

@@ -799,7 +799,8 @@ def _diagnose(lake, rules, cfg, data_root, engine, full, notify_alerts, master, 
         try:
             rows, per_rule = run_rules(eng, lake, rules, cfg, scope, log=say)
             # live and hosts rules: by the clock, and across jobs (the straggler verdicts just computed)
-            verdicts = fleet.verdicts(rows.get(fleet.VERDICT_RULE), read_alerts(lake), scope.runs, scope.full)
+            verdicts = fleet.verdicts(rows.get(fleet.VERDICT_RULE), read_alerts(lake, {fleet.VERDICT_RULE}),
+                                      scope.runs, scope.full)
             more, more_s = fleet.run_rules(eng, rules, cfg, live, data_root, verdicts, render, log=say)
             rows.update({k: named(rules[k], v) for k, v in more.items()})
             per_rule.update(more_s)
