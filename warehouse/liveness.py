@@ -189,8 +189,8 @@ class Heartbeat:
 
     def _loop(self) -> None:
         # a fixed cadence: the n-th beat leaves at start + n intervals, not an interval after the last
-        # write ended (a write that waited for the lake's lock delays its own beat, not every later one,
-        # and run_lost's bound counts whole intervals from the latest beat)
+        # beat() returned (a slow beat, e.g. the watchdog folder's file write, delays its own beat, not
+        # every later one; run_lost's bound counts whole intervals from the latest beat)
         every = self.progress.interval_s
         due = time.monotonic() + every
         while not self._stop.wait(max(0.0, due - time.monotonic())):
