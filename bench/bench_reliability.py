@@ -257,7 +257,9 @@ def killed_build_leftovers(p: Probe, trials: int) -> dict:
     def left() -> list[Path]:
         found = [q for q in p.work.glob("kb.duckdb.*") if q.name != "kb.duckdb.lock"]
         found += [q for q in (lake / "cubes").rglob("*") if q.name.endswith(".tmp")]
-        found += [q for d in ("_tmp", "_snapshots", "_txn") if (lake / d).exists() for q in (lake / d).iterdir()]
+        found += [q for d in ("_tmp", "_snapshots", "_txn") if (lake / d).exists() for q in (lake / d).iterdir()
+                  if q.name != ".pool"]  # the finished snapshots' empty folder trees, kept for reuse
+        found += [q for q in (lake / "_snapshots" / ".pool").rglob("*") if not q.is_dir()]
         return found
 
     before = len(left())

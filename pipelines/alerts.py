@@ -8,6 +8,13 @@ and ``mhw alerts``, which lists them.
 Alerts are written by ``mhw diagnose`` (pipelines/diagnose.py) with the lake writer, keyed by rule and
 model × hardware pair (``<rule>-<hash>.parquet`` in each date partition): re-writing a key replaces
 that rule's alerts on that pair, wherever their dates fell.
+
+A lake with a long history holds thousands of small alert files (a 40 M-row simulated lake: 2,061
+alerts in 1,757 files, ~1 ms a file to open: 1.4-2.3 s a read, every diagnose). Every write keeps a
+checkpoint, ``<lake>/_checkpoints/alerts.parquet``: every alert row with the file it came from (its
+path under the table, size and mtime). A read lists the files, keeps the checkpoint's rows of the
+files that are there unchanged and reads only the others, so whatever wrote or restored a file (a
+rolled-back transaction, a foreign writer, a copy of the lake) the rows are the files' own.
 """
 from __future__ import annotations
 
@@ -30,6 +37,8 @@ if TYPE_CHECKING:
     from warehouse.writer import Lake
 
 TABLE = ALERTS.name
+CHECKPOINT = "_checkpoints/alerts.parquet"  # under the lake root: the rows of every alert file, by file
+FILE_COLUMNS = ("_file", "_size", "_mtime_ns")  # the checkpoint's: a row's file under alerts/, its size and mtime
 SHOWN = ["start_at", "severity", "rule", "model", "hardware", "precision", "run_id", "step_start", "message"]
 
 
@@ -40,20 +49,74 @@ def alert_key(rule: str, model: str, hardware: str) -> str:
 
 
 def read_alerts(lake: Lake, rules: set[str] | None = None) -> list[dict]:
-    """Every alert in the lake as dicts (partition columns included), or those of ``rules``: only
-    their files are read (a file per rule, model × hardware pair and day: ``alert_key``). Small:
-    alerts, not telemetry, but many files."""
-    keep = None if rules is None else (lambda name: name[: -len(".parquet")].rsplit("-", 1)[0] in rules)
-    return read_rows(lake, ALERTS, keep)
+    """Every alert in the lake as dicts (partition columns included), or those of ``rules``. Read
+    through the checkpoint: only files written since it was are opened."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    data = _with_files(lake)[0].drop_columns(list(FILE_COLUMNS))
+    if rules is not None:
+        data = data.filter(pc.is_in(data["rule"], pa.array(sorted(rules), pa.string())))
+    return data.to_pylist()
 
 
-def read_rows(lake: Lake, table: Table, keep=None) -> list[dict]:
-    """Every row of a small derived table (alerts, repairs) as dicts, partition columns included;
-    ``keep(file name)``: only the files it keeps."""
+def _with_files(lake: Lake):
+    """(every alert row with FILE_COLUMNS, whether the checkpoint is out of date): the checkpoint's
+    rows of files listed now with the same size and mtime, then the rows of every other file."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.dataset as ds
+    import pyarrow.parquet as pq
+
+    from pipelines import lakefiles
+
+    table_dir = lake.table_dir(TABLE)
+    listed = {f.path[len(table_dir):].lstrip("/"): f for files in
+              lakefiles.list_partitions(lake.fs, table_dir, ALERTS.partition_by).values() for f in files}
+    schema = pa.schema([*ALERTS.schema, ("_file", pa.string()), ("_size", pa.int64()), ("_mtime_ns", pa.int64())])
+    try:
+        kept = pq.read_table(f"{lake.root}/{CHECKPOINT}", filesystem=lake.fs)
+        if not kept.schema.equals(schema):
+            raise ValueError("another layout")
+    except (OSError, ValueError, pa.ArrowException):  # none yet, or of another version: read every file
+        kept = schema.empty_table()
+    same = [listed.get(f) is not None and (listed[f].size, listed[f].mtime_ns) == (size, mtime)
+            for f, size, mtime in zip(*(kept[c].to_pylist() for c in FILE_COLUMNS))]
+    stale = not all(same)
+    kept = kept.filter(pa.array(same, pa.bool_()))
+    have = set(kept["_file"].to_pylist())
+    missing = [f for rel, f in listed.items() if rel not in have]
+    if not missing:
+        return kept, stale
+    part = ds.partitioning(pa.schema([(k, ALERTS.schema.field(k).type) for k in ALERTS.partition_by]),
+                           flavor="hive")
+    read = ds.dataset([f.path for f in missing], filesystem=lake.fs, format="parquet", partitioning=part,
+                      partition_base_dir=table_dir, schema=ALERTS.schema
+                      ).to_table(columns=[*ALERTS.schema.names, "__filename"])
+    by_path = {f.path: f for f in missing}
+    names = read["__filename"].to_pylist()
+    read = read.drop_columns(["__filename"]).append_column(
+        "_file", pa.array([by_path[n].path[len(table_dir):].lstrip("/") for n in names], pa.string())
+    ).append_column("_size", pa.array([by_path[n].size for n in names], pa.int64())
+    ).append_column("_mtime_ns", pa.array([by_path[n].mtime_ns for n in names], pa.int64()))
+    return pa.concat_tables([kept, read.cast(schema)]), True
+
+
+def save_checkpoint(lake: Lake) -> None:
+    """Bring the checkpoint up to the alert files as they are now (reads only the files it lacks)."""
+    from warehouse.writer import parquet_bytes
+
+    data, stale = _with_files(lake)
+    if stale:
+        lake.put_file(f"{lake.root}/{CHECKPOINT}", parquet_bytes(data), ".parquet")
+
+
+def read_rows(lake: Lake, table: Table) -> list[dict]:
+    """Every row of a small derived table (repairs) as dicts, partition columns included."""
     import pyarrow as pa
     import pyarrow.dataset as ds
 
-    files = [p for name, paths in lake.list_files(table.name).items() if keep is None or keep(name) for p in paths]
+    files = [p for paths in lake.list_files(table.name).values() for p in paths]
     if not files:
         return []
     part = ds.partitioning(pa.schema([(k, table.schema.field(k).type) for k in table.partition_by]),
@@ -85,6 +148,7 @@ def write_alerts(lake: Lake, alerts: list[dict], keys: set[str], listing: dict |
             res = lake.write(TABLE, data, key)
             written, rows = res.files, rows + res.rows
         lake.drop_stale(TABLE, written, key=key, listing=listing)
+    save_checkpoint(lake)
     return rows
 
 

@@ -58,9 +58,12 @@ def steps_file(path: Path, n: int, days: int = 1, run: str = "r1", loss0: float 
 
 
 def leftovers(lake: Path) -> list[str]:
-    """What a killed writer or reader could leave: staged files, journals, snapshots."""
-    return sorted(str(p.relative_to(lake)) for d in ("_tmp", "_txn", "_snapshots") if (lake / d).exists()
-                  for p in (lake / d).iterdir())
+    """What a killed writer or reader could leave: staged files, journals, snapshots (the pool of
+    finished snapshots' folder trees is no leftover while it holds no file)."""
+    left = [p for d in ("_tmp", "_txn", "_snapshots") if (lake / d).exists() for p in (lake / d).iterdir()
+            if p.name != ".pool"]
+    left += [p for p in (lake / "_snapshots" / ".pool").rglob("*") if not p.is_dir()]
+    return sorted(str(p.relative_to(lake)) for p in left)
 
 
 # --- one file, one source ---------------------------------------------------------------------------
@@ -313,6 +316,50 @@ def test_rollback_puts_back_what_a_killed_transaction_changed(tmp_path, kind):
     after = sorted(p.read_bytes() for p in (tmp_path / "lake" / "train_steps").rglob("*.parquet"))
     assert after == before
     assert leftovers(tmp_path / "lake") == []
+
+
+def test_a_snapshot_reuses_a_finished_one_s_folders_and_sees_only_the_lake_of_its_own_instant(tmp_path):
+    """A finished snapshot's folders are pooled, holding no file, and the next snapshot takes them:
+    it sees the files of its own instant (a replaced file's new rows, nothing of a partition gone
+    since), and a snapshot's files stay whole while a writer replaces their paths. The pool keeps at
+    most ``commit.POOL_KEEP`` trees, however many snapshots ran at once."""
+    import pyarrow as pa
+
+    from warehouse import commit
+
+    root = tmp_path / "lake"
+    lake = Lake(root)
+
+    def rows(run, day, n):
+        return pa.table({"run_id": [run] * n, "step": list(range(n)), "ts": [T0 + dt.timedelta(days=day)] * n,
+                         "model": ["m"] * n, "hardware": ["h"] * n})
+
+    def seen(snap):  # (run, date, rows) of every file under a snapshot's train_steps
+        import pyarrow.parquet as pq
+        return sorted((p.stem, p.parent.name, pq.read_metadata(p).num_rows)
+                      for p in Path(snap, "train_steps").rglob("*.parquet"))
+
+    lake.write("train_steps", rows("a", 0, 3), "a")
+    lake.write("train_steps", rows("b", 1, 2), "b")
+    pool = root / "_snapshots" / commit.POOL
+    with lake.snapshot(["train_steps"]) as first:
+        folder = Path(first, "train_steps", "model=m", "hardware=h", "date=2026-11-03")
+        inode = folder.stat().st_ino
+        assert seen(first) == [("a", "date=2026-11-02", 3), ("b", "date=2026-11-03", 2)]
+        lake.write("train_steps", rows("a", 0, 5), "a")  # replaced while the snapshot is read
+        assert seen(first) == [("a", "date=2026-11-02", 3), ("b", "date=2026-11-03", 2)]
+    assert [p for p in pool.rglob("*") if not p.is_dir()] == [] and len(list(pool.iterdir())) == 1
+    for p in list((root / "train_steps").rglob("b.parquet")):
+        lake.delete(str(p))
+    with lake.snapshot(["train_steps"]) as second:
+        assert Path(second, "train_steps", "model=m", "hardware=h", "date=2026-11-03").stat().st_ino == inode
+        assert seen(second) == [("a", "date=2026-11-02", 5)]
+        assert connect(lake_root=second, serving_path="").execute(
+            "select count(*), max(step) from train_steps").fetchall() == [(5, 4)]
+    with lake.snapshot(["train_steps"]), lake.snapshot(["train_steps"]), lake.snapshot(["train_steps"]):
+        assert list(pool.iterdir()) == []  # all three took a tree: the pooled one, and two new
+    assert len(list(pool.iterdir())) == commit.POOL_KEEP
+    assert leftovers(root) == []
 
 
 def test_a_reingest_that_moves_rows_to_other_dates_leaves_no_empty_folders(tmp_path):
