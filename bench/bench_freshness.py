@@ -6,7 +6,8 @@ one run (issue 14).
 For each lake size (``mhw simulate``, seed 5; kept in ``--lakes`` and reused when there): a full build,
 a full diagnose and a raw scan of the columns the build reads (bench_cubes.raw_scan), in process (so
 start-up is not counted); then one 2,000-step block of a new run is appended through the lake writer,
-and the incremental diagnose and build that bring it to the alerts and the serving file are timed.
+and the incremental diagnose and build that bring it to the alerts and the serving file are timed;
+``--repeat`` turns of that (another new run each), the median turn reported.
 Each figure is wall seconds and CPU seconds of this process (all its threads): this machine is shared
 and busy, and CPU seconds move far less with the load than wall seconds; the ratios are what to read.
 The peak memory of each step is the process's resident high-water mark (VmHWM), reset before the step
@@ -35,10 +36,10 @@ from warehouse.simulate import simulate  # noqa: E402
 from warehouse.writer import Lake  # noqa: E402
 
 
-def block(n: int = 2000) -> pa.Table:
+def block(n: int = 2000, run: str = "fresh-run") -> pa.Table:
     t0 = dt.datetime(2026, 11, 22, 12, tzinfo=dt.timezone.utc)
     return pa.table({
-        "run_id": ["fresh-run"] * n, "step": list(range(n)),
+        "run_id": [run] * n, "step": list(range(n)),
         "ts": [t0 + dt.timedelta(seconds=i) for i in range(n)], "loss": [3.0 / (1 + i / 200) for i in range(n)],
         "lr": [1e-4] * n, "grad_norm": [1.0] * n, "tokens_per_s": [5e4] * n, "step_time_ms": [300.0] * n,
         "data_time_ms": [2.0] * n, "model": ["gpt2-124m"] * n, "hardware": ["a100-sxm-80gb-x8"] * n,
@@ -69,7 +70,7 @@ def timed(fn) -> tuple[float, float, float]:
     return time.perf_counter() - w, cpu() - c, peak_gb()
 
 
-def measure(rows: int, lakes: str) -> dict:
+def measure(rows: int, lakes: str, repeat: int) -> dict:
     lake = os.path.join(lakes, f"lake-{rows}")
     if not os.path.isdir(os.path.join(lake, "train_steps")):
         simulate(lake, rows, seed=5)
@@ -83,13 +84,20 @@ def measure(rows: int, lakes: str) -> dict:
     out["full diagnose"] = timed(lambda: diagnose(lake, full=True, notify_alerts=False))
     out["raw scan"] = timed(lambda: raw_scan(lake))
     writer = Lake(lake)
-    writer.write("train_steps", block(), "fresh-run-b000000000")
-    try:
-        out["incr. diagnose"] = timed(lambda: diagnose(lake, notify_alerts=False))
-        out["incr. build"] = timed(lambda: build(lake, serving))
+    keys = [f"fresh-run-{i}-b000000000" for i in range(repeat)]
+    try:  # each turn appends another new run's block: the median turn is reported
+        turns = []
+        for i, key in enumerate(keys):
+            writer.write("train_steps", block(run=f"fresh-run-{i}"), key)
+            turns.append((timed(lambda: diagnose(lake, notify_alerts=False)), timed(lambda: build(lake, serving))))
+        turns.sort(key=lambda t: t[0][0] + t[1][0])
+        out["incr. diagnose"], out["incr. build"] = turns[len(turns) // 2]
+        out["incr. turns"] = [round(d[0] + b[0], 2) for d, b in turns]
     finally:  # the lake is kept for the next run as simulated
-        for path in writer.list_files("train_steps").get("fresh-run-b000000000.parquet", []):
-            writer.delete(path)
+        listing = writer.list_files("train_steps")
+        for key in keys:
+            for path in listing.get(f"{key}.parquet", []):
+                writer.delete(path)
     return out
 
 
@@ -97,6 +105,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, nargs="+", default=[10_000_000, 40_000_000])
     ap.add_argument("--lakes", help="folder that keeps the simulated lakes between runs (default: a temp folder)")
+    ap.add_argument("--repeat", type=int, default=3, help="appended blocks per size (each a new run; the median "
+                                                          "turn of diagnose + build is reported)")
     args = ap.parse_args()
     load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="mhw-fresh-") as tmp:
@@ -104,7 +114,7 @@ def main() -> None:
         os.makedirs(lakes, exist_ok=True)
         results = []
         for n in args.rows:
-            results.append(measure(n, lakes))
+            results.append(measure(n, lakes, args.repeat))
             print(f"measured {n:,} rows, load {os.getloadavg()[0]:.1f}", file=sys.stderr, flush=True)
     print(f"# diagnose vs build, {dt.date.today()}; load average {load:.1f} at start, "
           f"{os.getloadavg()[0]:.1f} at end; wall s / CPU s\n")
@@ -120,6 +130,9 @@ def main() -> None:
         print(f"| {r['rows']:,} | {ws(b)} | {ws(d)} | {d[0] / b[0]:.2f}, {d[1] / b[1]:.2f} | {ws(s)} | "
               f"{b[0] / s[0]:.2f}, {b[1] / s[1]:.2f} | {ws(r['incr. diagnose'])} | {ws(r['incr. build'])} | "
               f"{ws(inc)} |")
+    print(f"\nappended block, every turn (diagnose + build, wall s, sorted; the median is in the table):")
+    for r in results:
+        print(f"- {r['rows']:,} rows: {r['incr. turns']}")
     print("\npeak resident memory, GB (each step's own high-water mark):")
     for r in results:
         print(f"- {r['rows']:,} rows: " + ", ".join(f"{k} {r[k][2]:.2f}" for k in

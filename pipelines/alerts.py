@@ -60,6 +60,29 @@ def read_alerts(lake: Lake, rules: set[str] | None = None) -> list[dict]:
     return data.to_pylist()
 
 
+def _schema():
+    import pyarrow as pa
+    return pa.schema([*ALERTS.schema, ("_file", pa.string()), ("_size", pa.int64()), ("_mtime_ns", pa.int64())])
+
+
+def checkpoint_covering(fs, root: str, files) -> str | None:
+    """``<root>/_checkpoints/alerts.parquet`` where its rows are those of exactly ``files`` (the alert
+    files listed under ``root``, lakefiles.FileEntry: path, size, mtime): one file that a reader of
+    every alert (the build's cubes) reads instead of them all. None otherwise."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path, table_dir = f"{root}/{CHECKPOINT}", f"{root}/{TABLE}"
+    try:
+        got = pq.read_table(path, filesystem=fs, columns=list(FILE_COLUMNS))
+        if not pq.read_schema(path, filesystem=fs).equals(_schema()):
+            return None
+    except (OSError, ValueError, pa.ArrowException):
+        return None
+    want = {(f.path[len(table_dir):].lstrip("/"), f.size, f.mtime_ns) for f in files}
+    return path if set(zip(*(got[c].to_pylist() for c in FILE_COLUMNS))) == want else None
+
+
 def _with_files(lake: Lake):
     """(every alert row with FILE_COLUMNS, whether the checkpoint is out of date): the checkpoint's
     rows of files listed now with the same size and mtime, then the rows of every other file."""
@@ -73,7 +96,7 @@ def _with_files(lake: Lake):
     table_dir = lake.table_dir(TABLE)
     listed = {f.path[len(table_dir):].lstrip("/"): f for files in
               lakefiles.list_partitions(lake.fs, table_dir, ALERTS.partition_by).values() for f in files}
-    schema = pa.schema([*ALERTS.schema, ("_file", pa.string()), ("_size", pa.int64()), ("_mtime_ns", pa.int64())])
+    schema = _schema()
     try:
         kept = pq.read_table(f"{lake.root}/{CHECKPOINT}", filesystem=lake.fs)
         if not kept.schema.equals(schema):

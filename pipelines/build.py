@@ -42,7 +42,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from pipelines import changes, lakefiles, serving, sketch
+from pipelines import alerts, changes, lakefiles, serving, sketch
 from pipelines.engines import ENGINES, open_engine
 from pipelines.lakefiles import PartitionKey
 from pipelines.models import Model, definition_hash, load_models
@@ -280,9 +280,12 @@ def _build(lake: Lake, serving_path, engine, full, master, conf, store, say, job
     # committing meanwhile replaces and deletes files the build listed without taking them from it.
     t = time.perf_counter()
     raw_tables = sorted({s for m in models for s in m.sources if s in TABLES})
-    lake_path = reading.enter_context(lake.snapshot(raw_tables))
+    lake_path = reading.enter_context(lake.snapshot(raw_tables, [alerts.CHECKPOINT] if alerts.TABLE in raw_tables else []))
     listing = changes.Listing(lake, lake_path, raw_tables)
     listings = listing.partitions
+    # every alert in one file, where the alerts' checkpoint holds exactly the files listed (pipelines/alerts.py)
+    alerts_file = alerts.checkpoint_covering(lake.fs, lake_path, [f for files in listings[alerts.TABLE].values()
+                                                                  for f in files]) if alerts.TABLE in listings else None
     recorded = old.get("sources", {})
     changed = {name: listing.changed(name, recorded.get(name)) for name in raw_tables}
     records = {name: listing.record(name) for name in raw_tables}
@@ -307,7 +310,7 @@ def _build(lake: Lake, serving_path, engine, full, master, conf, store, say, job
             return
         session = eng.session()  # its own temp views: models run side by side
         session.register_arrow(BOUNDS, bounds)
-        _register_inputs(session, m, by_name, store, listings, lake_path, targets)
+        _register_inputs(session, m, by_name, store, listings, lake_path, targets, alerts_file)
         try:
             out = session.query(m.sql)
         finally:
@@ -440,7 +443,9 @@ def _targets(m: Model, by_name: dict[str, Model], changed: dict[str, set]) -> se
 
 
 def _register_inputs(eng, m: Model, by_name: dict[str, Model], store: CubeStore, listings: dict,
-                     lake_path: str, targets: set[PartitionKey] | None) -> None:
+                     lake_path: str, targets: set[PartitionKey] | None, alerts_file: str | None = None) -> None:
+    """Views of ``m``'s sources: the lake tables' files (of the target partitions), the cubes'; a model
+    that reads every alert reads ``alerts_file`` (the alerts' checkpoint, when it holds just those files)."""
     for s in m.sources:
         if s == BOUNDS:
             continue
@@ -457,6 +462,9 @@ def _register_inputs(eng, m: Model, by_name: dict[str, Model], store: CubeStore,
         if targets is not None and common:  # the files that can hold rows of the target partitions
             wanted = {_project(t, m.partitions, common) for t in targets}
             parts = {k: v for k, v in parts.items() if _project(k, cols, common) in wanted}
+        if s == alerts.TABLE and alerts_file and parts is listings[s]:  # the partition columns are in the file
+            eng.register_files(s, [alerts_file], schema)
+            continue
         files = [f.path for k in sorted(parts) for f in parts[k]]
         eng.register_files(s, files, schema, cols if s in TABLES else (), base_dir)
 

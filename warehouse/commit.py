@@ -361,9 +361,10 @@ def transaction(root: str, durable: bool = True):
 
 
 @contextlib.contextmanager
-def snapshot(root: str, tables: list[str]):
+def snapshot(root: str, tables: list[str], files: tuple[str, ...] = ()):
     """Hard links of every data file of ``tables`` under ``<root>/_snapshots/<id>/<table>/…`` (the
-    same relative paths, sizes and mtimes), taken under the shared lock. Yields the snapshot's root;
+    same relative paths, sizes and mtimes), and of ``files`` (paths under the root; those that
+    exist), taken under the shared lock. Yields the snapshot's root;
     read ``<it>/<table>`` where you would read ``<root>/<table>``. When the block ends its links are
     removed and its folders pooled for the next snapshot (empty folders: no reader sees them)."""
     root = os.path.abspath(root)
@@ -383,6 +384,8 @@ def snapshot(root: str, tables: list[str]):
                 os.makedirs(snap)
             for table in tables:
                 _link_tree(os.path.join(root, table), os.path.join(snap, table), linked)
+            for rel in files:
+                _link_file(os.path.join(root, rel), os.path.join(snap, rel), linked)
         try:
             yield snap
         finally:
@@ -431,10 +434,19 @@ def _link_tree(src: str, dst: str, linked: list[str]) -> None:
         target = os.path.join(dst, os.path.relpath(parent, src))
         os.makedirs(target, exist_ok=True)  # a pooled tree has most of them: 2.5 us, not 0.4 ms
         for f in names:
-            try:
-                os.link(os.path.join(parent, f), os.path.join(target, f))
-            except FileNotFoundError:  # cannot happen under the lock; a foreign process deleted it
-                continue
-            except OSError:  # a file system without hard links
-                shutil.copy2(os.path.join(parent, f), os.path.join(target, f))
-            linked.append(os.path.join(target, f))
+            _link_file(os.path.join(parent, f), os.path.join(target, f), linked)
+
+
+def _link_file(src: str, dst: str, linked: list[str]) -> None:
+    """Hard-link ``src`` at ``dst`` (a copy where the file system has no hard links; nothing where
+    ``src`` does not exist), appending the link to ``linked``."""
+    try:
+        os.link(src, dst)
+    except FileNotFoundError:
+        if not os.path.exists(src):  # gone (a foreign process deleted it), or never there
+            return
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        os.link(src, dst)
+    except OSError:  # a file system without hard links
+        shutil.copy2(src, dst)
+    linked.append(dst)

@@ -131,13 +131,14 @@ class Lake:
             yield
 
     @contextlib.contextmanager
-    def snapshot(self, tables):
-        """A root that holds hard links of every data file of ``tables`` as of now: a long read of
-        ``<it>/<table>`` sees one state of the lake whatever writers commit meanwhile."""
+    def snapshot(self, tables, files=()):
+        """A root that holds hard links of every data file of ``tables`` (and of ``files``, paths under
+        the root, where they exist) as of now: a long read of ``<it>/<table>`` sees one state of the
+        lake whatever writers commit meanwhile."""
         if not self.local:
             yield self.root
             return
-        with commit.snapshot(self.root, list(tables)) as root:
+        with commit.snapshot(self.root, list(tables), tuple(files)) as root:
             yield root
 
     def write(self, table_name: str, data: pa.Table, key: str) -> WriteResult:
