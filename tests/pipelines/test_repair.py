@@ -3,6 +3,7 @@ patch, the checkpoint it starts from, what it changes), and the limits (attempts
 policies, imported runs, parents still running). Slow: two `mhw repair --apply` processes racing
 for one run (one repairs it, the other stands back), and a repair killed mid-training that the next
 process resumes: one attempt, one child, every step once."""
+import contextlib
 import datetime as dt
 import json
 import os
@@ -182,6 +183,16 @@ TINY = ["--trainer.batch_size=8", "--trainer.ckpt_interval=10", "--trainer.eval_
         "--telemetry.system_interval_s=0", "--trainer.log_interval=10"]
 
 
+def group(pgid: int) -> list[int]:
+    """The live processes of a process group (an `mhw repair` and the training child it started)."""
+    found = []
+    for d in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError):
+            if os.getpgid(int(d)) == pgid and open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()[0] != "Z":
+                found.append(int(d))
+    return found
+
+
 def mhw(*args, **kw):
     return subprocess.Popen([sys.executable, "-m", "mhw", *args], cwd=os.path.dirname(os.path.dirname(__file__)) + "/..",
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, **kw)
@@ -213,11 +224,17 @@ def test_two_processes_never_repair_one_run_at_once_and_a_killed_repair_resumes(
         assert a.poll() is None or b.poll() is None
         time.sleep(0.05)
     assert child_ckpt, "the child never reached its checkpoint 30"
-    # the loser stood back at once, and says so
-    loser, winner = (a, b) if a.poll() is not None else (b, a)
-    assert loser.wait(60) == 0 and "another process is repairing it; skipped" in loser.stderr.read()
-    os.killpg(winner.pid, signal.SIGKILL)  # the winner and its training child, mid-attempt
+    # freeze both at once (the child has 10 steps left, a fraction of a second), then kill the winner
+    # and its training child mid-attempt; the loser stood back at once, and says so
+    for p in (a, b):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(p.pid, signal.SIGSTOP)
+    loser, winner = (a, b) if len(group(a.pid)) < len(group(b.pid)) else (b, a)  # the winner's has the trainer
+    os.killpg(winner.pid, signal.SIGKILL)
     winner.wait()
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(loser.pid, signal.SIGCONT)
+    assert loser.wait(60) == 0 and "another process is repairing it; skipped" in loser.stderr.read()
 
     con = connect(serving_path="")
     assert con.execute("select attempt, verdict from repairs").fetchall() == [(1, "running")]
