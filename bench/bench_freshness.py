@@ -74,7 +74,7 @@ def measure(rows: int, lakes: str, repeat: int) -> dict:
     lake = os.path.join(lakes, f"lake-{rows}")
     if not os.path.isdir(os.path.join(lake, "train_steps")):
         simulate(lake, rows, seed=5)
-    for leftover in ("cubes", "alerts", "_diagnose"):  # what an earlier run of this bench left
+    for leftover in ("cubes", "alerts", "_diagnose", "_checkpoints"):  # what an earlier run of this bench left
         shutil.rmtree(os.path.join(lake, leftover), ignore_errors=True)
     serving = os.path.join(lakes, f"serving-{rows}.duckdb")
     out = {"rows": rows}
