@@ -814,7 +814,9 @@ def _diagnose(lake, rules, cfg, data_root, engine, full, notify_alerts, master, 
     t = time.perf_counter()
     with lake.transaction():  # read, merge and rewrite the alerts as one commit
         _store_alerts(lake, rules, cfg, scope, rows, result, notify_alerts, notifiers, now, live)
-        result.marked_lost = fleet.mark_lost(lake, result.alerts, live)
+        lost = rows.get("run_lost")  # proven lost: the rows its SQL escalated (not its severity, a team's choice)
+        proven = set() if lost is None else set(lost.filter(pc.fill_null(lost["escalate"], False))["run_id"].to_pylist())
+        result.marked_lost = fleet.mark_lost(lake, result.alerts, live, proven)
     result.seconds["alerts"] = time.perf_counter() - t
     lake.put_bytes(f"{lake.root}/{MANIFEST}", json.dumps(scope.manifest).encode())
     result.seconds["total"] = time.perf_counter() - t0

@@ -126,15 +126,15 @@ def recomputed(rule, alert: dict, scope: FleetScope) -> bool:
     return alert.get("run_id") in scope.live_runs
 
 
-def mark_lost(lake: Lake, alerts: list[dict], scope: FleetScope) -> list[str]:
-    """Rewrite the ``runs`` row of each run that run_lost proved lost (critical; overdue heartbeats, its
-    warning, are not proof) as ``lost`` (ended at its last
+def mark_lost(lake: Lake, alerts: list[dict], scope: FleetScope, proven: set[str]) -> list[str]:
+    """Rewrite the ``runs`` row of each run that run_lost proved lost (``proven``: the runs its SQL
+    escalated, exited or silent past max_silent_beats; overdue heartbeats are not proof, whatever
+    severity a team gives them) as ``lost`` (ended at its last
     heartbeat, steps up to its last step): a row still running, or failed (its other ranks' end when
     the lost one broke their collective), unless the row changed since the diagnose listed it (a
     resume that just started). Returns the run ids marked. Call inside the lake
     transaction that stores the alerts."""
-    lost = {a["run_id"]: a for a in alerts if a["rule"] == "run_lost" and a.get("run_id")
-            and a["severity"] == "critical"}  # proven: exited, or silent past max_silent_beats (not overdue)
+    lost = {a["run_id"]: a for a in alerts if a["rule"] == "run_lost" and a.get("run_id") in proven}
     if not lost:
         return []
     marked = []

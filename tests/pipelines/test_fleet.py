@@ -128,6 +128,21 @@ def test_lost_runs_are_marked_lost_in_runs(judged, beats_lake):
     assert rows(beats_lake, "select steps, ended_at from runs where run_id = 'exited'") == [(1001, ago(30))]
 
 
+def test_a_team_that_makes_run_lost_critical_still_marks_only_the_proven_runs_lost(tmp_path):
+    """What marks a run lost is the stage run_lost's SQL proved (exited, or silent past
+    max_silent_beats), not the alert's severity: an overlay that raises every run_lost to critical
+    leaves a run whose heartbeats are only overdue running."""
+    root = str(tmp_path / "lake")
+    build_heartbeats(root)
+    conf = tmp_path / "rules.yaml"
+    conf.write_text("rules:\n  run_lost:\n    severity: critical\n")
+    r = diagnose(root, notify_alerts=False, now=NOW, config_path=str(conf))
+    got = {a["run_id"]: a["severity"] for a in r.alerts if a["rule"] == "run_lost"}
+    assert got["overdue"] == got["exited"] == "critical"
+    assert r.marked_lost == ["exited"]
+    assert dict(rows(root, "select run_id, status from runs"))["overdue"] == "running"
+
+
 def test_the_clock_alone_turns_a_silent_run_lost_and_a_revived_one_clears(beats_lake, judged):
     later = diagnose(beats_lake, notify_alerts=False, now=NOW + dt.timedelta(seconds=60))
     assert not later.full  # nothing in the lake changed: only the clock moved
