@@ -154,7 +154,9 @@ def read_rows(lake: Lake, table: Table) -> list[dict]:
 
 def write_alerts(lake: Lake, alerts: list[dict], keys: set[str], listing: dict | None = None) -> int:
     """Replace the alerts of each key in ``keys`` with those of ``alerts`` that carry it (none: the
-    key's files are removed). Returns the rows written."""
+    key's files are removed). A key whose files hold those very rows already is left as it is (a
+    diagnose recomputes far more than changes: rewriting it would make every reader of the alerts,
+    the build's cubes, recompute too). Returns the rows written."""
     import pyarrow as pa
 
     listing = lake.list_files(TABLE) if listing is None else listing
@@ -163,19 +165,31 @@ def write_alerts(lake: Lake, alerts: list[dict], keys: set[str], listing: dict |
         k = alert_key(a["rule"], a["model"], a["hardware"])
         if k in by_key:
             by_key[k].append(a)
+    schema = pa.schema([f for f in ALERTS.schema if f.name != "date"])
+    held: dict[str, list[dict]] = {}  # what each key's files hold now
+    stored = _with_files(lake)[0]
+    for row in stored.select([*schema.names, "_file"]).to_pylist():
+        held.setdefault(row.pop("_file").rsplit("/", 1)[-1][: -len(".parquet")], []).append(row)
     rows = 0
-    names = set(ALERTS.schema.names)
     for key in sorted(by_key):
         group = sorted(by_key[key], key=lambda a: (a["start_at"], a["alert_id"]))
         written: list[str] = []
         if group:
-            data = pa.Table.from_pylist([{k: v for k, v in a.items() if k in names and k != "date"} for a in group],
-                                        schema=pa.schema([f for f in ALERTS.schema if f.name != "date"]))
+            data = pa.Table.from_pylist([{k: a.get(k) for k in schema.names} for a in group], schema=schema)
+            if _same_rows(data.to_pylist(), held.get(key, [])):
+                continue
             res = lake.write(TABLE, data, key)
             written, rows = res.files, rows + res.rows
         lake.drop_stale(TABLE, written, key=key, listing=listing)
     save_checkpoint(lake)
     return rows
+
+
+def _same_rows(a: list[dict], b: list[dict]) -> bool:
+    """The same rows in any order (NaN equal to NaN: compared by repr)."""
+    def canon(r):
+        return [(k, repr(r[k])) for k in sorted(r)]
+    return len(a) == len(b) and sorted(map(canon, a)) == sorted(map(canon, b))
 
 
 def parse_since(text: str, now: dt.datetime | None = None) -> dt.datetime:
