@@ -59,9 +59,7 @@ not be read or parsed at all (the other files are still ingested).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import difflib
-import importlib.abc
 import hashlib
 import json
 import math
@@ -85,6 +83,7 @@ import pyarrow.parquet as pq
 from warehouse.importers import FORMATS, Parsed, Record, RunMeta, SourceError, StepClock, json_type, parse, sources
 from warehouse.importers.jsonl import record as jsonl_record
 from warehouse import audit, jsonl_columns
+from warehouse.nopandas import arrow_without_pandas
 from warehouse.schemas import DERIVED_TABLES, MAX_FIELDS, NAME_CHARS, TABLES, TS, Table
 from warehouse.writer import Lake, PartitionError, WriteResult, check_slug, conform, parquet_bytes, slugify
 
@@ -1209,7 +1208,7 @@ def _meta(args) -> tuple[RunMeta, list[str]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    with _arrow_without_pandas():  # the audit entry too: its row is pyarrow's first conversion
+    with arrow_without_pandas():  # the audit entry too: its row is pyarrow's first conversion
         return _run(args)
 
 
@@ -1309,31 +1308,6 @@ def _counts(results: list[SourceResult], errors: list[str]) -> dict:
             "rows_quarantined": sum(len(r.rejects) for r in results),
             "files_deleted": sum(len(r.removed) for r in results),
             "sources": [r.source for r in results], "files_failed": len(errors)}
-
-
-class _NoPandas(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name == "pandas" or name.startswith("pandas."):
-            raise ImportError("pandas is not imported while mhw ingest runs")
-        return None
-
-
-@contextlib.contextmanager
-def _arrow_without_pandas():
-    """pyarrow imports pandas on its first conversion of Python values, only to recognise pandas
-    objects (0.3 s of CPU, a third of a small ingest's); this project hands it none. While ``mhw
-    ingest`` runs in a process that has not imported pandas, that import fails at once and pyarrow
-    goes on without it (it tries again when pandas is asked for by name: ``to_pandas``,
-    ``from_pandas``). No importer imports pandas (every format was ingested without it)."""
-    if "pandas" in sys.modules:
-        yield
-        return
-    finder = _NoPandas()
-    sys.meta_path.insert(0, finder)
-    try:
-        yield
-    finally:
-        sys.meta_path.remove(finder)
 
 
 def _is_stream(path: str) -> bool:

@@ -243,6 +243,20 @@ def test_mhw_alerts_lists_and_filters(lake, monkeypatch, capsys):
     assert len(rows) == sum(a["severity"] != "info" for a in found) and {r["severity"] for r in rows} <= {"warning", "critical"}
     assert cli.main(["alerts"]) == 0
     assert f"({len(found)} rows)" in capsys.readouterr().out
+    # in a process of its own, as a user runs it: the same alerts, and pandas never imported (pyarrow
+    # imports it on a first conversion: half the command's time), through the checkpoint or without it
+    import subprocess
+    import sys
+    code = ("import sys; from warehouse import cli; rc = cli.main(sys.argv[1:]); "
+            "print('pandas' in sys.modules, file=sys.stderr); sys.exit(rc)")
+    for checkpoint in (True, False):
+        if not checkpoint:
+            (Path(lake) / alerts_mod.CHECKPOINT).unlink()
+        p = subprocess.run([sys.executable, "-c", code, "alerts", "--lake", lake, "--format", "json"],
+                           capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0 and p.stderr.split()[-1] == "False", p.stderr[-2000:]
+        assert sorted(json.loads(line)["alert_id"] for line in p.stdout.splitlines()) == \
+            sorted(a["alert_id"] for a in found)
     now = dt.datetime(2026, 11, 23, tzinfo=dt.timezone.utc)
     assert alerts_mod.parse_since("2d", now) == dt.datetime(2026, 11, 21, tzinfo=dt.timezone.utc)
     assert alerts_mod.parse_since("2026-11-20T06:00", now) == dt.datetime(2026, 11, 20, 6, tzinfo=dt.timezone.utc)
