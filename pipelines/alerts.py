@@ -69,40 +69,48 @@ def checkpoint_covering(fs, root: str, files) -> str | None:
     """``<root>/_checkpoints/alerts.parquet`` where its rows are those of exactly ``files`` (the alert
     files listed under ``root``, lakefiles.FileEntry: path, size, mtime): one file that a reader of
     every alert (the build's cubes) reads instead of them all. None otherwise."""
+    got = _read_checkpoint(fs, root, list(FILE_COLUMNS))
+    if got is None:
+        return None
+    table_dir = f"{root}/{TABLE}"
+    want = {(_rel(f.path, table_dir), f.size, f.mtime_ns) for f in files}
+    return f"{root}/{CHECKPOINT}" if set(zip(*(got[c].to_pylist() for c in FILE_COLUMNS))) == want else None
+
+
+def _read_checkpoint(fs, root: str, columns: list[str] | None = None):
+    """The checkpoint under ``root`` (those ``columns``), or None: none yet, unreadable, or of
+    another layout. Read with ParquetFile: pq.read_table imports pyarrow.dataset, and pandas with it."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    path, table_dir = f"{root}/{CHECKPOINT}", f"{root}/{TABLE}"
     try:
-        with fs.open_input_file(path) as f:
+        with fs.open_input_file(f"{root}/{CHECKPOINT}") as f:
             found = pq.ParquetFile(f)
             if not found.schema_arrow.equals(_schema()):
                 return None
-            got = found.read(columns=list(FILE_COLUMNS))
+            return found.read(columns=columns)
     except (OSError, ValueError, pa.ArrowException):
         return None
-    want = {(f.path[len(table_dir):].lstrip("/"), f.size, f.mtime_ns) for f in files}
-    return path if set(zip(*(got[c].to_pylist() for c in FILE_COLUMNS))) == want else None
+
+
+def _rel(path: str, table_dir: str) -> str:
+    """A file's path under the alerts table, as the checkpoint keeps it."""
+    return path[len(table_dir):].lstrip("/")
 
 
 def _with_files(lake: Lake):
     """(every alert row with FILE_COLUMNS, whether the checkpoint is out of date): the checkpoint's
     rows of files listed now with the same size and mtime, then the rows of every other file."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     from pipelines import lakefiles
 
     table_dir = lake.table_dir(TABLE)
-    listed = {f.path[len(table_dir):].lstrip("/"): f for files in
+    listed = {_rel(f.path, table_dir): f for files in
               lakefiles.list_partitions(lake.fs, table_dir, ALERTS.partition_by).values() for f in files}
     schema = _schema()
-    try:
-        with lake.fs.open_input_file(f"{lake.root}/{CHECKPOINT}") as f:  # (pq.read_table imports pandas)
-            kept = pq.ParquetFile(f).read()
-        if not kept.schema.equals(schema):
-            raise ValueError("another layout")
-    except (OSError, ValueError, pa.ArrowException):  # none yet, or of another version: read every file
+    kept = _read_checkpoint(lake.fs, lake.root)
+    if kept is None:  # none yet, or of another version: read every file
         kept = schema.empty_table()
     same = [listed.get(f) is not None and (listed[f].size, listed[f].mtime_ns) == (size, mtime)
             for f, size, mtime in zip(*(kept[c].to_pylist() for c in FILE_COLUMNS))]
@@ -122,7 +130,7 @@ def _with_files(lake: Lake):
     by_path = {f.path: f for f in missing}
     names = read["__filename"].to_pylist()
     read = read.drop_columns(["__filename"]).append_column(
-        "_file", pa.array([by_path[n].path[len(table_dir):].lstrip("/") for n in names], pa.string())
+        "_file", pa.array([_rel(n, table_dir) for n in names], pa.string())
     ).append_column("_size", pa.array([by_path[n].size for n in names], pa.int64())
     ).append_column("_mtime_ns", pa.array([by_path[n].mtime_ns for n in names], pa.int64()))
     return pa.concat_tables([kept, read.cast(schema)]), True
