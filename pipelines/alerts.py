@@ -24,6 +24,7 @@ import hashlib
 import os
 import re
 import sys
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pipelines.notify import SEVERITIES, jsonable, rank
@@ -51,13 +52,26 @@ def alert_key(rule: str, model: str, hardware: str) -> str:
 def read_alerts(lake: Lake, rules: set[str] | None = None) -> list[dict]:
     """Every alert in the lake as dicts (partition columns included), or those of ``rules``. Read
     through the checkpoint: only files written since it was are opened."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
+    return stored(lake).rows(rules)
 
-    data = _with_files(lake)[0].drop_columns(list(FILE_COLUMNS))
-    if rules is not None:
-        data = data.filter(pc.is_in(data["rule"], pa.array(sorted(rules), pa.string())))
-    return data.to_pylist()
+
+@dataclass
+class Stored:
+    """The alerts table as one read found it: every row with FILE_COLUMNS (``table``), the files listed
+    (``files``: path under the table -> lakefiles.FileEntry), and whether the checkpoint lacked any
+    of them. A diagnose reads it once and writes from it (``write_alerts``)."""
+    table: object  # pyarrow.Table
+    files: dict
+    stale: bool
+
+    def rows(self, rules: set[str] | None = None) -> list[dict]:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        data = self.table.drop_columns(list(FILE_COLUMNS))
+        if rules is not None:
+            data = data.filter(pc.is_in(data["rule"], pa.array(sorted(rules), pa.string())))
+        return data.to_pylist()
 
 
 def _schema():
@@ -98,9 +112,9 @@ def _rel(path: str, table_dir: str) -> str:
     return path[len(table_dir):].lstrip("/")
 
 
-def _with_files(lake: Lake):
-    """(every alert row with FILE_COLUMNS, whether the checkpoint is out of date): the checkpoint's
-    rows of files listed now with the same size and mtime, then the rows of every other file."""
+def stored(lake: Lake) -> Stored:
+    """The alerts as they are now: the checkpoint's rows of files listed now with the same size and
+    mtime, then the rows of every other file (read)."""
     import pyarrow as pa
 
     from pipelines import lakefiles
@@ -108,10 +122,9 @@ def _with_files(lake: Lake):
     table_dir = lake.table_dir(TABLE)
     listed = {_rel(f.path, table_dir): f for files in
               lakefiles.list_partitions(lake.fs, table_dir, ALERTS.partition_by).values() for f in files}
-    schema = _schema()
     kept = _read_checkpoint(lake.fs, lake.root)
     if kept is None:  # none yet, or of another version: read every file
-        kept = schema.empty_table()
+        kept = _schema().empty_table()
     same = [listed.get(f) is not None and (listed[f].size, listed[f].mtime_ns) == (size, mtime)
             for f, size, mtime in zip(*(kept[c].to_pylist() for c in FILE_COLUMNS))]
     stale = not all(same)
@@ -119,30 +132,34 @@ def _with_files(lake: Lake):
     have = set(kept["_file"].to_pylist())
     missing = [f for rel, f in listed.items() if rel not in have]
     if not missing:
-        return kept, stale
+        return Stored(kept, listed, stale)
+    return Stored(pa.concat_tables([kept, _read_files(lake, missing)]), listed, True)
+
+
+def _read_files(lake: Lake, files: list):
+    """The rows of alert ``files`` (lakefiles.FileEntry) with FILE_COLUMNS."""
+    import pyarrow as pa
     import pyarrow.dataset as ds  # (and pandas with it: 0.26 s) only where files are read
 
+    table_dir = lake.table_dir(TABLE)
     part = ds.partitioning(pa.schema([(k, ALERTS.schema.field(k).type) for k in ALERTS.partition_by]),
                            flavor="hive")
-    read = ds.dataset([f.path for f in missing], filesystem=lake.fs, format="parquet", partitioning=part,
+    read = ds.dataset([f.path for f in files], filesystem=lake.fs, format="parquet", partitioning=part,
                       partition_base_dir=table_dir, schema=ALERTS.schema
                       ).to_table(columns=[*ALERTS.schema.names, "__filename"])
-    by_path = {f.path: f for f in missing}
+    by_path = {f.path: f for f in files}
     names = read["__filename"].to_pylist()
     read = read.drop_columns(["__filename"]).append_column(
         "_file", pa.array([_rel(n, table_dir) for n in names], pa.string())
     ).append_column("_size", pa.array([by_path[n].size for n in names], pa.int64())
     ).append_column("_mtime_ns", pa.array([by_path[n].mtime_ns for n in names], pa.int64()))
-    return pa.concat_tables([kept, read.cast(schema)]), True
+    return read.cast(_schema())
 
 
-def save_checkpoint(lake: Lake) -> None:
-    """Bring the checkpoint up to the alert files as they are now (reads only the files it lacks)."""
+def _put_checkpoint(lake: Lake, table) -> None:
     from warehouse.writer import parquet_bytes
 
-    data, stale = _with_files(lake)
-    if stale:
-        lake.put_file(f"{lake.root}/{CHECKPOINT}", parquet_bytes(data), ".parquet")
+    lake.put_file(f"{lake.root}/{CHECKPOINT}", parquet_bytes(table), ".parquet")
 
 
 def read_rows(lake: Lake, table: Table) -> list[dict]:
@@ -160,14 +177,21 @@ def read_rows(lake: Lake, table: Table) -> list[dict]:
     return data.to_table().to_pylist()
 
 
-def write_alerts(lake: Lake, alerts: list[dict], keys: set[str], listing: dict | None = None) -> int:
+def write_alerts(lake: Lake, alerts: list[dict], keys: set[str], found: Stored | None = None) -> int:
     """Replace the alerts of each key in ``keys`` with those of ``alerts`` that carry it (none: the
     key's files are removed). A key whose files hold those very rows already is left as it is (a
     diagnose recomputes far more than changes: rewriting it would make every reader of the alerts,
-    the build's cubes, recompute too). Returns the rows written."""
+    the build's cubes, recompute too). ``found``: the table as the caller read it (``stored``), in
+    the same transaction; read here otherwise. The checkpoint is brought up to date from it and the
+    files written. Returns the rows written."""
     import pyarrow as pa
+    import pyarrow.compute as pc
+    from pyarrow import fs as pafs
 
-    listing = lake.list_files(TABLE) if listing is None else listing
+    found = stored(lake) if found is None else found
+    listing: dict[str, list[str]] = {}  # file name -> paths, as Lake.drop_stale takes it
+    for f in found.files.values():
+        listing.setdefault(f.path.rsplit("/", 1)[-1], []).append(f.path)
     by_key: dict[str, list[dict]] = {k: [] for k in keys}
     for a in alerts:
         k = alert_key(a["rule"], a["model"], a["hardware"])
@@ -175,21 +199,28 @@ def write_alerts(lake: Lake, alerts: list[dict], keys: set[str], listing: dict |
             by_key[k].append(a)
     schema = pa.schema([f for f in ALERTS.schema if f.name != "date"])
     held: dict[str, list[dict]] = {}  # what each key's files hold now
-    stored = _with_files(lake)[0]
-    for row in stored.select([*schema.names, "_file"]).to_pylist():
+    for row in found.table.select([*schema.names, "_file"]).to_pylist():
         held.setdefault(row.pop("_file").rsplit("/", 1)[-1][: -len(".parquet")], []).append(row)
-    rows = 0
+    rows, changed, written = 0, set(), []
     for key in sorted(by_key):
         group = sorted(by_key[key], key=lambda a: (a["start_at"], a["alert_id"]))
-        written: list[str] = []
+        files: list[str] = []
         if group:
             data = pa.Table.from_pylist([{k: a.get(k) for k in schema.names} for a in group], schema=schema)
             if _same_rows(data.to_pylist(), held.get(key, [])):
                 continue
             res = lake.write(TABLE, data, key)
-            written, rows = res.files, rows + res.rows
-        lake.drop_stale(TABLE, written, key=key, listing=listing)
-    save_checkpoint(lake)
+            files, rows = res.files, rows + res.rows
+        changed.update(files, lake.drop_stale(TABLE, files, key=key, listing=listing))
+        written += files
+    if changed or found.stale:  # the checkpoint: what was found, less the files replaced, plus those written
+        table_dir = lake.table_dir(TABLE)
+        gone = pa.array(sorted(_rel(p, table_dir) for p in changed), pa.string())
+        kept = found.table.filter(pc.invert(pc.is_in(found.table["_file"], gone)))
+        from pipelines.lakefiles import FileEntry
+        infos = lake.fs.get_file_info(written) if written else []
+        new = [FileEntry(i.path, int(i.size), int(i.mtime_ns or 0)) for i in infos if i.type == pafs.FileType.File]
+        _put_checkpoint(lake, pa.concat_tables([kept, _read_files(lake, new)]) if new else kept)
     return rows
 
 

@@ -60,7 +60,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from pipelines import changes, fleet, lakefiles, models, notify, sketch
-from pipelines.alerts import alert_key, read_alerts, write_alerts
+from pipelines.alerts import alert_key, read_alerts, stored, write_alerts
 from pipelines.engines import ENGINES, open_engine
 from pipelines.models import SQL_DIR
 from warehouse import audit, config
@@ -824,7 +824,8 @@ def _diagnose(lake, rules, cfg, data_root, engine, full, notify_alerts, master, 
 
 
 def _store_alerts(lake, rules, cfg, scope, rows, result, notify_alerts, notifiers, now, live) -> None:
-    existing = read_alerts(lake)
+    found = stored(lake)  # read once: merged here, written from by write_alerts
+    existing = found.rows()
     before = {a["alert_id"]: a for a in existing}
 
     def recomputed(a: dict) -> bool:
@@ -864,10 +865,9 @@ def _store_alerts(lake, rules, cfg, scope, rows, result, notify_alerts, notifier
             result.notified = len(pending)
             touched |= {alert_key(a["rule"], a["model"], a["hardware"]) for a in pending}
 
-    listing = lake.list_files("alerts")
     if scope.full:  # every key is rewritten; files of keys that no longer exist go
-        touched |= {name[: -len(".parquet")] for name in listing}
-    write_alerts(lake, final, touched, listing)
+        touched |= {f.path.rsplit("/", 1)[-1][: -len(".parquet")] for f in found.files.values()}
+    write_alerts(lake, final, touched, found)
     result.total = len(final)
     result.current = final
 

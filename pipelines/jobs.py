@@ -134,13 +134,14 @@ def notify(diagnosed: dict) -> dict:
     import datetime as dt
 
     from pipelines import notify as notifiers
-    from pipelines.alerts import alert_key, read_alerts, write_alerts
+    from pipelines.alerts import alert_key, stored, write_alerts
     from pipelines.diagnose import at_or_above, describe, load_config
     from warehouse.writer import Lake
 
     settings = config.load()
     lake = Lake(settings.lake_root)
-    alerts = read_alerts(lake)
+    found = stored(lake)
+    alerts = found.rows()
     pending = [a for a in alerts if a["notified_at"] is None]
     errors = notifiers.send_all(notifiers.build_notifiers(load_config().notify), pending) if pending else []
     if errors:
@@ -148,7 +149,7 @@ def notify(diagnosed: dict) -> dict:
     now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
     for a in pending:
         a["notified_at"] = now
-    write_alerts(lake, alerts, {alert_key(a["rule"], a["model"], a["hardware"]) for a in pending})
+    write_alerts(lake, alerts, {alert_key(a["rule"], a["model"], a["hardware"]) for a in pending}, found)
     fail_on = settings.section("orchestration").get("fail_on")
     failing = at_or_above(alerts, fail_on)  # notified first: the alerts go out even when the task fails
     if failing:

@@ -63,6 +63,18 @@ def alert_files(lake) -> dict[str, tuple[int, list]]:
             for ps in Lake(lake).list_files("alerts").values() for p in ps}
 
 
+def checkpoint_is_the_files(lake) -> bool:
+    """The alerts checkpoint, as a write left it, covers every alert file (a read opens none of them)
+    and holds their rows: what a write brought up to date from the rows it wrote, not from a read."""
+    from warehouse.schemas import ALERTS
+
+    def rows(alerts):  # comparable, NaN included
+        return sorted(sorted((k, repr(v)) for k, v in a.items()) for a in alerts)
+
+    found = alerts_mod.stored(Lake(lake))
+    return not found.stale and rows(found.rows()) == rows(alerts_mod.read_rows(Lake(lake), ALERTS))
+
+
 @pytest.mark.slow  # three full diagnoses
 def test_rerun_never_duplicates_nor_renotifies(lake):
     rec = Recorder()
@@ -83,6 +95,7 @@ def test_rerun_never_duplicates_nor_renotifies(lake):
     rewritten = [p for p in now if now[p][0] != files[p][0]]
     assert set(now) == set(files) and len(rewritten) < len(files) / 4
     assert all(now[p][1] != files[p][1] for p in rewritten)
+    assert checkpoint_is_the_files(lake)
     assert len(rec.batches) == 1
     after = {a["alert_id"]: a for a in alerts_mod.read_alerts(Lake(lake))}
     assert set(after) == set(stored)
@@ -115,6 +128,7 @@ def test_only_what_changed_is_recomputed(lake):
     stored = alerts_mod.read_alerts(Lake(lake))
     assert len(stored) == first.total + 1 == second.total
     assert len({a["alert_id"] for a in stored}) == len(stored)
+    assert checkpoint_is_the_files(lake)
 
 
 @pytest.mark.slow  # two diagnoses
@@ -131,7 +145,7 @@ def test_alerts_read_through_their_checkpoint_are_the_files_own_rows(lake):
 
     lk = Lake(lake)
     diagnose(lake, notify_alerts=False)
-    assert alerts_mod._with_files(lk)[1] is False  # nothing to read but the checkpoint
+    assert alerts_mod.stored(lk).stale is False  # nothing to read but the checkpoint
     assert rows(alerts_mod.read_alerts(lk)) == rows(alerts_mod.read_rows(lk, ALERTS)) != []
     files = sorted(p for ps in lk.list_files("alerts").values() for p in ps)
     rewritten, deleted = files[0], files[-1]
@@ -147,7 +161,7 @@ def test_alerts_read_through_their_checkpoint_are_the_files_own_rows(lake):
     (Path(lake) / alerts_mod.CHECKPOINT).write_bytes(b"not parquet")
     assert rows(alerts_mod.read_alerts(lk)) == rows(by_files)
     diagnose(lake, notify_alerts=False)  # the next write brings the checkpoint up to the files
-    assert alerts_mod._with_files(lk)[1] is False
+    assert alerts_mod.stored(lk).stale is False
     assert rows(alerts_mod.read_alerts(lk)) == rows(alerts_mod.read_rows(lk, ALERTS))
 
 
