@@ -59,7 +59,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import yaml
 
-from pipelines import changes, fleet, lakefiles, models, notify, sketch
+from pipelines import changes, fleet, lakefiles, model_cells, models, notify, sketch
 from pipelines.alerts import alert_key, read_alerts, stored, write_alerts
 from pipelines.engines import ENGINES, open_engine
 from pipelines.models import SQL_DIR
@@ -83,6 +83,8 @@ WATCHED = {"train_steps": "run_id", "eval_results": "train_run_id", "latency_sam
 PEER_TABLES = {"peer_train_steps": "train_steps", "peer_eval_results": "eval_results", "runs": "runs"}
 # peer_train_steps is run_steps (the runs in scope, already read) and the raw rows of the other runs
 PEER_STEPS = "peer_train_steps"
+# the shared model of peers kept between diagnoses (pipelines/model_cells.py), and its kept rows' view
+CELLS, CELLS_KEPT = "model_cells", "model_cells_kept"
 # what the engine layer is given besides lake tables
 HELPER_TABLES = ("diagnose_runs", "diagnose_pairs", "metric_directions", "latency_slos", "eval_references",
                  "sketch_bounds", "diagnose_clock", "live_processes", "straggler_verdicts")
@@ -405,6 +407,7 @@ class Scope:
     model_pairs: set[tuple[str, str]] = field(default_factory=set)  # every pair of a model with a pair in scope
     model_pair_files: dict[str, list[str]] = field(default_factory=dict)  # table -> files of those pairs
     data_root: str = ""  # where the listed files lie: the lake's snapshot (``<data_root>/<table>/…``)
+    cells: model_cells.ModelCells | None = None  # the peers kept by the last diagnose, and this one's
 
 
 def _run_ids(fs, files: list[str], column: str) -> dict[str, list[str]]:
@@ -494,7 +497,7 @@ def find_scope(lake: Lake | str, definition: str, full: bool, data_root: str | N
     return Scope(full=full, runs=runs, pairs=pairs, run_files=run_files, pair_files=pair_files, step_files=step_files,
                  peer_files=peer_files, manifest={"version": MANIFEST_VERSION, "definition": definition, "sources": sources},
                  model_pairs=model_pairs | pairs, model_pair_files=model_pair_files,
-                 data_root=root)
+                 data_root=root, cells=model_cells.ModelCells(lake, {} if full else old.get("cells")))
 
 
 # --- running the rules ------------------------------------------------------------------------------
@@ -589,6 +592,9 @@ def run_rules(eng, lake: Lake | str, rules: dict[str, Rule], cfg: DiagnosticsCon
                 run(rule)
             say(f"run rules: batch {i + 1} of {len(batches)}, {len(batch)} run(s)")
         eng.register_arrow("diagnose_runs", _runs_table(scope.runs))
+        if scope.cells is not None and (scope.cells.kept_models or scope.cells.read_models):
+            say(f"peers: kept cells of {sorted(scope.cells.kept_models)}, raw rows of "
+                f"{sorted(scope.cells.read_models - scope.cells.kept_models)}")
     for by_model, files in ((False, scope.pair_files), (True, scope.model_pair_files)):
         chosen = [r for r in rules.values() if r.scope == "fleet" and r.by_model == by_model and cfg.rules[r.name].enabled]
         if not chosen or not scope.pairs:
@@ -615,19 +621,53 @@ def _run_batch(scope: Scope, batch: set[str], register, eng, shared, seconds: di
         register(table, steps if table == "train_steps" else scope.run_files[table])
     models = {scope.step_files[p][0] for p in steps}
     for view, table in PEER_TABLES.items():
-        if view == PEER_STEPS:  # the other runs of those models, raw: the batch's own are in run_steps
-            register(table, [p for p, (model, _, runs) in scope.step_files.items()
-                             if model in models and not batch.issuperset(runs)], f"__{view}_others")
-        else:
+        if view != PEER_STEPS:
             register(table, scope.peer_files.get(view, []), view)
-    for name, m in shared:  # one pass over raw rows, for every rule
+
+    def materialize(name, m) -> None:
         t = time.perf_counter()
         eng.materialize(name, m.sql)
         seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - t
-    # the peers of the batch's runs: those runs (already read) and the other runs' raw rows
+
+    # one pass over raw rows, for every rule; then the peers, which read it
+    for name, m in shared:
+        if name != CELLS:
+            materialize(name, m)
+    raw, kept = _kept_cells(scope, batch, models, eng) if any(n == CELLS for n, _ in shared) else (models, [])
+    # the other runs of the models without kept cells, raw: the batch's own are in run_steps
+    register("train_steps", [p for p, (model, _, runs) in scope.step_files.items()
+                             if model in raw and not batch.issuperset(runs)], f"__{PEER_STEPS}_others")
     cols = ", ".join(_SHARED_STEP_COLUMNS)
     eng.register_view(PEER_STEPS, f"select {cols} from run_steps union all select {cols} "
                                   f"from __{PEER_STEPS}_others where run_id not in (select run_id from diagnose_runs)")
+    for name, m in shared:
+        if name == CELLS:
+            eng.register_arrow(CELLS_KEPT, pa.concat_tables(kept) if kept else model_cells.empty())
+            materialize(name, m)
+            if scope.cells is not None:
+                got = eng.query(f"select * from {CELLS}").cast(model_cells.SCHEMA)
+                for model in models:
+                    scope.cells.update(model, got.filter(pc.equal(got["model"], model)))
+
+
+def _kept_cells(scope: Scope, batch: set[str], models: set[str], eng) -> tuple[set[str], list[pa.Table]]:
+    """(the batch's models whose other runs are read raw, the kept cells of the others'): kept where
+    pipelines/model_cells.py says they hold (every other run out of scope and kept, the same grid)."""
+    if scope.cells is None or not scope.cells.tokens:
+        return set(models), []
+    last = {r["model"]: r["last"] for r in eng.query(
+        "select model, max(last_loss_step) as last from run_steps group by model").to_pylist()}
+    raw, kept = set(), []
+    for model in sorted(models):
+        others = {r for m, _, runs in scope.step_files.values() if m == model for r in runs} - batch
+        table = None if others & scope.runs else scope.cells.kept(model, others, last.get(model))
+        if table is None:
+            raw.add(model)
+        else:
+            kept.append(table)
+    scope.cells.read_models |= raw
+    scope.cells.kept_models |= set(models) - raw
+    return raw, kept
 
 
 def named(rule: Rule, result: pa.Table) -> pa.Table:
@@ -818,6 +858,8 @@ def _diagnose(lake, rules, cfg, data_root, engine, full, notify_alerts, master, 
         proven = set() if lost is None else set(lost.filter(pc.fill_null(lost["escalate"], False))["run_id"].to_pylist())
         result.marked_lost = fleet.mark_lost(lake, result.alerts, live, proven)
     result.seconds["alerts"] = time.perf_counter() - t
+    if scope.cells is not None:  # the kept peers first: the manifest names their files' tokens
+        scope.manifest["cells"] = scope.cells.save()
     lake.put_bytes(f"{lake.root}/{MANIFEST}", json.dumps(scope.manifest).encode())
     result.seconds["total"] = time.perf_counter() - t0
     return result

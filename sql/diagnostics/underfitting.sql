@@ -7,9 +7,9 @@
 -- scope: run (recomputed for the runs whose train_steps changed; peers are read from every partition
 --   of the run's model)
 -- subject: run_id
--- sources: run_steps, peer_train_steps, peer_eval_results, runs
+-- sources: run_steps, model_cells, peer_eval_results, runs
 -- params: min_logs int >= 3; start_frac float > 0 < 1; end_frac float > 0 < 1; min_learn float > 0 < 1;
---   peer_frac float > 0 < 1; max_peer_gap float > 0; min_peers int >= 1; grid_cells int >= 10; val_suites strings
+--   peer_frac float > 0 < 1; max_peer_gap float > 0; min_peers int >= 1; val_suites strings
 -- audits: tests/pipelines/test_diagnose_rules.py (fires on a flat loss and on a run stuck above three
 --   peers, quiet on the peers); tests/pipelines/test_diagnose_real.py (real runs: a real trainer state
 --   stuck at ln 4, one logging loss 0.0 throughout, real CPU trainings with the LR far too high and in
@@ -32,7 +32,7 @@
 -- the peers' values (a fleet or a sweep with many faulty runs pulls the median up; the
 -- quartile is what the healthy ones reach, and a single lucky seed does not set it once there are
 -- five peers or more).
--- Peers are read as the medians of grid_cells cells over the model's longest run (their level over
+-- Peers are read as the medians of 200 cells over the model's longest run (model_cells; their level over
 -- the window is the median of the cells in it: close to the median of their logs, at a fraction of the
 -- join).
 
@@ -104,42 +104,28 @@ datasets as (
     group by run_id
 ),
 
-peer_logged as (
-    select
-        s.model,
-        s.run_id,
-        s.step,
-        s.loss,
-        coalesce(datasets.dataset, '') as dataset
-    from peer_train_steps as s
-    left join datasets
-        on datasets.run_id = s.run_id
-    where abs(s.loss) < cast('Infinity' as double)
-),
-
 grids as (
-    -- peers are compared on a grid of grid_cells cells over the model's longest run, so the peer join
-    -- reads a few dozen cell medians per run instead of every logged step
-    select
+    -- peers are compared on a grid of 200 cells over the model's longest run (model_cells), so the
+    -- peer join reads a few dozen cell medians per run instead of every logged step
+    select distinct
         model,
-        greatest(1, max(step) / {{ grid_cells }}) as cell_steps
-    from peer_logged
-    group by model
+        cell_steps
+    from model_cells
+    where cell_steps is not null
 ),
 
 peer_cells as (
     select
-        peer_logged.model,
-        peer_logged.dataset,
-        peer_logged.run_id,
-        cast(floor(peer_logged.step / grids.cell_steps) as bigint) as cell,
-        median(peer_logged.loss) as cell_loss,
-        count(*) as n_logs
-    from peer_logged
-    inner join grids
-        on grids.model = peer_logged.model
-    group by peer_logged.model, peer_logged.dataset, peer_logged.run_id,
-        cast(floor(peer_logged.step / grids.cell_steps) as bigint)
+        model_cells.model,
+        coalesce(datasets.dataset, '') as dataset,
+        model_cells.run_id,
+        model_cells.cell,
+        model_cells.cell_loss,
+        model_cells.n_logs
+    from model_cells
+    left join datasets
+        on datasets.run_id = model_cells.run_id
+    where model_cells.cell is not null
 ),
 
 peer_spans as (

@@ -139,3 +139,49 @@ def test_incremental_diagnoses_keep_the_stored_alerts_equal_to_the_reference(lak
     again = diagnose(lake, notify_alerts=False)  # nothing changed: nothing recomputed, the same table
     assert (again.runs_in_scope, again.pairs_in_scope) == (0, 0)
     assert_same_alerts(stored, read_alerts(Lake(lake)))
+
+
+@pytest.mark.slow  # three diagnoses, the reference twice
+def test_peers_kept_between_diagnoses_give_the_reference_alerts(lakes, tmp_path):
+    """pipelines/model_cells.py: a run appended to a model is compared with the model's other runs as the
+    last diagnose kept them (their rows are not read again) and the alerts equal the reference's on the
+    whole lake; a run longer than the model's longest moves the grid: the others are read again, and the
+    new run's alerts equal the reference's."""
+    lake = str(tmp_path / "lake")
+    shutil.copytree(lakes("sim"), lake)
+    diagnose(lake, notify_alerts=False)
+    data = ds.dataset(f"{lake}/train_steps", format="parquet", partitioning="hive").to_table()
+    longest = data.sort_by([("step", "descending")]).slice(0, 1).to_pylist()[0]
+    model = longest["model"]
+    run = data.filter(pc.equal(data["run_id"], longest["run_id"])).sort_by("step")
+    runs = ds.dataset(f"{lake}/runs", format="parquet", partitioning="hive").to_table()
+
+    def add(*new: tuple[str, pa.Table, float]) -> list[str]:
+        for name, rows, factor in new:
+            rows = rows.to_pydict()
+            rows["run_id"] = [name] * len(rows["step"])
+            rows["loss"] = [v * factor for v in rows["loss"]]
+            del rows["date"]
+            Lake(lake).write("train_steps", pa.table(rows), name)
+            same = runs.filter(pc.equal(runs["run_id"], longest["run_id"]))  # same model and data: a peer
+            Lake(lake).write("runs", same.set_column(same.schema.get_field_index("run_id"), "run_id",
+                                                     pa.array([name] * same.num_rows, pa.string())), name)
+        said: list[str] = []
+        diagnose(lake, notify_alerts=False, log=said.append)
+        return [m for m in said if m.startswith("peers:")]
+
+    stuck = add(("stuck-run", run.slice(0, 250), 1.8))  # shorter than the longest, far above its peers
+    assert stuck == [f"peers: kept cells of ['{model}'], raw rows of []"]
+    alerts = read_alerts(Lake(lake))
+    assert ("underfitting", "stuck-run") in {(a["rule"], a["run_id"]) for a in alerts}
+    assert_same_alerts(reference_alerts(lake, DuckDBEngine()), alerts)
+    more = pa.concat_tables([run, run.slice(run.num_rows - 100).set_column(
+        run.schema.get_field_index("step"), "step", pc.add(run.slice(run.num_rows - 100)["step"], 100))])
+    # the model's longest run grows: a new grid, the peers read again, for a new stuck run too
+    longer = add(("longer-run", more, 1.0), ("stuck-again", run.slice(0, 300), 1.8))
+    assert longer == [f"peers: kept cells of [], raw rows of ['{model}']"]
+    # (the other runs keep their verdicts until their own rows change: only the new runs' are recomputed)
+    mine = [a for a in read_alerts(Lake(lake)) if a["run_id"] in ("longer-run", "stuck-again")]
+    assert ("underfitting", "stuck-again") in {(a["rule"], a["run_id"]) for a in mine}
+    assert_same_alerts([a for a in reference_alerts(lake, DuckDBEngine())
+                        if a["run_id"] in ("longer-run", "stuck-again")], mine)
