@@ -59,9 +59,10 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import yaml
 
-from pipelines import changes, fleet, lakefiles, model_cells, models, notify, sketch
+from pipelines import changes, fleet, lakefiles, models, notify, sketch
 from pipelines.alerts import alert_key, read_alerts, stored, write_alerts
 from pipelines.engines import ENGINES, open_engine
+from pipelines.kept import KEPT, Kept, on_grid
 from pipelines.models import SQL_DIR
 from warehouse import audit, config
 from warehouse.schemas import TABLES
@@ -83,8 +84,10 @@ WATCHED = {"train_steps": "run_id", "eval_results": "train_run_id", "latency_sam
 PEER_TABLES = {"peer_train_steps": "train_steps", "peer_eval_results": "eval_results", "runs": "runs"}
 # peer_train_steps is run_steps (the runs in scope, already read) and the raw rows of the other runs
 PEER_STEPS = "peer_train_steps"
-# the shared model of peers kept between diagnoses (pipelines/model_cells.py), and its kept rows' view
-CELLS, CELLS_KEPT = "model_cells", "model_cells_kept"
+# shared models whose rows are kept between diagnoses (pipelines/kept.py); each reads its kept rows as
+# <name>_kept: underfitting's peers, and the per-run throughput of throughput_regression (whose raw rows
+# are <name>_steps)
+CELLS, THROUGHPUT = "model_cells", "run_throughput"
 # what the engine layer is given besides lake tables
 HELPER_TABLES = ("diagnose_runs", "diagnose_pairs", "metric_directions", "latency_slos", "eval_references",
                  "sketch_bounds", "diagnose_clock", "live_processes", "straggler_verdicts")
@@ -407,7 +410,7 @@ class Scope:
     model_pairs: set[tuple[str, str]] = field(default_factory=set)  # every pair of a model with a pair in scope
     model_pair_files: dict[str, list[str]] = field(default_factory=dict)  # table -> files of those pairs
     data_root: str = ""  # where the listed files lie: the lake's snapshot (``<data_root>/<table>/…``)
-    cells: model_cells.ModelCells | None = None  # the peers kept by the last diagnose, and this one's
+    kept: dict[str, Kept] = field(default_factory=dict)  # KEPT's name -> rows kept between diagnoses
 
 
 def _run_ids(fs, files: list[str], column: str) -> dict[str, list[str]]:
@@ -497,7 +500,8 @@ def find_scope(lake: Lake | str, definition: str, full: bool, data_root: str | N
     return Scope(full=full, runs=runs, pairs=pairs, run_files=run_files, pair_files=pair_files, step_files=step_files,
                  peer_files=peer_files, manifest={"version": MANIFEST_VERSION, "definition": definition, "sources": sources},
                  model_pairs=model_pairs | pairs, model_pair_files=model_pair_files,
-                 data_root=root, cells=model_cells.ModelCells(lake, {} if full else old.get("cells")))
+                 data_root=root, kept={name: Kept(lake, name, {} if full else old.get("kept", {}).get(name))
+                                       for name in KEPT})
 
 
 # --- running the rules ------------------------------------------------------------------------------
@@ -592,21 +596,30 @@ def run_rules(eng, lake: Lake | str, rules: dict[str, Rule], cfg: DiagnosticsCon
                 run(rule)
             say(f"run rules: batch {i + 1} of {len(batches)}, {len(batch)} run(s)")
         eng.register_arrow("diagnose_runs", _runs_table(scope.runs))
-        if scope.cells is not None and (scope.cells.kept_models or scope.cells.read_models):
-            say(f"peers: kept cells of {sorted(scope.cells.kept_models)}, raw rows of "
-                f"{sorted(scope.cells.read_models - scope.cells.kept_models)}")
     for by_model, files in ((False, scope.pair_files), (True, scope.model_pair_files)):
         chosen = [r for r in rules.values() if r.scope == "fleet" and r.by_model == by_model and cfg.rules[r.name].enabled]
         if not chosen or not scope.pairs:
             continue
         eng.register_arrow("diagnose_pairs", _pairs_table(scope.model_pairs if by_model else scope.pairs))
         for table in WATCHED:
-            register(table, files[table])
+            if any(table in r.sources for r in chosen):  # (thousands of files: registering them costs)
+                register(table, files[table])
+        if any(THROUGHPUT in r.sources for r in chosen):  # per run, kept between diagnoses
+            steps, found = _throughput_inputs(scope)
+            register("train_steps", steps, f"{THROUGHPUT}_steps")
+            eng.register_arrow(f"{THROUGHPUT}_kept", pa.concat_tables(found) if found else scope.kept[THROUGHPUT].empty())
+            t = time.perf_counter()
+            eng.materialize(THROUGHPUT, load_shared()[THROUGHPUT].sql)
+            seconds[THROUGHPUT] = time.perf_counter() - t
+            _keep(eng, scope.kept[THROUGHPUT], {m for m, _ in scope.model_pairs})
         for rule in chosen:
             run(rule)
     out = {name: pa.concat_tables(tables) for name, tables in parts.items()}
     for name, table in out.items():
         say(f"{name}: {table.num_rows} alert(s) ({seconds[name]:.2f}s)")
+    for rows in scope.kept.values():
+        if rows.said():
+            say(rows.said())
     return out, seconds
 
 
@@ -633,7 +646,7 @@ def _run_batch(scope: Scope, batch: set[str], register, eng, shared, seconds: di
     for name, m in shared:
         if name != CELLS:
             materialize(name, m)
-    raw, kept = _kept_cells(scope, batch, models, eng) if any(n == CELLS for n, _ in shared) else (models, [])
+    raw, cells = _kept_cells(scope, batch, models, eng) if any(n == CELLS for n, _ in shared) else (models, [])
     # the other runs of the models without kept cells, raw: the batch's own are in run_steps
     register("train_steps", [p for p, (model, _, runs) in scope.step_files.items()
                              if model in raw and not batch.issuperset(runs)], f"__{PEER_STEPS}_others")
@@ -642,32 +655,73 @@ def _run_batch(scope: Scope, batch: set[str], register, eng, shared, seconds: di
                                   f"from __{PEER_STEPS}_others where run_id not in (select run_id from diagnose_runs)")
     for name, m in shared:
         if name == CELLS:
-            eng.register_arrow(CELLS_KEPT, pa.concat_tables(kept) if kept else model_cells.empty())
+            eng.register_arrow(f"{CELLS}_kept", pa.concat_tables(cells) if cells else scope.kept[CELLS].empty())
             materialize(name, m)
-            if scope.cells is not None:
-                got = eng.query(f"select * from {CELLS}").cast(model_cells.SCHEMA)
-                for model in models:
-                    scope.cells.update(model, got.filter(pc.equal(got["model"], model)))
+            _keep(eng, scope.kept[CELLS], models)
 
 
 def _kept_cells(scope: Scope, batch: set[str], models: set[str], eng) -> tuple[set[str], list[pa.Table]]:
     """(the batch's models whose other runs are read raw, the kept cells of the others'): kept where
-    pipelines/model_cells.py says they hold (every other run out of scope and kept, the same grid)."""
-    if scope.cells is None or not scope.cells.tokens:
+    pipelines/kept.py says they hold (every other run out of scope and kept, on the same grid)."""
+    cells = scope.kept[CELLS]
+    if not cells.tokens:
+        cells.read_models |= models
         return set(models), []
     last = {r["model"]: r["last"] for r in eng.query(
         "select model, max(last_loss_step) as last from run_steps group by model").to_pylist()}
-    raw, kept = set(), []
+    raw, found = set(), []
     for model in sorted(models):
         others = {r for m, _, runs in scope.step_files.values() if m == model for r in runs} - batch
-        table = None if others & scope.runs else scope.cells.kept(model, others, last.get(model))
-        if table is None:
+        table = None if others & scope.runs else cells.runs(model, others)
+        if table is None or not on_grid(table, last.get(model)):
             raw.add(model)
         else:
-            kept.append(table)
-    scope.cells.read_models |= raw
-    scope.cells.kept_models |= set(models) - raw
-    return raw, kept
+            found.append(table)
+    cells.read_models |= raw
+    cells.kept_models |= set(models) - raw
+    return raw, found
+
+
+def _keep(eng, rows: Kept, models: set[str]) -> None:
+    """The rows the engine computed for ``models`` (materialized as ``rows.name``), to keep."""
+    got = eng.query(f"select * from {rows.name}").cast(rows.schema)
+    for model in models:
+        rows.update(model, got.filter(pc.equal(got["model"], model)))
+
+
+def _throughput_inputs(scope: Scope) -> tuple[list[str], list[pa.Table]]:
+    """(train_steps files to read, kept rows) for ``run_throughput`` over the models of the pairs in
+    scope: a model's runs out of scope come from their kept rows where all of them have some, and only
+    the files of its runs in scope are read (with every file of each run those files hold: a run is
+    summarized from all of its rows or not at all); every file of the model otherwise."""
+    rows = scope.kept[THROUGHPUT]
+    models = {m for m, _ in scope.model_pairs}
+    files_of: dict[str, list[str]] = {}
+    runs_of: dict[str, set[str]] = {m: set() for m in models}
+    for path, (model, _, runs) in scope.step_files.items():
+        if model in models:
+            runs_of[model].update(runs)
+            for r in runs:
+                files_of.setdefault(r, []).append(path)
+    read, found = [], []
+    for model in sorted(models):
+        fresh, todo, files = set(), set(runs_of[model] & scope.runs), set()
+        while todo:  # the runs in scope, and every run sharing a file with one
+            r = todo.pop()
+            fresh.add(r)
+            for path in files_of.get(r, []):
+                if path not in files:
+                    files.add(path)
+                    todo.update(set(scope.step_files[path][2]) - fresh)
+        table = rows.runs(model, runs_of[model] - fresh) if rows.tokens else None
+        if table is None:
+            rows.read_models.add(model)
+            read += [p for p, (m, _, _) in scope.step_files.items() if m == model]
+        else:
+            rows.kept_models.add(model)
+            read += sorted(files)
+            found.append(table)
+    return sorted(set(read)), found
 
 
 def named(rule: Rule, result: pa.Table) -> pa.Table:
@@ -858,8 +912,8 @@ def _diagnose(lake, rules, cfg, data_root, engine, full, notify_alerts, master, 
         proven = set() if lost is None else set(lost.filter(pc.fill_null(lost["escalate"], False))["run_id"].to_pylist())
         result.marked_lost = fleet.mark_lost(lake, result.alerts, live, proven)
     result.seconds["alerts"] = time.perf_counter() - t
-    if scope.cells is not None:  # the kept peers first: the manifest names their files' tokens
-        scope.manifest["cells"] = scope.cells.save()
+    # the kept rows first: the manifest names their files' tokens
+    scope.manifest["kept"] = {name: rows.save() for name, rows in scope.kept.items()}
     lake.put_bytes(f"{lake.root}/{MANIFEST}", json.dumps(scope.manifest).encode())
     result.seconds["total"] = time.perf_counter() - t0
     return result

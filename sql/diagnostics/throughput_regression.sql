@@ -6,7 +6,7 @@
 -- scope: fleet by model (recomputed for every model × hardware pair of a model with a changed pair: a
 --   run with no history is compared with the same model on the other hardware types)
 -- subject: model, hardware
--- sources: train_steps, diagnose_pairs
+-- sources: run_throughput, diagnose_pairs
 -- params: window_days int >= 1; min_history_runs int >= 1; max_drop float > 0 < 1; min_run_steps int >= 1;
 --   critical_drop float > 0 < 1; max_peer_drop float > 0 < 1; min_peer_hardware int >= 1
 -- audits: tests/pipelines/test_diagnose_rules.py (fires when runs from one day on are 2x slower, quiet
@@ -26,38 +26,23 @@
 
 with
 
-steps as (
-    select
-        s.model,
-        s.hardware,
-        s.precision,
-        s.run_id,
-        s.date,
-        s.ts,
-        s.tokens_per_s,
-        s.mfu
-    from train_steps as s
-    inner join diagnose_pairs as p
-        on p.model = s.model
-        and p.hardware = s.hardware
-    where s.tokens_per_s > 0
-        and s.tokens_per_s < cast('Infinity' as double)
-),
-
 per_run as (
+    -- each run of the pairs' models, summarized once (sql/diagnostics/shared/run_throughput.sql)
     select
-        model,
-        hardware,
-        run_id,
-        max(precision) as precision,
-        min(date) as date,
-        min(ts) as first_ts,
-        max(ts) as last_ts,
-        median(tokens_per_s) as tps,
-        median(mfu) filter (where mfu > 0 and mfu < cast('Infinity' as double)) as run_mfu
-    from steps
-    group by model, hardware, run_id
-    having count(*) >= {{ min_run_steps }}
+        r.model,
+        r.hardware,
+        r.run_id,
+        r.precision,
+        r.date,
+        r.first_ts,
+        r.last_ts,
+        r.tps,
+        r.run_mfu
+    from run_throughput as r
+    inner join diagnose_pairs as p
+        on p.model = r.model
+        and p.hardware = r.hardware
+    where r.n_steps >= {{ min_run_steps }}
 ),
 
 run_baselines as (

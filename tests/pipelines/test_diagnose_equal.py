@@ -143,15 +143,19 @@ def test_incremental_diagnoses_keep_the_stored_alerts_equal_to_the_reference(lak
 
 @pytest.mark.slow  # three diagnoses, the reference twice
 def test_peers_kept_between_diagnoses_give_the_reference_alerts(lakes, tmp_path):
-    """pipelines/model_cells.py: a run appended to a model is compared with the model's other runs as the
+    """pipelines/kept.py: a run appended to a model is compared with the model's other runs as the
     last diagnose kept them (their rows are not read again) and the alerts equal the reference's on the
     whole lake; a run longer than the model's longest moves the grid: the others are read again, and the
-    new run's alerts equal the reference's."""
+    new run's alerts equal the reference's. The per-run throughput (throughput_regression) is kept for
+    every run but the new: the rule's alerts equal the reference's, which reads raw rows."""
     lake = str(tmp_path / "lake")
     shutil.copytree(lakes("sim"), lake)
     diagnose(lake, notify_alerts=False)
     data = ds.dataset(f"{lake}/train_steps", format="parquet", partitioning="hive").to_table()
-    longest = data.sort_by([("step", "descending")]).slice(0, 1).to_pylist()[0]
+    # the longest run of a model with a throughput regression (ties: the first run id)
+    flagged = {a["model"] for a in read_alerts(Lake(lake)) if a["rule"] == "throughput_regression"}
+    longest = data.filter(pc.is_in(data["model"], pa.array(sorted(flagged)))).sort_by(
+        [("step", "descending"), ("run_id", "ascending")]).slice(0, 1).to_pylist()[0]
     model = longest["model"]
     run = data.filter(pc.equal(data["run_id"], longest["run_id"])).sort_by("step")
     runs = ds.dataset(f"{lake}/runs", format="parquet", partitioning="hive").to_table()
@@ -168,10 +172,11 @@ def test_peers_kept_between_diagnoses_give_the_reference_alerts(lakes, tmp_path)
                                                      pa.array([name] * same.num_rows, pa.string())), name)
         said: list[str] = []
         diagnose(lake, notify_alerts=False, log=said.append)
-        return [m for m in said if m.startswith("peers:")]
+        return [m for m in said if m.startswith(("model_cells:", "run_throughput:"))]
 
     stuck = add(("stuck-run", run.slice(0, 250), 1.8))  # shorter than the longest, far above its peers
-    assert stuck == [f"peers: kept cells of ['{model}'], raw rows of []"]
+    assert stuck == [f"model_cells: kept rows of ['{model}'], raw rows of []",
+                     f"run_throughput: kept rows of ['{model}'], raw rows of []"]
     alerts = read_alerts(Lake(lake))
     assert ("underfitting", "stuck-run") in {(a["rule"], a["run_id"]) for a in alerts}
     assert_same_alerts(reference_alerts(lake, DuckDBEngine()), alerts)
@@ -179,9 +184,14 @@ def test_peers_kept_between_diagnoses_give_the_reference_alerts(lakes, tmp_path)
         run.schema.get_field_index("step"), "step", pc.add(run.slice(run.num_rows - 100)["step"], 100))])
     # the model's longest run grows: a new grid, the peers read again, for a new stuck run too
     longer = add(("longer-run", more, 1.0), ("stuck-again", run.slice(0, 300), 1.8))
-    assert longer == [f"peers: kept cells of [], raw rows of ['{model}']"]
+    assert longer == [f"model_cells: kept rows of [], raw rows of ['{model}']",
+                      f"run_throughput: kept rows of ['{model}'], raw rows of []"]
     # (the other runs keep their verdicts until their own rows change: only the new runs' are recomputed)
     mine = [a for a in read_alerts(Lake(lake)) if a["run_id"] in ("longer-run", "stuck-again")]
     assert ("underfitting", "stuck-again") in {(a["rule"], a["run_id"]) for a in mine}
-    assert_same_alerts([a for a in reference_alerts(lake, DuckDBEngine())
-                        if a["run_id"] in ("longer-run", "stuck-again")], mine)
+    expected = reference_alerts(lake, DuckDBEngine())
+    assert_same_alerts([a for a in expected if a["run_id"] in ("longer-run", "stuck-again")], mine)
+    # the per-run throughput kept throughout: every pair of the model recomputed from it, as the
+    # reference computes it from raw rows
+    assert_same_alerts([a for a in expected if a["rule"] == "throughput_regression"],
+                       [a for a in read_alerts(Lake(lake)) if a["rule"] == "throughput_regression"])

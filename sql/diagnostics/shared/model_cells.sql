@@ -1,7 +1,7 @@
 -- model: model_cells
 -- purpose: every run of the models in a batch as underfitting compares it with its peers: the median of
 --   its finite losses in each of 200 cells of a grid over its model's longest run. Kept between
---   diagnoses (pipelines/diagnose.py, ModelCells): a run whose rows did not change is not read again
+--   diagnoses (pipelines/kept.py): a run whose rows did not change is not read again
 --   while its model's longest run stays the same, so an appended block reads its own rows, not every
 --   other run of its model.
 -- grain: model × run × cell (a run without a finite loss: one row, cell null)
@@ -9,9 +9,8 @@
 -- partitions: none (computed per batch of the run rules, and held by the engine)
 -- sources: peer_train_steps, model_cells_kept
 -- serve: none (read by sql/diagnostics/underfitting.sql)
--- audits: tests/pipelines/test_diagnose_equal.py (the alerts of a diagnose that kept cells equal the
---   reference rules' on the whole lake); tests/pipelines/test_diagnose.py (kept cells are used, and
---   not once the model's longest run grows)
+-- audits: tests/pipelines/test_diagnose_equal.py (a run appended beside kept cells: its alerts equal the
+--   reference rules' on the whole lake; a longer run moves the grid: the cells are read again)
 --
 -- peer_train_steps holds the raw rows of the runs read this time; model_cells_kept the rows of this
 -- model kept from the last diagnose for runs whose rows did not change (only where the grid they were
