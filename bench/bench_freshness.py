@@ -16,6 +16,7 @@ The peak memory of each step is the process's resident high-water mark (VmHWM), 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import os
 import resource
@@ -44,6 +45,18 @@ def block(n: int = 2000, run: str = "fresh-run") -> pa.Table:
         "lr": [1e-4] * n, "grad_norm": [1.0] * n, "tokens_per_s": [5e4] * n, "step_time_ms": [300.0] * n,
         "data_time_ms": [2.0] * n, "model": ["gpt2-124m"] * n, "hardware": ["a100-sxm-80gb-x8"] * n,
     })
+
+
+@contextlib.contextmanager
+def appended(writer: Lake, run: str):
+    """One 2,000-step block of a new run ``run`` in the lake while inside; its files deleted on leaving."""
+    key = f"{run}-b000000000"
+    writer.write("train_steps", block(run=run), key)
+    try:
+        yield key
+    finally:
+        for path in writer.list_files("train_steps").get(f"{key}.parquet", []):
+            writer.delete(path)
 
 
 def cpu() -> float:
@@ -84,20 +97,14 @@ def measure(rows: int, lakes: str, repeat: int) -> dict:
     out["full diagnose"] = timed(lambda: diagnose(lake, full=True, notify_alerts=False))
     out["raw scan"] = timed(lambda: raw_scan(lake))
     writer = Lake(lake)
-    keys = [f"fresh-run-{i}-b000000000" for i in range(repeat)]
-    try:  # each turn appends another new run's block: the median turn is reported
+    with contextlib.ExitStack() as appended_blocks:  # the lake is kept for the next run as simulated
         turns = []
-        for i, key in enumerate(keys):
-            writer.write("train_steps", block(run=f"fresh-run-{i}"), key)
+        for i in range(repeat):  # each turn appends another new run's block: the median turn is reported
+            appended_blocks.enter_context(appended(writer, f"fresh-run-{i}"))
             turns.append((timed(lambda: diagnose(lake, notify_alerts=False)), timed(lambda: build(lake, serving))))
         turns.sort(key=lambda t: t[0][0] + t[1][0])
         out["incr. diagnose"], out["incr. build"] = turns[len(turns) // 2]
         out["incr. turns"] = [round(d[0] + b[0], 2) for d, b in turns]
-    finally:  # the lake is kept for the next run as simulated
-        listing = writer.list_files("train_steps")
-        for key in keys:
-            for path in listing.get(f"{key}.parquet", []):
-                writer.delete(path)
     return out
 
 
