@@ -586,9 +586,10 @@ def run_rules(eng, lake: Lake | str, rules: dict[str, Rule], cfg: DiagnosticsCon
     def register(table: str, files: list[str], name: str | None = None) -> None:
         eng.register_files(name or table, files, TABLES[table].schema, TABLES[table].partition_by, f"{root}/{table}")
 
+    shared_models = load_shared()
     chosen = [r for r in rules.values() if r.scope == "run" and cfg.rules[r.name].enabled]
     if chosen and scope.runs:
-        shared = [(n, m) for n, m in load_shared().items() if any(n in r.sources for r in chosen)]
+        shared = [(n, m) for n, m in shared_models.items() if any(n in r.sources for r in chosen)]
         batches = run_batches(scope, budget or BATCH_BYTES)
         for i, batch in enumerate(batches):
             _run_batch(scope, batch, register, eng, shared, seconds)
@@ -607,11 +608,8 @@ def run_rules(eng, lake: Lake | str, rules: dict[str, Rule], cfg: DiagnosticsCon
         if any(THROUGHPUT in r.sources for r in chosen):  # per run, kept between diagnoses
             steps, found = _throughput_inputs(scope)
             register("train_steps", steps, f"{THROUGHPUT}_steps")
-            eng.register_arrow(f"{THROUGHPUT}_kept", pa.concat_tables(found) if found else scope.kept[THROUGHPUT].empty())
-            t = time.perf_counter()
-            eng.materialize(THROUGHPUT, load_shared()[THROUGHPUT].sql)
-            seconds[THROUGHPUT] = time.perf_counter() - t
-            _keep(eng, scope.kept[THROUGHPUT], {m for m, _ in scope.model_pairs})
+            _materialize_kept(eng, scope.kept[THROUGHPUT], found, shared_models[THROUGHPUT].sql,
+                              {m for m, _ in scope.model_pairs}, seconds)
         for rule in chosen:
             run(rule)
     out = {name: pa.concat_tables(tables) for name, tables in parts.items()}
@@ -636,28 +634,38 @@ def _run_batch(scope: Scope, batch: set[str], register, eng, shared, seconds: di
     for view, table in PEER_TABLES.items():
         if view != PEER_STEPS:
             register(table, scope.peer_files.get(view, []), view)
-
-    def materialize(name, m) -> None:
-        t = time.perf_counter()
-        eng.materialize(name, m.sql)
-        seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - t
-
     # one pass over raw rows, for every rule; then the peers, which read it
     for name, m in shared:
         if name != CELLS:
-            materialize(name, m)
-    raw, cells = _kept_cells(scope, batch, models, eng) if any(n == CELLS for n, _ in shared) else (models, [])
+            _materialize(eng, name, m.sql, seconds)
+    cells_model = dict(shared).get(CELLS)
+    raw, cells = _kept_cells(scope, batch, models, eng) if cells_model else (models, [])
     # the other runs of the models without kept cells, raw: the batch's own are in run_steps
     register("train_steps", [p for p, (model, _, runs) in scope.step_files.items()
                              if model in raw and not batch.issuperset(runs)], f"__{PEER_STEPS}_others")
     cols = ", ".join(_SHARED_STEP_COLUMNS)
     eng.register_view(PEER_STEPS, f"select {cols} from run_steps union all select {cols} "
                                   f"from __{PEER_STEPS}_others where run_id not in (select run_id from diagnose_runs)")
-    for name, m in shared:
-        if name == CELLS:
-            eng.register_arrow(f"{CELLS}_kept", pa.concat_tables(cells) if cells else scope.kept[CELLS].empty())
-            materialize(name, m)
-            _keep(eng, scope.kept[CELLS], models)
+    if cells_model:
+        _materialize_kept(eng, scope.kept[CELLS], cells, cells_model.sql, models, seconds)
+
+
+def _materialize(eng, name: str, sql: str, seconds: dict[str, float]) -> None:
+    t = time.perf_counter()
+    eng.materialize(name, sql)
+    seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - t
+
+
+def _materialize_kept(eng, rows: Kept, found: list[pa.Table], sql: str, models: set[str],
+                      seconds: dict[str, float]) -> None:
+    """A shared model whose rows are kept (pipelines/kept.py): its kept rows (``found``) registered as
+    ``<name>_kept``, the model computed over them and the rows read raw, and its rows for ``models``
+    taken back to keep."""
+    eng.register_arrow(f"{rows.name}_kept", pa.concat_tables(found) if found else rows.empty())
+    _materialize(eng, rows.name, sql, seconds)
+    got = eng.query(f"select * from {rows.name}").cast(rows.schema)
+    for model in models:
+        rows.update(model, got.filter(pc.equal(got["model"], model)))
 
 
 def _kept_cells(scope: Scope, batch: set[str], models: set[str], eng) -> tuple[set[str], list[pa.Table]]:
@@ -670,8 +678,9 @@ def _kept_cells(scope: Scope, batch: set[str], models: set[str], eng) -> tuple[s
     last = {r["model"]: r["last"] for r in eng.query(
         "select model, max(last_loss_step) as last from run_steps group by model").to_pylist()}
     raw, found = set(), []
+    runs_of = _runs_of(scope, models)
     for model in sorted(models):
-        others = {r for m, _, runs in scope.step_files.values() if m == model for r in runs} - batch
+        others = runs_of[model] - batch
         table = None if others & scope.runs else cells.runs(model, others)
         if table is None or not on_grid(table, last.get(model)):
             raw.add(model)
@@ -682,11 +691,13 @@ def _kept_cells(scope: Scope, batch: set[str], models: set[str], eng) -> tuple[s
     return raw, found
 
 
-def _keep(eng, rows: Kept, models: set[str]) -> None:
-    """The rows the engine computed for ``models`` (materialized as ``rows.name``), to keep."""
-    got = eng.query(f"select * from {rows.name}").cast(rows.schema)
-    for model in models:
-        rows.update(model, got.filter(pc.equal(got["model"], model)))
+def _runs_of(scope: Scope, models: set[str]) -> dict[str, set[str]]:
+    """The training runs of each of ``models`` with rows in train_steps (the manifest's runs per file)."""
+    out: dict[str, set[str]] = {m: set() for m in models}
+    for model, _, runs in scope.step_files.values():
+        if model in out:
+            out[model].update(runs)
+    return out
 
 
 def _throughput_inputs(scope: Scope) -> tuple[list[str], list[pa.Table]]:
@@ -696,11 +707,10 @@ def _throughput_inputs(scope: Scope) -> tuple[list[str], list[pa.Table]]:
     summarized from all of its rows or not at all); every file of the model otherwise."""
     rows = scope.kept[THROUGHPUT]
     models = {m for m, _ in scope.model_pairs}
+    runs_of = _runs_of(scope, models)
     files_of: dict[str, list[str]] = {}
-    runs_of: dict[str, set[str]] = {m: set() for m in models}
     for path, (model, _, runs) in scope.step_files.items():
         if model in models:
-            runs_of[model].update(runs)
             for r in runs:
                 files_of.setdefault(r, []).append(path)
     read, found = [], []
